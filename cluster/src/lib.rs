@@ -1,0 +1,29 @@
+//! Consensus and storage for opsd, and nothing about resources.
+//!
+//! A node keeps a Raft log and a replicated state in one rocksdb database,
+//! talks to its peers over gRPC, and applies committed commands by calling
+//! the application's [`StateMachineApp`] with a transaction over named tables.
+//! The application sees commands as bytes it encoded itself.
+//!
+//! Read it by concern: [`types`] (the one type table), [`data_dir`] (identity
+//! and lock), `log_store` and [`state_machine`] (storage), `network` and
+//! `peer_service` (transport), [`node`] (membership, forwarding, reads).
+
+pub mod data_dir;
+pub mod error;
+mod log_store;
+mod network;
+pub mod node;
+mod peer_service;
+pub mod state_machine;
+mod storage;
+#[cfg(test)]
+mod store_tests;
+pub mod types;
+mod wire;
+
+pub use data_dir::{DataDir, NodeIdentity, FORMAT_VERSION};
+pub use error::ClusterError;
+pub use node::{new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Member, Role};
+pub use state_machine::{AppliedEvent, LocalState, ReadView, StateMachineApp, StateReader, Txn, TxnError};
+pub use types::{NodeId, NodeInfo};

@@ -1,0 +1,158 @@
+//! The Raft log in rocksdb: entries in the `raft_log` column family keyed by
+//! big-endian index, and the vote, committed id and purge point in `raft_meta`.
+//! Appends and votes are fsynced before they are acknowledged.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use crate::storage::{Store, CF_LOG, CF_META};
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::wire::{decode, encode, index_key, key_index};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"last_purged";
+
+/// The log store; cheap to clone (it shares the database).
+#[derive(Clone)]
+pub struct LogStore {
+    store: Arc<Store>,
+}
+
+impl LogStore {
+    pub(crate) fn new(store: Arc<Store>) -> Self {
+        LogStore { store }
+    }
+
+    /// Writes entries in one fsynced batch.
+    pub(crate) fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError> {
+        let cf = self.store.cf(CF_LOG)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(&AnyErr(e)))?;
+            batch.put_cf(cf, index_key(entry.log_id.index), bytes);
+        }
+        self.store.write(batch, true).map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let raw = self.store.db.get_cf(self.store.cf(CF_META)?, key).map_err(|e| StorageIOError::read(&e))?;
+        raw.map(|b| decode(&b).map_err(|e| StorageIOError::read(&AnyErr(e)).into())).transpose()
+    }
+}
+
+/// A string error for openraft's error constructors.
+#[derive(Debug)]
+pub(crate) struct AnyErr(pub String);
+impl std::fmt::Display for AnyErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for AnyErr {}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let cf = self.store.cf(CF_LOG)?;
+        let mut out = Vec::new();
+        for item in self.store.db.iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward)) {
+            let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let index = key_index(&k).ok_or_else(|| StorageIOError::read_logs(&AnyErr("log key is not 8 bytes".into())))?;
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(decode::<Entry>(&v).map_err(|e| StorageIOError::read_logs(&AnyErr(e)))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let cf = self.store.cf(CF_LOG)?;
+        let last = match self.store.db.iterator_cf(cf, IteratorMode::End).next() {
+            Some(item) => {
+                let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                Some(decode::<Entry>(&v).map_err(|e| StorageIOError::read_logs(&AnyErr(e)))?.log_id)
+            }
+            None => None,
+        };
+        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&AnyErr(e)))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.store.cf(CF_META)?, KEY_VOTE, bytes);
+        self.store.write(batch, true).map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let bytes = encode(&committed).map_err(|e| StorageIOError::write(&AnyErr(e)))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.store.cf(CF_META)?, KEY_COMMITTED, bytes);
+        self.store.write(batch, false).map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        match self.write_entries(entries) {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.store.cf(CF_LOG)?, index_key(log_id.index), index_key(u64::MAX));
+        self.store.write(batch, true).map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let bytes = encode(&log_id).map_err(|e| StorageIOError::write_logs(&AnyErr(e)))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.store.cf(CF_META)?, KEY_PURGED, bytes);
+        batch.delete_range_cf(self.store.cf(CF_LOG)?, index_key(0), index_key(log_id.index.saturating_add(1)));
+        self.store.write(batch, false).map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}

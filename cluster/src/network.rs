@@ -1,0 +1,236 @@
+//! The client side of the peer transport: Raft's RPCs and forwarded requests,
+//! each a unary gRPC call carrying bincode, to the target's peer address.
+//! Channels are shared per address and connect lazily, so a node that is down
+//! costs nothing until it answers again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use opsd_proto::peer::peer_client::PeerClient;
+use opsd_proto::peer::PeerMessage;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClusterError;
+use crate::log_store::AnyErr;
+use crate::types::{NodeId, NodeInfo, TypeConfig};
+use crate::wire::{decode, encode};
+
+/// The largest message a peer sends or accepts (a batch of log entries or a
+/// snapshot chunk).
+pub(crate) const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// The peer RPCs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PeerMethod {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Leader,
+    Removed,
+}
+
+/// Channels to peers by address, and who we are when we call them.
+#[derive(Clone)]
+pub(crate) struct PeerChannels {
+    cluster_id: Arc<str>,
+    from: NodeId,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+/// Why a peer call failed.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The connection could not be made: the request was not sent.
+    NotSent(tonic::Status),
+    /// The request may or may not have reached the peer.
+    Failed(tonic::Status),
+    /// The answer could not be decoded.
+    Garbled(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::NotSent(s) => write!(f, "not connected: {}", s.message()),
+            CallError::Failed(s) => write!(f, "{:?}: {}", s.code(), s.message()),
+            CallError::Garbled(e) => write!(f, "bad answer: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl PeerChannels {
+    pub(crate) fn new(cluster_id: &str, from: NodeId) -> Self {
+        PeerChannels {
+            cluster_id: cluster_id.into(),
+            from,
+            channels: Default::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| tonic::Status::invalid_argument(format!("bad peer address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        let ch = endpoint.connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// Sends one request and decodes the answer.
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: PeerMethod,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let channel = self.channel(addr).map_err(CallError::NotSent)?;
+        let mut client = PeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let msg = PeerMessage {
+            cluster_id: self.cluster_id.to_string(),
+            from: self.from,
+            data: encode(req).map_err(CallError::Garbled)?,
+        };
+        let mut request = tonic::Request::new(msg);
+        request.set_timeout(timeout);
+        let result = match method {
+            PeerMethod::AppendEntries => client.append_entries(request).await,
+            PeerMethod::Vote => client.vote(request).await,
+            PeerMethod::InstallSnapshot => client.install_snapshot(request).await,
+            PeerMethod::Leader => client.leader(request).await,
+            PeerMethod::Removed => client.removed(request).await,
+        };
+        match result {
+            Ok(resp) => decode(&resp.into_inner().data).map_err(CallError::Garbled),
+            Err(status) if not_sent(&status) => Err(CallError::NotSent(status)),
+            Err(status) => Err(CallError::Failed(status)),
+        }
+    }
+
+    /// Sends a request to the leader and relays its answer.
+    pub(crate) async fn call_leader<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        leader: NodeId,
+        info: &NodeInfo,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ClusterError> {
+        match self
+            .call::<Req, Result<Resp, ClusterError>>(&info.peer_addr, PeerMethod::Leader, req, timeout)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(CallError::NotSent(s)) => Err(ClusterError::Unreachable {
+                node_id: leader,
+                addr: info.peer_addr.clone(),
+                reason: s.message().to_string(),
+            }),
+            Err(e) => Err(ClusterError::Timeout {
+                what: format!("the request forwarded to leader {leader} ({e})"),
+                waited_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+}
+
+/// Whether a failed call certainly never reached the peer's handler.
+fn not_sent(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message().contains("connect")
+        || status.code() == tonic::Code::InvalidArgument && status.message().starts_with("bad peer address")
+}
+
+/// Makes a connection per target for openraft.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    pub(crate) channels: PeerChannels,
+}
+
+/// openraft's connection to one peer.
+pub struct PeerConnection {
+    channels: PeerChannels,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        PeerConnection {
+            channels: self.channels.clone(),
+            target,
+            addr: node.peer_addr.clone(),
+        }
+    }
+}
+
+impl PeerConnection {
+    async fn raft_call<Req, Resp, E>(
+        &self,
+        method: PeerMethod,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        match self
+            .channels
+            .call::<Req, Result<Resp, RaftError<NodeId, E>>>(&self.addr, method, req, option.hard_ttl())
+            .await
+        {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(e @ CallError::NotSent(_)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e @ CallError::Failed(_)) => Err(RPCError::Network(NetworkError::new(&e))),
+            Err(CallError::Garbled(e)) => Err(RPCError::Network(NetworkError::new(&AnyErr(e)))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.raft_call(PeerMethod::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.raft_call(PeerMethod::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.raft_call(PeerMethod::Vote, &rpc, &option).await
+    }
+}

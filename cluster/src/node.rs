@@ -1,0 +1,685 @@
+//! A running cluster node: its Raft instance, its peer server, the leader's
+//! housekeeping (promoting caught-up learners), and the operations the
+//! application calls — write, read barrier, join, remove, status — each of
+//! which runs on the leader, forwarded there from any node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use opsd_proto::peer::peer_server::PeerServer;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
+
+use crate::data_dir::DataDir;
+use crate::error::ClusterError;
+use crate::log_store::LogStore;
+use crate::network::{PeerChannels, PeerMethod, PeerNetwork, MAX_PEER_MESSAGE};
+use crate::peer_service::PeerService;
+use crate::state_machine::{AppliedEvent, StateMachineApp, StateMachineStore, StateReader};
+use crate::storage::Store;
+use crate::types::{Command, NodeId, NodeInfo, Raft};
+
+/// How a node runs. The defaults suit a LAN or loopback.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How others reach this node.
+    pub advertise: NodeInfo,
+    /// Where the peer server listens.
+    pub peer_listen: SocketAddr,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Minimum election timeout (the maximum is twice it).
+    pub election_timeout: Duration,
+    /// Build a snapshot every this many applied entries, then purge the log
+    /// up to half that behind it.
+    pub snapshot_threshold: u64,
+    /// Learners are promoted to voters while there are fewer voters than this.
+    pub max_voters: usize,
+    /// How long a write or read waits for the cluster before failing.
+    pub request_timeout: Duration,
+    /// The application's table names.
+    pub tables: Vec<String>,
+}
+
+/// A learner within this many entries of the leader's log counts as caught up.
+const PROMOTE_LAG: u64 = 100;
+/// How often the leader looks for learners to promote.
+const PROMOTE_EVERY: Duration = Duration::from_millis(300);
+
+/// A request that only the leader can serve, forwarded to it by any node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum LeaderRequest {
+    Write(Vec<u8>),
+    ReadIndex,
+    AddNode { id: NodeId, info: NodeInfo, cluster_id: String },
+    RemoveNode { id: NodeId },
+}
+
+/// The leader's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum LeaderResponse {
+    Written { index: u64, response: Vec<u8> },
+    ReadIndex { index: u64 },
+    Members(Vec<Member>),
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub id: NodeId,
+    /// Its addresses.
+    pub info: NodeInfo,
+    /// Voter or learner.
+    pub voter: bool,
+}
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Leads the cluster.
+    Leader,
+    /// A voter following a leader.
+    Follower,
+    /// A voter asking for votes.
+    Candidate,
+    /// A non-voting member, or a node not yet added.
+    Learner,
+    /// Removed from the cluster (or shutting down).
+    Removed,
+}
+
+impl Role {
+    /// The role's name as the API shows it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Removed => "removed",
+        }
+    }
+}
+
+/// A node's view of the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// The cluster.
+    pub cluster_id: String,
+    /// The leader this node knows of.
+    pub leader: Option<(NodeId, NodeInfo)>,
+    /// The Raft term.
+    pub term: u64,
+    /// This node's role.
+    pub role: Role,
+    /// Last index in the log.
+    pub last_log_index: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Last index of the latest snapshot.
+    pub snapshot_index: u64,
+    /// Index the log was purged up to.
+    pub purged_index: u64,
+    /// The applied membership: voters first, then learners, each by id.
+    pub members: Vec<Member>,
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) id: NodeId,
+    pub(crate) cluster_id: String,
+    pub(crate) info: NodeInfo,
+    pub(crate) raft: Raft,
+    pub(crate) channels: PeerChannels,
+    data_dir: Mutex<DataDir>,
+    removed: AtomicBool,
+    reader: StateReader,
+    events: broadcast::Sender<AppliedEvent>,
+    pub(crate) request_timeout: Duration,
+    max_voters: usize,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterNode {
+    inner: Arc<NodeInner>,
+}
+
+/// A fresh cluster id: 16 hex digits.
+pub fn new_cluster_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl ClusterNode {
+    /// Opens the node's storage, starts Raft and the peer server. The data
+    /// dir must already carry the cluster id (set it before calling, at
+    /// bootstrap or join). A fresh node then waits to be initialized
+    /// ([`ClusterNode::initialize`]) or added by a leader.
+    pub async fn start(
+        config: ClusterConfig,
+        data_dir: DataDir,
+        app: Arc<dyn StateMachineApp>,
+    ) -> Result<ClusterNode, ClusterError> {
+        let identity = data_dir.identity().clone();
+        let Some(cluster_id) = identity.cluster_id.clone() else {
+            return Err(ClusterError::Internal("the data dir has no cluster id yet".into()));
+        };
+        if identity.removed {
+            return Err(ClusterError::Removed {
+                node_id: identity.node_id,
+            });
+        }
+        let internal = |e: String| ClusterError::Internal(e);
+        let store = Store::open(&data_dir.db_path(), &config.tables).map_err(|e| ClusterError::DataDir {
+            path: data_dir.db_path().display().to_string(),
+            reason: format!("cannot open the database: {e}"),
+        })?;
+        let store = Arc::new(store);
+        let (events, _) = broadcast::channel(4096);
+        let sm = StateMachineStore::open(store.clone(), app, events.clone(), data_dir.snapshot_path())
+            .map_err(|e| internal(e.to_string()))?;
+        let reader = sm.reader();
+        let log = LogStore::new(store);
+
+        let heartbeat = config.heartbeat.as_millis().max(1) as u64;
+        let election = config.election_timeout.as_millis().max(heartbeat as u128 * 3) as u64;
+        let raft_config = Config {
+            cluster_name: cluster_id.clone(),
+            heartbeat_interval: heartbeat,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            install_snapshot_timeout: 5000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold.max(1)),
+            max_in_snapshot_log_to_keep: config.snapshot_threshold / 2,
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| internal(format!("raft configuration: {e}")))?;
+
+        let channels = PeerChannels::new(&cluster_id, identity.node_id);
+        let network = PeerNetwork {
+            channels: channels.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(config.peer_listen)
+            .await
+            .map_err(|e| internal(format!("cannot listen on peer address {}: {e}", config.peer_listen)))?;
+        let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| internal(format!("cannot start raft: {e}")))?;
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(NodeInner {
+            id: identity.node_id,
+            cluster_id,
+            info: config.advertise.clone(),
+            raft,
+            channels,
+            data_dir: Mutex::new(data_dir),
+            removed: AtomicBool::new(false),
+            reader,
+            events,
+            request_timeout: config.request_timeout,
+            max_voters: config.max_voters.max(1),
+            shutdown,
+        });
+        let node = ClusterNode { inner };
+        node.spawn_peer_server(listener);
+        node.spawn_promoter();
+        info!(node_id = node.inner.id, cluster_id = %node.inner.cluster_id, peer = %config.peer_listen, "raft started");
+        Ok(node)
+    }
+
+    fn spawn_peer_server(&self, listener: tokio::net::TcpListener) {
+        let service = PeerServer::new(PeerService::new(self.clone()))
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let mut stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                warn!("peer server stopped: {e}");
+            }
+        });
+    }
+
+    /// On the leader, promotes caught-up learners to voters, one at a time,
+    /// while there are fewer voters than the limit.
+    fn spawn_promoter(&self) {
+        let node = self.clone();
+        let mut stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(PROMOTE_EVERY) => {}
+                }
+                if let Some(id) = node.learner_to_promote() {
+                    let res = node
+                        .inner
+                        .raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                        .await;
+                    match res {
+                        Ok(_) => info!(node_id = id, "promoted learner to voter"),
+                        Err(e) => warn!(node_id = id, "could not promote learner: {e}"),
+                    }
+                }
+            }
+        });
+    }
+
+    fn learner_to_promote(&self) -> Option<NodeId> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() > 1 {
+            return None;
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.len() >= self.inner.max_voters {
+            return None;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m.replication.as_ref()?;
+        let learner = membership.nodes().map(|(id, _)| *id).find(|id| {
+            !voters.contains(id)
+                && replication
+                    .get(id)
+                    .and_then(|l| l.as_ref())
+                    .is_some_and(|l| l.index + PROMOTE_LAG >= last)
+        });
+        learner
+    }
+
+    /// Makes this node the single voter of a new cluster. Harmless if the
+    /// node was initialized already (a bootstrap interrupted and re-run).
+    pub async fn initialize(&self) -> Result<(), ClusterError> {
+        let members = BTreeMap::from([(self.inner.id, self.inner.info.clone())]);
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ClusterError::Internal(format!("cannot initialize the cluster: {e}"))),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> &str {
+        &self.inner.cluster_id
+    }
+
+    /// Reads the applied state.
+    pub fn reader(&self) -> &StateReader {
+        &self.inner.reader
+    }
+
+    /// Events published as entries are applied.
+    pub fn subscribe(&self) -> broadcast::Receiver<AppliedEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Whether this node was removed from the cluster.
+    pub fn is_removed(&self) -> bool {
+        self.inner.removed.load(Ordering::SeqCst)
+    }
+
+    /// Whether this node is in the membership it has applied.
+    pub fn is_member(&self) -> bool {
+        self.members().iter().any(|m| m.id == self.inner.id)
+    }
+
+    /// Replicates a command and returns its log index and the apply answer.
+    pub async fn write(&self, command: Vec<u8>) -> Result<(u64, Vec<u8>), ClusterError> {
+        match self.leader_request(LeaderRequest::Write(command)).await? {
+            LeaderResponse::Written { index, response } => Ok((index, response)),
+            other => Err(ClusterError::Internal(format!("unexpected answer to a write: {other:?}"))),
+        }
+    }
+
+    /// Waits until this node's state includes every write committed before
+    /// the call (a linearizable read may then be served locally).
+    pub async fn read_barrier(&self) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let index = match self.leader_request(LeaderRequest::ReadIndex).await? {
+            LeaderResponse::ReadIndex { index } => index,
+            other => return Err(ClusterError::Internal(format!("unexpected answer to a read index: {other:?}"))),
+        };
+        let remaining = self.inner.request_timeout.saturating_sub(started.elapsed());
+        self.inner
+            .raft
+            .wait(Some(remaining.max(Duration::from_millis(1))))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| ClusterError::Timeout {
+                what: format!("catching up to the leader's commit index {index} for a linearizable read"),
+                waited_ms: self.inner.request_timeout.as_millis() as u64,
+            })
+    }
+
+    /// Adds a node as a learner (forwarded to the leader).
+    pub async fn add_node(&self, id: NodeId, info: NodeInfo, cluster_id: String) -> Result<Vec<Member>, ClusterError> {
+        match self.leader_request(LeaderRequest::AddNode { id, info, cluster_id }).await? {
+            LeaderResponse::Members(m) => Ok(m),
+            other => Err(ClusterError::Internal(format!("unexpected answer to a join: {other:?}"))),
+        }
+    }
+
+    /// Removes a node from the cluster (forwarded to the leader).
+    pub async fn remove_node(&self, id: NodeId) -> Result<Vec<Member>, ClusterError> {
+        match self.leader_request(LeaderRequest::RemoveNode { id }).await? {
+            LeaderResponse::Members(m) => Ok(m),
+            other => Err(ClusterError::Internal(format!("unexpected answer to a removal: {other:?}"))),
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let members = members_of(&m.membership_config);
+        let leader = m
+            .current_leader
+            .and_then(|id| members.iter().find(|x| x.id == id).map(|x| (id, x.info.clone())));
+        let voter = members.iter().any(|x| x.id == self.inner.id && x.voter);
+        let role = if self.is_removed() {
+            Role::Removed
+        } else {
+            match m.state {
+                ServerState::Leader => Role::Leader,
+                ServerState::Candidate => Role::Candidate,
+                ServerState::Follower if voter => Role::Follower,
+                ServerState::Follower | ServerState::Learner => Role::Learner,
+                ServerState::Shutdown => Role::Removed,
+            }
+        };
+        ClusterStatus {
+            node_id: self.inner.id,
+            cluster_id: self.inner.cluster_id.clone(),
+            leader,
+            term: m.current_term,
+            role,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            members,
+        }
+    }
+
+    /// Stops Raft and the peer server.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        if let Err(e) = self.inner.raft.shutdown().await {
+            warn!("raft did not shut down cleanly: {e}");
+        }
+    }
+
+    /// Marks this node removed, for good: persisted, and Raft stopped.
+    pub(crate) fn mark_removed(&self) {
+        if self.inner.removed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        warn!(node_id = self.inner.id, "this node was removed from the cluster; it stops serving");
+        if let Err(e) = self.inner.data_dir.lock().unwrap_or_else(|p| p.into_inner()).mark_removed() {
+            warn!("could not record the removal in the data dir: {e}");
+        }
+        let raft = self.inner.raft.clone();
+        tokio::spawn(async move {
+            let _ = raft.shutdown().await;
+        });
+    }
+
+    /// Runs a request on the leader: here if this node leads, else forwarded.
+    /// Retries while there is no leader or it moved, until the timeout.
+    async fn leader_request(&self, req: LeaderRequest) -> Result<LeaderResponse, ClusterError> {
+        let started = Instant::now();
+        let deadline = started + self.inner.request_timeout;
+        loop {
+            if self.is_removed() {
+                return Err(ClusterError::Removed { node_id: self.inner.id });
+            }
+            let leader = self.status().leader;
+            let result = match &leader {
+                Some((id, _)) if *id == self.inner.id => self.serve_leader_request(self.inner.id, req.clone(), deadline).await,
+                Some((id, info)) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    self.inner.channels.call_leader(*id, info, &req, remaining.max(Duration::from_millis(1))).await
+                }
+                None => Err(ClusterError::NoLeader {
+                    waited_ms: 0,
+                    detail: "no leader is known to this node".into(),
+                }),
+            };
+            match result {
+                Err(ClusterError::Removed { node_id }) if node_id == self.inner.id => {
+                    self.mark_removed();
+                    return Err(ClusterError::Removed { node_id });
+                }
+                Err(e @ (ClusterError::NotLeader { .. } | ClusterError::NoLeader { .. } | ClusterError::Unreachable { .. })) => {
+                    if Instant::now() + Duration::from_millis(50) >= deadline {
+                        return Err(ClusterError::NoLeader {
+                            waited_ms: started.elapsed().as_millis() as u64,
+                            detail: e.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Serves a request as the leader. `origin` is the node that asked.
+    pub(crate) async fn serve_leader_request(
+        &self,
+        origin: NodeId,
+        req: LeaderRequest,
+        deadline: Instant,
+    ) -> Result<LeaderResponse, ClusterError> {
+        let raft = &self.inner.raft;
+        let waited = |what: &str| ClusterError::Timeout {
+            what: what.to_string(),
+            waited_ms: self.inner.request_timeout.as_millis() as u64,
+        };
+        let remaining = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        match req {
+            LeaderRequest::Write(cmd) => {
+                self.check_origin(origin)?;
+                match tokio::time::timeout(remaining(), raft.client_write(Command(cmd))).await {
+                    Err(_) => Err(waited("the write")),
+                    Ok(Ok(resp)) => Ok(LeaderResponse::Written {
+                        index: resp.log_id.index,
+                        response: resp.data.0,
+                    }),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(self.not_leader(f.leader_id)),
+                    Ok(Err(e)) => Err(fatal(e)),
+                }
+            }
+            LeaderRequest::ReadIndex => {
+                self.check_origin(origin)?;
+                match tokio::time::timeout(remaining(), raft.get_read_log_id()).await {
+                    Err(_) => Err(waited("confirming leadership for a linearizable read")),
+                    Ok(Ok((read, _))) => Ok(LeaderResponse::ReadIndex {
+                        index: read.map(|l| l.index).unwrap_or(0),
+                    }),
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(self.not_leader(f.leader_id)),
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(ClusterError::NoLeader {
+                        waited_ms: self.inner.request_timeout.as_millis() as u64,
+                        detail: format!("the leader cannot reach a quorum: {q}"),
+                    }),
+                    Ok(Err(e)) => Err(fatal(e)),
+                }
+            }
+            LeaderRequest::AddNode { id, info, cluster_id } => {
+                if !cluster_id.is_empty() && cluster_id != self.inner.cluster_id {
+                    return Err(ClusterError::WrongCluster {
+                        expected: self.inner.cluster_id.clone(),
+                        got: cluster_id,
+                    });
+                }
+                let members = self.members();
+                if let Some(existing) = members.iter().find(|m| m.id == id) {
+                    if existing.info == info {
+                        return Ok(LeaderResponse::Members(members));
+                    }
+                    return Err(ClusterError::Membership(format!(
+                        "node {id} is already a member at {}; remove it before adding it at {info}",
+                        existing.info
+                    )));
+                }
+                self.change_membership(ChangeMembers::AddNodes(BTreeMap::from([(id, info)])), true, deadline)
+                    .await?;
+                info!(node_id = id, "added node as learner");
+                Ok(LeaderResponse::Members(self.members()))
+            }
+            LeaderRequest::RemoveNode { id } => {
+                let members = self.members();
+                let Some(target) = members.iter().find(|m| m.id == id).cloned() else {
+                    return Err(ClusterError::NotMember { node_id: id });
+                };
+                let change = if target.voter {
+                    if members.iter().filter(|m| m.voter).count() == 1 {
+                        return Err(ClusterError::Membership(format!(
+                            "node {id} is the last voter; a cluster cannot remove its last voter"
+                        )));
+                    }
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                self.change_membership(change, false, deadline).await?;
+                info!(node_id = id, "removed node from the cluster");
+                self.notify_removed(id, target.info);
+                Ok(LeaderResponse::Members(self.members()))
+            }
+        }
+    }
+
+    /// Applies a membership change, waiting out one already in progress.
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, NodeInfo>,
+        retain: bool,
+        deadline: Instant,
+    ) -> Result<(), ClusterError> {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let res = tokio::time::timeout(remaining, self.inner.raft.change_membership(change.clone(), retain)).await;
+            match res {
+                Err(_) => {
+                    return Err(ClusterError::Timeout {
+                        what: "the membership change".into(),
+                        waited_ms: self.inner.request_timeout.as_millis() as u64,
+                    })
+                }
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => return Err(self.not_leader(f.leader_id)),
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                )))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    return Err(ClusterError::Membership(e.to_string()))
+                }
+                Ok(Err(e)) => return Err(fatal(e)),
+            }
+        }
+    }
+
+    /// Tells a removed node so, in the background and best effort: a node
+    /// that misses it learns it when it next forwards a request.
+    fn notify_removed(&self, id: NodeId, info: NodeInfo) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            if id == node.inner.id {
+                node.mark_removed();
+                return;
+            }
+            let res = node
+                .inner
+                .channels
+                .call::<NodeId, ()>(&info.peer_addr, PeerMethod::Removed, &id, Duration::from_secs(2))
+                .await;
+            if let Err(e) = res {
+                warn!(node_id = id, "could not tell the removed node: {e}");
+            }
+        });
+    }
+
+    /// Refuses requests forwarded by a node that is no longer a member.
+    fn check_origin(&self, origin: NodeId) -> Result<(), ClusterError> {
+        if origin == self.inner.id || self.members().iter().any(|m| m.id == origin) {
+            Ok(())
+        } else {
+            Err(ClusterError::Removed { node_id: origin })
+        }
+    }
+
+    fn not_leader(&self, leader_id: Option<NodeId>) -> ClusterError {
+        let leader = leader_id.and_then(|id| self.members().into_iter().find(|m| m.id == id).map(|m| (id, m.info)));
+        ClusterError::NotLeader {
+            node_id: self.inner.id,
+            leader,
+        }
+    }
+
+    /// The applied membership.
+    pub fn members(&self) -> Vec<Member> {
+        members_of(&self.inner.raft.metrics().borrow().membership_config)
+    }
+
+    pub(crate) fn inner(&self) -> &NodeInner {
+        &self.inner
+    }
+
+    /// The data dir path (for messages).
+    pub fn data_dir(&self) -> PathBuf {
+        self.inner.data_dir.lock().unwrap_or_else(|p| p.into_inner()).path().to_path_buf()
+    }
+}
+
+fn members_of(m: &crate::types::StoredMembership) -> Vec<Member> {
+    let membership = m.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let mut out: Vec<Member> = membership
+        .nodes()
+        .map(|(id, info)| Member {
+            id: *id,
+            info: info.clone(),
+            voter: voters.contains(id),
+        })
+        .collect();
+    out.sort_by_key(|m| (!m.voter, m.id));
+    out
+}
+
+fn fatal<E: std::fmt::Display>(e: RaftError<NodeId, E>) -> ClusterError {
+    match e {
+        RaftError::Fatal(openraft::error::Fatal::Stopped) => ClusterError::ShuttingDown,
+        e => ClusterError::Internal(e.to_string()),
+    }
+}

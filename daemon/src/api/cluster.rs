@@ -1,0 +1,104 @@
+//! The Cluster service: status and membership.
+
+use opsd_cluster::{ClusterNode, Member, NodeInfo};
+use opsd_proto::v1::cluster_server::Cluster;
+use opsd_proto::v1::{
+    JoinRequest, JoinResponse, Member as ProtoMember, MembersRequest, MembersResponse, RemoveRequest, RemoveResponse,
+    StatusRequest, StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::cluster_status;
+
+/// Serves cluster status and membership from a node.
+pub struct ClusterService {
+    node: ClusterNode,
+}
+
+impl ClusterService {
+    /// A service backed by `node`.
+    pub fn new(node: ClusterNode) -> Self {
+        ClusterService { node }
+    }
+}
+
+fn to_proto(m: Member) -> ProtoMember {
+    ProtoMember {
+        id: m.id,
+        addr: m.info.addr,
+        peer_addr: m.info.peer_addr,
+        voter: m.voter,
+    }
+}
+
+/// Checks a HOST:PORT field; the message names it.
+fn validate_addr(field: &str, addr: &str) -> Result<(), Status> {
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!("{field}: {addr:?} is not HOST:PORT")))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let s = self.node.status();
+        Ok(Response::new(StatusResponse {
+            node_id: s.node_id,
+            cluster_id: s.cluster_id,
+            leader_id: s.leader.as_ref().map(|l| l.0).unwrap_or(0),
+            leader_addr: s.leader.map(|l| l.1.addr).unwrap_or_default(),
+            term: s.term,
+            role: s.role.as_str().to_string(),
+            last_log_index: s.last_log_index,
+            applied_index: s.applied_index,
+            snapshot_index: s.snapshot_index,
+            purged_index: s.purged_index,
+            members: s.members.into_iter().map(to_proto).collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    async fn members(&self, _: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(MembersResponse {
+            members: self.node.members().into_iter().map(to_proto).collect(),
+        }))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let req = req.into_inner();
+        if req.node_id == 0 {
+            return Err(Status::invalid_argument("node_id: must not be 0"));
+        }
+        validate_addr("addr", &req.addr)?;
+        validate_addr("peer_addr", &req.peer_addr)?;
+        let info = NodeInfo {
+            addr: req.addr,
+            peer_addr: req.peer_addr,
+        };
+        let members = self
+            .node
+            .add_node(req.node_id, info, req.cluster_id)
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(JoinResponse {
+            cluster_id: self.node.cluster_id().to_string(),
+            members: members.into_iter().map(to_proto).collect(),
+        }))
+    }
+
+    async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<RemoveResponse>, Status> {
+        let id = req.into_inner().node_id;
+        if id == 0 {
+            return Err(Status::invalid_argument("node_id: must not be 0"));
+        }
+        let members = self.node.remove_node(id).await.map_err(cluster_status)?;
+        Ok(Response::new(RemoveResponse {
+            members: members.into_iter().map(to_proto).collect(),
+        }))
+    }
+}

@@ -1,0 +1,198 @@
+//! The Settings service.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use opsd_cluster::{AppliedEvent, ClusterNode};
+use opsd_proto::v1::settings_server::Settings;
+use opsd_proto::v1::{
+    watch_event, DeleteRequest, DeleteResponse, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest,
+    PutResponse, Setting, WatchEvent, WatchRequest,
+};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use super::{cluster_status, read_status, rejection_status};
+use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
+use crate::domain::{decode_outcome, Command, Outcome};
+
+/// Serves settings from a cluster node.
+pub struct SettingsService {
+    node: ClusterNode,
+}
+
+impl SettingsService {
+    /// A service backed by `node`.
+    pub fn new(node: ClusterNode) -> Self {
+        SettingsService { node }
+    }
+
+    /// Proposes a command and returns its revision and outcome; a rejection
+    /// becomes the matching gRPC error.
+    async fn propose(&self, cmd: Command) -> Result<(u64, Outcome), Status> {
+        let (index, answer) = self.node.write(cmd.encode()).await.map_err(cluster_status)?;
+        match decode_outcome(&answer).map_err(Status::internal)? {
+            Outcome::Rejected(r) => Err(rejection_status(r)),
+            outcome => Ok((index, outcome)),
+        }
+    }
+
+    /// Waits until a read may be served locally: at once for a stale read,
+    /// after the leader's read index otherwise.
+    async fn barrier(&self, stale: bool) -> Result<(), Status> {
+        if self.node.is_removed() {
+            return Err(cluster_status(opsd_cluster::ClusterError::Removed {
+                node_id: self.node.node_id(),
+            }));
+        }
+        if !stale {
+            self.node.read_barrier().await.map_err(cluster_status)?;
+        }
+        Ok(())
+    }
+}
+
+fn to_proto(r: SettingRecord) -> Setting {
+    Setting {
+        key: r.key,
+        value: r.value,
+        create_revision: r.create_revision,
+        mod_revision: r.mod_revision,
+        version: r.version,
+    }
+}
+
+fn invalid(e: String) -> Status {
+    Status::invalid_argument(e)
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Settings for SettingsService {
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        domain::validate_key(&req.key).map_err(invalid)?;
+        domain::validate_value(&req.value).map_err(invalid)?;
+        let cmd = Command::PutSetting {
+            key: req.key,
+            value: req.value,
+            expected_revision: req.expected_revision,
+        };
+        match self.propose(cmd).await? {
+            (revision, Outcome::SettingPut { previous }) => Ok(Response::new(PutResponse {
+                revision,
+                previous: previous.map(to_proto),
+            })),
+            (_, other) => Err(Status::internal(format!("unexpected outcome of a put: {other:?}"))),
+        }
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let req = req.into_inner();
+        domain::validate_key(&req.key).map_err(invalid)?;
+        self.barrier(req.stale).await?;
+        let reader = self.node.reader();
+        let view = reader.view();
+        let revision = view.applied_index().map_err(read_status)?;
+        match domain::read(&view, &req.key).map_err(read_status)? {
+            Some(r) => Ok(Response::new(GetResponse {
+                setting: Some(to_proto(r)),
+                revision,
+            })),
+            None => Err(Status::not_found(format!("setting {:?} not found", req.key))),
+        }
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let req = req.into_inner();
+        if req.prefix.len() > domain::MAX_KEY_BYTES {
+            return Err(invalid(format!(
+                "prefix: {} bytes is longer than the key limit of {}",
+                req.prefix.len(),
+                domain::MAX_KEY_BYTES
+            )));
+        }
+        self.barrier(req.stale).await?;
+        let reader = self.node.reader();
+        let view = reader.view();
+        let revision = view.applied_index().map_err(read_status)?;
+        let settings = domain::list(&view, &req.prefix).map_err(read_status)?;
+        Ok(Response::new(ListResponse {
+            settings: settings.into_iter().map(to_proto).collect(),
+            revision,
+        }))
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let req = req.into_inner();
+        domain::validate_key(&req.key).map_err(invalid)?;
+        let cmd = Command::DeleteSetting {
+            key: req.key,
+            expected_revision: req.expected_revision,
+        };
+        match self.propose(cmd).await? {
+            (revision, Outcome::SettingDeleted { previous }) => Ok(Response::new(DeleteResponse {
+                revision,
+                previous: Some(to_proto(previous)),
+            })),
+            (_, other) => Err(Status::internal(format!("unexpected outcome of a delete: {other:?}"))),
+        }
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let prefix = req.into_inner().prefix;
+        if prefix.len() > domain::MAX_KEY_BYTES {
+            return Err(invalid(format!("prefix: longer than the key limit of {}", domain::MAX_KEY_BYTES)));
+        }
+        if self.node.is_removed() {
+            return Err(cluster_status(opsd_cluster::ClusterError::Removed {
+                node_id: self.node.node_id(),
+            }));
+        }
+        let mut events = self.node.subscribe();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            loop {
+                let item = match events.recv().await {
+                    Ok(AppliedEvent::Applied { index, event }) => {
+                        let Ok(ev) = domain::decode_event(&event) else { continue };
+                        if !ev.record().key.starts_with(&prefix) {
+                            continue;
+                        }
+                        last = index;
+                        Ok(watch_event_of(ev, index))
+                    }
+                    Ok(AppliedEvent::SnapshotInstalled { index }) => Err(Status::aborted(format!(
+                        "this node's state was replaced by a snapshot at revision {index}; re-read and watch again"
+                    ))),
+                    Err(RecvError::Lagged(n)) => Err(Status::aborted(format!(
+                        "the watcher fell {n} changes behind after revision {last}; re-read and watch again"
+                    ))),
+                    Err(RecvError::Closed) => Err(Status::unavailable("the node is shutting down")),
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn watch_event_of(ev: SettingEvent, revision: u64) -> WatchEvent {
+    let (kind, record) = match ev {
+        SettingEvent::Put(r) => (watch_event::Type::Put, r),
+        SettingEvent::Deleted(r) => (watch_event::Type::Delete, r),
+    };
+    WatchEvent {
+        r#type: kind as i32,
+        setting: Some(to_proto(record)),
+        revision,
+    }
+}

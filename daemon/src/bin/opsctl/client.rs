@@ -1,0 +1,202 @@
+//! Talking to a cluster given several node addresses: every request goes to the
+//! first address that answers, so `opsctl` keeps working while some nodes are
+//! down or without quorum.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status};
+
+/// How long to wait for one node to accept a connection before trying the next.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long to wait for a node's answer once connected. For a streaming call
+/// (watch) this bounds only the start of the stream, not its length.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One node's client address as given on the command line, validated at parse
+/// time so a typo is a usage error rather than a connection failure.
+#[derive(Debug, Clone)]
+pub struct NodeAddr {
+    /// The address as the user wrote it, for messages.
+    text: String,
+    /// The endpoint to connect to.
+    endpoint: Endpoint,
+}
+
+impl NodeAddr {
+    /// Parses `HOST:PORT` (an `http://` prefix is accepted). Used as clap's
+    /// value parser for `--addr`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("empty address (expected HOST:PORT)".to_string());
+        }
+        let url = match text.split_once("://") {
+            None => format!("http://{text}"),
+            Some(("http", _)) => text.to_string(),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "unsupported scheme {scheme:?} in {text:?} (expected HOST:PORT)"
+                ))
+            }
+        };
+        let endpoint = Endpoint::from_shared(url)
+            .map_err(|e| format!("invalid address {text:?}: {e} (expected HOST:PORT)"))?;
+        if endpoint.uri().port_u16().is_none() {
+            return Err(format!("address {text:?} has no port (expected HOST:PORT)"));
+        }
+        if !matches!(endpoint.uri().path(), "" | "/") {
+            return Err(format!("address {text:?} has a path (expected HOST:PORT)"));
+        }
+        let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT);
+        Ok(Self {
+            text: text.to_string(),
+            endpoint,
+        })
+    }
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// A node answered with an error that another node would answer the same
+    /// way (not found, invalid argument, stale revision, ...).
+    #[error("{}", describe_status(.0))]
+    Status(Status),
+    /// A node accepted the request but did not answer in time. Not retried
+    /// elsewhere: a write may still commit.
+    #[error("no answer from {addr} within {}s; a write may still have been applied", .after.as_secs())]
+    Timeout {
+        /// The node that was asked.
+        addr: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// Every address failed to connect or answered UNAVAILABLE.
+    #[error("{}", describe_unreachable(.0))]
+    Unreachable(Vec<(String, String)>),
+}
+
+/// The cluster as reachable through the addresses the user gave, in order.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    addrs: Vec<NodeAddr>,
+}
+
+impl Nodes {
+    /// Nodes to try in the given order.
+    pub fn new(addrs: Vec<NodeAddr>) -> Self {
+        Self { addrs }
+    }
+
+    /// Runs one request with address failover: tries each address in order,
+    /// moving on when connecting fails or the node answers UNAVAILABLE (no
+    /// leader or no quorum, which the API documents as safe to retry), and
+    /// returns the first other answer, success or error. Every command goes
+    /// through here.
+    pub async fn call<T, F, Fut>(&self, mut rpc: F) -> Result<T, CallError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut failures = Vec::with_capacity(self.addrs.len());
+        for addr in &self.addrs {
+            let channel = match tokio::time::timeout(CONNECT_TIMEOUT, addr.endpoint.connect()).await
+            {
+                Ok(Ok(channel)) => channel,
+                Ok(Err(e)) => {
+                    failures.push((addr.to_string(), error_chain(&e)));
+                    continue;
+                }
+                Err(_) => {
+                    let why = format!("no connection within {}s", CONNECT_TIMEOUT.as_secs());
+                    failures.push((addr.to_string(), why));
+                    continue;
+                }
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, rpc(channel)).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) if status.code() == Code::Unavailable => {
+                    failures.push((addr.to_string(), describe_status(&status)));
+                }
+                Ok(Err(status)) => return Err(CallError::Status(status)),
+                Err(_) => {
+                    return Err(CallError::Timeout {
+                        addr: addr.to_string(),
+                        after: REQUEST_TIMEOUT,
+                    })
+                }
+            }
+        }
+        Err(CallError::Unreachable(failures))
+    }
+}
+
+/// A gRPC error for humans: the server's message followed by what its code means.
+pub fn describe_status(status: &Status) -> String {
+    let code = code_text(status.code());
+    let message = status.message().trim();
+    if message.is_empty() {
+        code.to_string()
+    } else {
+        format!("{message} ({code})")
+    }
+}
+
+/// What a gRPC code means for someone at a terminal, following the meanings
+/// `proto/opsd/v1/cluster.proto` gives them.
+fn code_text(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded; the change may still be applied",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "not implemented by this server",
+        Code::Internal => "internal server error",
+        Code::Unavailable => "unavailable; safe to retry",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "not authenticated",
+    }
+}
+
+/// The message for "no address answered": one line per address and why.
+fn describe_unreachable(failures: &[(String, String)]) -> String {
+    let mut text = String::from("no opsd node answered (set --addr or OPSD_ADDR); tried:");
+    for (addr, why) in failures {
+        text.push_str(&format!("\n  {addr}: {why}"));
+    }
+    text
+}
+
+/// An error with its causes, `outer: inner: root`, since transport errors say
+/// little at the top ("transport error") and the cause is in the chain.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,233 @@
+//! opsd's settings: command-line flags, each also read from `OPSD_<FLAG>` in
+//! the environment, over an optional TOML file (`--config`), over defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+
+/// The opsd operations daemon: one node of a replicated opsd cluster.
+///
+/// Started with an empty data dir and no --join, it bootstraps a single-node
+/// cluster. With --join it asks an existing member to add it; it becomes a
+/// voter automatically once it has caught up. With a data dir that has state
+/// it resumes: a restarted node needs nothing but its data dir.
+#[derive(Debug, Parser, Default)]
+#[command(name = "opsd", version, about, long_about)]
+pub struct Flags {
+    /// A TOML file with any of the settings below (keys as the flags, with
+    /// underscores: data_dir, listen, join = [..], ...). Flags and
+    /// environment variables override it.
+    #[arg(long, env = "OPSD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the node keeps its state [default: ./opsd-data].
+    #[arg(long, env = "OPSD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Client gRPC address, HOST:PORT [default: 127.0.0.1:7700].
+    #[arg(long, env = "OPSD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Raft peer address, HOST:PORT [default: 127.0.0.1:7701].
+    #[arg(long, env = "OPSD_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// The host other nodes and clients reach this node at [default: the
+    /// --listen host]. Required when listening on 0.0.0.0 or [::].
+    #[arg(long, env = "OPSD_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The client address (HOST:PORT) of any member to join through; may be
+    /// repeated (or comma-separated) to try several. Ignored by a node whose
+    /// data dir already belongs to that cluster.
+    #[arg(long, env = "OPSD_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Log format: text or json [default: text]. RUST_LOG sets the level.
+    #[arg(long, env = "OPSD_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Leader heartbeat interval in milliseconds [default: 100].
+    #[arg(long, env = "OPSD_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum election timeout in milliseconds; the maximum is twice it
+    /// [default: 500]. At least three heartbeats.
+    #[arg(long, env = "OPSD_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// Build a snapshot and compact the log every this many applied entries
+    /// [default: 10000].
+    #[arg(long, env = "OPSD_SNAPSHOT_THRESHOLD")]
+    pub snapshot_threshold: Option<u64>,
+    /// Promote learners to voters while there are fewer voters than this
+    /// [default: 5].
+    #[arg(long, env = "OPSD_MAX_VOTERS")]
+    pub max_voters: Option<usize>,
+    /// How long a write or linearizable read waits for the cluster before
+    /// failing, in milliseconds [default: 5000].
+    #[arg(long, env = "OPSD_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// How long to keep retrying unanswering --join addresses before giving
+    /// up, in milliseconds [default: 60000].
+    #[arg(long, env = "OPSD_JOIN_TIMEOUT_MS")]
+    pub join_timeout_ms: Option<u64>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The settings a TOML config file may hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    peer_listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    #[serde(default)]
+    join: Vec<String>,
+    log_format: Option<LogFormat>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
+    snapshot_threshold: Option<u64>,
+    max_voters: Option<usize>,
+    write_timeout_ms: Option<u64>,
+    join_timeout_ms: Option<u64>,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// Client address.
+    pub listen: SocketAddr,
+    /// Peer address.
+    pub peer_listen: SocketAddr,
+    /// Host others reach this node at.
+    pub advertise: String,
+    /// Members to join through.
+    pub join: Vec<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Minimum election timeout.
+    pub election_timeout: Duration,
+    /// Entries between snapshots.
+    pub snapshot_threshold: u64,
+    /// Voter limit.
+    pub max_voters: usize,
+    /// Write/read timeout.
+    pub write_timeout: Duration,
+    /// Join retry budget.
+    pub join_timeout: Duration,
+}
+
+impl Config {
+    /// Resolves flags over the config file over defaults, and checks them.
+    pub fn resolve(flags: Flags) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text).with_context(|| format!("--config {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen = flags.listen.or(file.listen).unwrap_or(([127, 0, 0, 1], 7700).into());
+        let peer_listen = flags.peer_listen.or(file.peer_listen).unwrap_or(([127, 0, 0, 1], 7701).into());
+        let advertise = match flags.advertise.or(file.advertise) {
+            Some(host) if host.trim().is_empty() => bail!("--advertise: must not be empty"),
+            Some(host) => host,
+            None if listen.ip().is_unspecified() => {
+                bail!("--advertise: required when --listen is {listen} (other nodes cannot reach an unspecified address)")
+            }
+            None => listen.ip().to_string(),
+        };
+        let join = if flags.join.is_empty() { file.join } else { flags.join };
+        for addr in &join {
+            if !addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+                bail!("--join: {addr:?} is not HOST:PORT");
+            }
+        }
+        let heartbeat_ms = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
+        let election_ms = flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(500);
+        if heartbeat_ms == 0 {
+            bail!("--heartbeat-ms: must be at least 1");
+        }
+        if election_ms < heartbeat_ms * 3 {
+            bail!("--election-timeout-ms: {election_ms} is less than three heartbeats ({} ms)", heartbeat_ms * 3);
+        }
+        let snapshot_threshold = flags.snapshot_threshold.or(file.snapshot_threshold).unwrap_or(10_000);
+        if snapshot_threshold < 2 {
+            bail!("--snapshot-threshold: must be at least 2");
+        }
+        let max_voters = flags.max_voters.or(file.max_voters).unwrap_or(5);
+        if max_voters == 0 {
+            bail!("--max-voters: must be at least 1");
+        }
+        let write_timeout_ms = flags.write_timeout_ms.or(file.write_timeout_ms).unwrap_or(5000);
+        if write_timeout_ms < 10 {
+            bail!("--write-timeout-ms: must be at least 10");
+        }
+        Ok(Config {
+            data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("opsd-data")),
+            listen,
+            peer_listen,
+            advertise,
+            join,
+            log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            election_timeout: Duration::from_millis(election_ms),
+            snapshot_threshold,
+            max_voters,
+            write_timeout: Duration::from_millis(write_timeout_ms),
+            join_timeout: Duration::from_millis(flags.join_timeout_ms.or(file.join_timeout_ms).unwrap_or(60_000)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Config> {
+        Config::resolve(Flags::try_parse_from(std::iter::once("opsd").chain(args.iter().copied()))?)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.peer_listen.to_string(), "127.0.0.1:7701");
+        assert_eq!(c.advertise, "127.0.0.1");
+        assert_eq!(c.data_dir, PathBuf::from("opsd-data"));
+        assert!(c.join.is_empty());
+    }
+
+    #[test]
+    fn file_is_overridden_by_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("opsd.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\nmax_voters = 3\njoin = [\"a:1\"]\n").unwrap();
+        let c = parse(&["--config", f.to_str().unwrap(), "--max-voters", "7"]).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.max_voters, 7);
+        assert_eq!(c.join, vec!["a:1".to_string()]);
+    }
+
+    #[test]
+    fn bad_settings_name_the_flag() {
+        assert!(parse(&["--join", "nohost"]).unwrap_err().to_string().contains("--join"));
+        assert!(parse(&["--listen", "0.0.0.0:7700"]).unwrap_err().to_string().contains("--advertise"));
+        assert!(parse(&["--election-timeout-ms", "10"]).unwrap_err().to_string().contains("--election-timeout-ms"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, "listen_port = 1\n").unwrap();
+        let err = format!("{:#}", parse(&["--config", f.to_str().unwrap()]).unwrap_err());
+        assert!(err.contains("listen_port"), "{err}");
+    }
+}

@@ -1,0 +1,9 @@
+//! opsd, the operations daemon: the product built on the `opsd-cluster`
+//! consensus crate. `domain` holds the replicated state and its apply
+//! function, `api` the gRPC services, `config` and `server` the `opsd`
+//! binary's start-up.
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod server;

@@ -1,0 +1,260 @@
+//! Starting a node: the data dir, then bootstrap, join or resume, then the
+//! client API, until SIGTERM or SIGINT shuts it down gracefully.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use opsd_cluster::{new_cluster_id, ClusterConfig, ClusterNode, DataDir, NodeInfo};
+use opsd_proto::v1::cluster_client::ClusterClient;
+use opsd_proto::v1::cluster_server::ClusterServer;
+use opsd_proto::v1::settings_server::SettingsServer;
+use opsd_proto::v1::{JoinRequest, StatusRequest};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tonic::transport::{Endpoint, Server};
+use tracing::{info, warn};
+
+use crate::api::cluster::ClusterService;
+use crate::api::settings::SettingsService;
+use crate::config::Config;
+use crate::domain::{Domain, TABLES};
+
+/// Runs a node until it is told to stop.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut data_dir = DataDir::open(&config.data_dir)?;
+    let identity = data_dir.identity().clone();
+    if identity.removed {
+        bail!(
+            "data dir {}: node {} was removed from cluster {}; it cannot serve again (start it with an empty data dir to join anew)",
+            config.data_dir.display(),
+            identity.node_id,
+            identity.cluster_id.as_deref().unwrap_or("?")
+        );
+    }
+    let me = NodeInfo {
+        addr: host_port(&config.advertise, config.listen.port()),
+        peer_addr: host_port(&config.advertise, config.peer_listen.port()),
+    };
+    // Bind the client port first, so a port in use fails before anything else happens.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot listen", config.listen))?;
+
+    enum Start {
+        Bootstrap,
+        Join,
+        Resume,
+    }
+    let start = match (&identity.cluster_id, config.join.is_empty()) {
+        (None, true) => {
+            data_dir.set_cluster_id(&new_cluster_id())?;
+            Start::Bootstrap
+        }
+        (None, false) => {
+            let cluster_id = seed_cluster_id(&config).await?;
+            data_dir.set_cluster_id(&cluster_id)?;
+            Start::Join
+        }
+        (Some(ours), false) => {
+            check_seed_cluster(&config, ours).await?;
+            Start::Join
+        }
+        (Some(_), true) => Start::Resume,
+    };
+
+    let cluster_config = ClusterConfig {
+        advertise: me.clone(),
+        peer_listen: config.peer_listen,
+        heartbeat: config.heartbeat,
+        election_timeout: config.election_timeout,
+        snapshot_threshold: config.snapshot_threshold,
+        max_voters: config.max_voters,
+        request_timeout: config.write_timeout,
+        tables: TABLES.iter().map(|t| t.to_string()).collect(),
+    };
+    let node = ClusterNode::start(cluster_config, data_dir, Arc::new(Domain)).await?;
+    match start {
+        Start::Bootstrap => {
+            node.initialize().await?;
+            info!(node_id = node.node_id(), cluster_id = node.cluster_id(), "bootstrapped a new single-node cluster");
+        }
+        Start::Join if node.is_member() => info!(node_id = node.node_id(), "resumed; already a member"),
+        Start::Join => {
+            if let Err(e) = join(&config, &node, &me).await {
+                node.shutdown().await;
+                return Err(e);
+            }
+        }
+        Start::Resume => {
+            if !node.is_member() {
+                warn!("this node is not a member yet: waiting for a leader to add it (start it with --join to ask)");
+            }
+            info!(node_id = node.node_id(), cluster_id = node.cluster_id(), "resumed from the data dir");
+        }
+    }
+
+    serve(listener, node.clone()).await?;
+    node.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Serves the client API until SIGTERM or SIGINT.
+async fn serve(listener: TcpListener, node: ClusterNode) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ClusterServer<ClusterService>>().await;
+    health.set_serving::<SettingsServer<SettingsService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(opsd_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let addr = listener.local_addr()?;
+    info!(%addr, "serving the client API");
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+        .add_service(SettingsServer::new(SettingsService::new(node)))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: shutting down"),
+                _ = int.recv() => info!("SIGINT: shutting down"),
+            }
+        })
+        .await
+        .context("client API server")?;
+    Ok(())
+}
+
+/// A client of a member's Cluster service.
+async fn cluster_client(addr: &str) -> anyhow::Result<ClusterClient<tonic::transport::Channel>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .map_err(|e| anyhow!("{addr}: {e}"))?;
+    Ok(ClusterClient::new(channel))
+}
+
+/// Tries each --join address, with backoff, until `attempt` succeeds on one
+/// or the join timeout passes. `attempt` returning `Err(Fatal)` stops at once.
+async fn with_seeds<T, F, Fut>(config: &Config, what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, SeedError>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    let mut errors: Vec<String> = Vec::new();
+    loop {
+        for addr in &config.join {
+            match attempt(addr.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(SeedError::Fatal(e)) => return Err(e),
+                Err(SeedError::Retry(e)) => {
+                    warn!("{what} via {addr}: {e:#}; will retry");
+                    errors.retain(|x| !x.starts_with(&format!("{addr}:")));
+                    errors.push(format!("{addr}: {e:#}"));
+                }
+            }
+        }
+        if started.elapsed() + delay > config.join_timeout {
+            bail!(
+                "--join: could not {what} within {} ms; tried {}",
+                config.join_timeout.as_millis(),
+                errors.join("; ")
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+enum SeedError {
+    Retry(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+fn classify(addr: &str, status: tonic::Status) -> SeedError {
+    use tonic::Code::*;
+    let e = anyhow!("{addr} answered {:?}: {}", status.code(), status.message());
+    match status.code() {
+        Unavailable | DeadlineExceeded | Unknown | Internal | ResourceExhausted | Aborted => SeedError::Retry(e),
+        _ => SeedError::Fatal(e),
+    }
+}
+
+/// Learns the cluster id from a member.
+async fn seed_cluster_id(config: &Config) -> anyhow::Result<String> {
+    with_seeds(config, "reach a member", |addr| async move {
+        let mut client = cluster_client(&addr).await.map_err(SeedError::Retry)?;
+        let status = client
+            .status(StatusRequest {})
+            .await
+            .map_err(|s| classify(&addr, s))?
+            .into_inner();
+        if status.cluster_id.is_empty() {
+            return Err(SeedError::Retry(anyhow!("{addr} has no cluster id yet")));
+        }
+        Ok(status.cluster_id)
+    })
+    .await
+}
+
+/// A node with state started with --join: refuse if the seeds belong to
+/// another cluster. Seeds that do not answer are not waited for: the node has
+/// its own state and can resume without them.
+async fn check_seed_cluster(config: &Config, ours: &str) -> anyhow::Result<()> {
+    for addr in &config.join {
+        let Ok(mut client) = cluster_client(addr).await else { continue };
+        let Ok(status) = client.status(StatusRequest {}).await else { continue };
+        let theirs = status.into_inner().cluster_id;
+        if theirs != ours {
+            bail!(
+                "--join {addr}: that node is a member of cluster {theirs}, but data dir {} belongs to cluster {ours}; \
+                 start without --join to resume cluster {ours}, or use an empty data dir to join cluster {theirs}",
+                config.data_dir.display()
+            );
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// Asks a member to add this node, until one does.
+async fn join(config: &Config, node: &ClusterNode, me: &NodeInfo) -> anyhow::Result<()> {
+    let req = JoinRequest {
+        node_id: node.node_id(),
+        addr: me.addr.clone(),
+        peer_addr: me.peer_addr.clone(),
+        cluster_id: node.cluster_id().to_string(),
+    };
+    let resp = with_seeds(config, "join the cluster", |addr| {
+        let req = req.clone();
+        async move {
+            let mut client = cluster_client(&addr).await.map_err(SeedError::Retry)?;
+            client.join(req).await.map_err(|s| classify(&addr, s))
+        }
+    })
+    .await?
+    .into_inner();
+    info!(
+        node_id = node.node_id(),
+        cluster_id = resp.cluster_id,
+        members = resp.members.len(),
+        "joined as a learner; the leader promotes it to voter once caught up"
+    );
+    Ok(())
+}
