@@ -73,7 +73,9 @@ impl DataDir {
                 if path.join("db").exists() {
                     return Err(ClusterError::DataDir {
                         path: path.display().to_string(),
-                        reason: format!("it holds a database but no {IDENTITY_FILE}; it was not written by opsd or is damaged"),
+                        reason: format!(
+                            "it holds a database but no {IDENTITY_FILE}; it was not written by opsd or is damaged"
+                        ),
                     });
                 }
                 NodeIdentity {

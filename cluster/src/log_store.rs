@@ -37,12 +37,19 @@ impl LogStore {
             let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(&AnyErr(e)))?;
             batch.put_cf(cf, index_key(entry.log_id.index), bytes);
         }
-        self.store.write(batch, true).map_err(|e| StorageIOError::write_logs(&e).into())
+        self.store
+            .write(batch, true)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let raw = self.store.db.get_cf(self.store.cf(CF_META)?, key).map_err(|e| StorageIOError::read(&e))?;
-        raw.map(|b| decode(&b).map_err(|e| StorageIOError::read(&AnyErr(e)).into())).transpose()
+        let raw = self
+            .store
+            .db
+            .get_cf(self.store.cf(CF_META)?, key)
+            .map_err(|e| StorageIOError::read(&e))?;
+        raw.map(|b| decode(&b).map_err(|e| StorageIOError::read(&AnyErr(e)).into()))
+            .transpose()
     }
 }
 
@@ -68,9 +75,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let cf = self.store.cf(CF_LOG)?;
         let mut out = Vec::new();
-        for item in self.store.db.iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward)) {
+        for item in self
+            .store
+            .db
+            .iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward))
+        {
             let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let index = key_index(&k).ok_or_else(|| StorageIOError::read_logs(&AnyErr("log key is not 8 bytes".into())))?;
+            let index =
+                key_index(&k).ok_or_else(|| StorageIOError::read_logs(&AnyErr("log key is not 8 bytes".into())))?;
             if !range.contains(&index) {
                 break;
             }
@@ -88,7 +100,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last = match self.store.db.iterator_cf(cf, IteratorMode::End).next() {
             Some(item) => {
                 let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-                Some(decode::<Entry>(&v).map_err(|e| StorageIOError::read_logs(&AnyErr(e)))?.log_id)
+                Some(
+                    decode::<Entry>(&v)
+                        .map_err(|e| StorageIOError::read_logs(&AnyErr(e)))?
+                        .log_id,
+                )
             }
             None => None,
         };
@@ -107,7 +123,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&AnyErr(e)))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.store.cf(CF_META)?, KEY_VOTE, bytes);
-        self.store.write(batch, true).map_err(|e| StorageIOError::write_vote(&e).into())
+        self.store
+            .write(batch, true)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -118,7 +136,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = encode(&committed).map_err(|e| StorageIOError::write(&AnyErr(e)))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.store.cf(CF_META)?, KEY_COMMITTED, bytes);
-        self.store.write(batch, false).map_err(|e| StorageIOError::write(&e).into())
+        self.store
+            .write(batch, false)
+            .map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -145,14 +165,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.store.cf(CF_LOG)?, index_key(log_id.index), index_key(u64::MAX));
-        self.store.write(batch, true).map_err(|e| StorageIOError::write_logs(&e).into())
+        self.store
+            .write(batch, true)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let bytes = encode(&log_id).map_err(|e| StorageIOError::write_logs(&AnyErr(e)))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.store.cf(CF_META)?, KEY_PURGED, bytes);
-        batch.delete_range_cf(self.store.cf(CF_LOG)?, index_key(0), index_key(log_id.index.saturating_add(1)));
-        self.store.write(batch, false).map_err(|e| StorageIOError::write_logs(&e).into())
+        batch.delete_range_cf(
+            self.store.cf(CF_LOG)?,
+            index_key(0),
+            index_key(log_id.index.saturating_add(1)),
+        );
+        self.store
+            .write(batch, false)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }

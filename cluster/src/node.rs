@@ -58,8 +58,14 @@ const PROMOTE_EVERY: Duration = Duration::from_millis(300);
 pub(crate) enum LeaderRequest {
     Write(Vec<u8>),
     ReadIndex,
-    AddNode { id: NodeId, info: NodeInfo, cluster_id: String },
-    RemoveNode { id: NodeId },
+    AddNode {
+        id: NodeId,
+        info: NodeInfo,
+        cluster_id: String,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
 }
 
 /// The leader's answer.
@@ -355,7 +361,9 @@ impl ClusterNode {
     pub async fn write(&self, command: Vec<u8>) -> Result<(u64, Vec<u8>), ClusterError> {
         match self.leader_request(LeaderRequest::Write(command)).await? {
             LeaderResponse::Written { index, response } => Ok((index, response)),
-            other => Err(ClusterError::Internal(format!("unexpected answer to a write: {other:?}"))),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected answer to a write: {other:?}"
+            ))),
         }
     }
 
@@ -365,7 +373,11 @@ impl ClusterNode {
         let started = Instant::now();
         let index = match self.leader_request(LeaderRequest::ReadIndex).await? {
             LeaderResponse::ReadIndex { index } => index,
-            other => return Err(ClusterError::Internal(format!("unexpected answer to a read index: {other:?}"))),
+            other => {
+                return Err(ClusterError::Internal(format!(
+                    "unexpected answer to a read index: {other:?}"
+                )))
+            }
         };
         let remaining = self.inner.request_timeout.saturating_sub(started.elapsed());
         self.inner
@@ -382,9 +394,14 @@ impl ClusterNode {
 
     /// Adds a node as a learner (forwarded to the leader).
     pub async fn add_node(&self, id: NodeId, info: NodeInfo, cluster_id: String) -> Result<Vec<Member>, ClusterError> {
-        match self.leader_request(LeaderRequest::AddNode { id, info, cluster_id }).await? {
+        match self
+            .leader_request(LeaderRequest::AddNode { id, info, cluster_id })
+            .await?
+        {
             LeaderResponse::Members(m) => Ok(m),
-            other => Err(ClusterError::Internal(format!("unexpected answer to a join: {other:?}"))),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected answer to a join: {other:?}"
+            ))),
         }
     }
 
@@ -392,7 +409,9 @@ impl ClusterNode {
     pub async fn remove_node(&self, id: NodeId) -> Result<Vec<Member>, ClusterError> {
         match self.leader_request(LeaderRequest::RemoveNode { id }).await? {
             LeaderResponse::Members(m) => Ok(m),
-            other => Err(ClusterError::Internal(format!("unexpected answer to a removal: {other:?}"))),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected answer to a removal: {other:?}"
+            ))),
         }
     }
 
@@ -442,8 +461,17 @@ impl ClusterNode {
         if self.inner.removed.swap(true, Ordering::SeqCst) {
             return;
         }
-        warn!(node_id = self.inner.id, "this node was removed from the cluster; it stops serving");
-        if let Err(e) = self.inner.data_dir.lock().unwrap_or_else(|p| p.into_inner()).mark_removed() {
+        warn!(
+            node_id = self.inner.id,
+            "this node was removed from the cluster; it stops serving"
+        );
+        if let Err(e) = self
+            .inner
+            .data_dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mark_removed()
+        {
             warn!("could not record the removal in the data dir: {e}");
         }
         let raft = self.inner.raft.clone();
@@ -463,10 +491,15 @@ impl ClusterNode {
             }
             let leader = self.status().leader;
             let result = match &leader {
-                Some((id, _)) if *id == self.inner.id => self.serve_leader_request(self.inner.id, req.clone(), deadline).await,
+                Some((id, _)) if *id == self.inner.id => {
+                    self.serve_leader_request(self.inner.id, req.clone(), deadline).await
+                }
                 Some((id, info)) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    self.inner.channels.call_leader(*id, info, &req, remaining.max(Duration::from_millis(1))).await
+                    self.inner
+                        .channels
+                        .call_leader(*id, info, &req, remaining.max(Duration::from_millis(1)))
+                        .await
                 }
                 None => Err(ClusterError::NoLeader {
                     waited_ms: 0,
@@ -478,7 +511,11 @@ impl ClusterNode {
                     self.mark_removed();
                     return Err(ClusterError::Removed { node_id });
                 }
-                Err(e @ (ClusterError::NotLeader { .. } | ClusterError::NoLeader { .. } | ClusterError::Unreachable { .. })) => {
+                Err(
+                    e @ (ClusterError::NotLeader { .. }
+                    | ClusterError::NoLeader { .. }
+                    | ClusterError::Unreachable { .. }),
+                ) => {
                     if Instant::now() + Duration::from_millis(50) >= deadline {
                         return Err(ClusterError::NoLeader {
                             waited_ms: started.elapsed().as_millis() as u64,
@@ -504,7 +541,11 @@ impl ClusterNode {
             what: what.to_string(),
             waited_ms: self.inner.request_timeout.as_millis() as u64,
         };
-        let remaining = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let remaining = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
         match req {
             LeaderRequest::Write(cmd) => {
                 self.check_origin(origin)?;
@@ -514,7 +555,9 @@ impl ClusterNode {
                         index: resp.log_id.index,
                         response: resp.data.0,
                     }),
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(self.not_leader(f.leader_id)),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                        Err(self.not_leader(f.leader_id))
+                    }
                     Ok(Err(e)) => Err(fatal(e)),
                 }
             }
@@ -525,11 +568,15 @@ impl ClusterNode {
                     Ok(Ok((read, _))) => Ok(LeaderResponse::ReadIndex {
                         index: read.map(|l| l.index).unwrap_or(0),
                     }),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(self.not_leader(f.leader_id)),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(ClusterError::NoLeader {
-                        waited_ms: self.inner.request_timeout.as_millis() as u64,
-                        detail: format!("the leader cannot reach a quorum: {q}"),
-                    }),
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                        Err(self.not_leader(f.leader_id))
+                    }
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                        Err(ClusterError::NoLeader {
+                            waited_ms: self.inner.request_timeout.as_millis() as u64,
+                            detail: format!("the leader cannot reach a quorum: {q}"),
+                        })
+                    }
                     Ok(Err(e)) => Err(fatal(e)),
                 }
             }
@@ -586,7 +633,9 @@ impl ClusterNode {
         deadline: Instant,
     ) -> Result<(), ClusterError> {
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
             let res = tokio::time::timeout(remaining, self.inner.raft.change_membership(change.clone(), retain)).await;
             match res {
                 Err(_) => {
@@ -596,7 +645,9 @@ impl ClusterNode {
                     })
                 }
                 Ok(Ok(_)) => return Ok(()),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => return Err(self.not_leader(f.leader_id)),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    return Err(self.not_leader(f.leader_id))
+                }
                 Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(_),
                 )))) if Instant::now() < deadline => {
@@ -658,7 +709,12 @@ impl ClusterNode {
 
     /// The data dir path (for messages).
     pub fn data_dir(&self) -> PathBuf {
-        self.inner.data_dir.lock().unwrap_or_else(|p| p.into_inner()).path().to_path_buf()
+        self.inner
+            .data_dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .path()
+            .to_path_buf()
     }
 }
 

@@ -101,7 +101,8 @@ impl<'a> Txn<'a> {
     pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<(), TxnError> {
         let cf = self.table(table)?;
         self.batch.put_cf(cf, key, value);
-        self.overlay.insert((table.to_string(), key.to_vec()), Some(value.to_vec()));
+        self.overlay
+            .insert((table.to_string(), key.to_vec()), Some(value.to_vec()));
         Ok(())
     }
 
@@ -257,8 +258,7 @@ impl StateMachineStore {
     fn put_meta(&self, batch: &mut WriteBatch) -> Result<(), StorageError> {
         let cf = self.store.cf(CF_SM)?;
         let applied = encode(&self.last_applied).map_err(|e| StorageIOError::write_state_machine(&AnyErr(e)))?;
-        let membership =
-            encode(&self.last_membership).map_err(|e| StorageIOError::write_state_machine(&AnyErr(e)))?;
+        let membership = encode(&self.last_membership).map_err(|e| StorageIOError::write_state_machine(&AnyErr(e)))?;
         batch.put_cf(cf, KEY_APPLIED, applied);
         batch.put_cf(cf, KEY_MEMBERSHIP, membership);
         Ok(())
@@ -297,7 +297,9 @@ fn build_snapshot_blocking(store: &Store, path: &PathBuf, seq: u64) -> Result<Sn
     };
     let mut tables = Vec::with_capacity(store.tables.len());
     for name in &store.tables {
-        let cf = store.table(name).ok_or_else(|| err(format!("table {name} is missing")))?;
+        let cf = store
+            .table(name)
+            .ok_or_else(|| err(format!("table {name} is missing")))?;
         let mut rows = Vec::new();
         for item in snap.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| err(e.to_string()))?;
@@ -388,14 +390,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let sig = Some(meta.signature());
         let err = |e: String| -> StorageError { StorageIOError::write_snapshot(sig.clone(), &AnyErr(e)).into() };
         let tables: SnapshotTables = decode(&data).map_err(err)?;
         let mut batch = WriteBatch::default();
         for name in &self.store.tables {
-            let cf = self.store.table(name).ok_or_else(|| err(format!("table {name} is missing")))?;
+            let cf = self
+                .store
+                .table(name)
+                .ok_or_else(|| err(format!("table {name} is missing")))?;
             for item in self.store.db.iterator_cf(cf, IteratorMode::Start) {
                 let (k, _) = item.map_err(|e| err(e.to_string()))?;
                 batch.delete_cf(cf, k);

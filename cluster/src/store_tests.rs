@@ -98,8 +98,15 @@ async fn apply_reads_its_own_writes_and_publishes_events() {
         .apply(vec![normal(1, 1, "a=1"), normal(1, 2, "a=2"), normal(1, 3, "a")])
         .await
         .unwrap();
-    let answers: Vec<String> = responses.iter().map(|r| String::from_utf8(r.0.clone()).unwrap()).collect();
-    assert_eq!(answers, vec!["", "1", "2"], "each command sees the one before it in the same batch");
+    let answers: Vec<String> = responses
+        .iter()
+        .map(|r| String::from_utf8(r.0.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        answers,
+        vec!["", "1", "2"],
+        "each command sees the one before it in the same batch"
+    );
     let view = sm.reader();
     let view = view.view();
     assert_eq!(view.get("kv", b"a").unwrap(), None);
@@ -136,7 +143,9 @@ async fn snapshot_round_trip_carries_tables_and_membership() {
     let (_, mut dst) = open(&dst_dir);
     dst.apply(vec![normal(1, 1, "stale=yes")]).await.unwrap();
     let data = snap.snapshot.into_inner();
-    dst.install_snapshot(&snap.meta, Box::new(Cursor::new(data))).await.unwrap();
+    dst.install_snapshot(&snap.meta, Box::new(Cursor::new(data)))
+        .await
+        .unwrap();
     drop(dst);
 
     // Reopen: the installed state and the current snapshot are durable.
@@ -173,7 +182,10 @@ async fn unknown_table_is_an_error_not_a_panic() {
 #[test]
 fn membership_entries_encode_round_trip() {
     let nodes = [(1u64, node(1)), (2, node(2)), (3, node(3)), (4, node(4))];
-    let m = Membership::<u64, NodeInfo>::new(vec![[1u64, 2, 3].into_iter().collect()], nodes.into_iter().collect::<std::collections::BTreeMap<_, _>>());
+    let m = Membership::<u64, NodeInfo>::new(
+        vec![[1u64, 2, 3].into_iter().collect()],
+        nodes.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+    );
     let e: Entry<TypeConfig> = Entry {
         log_id: log_id(3, 1, 9),
         payload: EntryPayload::Membership(m),

@@ -138,18 +138,26 @@ impl Config {
             None => FileConfig::default(),
         };
         let listen = flags.listen.or(file.listen).unwrap_or(([127, 0, 0, 1], 7700).into());
-        let peer_listen = flags.peer_listen.or(file.peer_listen).unwrap_or(([127, 0, 0, 1], 7701).into());
+        let peer_listen = flags
+            .peer_listen
+            .or(file.peer_listen)
+            .unwrap_or(([127, 0, 0, 1], 7701).into());
         let advertise = match flags.advertise.or(file.advertise) {
             Some(host) if host.trim().is_empty() => bail!("--advertise: must not be empty"),
             Some(host) => host,
             None if listen.ip().is_unspecified() => {
-                bail!("--advertise: required when --listen is {listen} (other nodes cannot reach an unspecified address)")
+                bail!(
+                    "--advertise: required when --listen is {listen} (other nodes cannot reach an unspecified address)"
+                )
             }
             None => listen.ip().to_string(),
         };
         let join = if flags.join.is_empty() { file.join } else { flags.join };
         for addr in &join {
-            if !addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+            if !addr
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            {
                 bail!("--join: {addr:?} is not HOST:PORT");
             }
         }
@@ -159,7 +167,10 @@ impl Config {
             bail!("--heartbeat-ms: must be at least 1");
         }
         if election_ms < heartbeat_ms * 3 {
-            bail!("--election-timeout-ms: {election_ms} is less than three heartbeats ({} ms)", heartbeat_ms * 3);
+            bail!(
+                "--election-timeout-ms: {election_ms} is less than three heartbeats ({} ms)",
+                heartbeat_ms * 3
+            );
         }
         let snapshot_threshold = flags.snapshot_threshold.or(file.snapshot_threshold).unwrap_or(10_000);
         if snapshot_threshold < 2 {
@@ -174,7 +185,10 @@ impl Config {
             bail!("--write-timeout-ms: must be at least 10");
         }
         Ok(Config {
-            data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("opsd-data")),
+            data_dir: flags
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("opsd-data")),
             listen,
             peer_listen,
             advertise,
@@ -195,7 +209,9 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> anyhow::Result<Config> {
-        Config::resolve(Flags::try_parse_from(std::iter::once("opsd").chain(args.iter().copied()))?)
+        Config::resolve(Flags::try_parse_from(
+            std::iter::once("opsd").chain(args.iter().copied()),
+        )?)
     }
 
     #[test]
@@ -222,8 +238,14 @@ mod tests {
     #[test]
     fn bad_settings_name_the_flag() {
         assert!(parse(&["--join", "nohost"]).unwrap_err().to_string().contains("--join"));
-        assert!(parse(&["--listen", "0.0.0.0:7700"]).unwrap_err().to_string().contains("--advertise"));
-        assert!(parse(&["--election-timeout-ms", "10"]).unwrap_err().to_string().contains("--election-timeout-ms"));
+        assert!(parse(&["--listen", "0.0.0.0:7700"])
+            .unwrap_err()
+            .to_string()
+            .contains("--advertise"));
+        assert!(parse(&["--election-timeout-ms", "10"])
+            .unwrap_err()
+            .to_string()
+            .contains("--election-timeout-ms"));
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, "listen_port = 1\n").unwrap();

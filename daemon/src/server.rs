@@ -77,7 +77,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     match start {
         Start::Bootstrap => {
             node.initialize().await?;
-            info!(node_id = node.node_id(), cluster_id = node.cluster_id(), "bootstrapped a new single-node cluster");
+            info!(
+                node_id = node.node_id(),
+                cluster_id = node.cluster_id(),
+                "bootstrapped a new single-node cluster"
+            );
         }
         Start::Join if node.is_member() => info!(node_id = node.node_id(), "resumed; already a member"),
         Start::Join => {
@@ -90,7 +94,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if !node.is_member() {
                 warn!("this node is not a member yet: waiting for a leader to add it (start it with --join to ask)");
             }
-            info!(node_id = node.node_id(), cluster_id = node.cluster_id(), "resumed from the data dir");
+            info!(
+                node_id = node.node_id(),
+                cluster_id = node.cluster_id(),
+                "resumed from the data dir"
+            );
         }
     }
 
@@ -218,8 +226,12 @@ async fn seed_cluster_id(config: &Config) -> anyhow::Result<String> {
 /// its own state and can resume without them.
 async fn check_seed_cluster(config: &Config, ours: &str) -> anyhow::Result<()> {
     for addr in &config.join {
-        let Ok(mut client) = cluster_client(addr).await else { continue };
-        let Ok(status) = client.status(StatusRequest {}).await else { continue };
+        let Ok(mut client) = cluster_client(addr).await else {
+            continue;
+        };
+        let Ok(status) = client.status(StatusRequest {}).await else {
+            continue;
+        };
         let theirs = status.into_inner().cluster_id;
         if theirs != ours {
             bail!(

@@ -146,7 +146,10 @@ impl Settings for SettingsService {
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let prefix = req.into_inner().prefix;
         if prefix.len() > domain::MAX_KEY_BYTES {
-            return Err(invalid(format!("prefix: longer than the key limit of {}", domain::MAX_KEY_BYTES)));
+            return Err(invalid(format!(
+                "prefix: longer than the key limit of {}",
+                domain::MAX_KEY_BYTES
+            )));
         }
         if self.node.is_removed() {
             return Err(cluster_status(opsd_cluster::ClusterError::Removed {

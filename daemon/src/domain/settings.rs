@@ -52,10 +52,15 @@ pub fn validate_key(key: &str) -> Result<(), String> {
         return Err("key: must not be empty".into());
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(format!("key: {} bytes is longer than the limit of {MAX_KEY_BYTES}", key.len()));
+        return Err(format!(
+            "key: {} bytes is longer than the limit of {MAX_KEY_BYTES}",
+            key.len()
+        ));
     }
     if let Some(c) = key.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("key: must not contain whitespace or control characters (found {c:?})"));
+        return Err(format!(
+            "key: must not contain whitespace or control characters (found {c:?})"
+        ));
     }
     Ok(())
 }
@@ -132,7 +137,9 @@ pub fn apply_delete(
         return Ok(Outcome::Rejected(Rejection::InvalidArgument(e)));
     }
     let Some(previous) = get(txn, key)? else {
-        return Ok(Outcome::Rejected(Rejection::NotFound(format!("setting {key:?} not found"))));
+        return Ok(Outcome::Rejected(Rejection::NotFound(format!(
+            "setting {key:?} not found"
+        ))));
     };
     if let Some(r) = check_revision(key, Some(&previous), expected_revision) {
         return Ok(Outcome::Rejected(r));
@@ -160,4 +167,161 @@ pub fn list(view: &ReadView<'_>, prefix: &str) -> Result<Vec<SettingRecord>, Txn
 /// Decodes a published event.
 pub fn decode_event(bytes: &[u8]) -> Result<SettingEvent, String> {
     bincode::deserialize(bytes).map_err(|e| format!("undecodable setting event: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use opsd_cluster::LocalState;
+
+    use super::*;
+    use crate::domain::{decode_outcome, Command, Domain, TABLES};
+
+    struct State {
+        _dir: tempfile::TempDir,
+        state: LocalState,
+        index: u64,
+    }
+
+    impl State {
+        fn new() -> State {
+            let dir = tempfile::tempdir().unwrap();
+            let tables: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+            let state = LocalState::open(dir.path(), &tables, Arc::new(Domain)).unwrap();
+            State {
+                _dir: dir,
+                state,
+                index: 0,
+            }
+        }
+
+        fn apply(&mut self, cmd: Command) -> (Outcome, Vec<SettingEvent>) {
+            self.index += 1;
+            let (answer, events) = self.state.apply(self.index, &cmd.encode()).unwrap();
+            let events = events.iter().map(|e| decode_event(e).unwrap()).collect();
+            (decode_outcome(&answer).unwrap(), events)
+        }
+
+        fn put(&mut self, key: &str, value: &str, expected: Option<u64>) -> Outcome {
+            self.apply(Command::PutSetting {
+                key: key.into(),
+                value: value.into(),
+                expected_revision: expected,
+            })
+            .0
+        }
+
+        fn get(&self, key: &str) -> Option<SettingRecord> {
+            read(&self.state.view(), key).unwrap()
+        }
+    }
+
+    #[test]
+    fn put_creates_then_updates_with_revisions() {
+        let mut s = State::new();
+        assert_eq!(s.put("a", "1", None), Outcome::SettingPut { previous: None });
+        let first = s.get("a").unwrap();
+        assert_eq!((first.create_revision, first.mod_revision, first.version), (1, 1, 1));
+        let (outcome, events) = s.apply(Command::PutSetting {
+            key: "a".into(),
+            value: "2".into(),
+            expected_revision: None,
+        });
+        assert_eq!(
+            outcome,
+            Outcome::SettingPut {
+                previous: Some(first.clone())
+            }
+        );
+        let second = s.get("a").unwrap();
+        assert_eq!((second.value.as_str(), second.create_revision, second.mod_revision, second.version), ("2", 1, 2, 2));
+        assert_eq!(events, vec![SettingEvent::Put(second)]);
+    }
+
+    #[test]
+    fn compare_and_set_checks_the_revision() {
+        let mut s = State::new();
+        assert!(matches!(s.put("a", "1", Some(0)), Outcome::SettingPut { .. }), "0 means absent");
+        let Outcome::Rejected(Rejection::FailedPrecondition(msg)) = s.put("a", "x", Some(0)) else {
+            panic!("a second create must be refused")
+        };
+        assert!(msg.contains("expected_revision") && msg.contains("revision 1"), "{msg}");
+        assert!(matches!(s.put("a", "2", Some(1)), Outcome::SettingPut { .. }));
+        assert!(matches!(s.put("a", "3", Some(1)), Outcome::Rejected(Rejection::FailedPrecondition(_))));
+        assert_eq!(s.get("a").unwrap().value, "2", "a refused write changes nothing");
+    }
+
+    #[test]
+    fn delete_removes_and_reports_missing_keys() {
+        let mut s = State::new();
+        s.put("a", "1", None);
+        let (outcome, events) = s.apply(Command::DeleteSetting {
+            key: "a".into(),
+            expected_revision: Some(1),
+        });
+        let Outcome::SettingDeleted { previous } = outcome else { panic!("{outcome:?}") };
+        assert_eq!(previous.value, "1");
+        assert_eq!(s.get("a"), None);
+        let SettingEvent::Deleted(gone) = &events[0] else { panic!("{events:?}") };
+        assert_eq!(gone.mod_revision, 2, "a delete event carries the delete's revision");
+        let (outcome, events) = s.apply(Command::DeleteSetting {
+            key: "a".into(),
+            expected_revision: None,
+        });
+        assert!(matches!(outcome, Outcome::Rejected(Rejection::NotFound(m)) if m.contains("\"a\"")));
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn recreate_after_delete_starts_a_new_life() {
+        let mut s = State::new();
+        s.put("a", "1", None);
+        s.apply(Command::DeleteSetting {
+            key: "a".into(),
+            expected_revision: None,
+        });
+        s.put("a", "again", None);
+        let r = s.get("a").unwrap();
+        assert_eq!((r.create_revision, r.version), (3, 1));
+    }
+
+    #[test]
+    fn apply_revalidates_what_the_api_validates() {
+        let mut s = State::new();
+        for (key, value, field) in [
+            ("", "v", "key"),
+            (&"k".repeat(MAX_KEY_BYTES + 1), "v", "key"),
+            ("has space", "v", "key"),
+            ("k", &"v".repeat(MAX_VALUE_BYTES + 1), "value"),
+        ] {
+            let Outcome::Rejected(Rejection::InvalidArgument(msg)) = s.put(key, value, None) else {
+                panic!("{key:?} must be refused")
+            };
+            assert!(msg.starts_with(field), "{msg}");
+        }
+        assert!(list(&s.state.view(), "").unwrap().is_empty(), "nothing was written");
+        assert!(matches!(s.put(&"k".repeat(MAX_KEY_BYTES), "", None), Outcome::SettingPut { .. }));
+    }
+
+    #[test]
+    fn undecodable_commands_are_rejected_not_applied() {
+        let s = State::new();
+        for bytes in [&b""[..], &[9u8, 1, 2][..], &[1u8, 200, 200][..]] {
+            let (answer, events) = s.state.apply(1, bytes).unwrap();
+            assert!(matches!(decode_outcome(&answer).unwrap(), Outcome::Rejected(Rejection::InvalidArgument(_))));
+            assert!(events.is_empty());
+        }
+    }
+
+    #[test]
+    fn list_is_by_prefix_in_key_order() {
+        let mut s = State::new();
+        for k in ["b/2", "a/1", "b/1", "c"] {
+            s.put(k, k, None);
+        }
+        let keys: Vec<String> = list(&s.state.view(), "b/").unwrap().into_iter().map(|r| r.key).collect();
+        assert_eq!(keys, vec!["b/1", "b/2"]);
+        assert_eq!(list(&s.state.view(), "").unwrap().len(), 4);
+    }
 }

@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make run` and `make test`. Each installs
+# what is missing first (see .ci/deps), so they work on a fresh Debian machine.
+
+CARGO ?= cargo
+BIN := target/debug
+
+.PHONY: run test deps build lint fmt clean
+
+## run: build opsd and opsctl, and start a single-node opsd on 127.0.0.1:7700 (data in ./opsd-data)
+run: deps
+	$(CARGO) build --bin opsd --bin opsctl
+	@echo "opsd starting; in another terminal: $(BIN)/opsctl status"
+	$(BIN)/opsd
+
+## test: unit tests and the end-to-end scenarios against real opsd processes
+test: deps
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+deps:
+	@./.ci/deps
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+## lint: formatting and clippy, as CI checks them
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
