@@ -4,7 +4,6 @@
 //! which runs on the leader, forwarded there from any node.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,8 +30,6 @@ use crate::types::{Command, NodeId, NodeInfo, Raft};
 pub struct ClusterConfig {
     /// How others reach this node.
     pub advertise: NodeInfo,
-    /// Where the peer server listens.
-    pub peer_listen: SocketAddr,
     /// Leader heartbeat interval.
     pub heartbeat: Duration,
     /// Minimum election timeout (the maximum is twice it).
@@ -167,13 +164,15 @@ pub fn new_cluster_id() -> String {
 }
 
 impl ClusterNode {
-    /// Opens the node's storage, starts Raft and the peer server. The data
+    /// Opens the node's storage, starts Raft and the peer server on
+    /// `peer_listener` (bound by the caller, so it can name its own flag). The data
     /// dir must already carry the cluster id (set it before calling, at
     /// bootstrap or join). A fresh node then waits to be initialized
     /// ([`ClusterNode::initialize`]) or added by a leader.
     pub async fn start(
         config: ClusterConfig,
         data_dir: DataDir,
+        peer_listener: tokio::net::TcpListener,
         app: Arc<dyn StateMachineApp>,
     ) -> Result<ClusterNode, ClusterError> {
         let identity = data_dir.identity().clone();
@@ -217,9 +216,6 @@ impl ClusterNode {
         let network = PeerNetwork {
             channels: channels.clone(),
         };
-        let listener = tokio::net::TcpListener::bind(config.peer_listen)
-            .await
-            .map_err(|e| internal(format!("cannot listen on peer address {}: {e}", config.peer_listen)))?;
         let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| internal(format!("cannot start raft: {e}")))?;
@@ -239,9 +235,10 @@ impl ClusterNode {
             shutdown,
         });
         let node = ClusterNode { inner };
-        node.spawn_peer_server(listener);
+        let peer = peer_listener.local_addr().ok();
+        node.spawn_peer_server(peer_listener);
         node.spawn_promoter();
-        info!(node_id = node.inner.id, cluster_id = %node.inner.cluster_id, peer = %config.peer_listen, "raft started");
+        info!(node_id = node.inner.id, cluster_id = %node.inner.cluster_id, peer = ?peer, "raft started");
         Ok(node)
     }
 

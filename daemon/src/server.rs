@@ -36,10 +36,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         addr: host_port(&config.advertise, config.listen.port()),
         peer_addr: host_port(&config.advertise, config.peer_listen.port()),
     };
-    // Bind the client port first, so a port in use fails before anything else happens.
+    // Bind both ports first, so a port in use fails before anything else happens.
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("--listen {}: cannot listen", config.listen))?;
+    let peer_listener = TcpListener::bind(config.peer_listen)
+        .await
+        .with_context(|| format!("--peer-listen {}: cannot listen", config.peer_listen))?;
 
     enum Start {
         Bootstrap,
@@ -65,7 +68,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let cluster_config = ClusterConfig {
         advertise: me.clone(),
-        peer_listen: config.peer_listen,
         heartbeat: config.heartbeat,
         election_timeout: config.election_timeout,
         snapshot_threshold: config.snapshot_threshold,
@@ -73,7 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         request_timeout: config.write_timeout,
         tables: TABLES.iter().map(|t| t.to_string()).collect(),
     };
-    let node = ClusterNode::start(cluster_config, data_dir, Arc::new(Domain)).await?;
+    let node = ClusterNode::start(cluster_config, data_dir, peer_listener, Arc::new(Domain)).await?;
     match start {
         Start::Bootstrap => {
             node.initialize().await?;

@@ -235,20 +235,34 @@ mod tests {
             }
         );
         let second = s.get("a").unwrap();
-        assert_eq!((second.value.as_str(), second.create_revision, second.mod_revision, second.version), ("2", 1, 2, 2));
+        assert_eq!(
+            (
+                second.value.as_str(),
+                second.create_revision,
+                second.mod_revision,
+                second.version
+            ),
+            ("2", 1, 2, 2)
+        );
         assert_eq!(events, vec![SettingEvent::Put(second)]);
     }
 
     #[test]
     fn compare_and_set_checks_the_revision() {
         let mut s = State::new();
-        assert!(matches!(s.put("a", "1", Some(0)), Outcome::SettingPut { .. }), "0 means absent");
+        assert!(
+            matches!(s.put("a", "1", Some(0)), Outcome::SettingPut { .. }),
+            "0 means absent"
+        );
         let Outcome::Rejected(Rejection::FailedPrecondition(msg)) = s.put("a", "x", Some(0)) else {
             panic!("a second create must be refused")
         };
         assert!(msg.contains("expected_revision") && msg.contains("revision 1"), "{msg}");
         assert!(matches!(s.put("a", "2", Some(1)), Outcome::SettingPut { .. }));
-        assert!(matches!(s.put("a", "3", Some(1)), Outcome::Rejected(Rejection::FailedPrecondition(_))));
+        assert!(matches!(
+            s.put("a", "3", Some(1)),
+            Outcome::Rejected(Rejection::FailedPrecondition(_))
+        ));
         assert_eq!(s.get("a").unwrap().value, "2", "a refused write changes nothing");
     }
 
@@ -260,10 +274,14 @@ mod tests {
             key: "a".into(),
             expected_revision: Some(1),
         });
-        let Outcome::SettingDeleted { previous } = outcome else { panic!("{outcome:?}") };
+        let Outcome::SettingDeleted { previous } = outcome else {
+            panic!("{outcome:?}")
+        };
         assert_eq!(previous.value, "1");
         assert_eq!(s.get("a"), None);
-        let SettingEvent::Deleted(gone) = &events[0] else { panic!("{events:?}") };
+        let SettingEvent::Deleted(gone) = &events[0] else {
+            panic!("{events:?}")
+        };
         assert_eq!(gone.mod_revision, 2, "a delete event carries the delete's revision");
         let (outcome, events) = s.apply(Command::DeleteSetting {
             key: "a".into(),
@@ -301,7 +319,10 @@ mod tests {
             assert!(msg.starts_with(field), "{msg}");
         }
         assert!(list(&s.state.view(), "").unwrap().is_empty(), "nothing was written");
-        assert!(matches!(s.put(&"k".repeat(MAX_KEY_BYTES), "", None), Outcome::SettingPut { .. }));
+        assert!(matches!(
+            s.put(&"k".repeat(MAX_KEY_BYTES), "", None),
+            Outcome::SettingPut { .. }
+        ));
     }
 
     #[test]
@@ -309,7 +330,10 @@ mod tests {
         let s = State::new();
         for bytes in [&b""[..], &[9u8, 1, 2][..], &[1u8, 200, 200][..]] {
             let (answer, events) = s.state.apply(1, bytes).unwrap();
-            assert!(matches!(decode_outcome(&answer).unwrap(), Outcome::Rejected(Rejection::InvalidArgument(_))));
+            assert!(matches!(
+                decode_outcome(&answer).unwrap(),
+                Outcome::Rejected(Rejection::InvalidArgument(_))
+            ));
             assert!(events.is_empty());
         }
     }
@@ -320,7 +344,11 @@ mod tests {
         for k in ["b/2", "a/1", "b/1", "c"] {
             s.put(k, k, None);
         }
-        let keys: Vec<String> = list(&s.state.view(), "b/").unwrap().into_iter().map(|r| r.key).collect();
+        let keys: Vec<String> = list(&s.state.view(), "b/")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
         assert_eq!(keys, vec!["b/1", "b/2"]);
         assert_eq!(list(&s.state.view(), "").unwrap().len(), 4);
     }

@@ -43,8 +43,8 @@ impl NodeAddr {
                 ))
             }
         };
-        let endpoint = Endpoint::from_shared(url)
-            .map_err(|e| format!("invalid address {text:?}: {e} (expected HOST:PORT)"))?;
+        let endpoint =
+            Endpoint::from_shared(url).map_err(|e| format!("invalid address {text:?}: {e} (expected HOST:PORT)"))?;
         if endpoint.uri().port_u16().is_none() {
             return Err(format!("address {text:?} has no port (expected HOST:PORT)"));
         }
@@ -110,11 +110,10 @@ impl Nodes {
     {
         let mut failures = Vec::with_capacity(self.addrs.len());
         for addr in &self.addrs {
-            let channel = match tokio::time::timeout(CONNECT_TIMEOUT, addr.endpoint.connect()).await
-            {
+            let channel = match tokio::time::timeout(CONNECT_TIMEOUT, addr.endpoint.connect()).await {
                 Ok(Ok(channel)) => channel,
                 Ok(Err(e)) => {
-                    failures.push((addr.to_string(), error_chain(&e)));
+                    failures.push((addr.to_string(), format!("cannot connect: {}", error_chain(&e))));
                     continue;
                 }
                 Err(_) => {

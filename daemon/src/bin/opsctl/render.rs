@@ -111,10 +111,7 @@ impl Printer {
         match self.format {
             OutputFormat::Json => {
                 let previous = previous.map_or(Value::Null, setting_json);
-                write_json(
-                    &mut out,
-                    &json!({ "revision": revision, "previous": previous }),
-                )
+                write_json(&mut out, &json!({ "revision": revision, "previous": previous }))
             }
             OutputFormat::Table => writeln!(out, "revision {revision}"),
         }
@@ -152,9 +149,7 @@ impl Printer {
                 one_line(value, None),
                 event.revision
             )?,
-            OutputFormat::Table => {
-                writeln!(out, "{kind} {} rev={}", one_line(key, None), event.revision)?
-            }
+            OutputFormat::Table => writeln!(out, "{kind} {} rev={}", one_line(key, None), event.revision)?,
         }
         out.flush()
     }

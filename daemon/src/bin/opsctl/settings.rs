@@ -1,0 +1,170 @@
+//! `opsctl settings ...`: the replicated key/value settings store.
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use opsd_proto::v1::settings_client::SettingsClient;
+use opsd_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest, WatchRequest};
+
+use crate::client::{CallError, Nodes};
+use crate::render::Printer;
+
+/// Commands on settings. Keys are 1 to 512 bytes of printable UTF-8 without
+/// whitespace; values are UTF-8 strings of at most 64 KiB.
+#[derive(Debug, Subcommand)]
+pub enum SettingsCommand {
+    /// Set KEY to VALUE and print the revision of the write.
+    ///
+    /// With --output json, prints {"revision": N, "previous": SETTING or null}.
+    Put {
+        /// The key to set.
+        key: String,
+        /// The new value (may be empty, or start with '-').
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        /// Compare-and-set: write only if the key's current mod_revision is N
+        /// (0: only if the key does not exist yet); otherwise fail with
+        /// "failed precondition" and change nothing.
+        #[arg(long, value_name = "N")]
+        expected_revision: Option<u64>,
+    },
+    /// Print the value of KEY, and nothing else.
+    ///
+    /// With --output json, prints the whole setting: key, value,
+    /// create_revision, mod_revision, version. A missing key is an error
+    /// (exit code 1).
+    Get {
+        /// The key to read.
+        key: String,
+        /// Read the answering node's state without confirming with the leader:
+        /// faster and works without quorum, but may miss the latest writes.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List settings whose key starts with PREFIX (all settings by default), in key order.
+    ///
+    /// The table cuts long values; --output json prints them whole, as an
+    /// array of settings.
+    Ls {
+        /// Only keys starting with this.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Read the answering node's state without confirming with the leader:
+        /// faster and works without quorum, but may miss the latest writes.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete KEY and print the revision of the delete.
+    ///
+    /// A missing key is an error (exit code 1). With --output json, prints
+    /// {"revision": N, "previous": SETTING}.
+    Rm {
+        /// The key to delete.
+        key: String,
+        /// Compare-and-delete: delete only if the key's current mod_revision
+        /// is N; otherwise fail with "failed precondition" and change nothing.
+        #[arg(long, value_name = "N")]
+        expected_revision: Option<u64>,
+    },
+    /// Stream changes to keys starting with PREFIX (all keys by default), one line each.
+    ///
+    /// Lines look like `PUT key=value rev=N` and `DELETE key rev=N`. With
+    /// --output json, each line is one JSON object with type ("PUT" or
+    /// "DELETE"), key, value (null for DELETE) and revision: this command
+    /// prints a stream of JSON documents, the one exception to "one JSON
+    /// document per command". Starts from the moment of the call and runs
+    /// until Ctrl-C (exit code 0) or the server ends the stream; if the
+    /// server ends it with an error (for example when this watcher fell too
+    /// far behind), the error goes to stderr and the exit code is 1.
+    Watch {
+        /// Only keys starting with this.
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+}
+
+/// Runs one `opsctl settings ...` command.
+pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> Result<()> {
+    match command {
+        SettingsCommand::Put {
+            key,
+            value,
+            expected_revision,
+        } => {
+            let request = PutRequest {
+                key,
+                value,
+                expected_revision,
+            };
+            let answer = nodes
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { SettingsClient::new(channel).put(request).await }
+                })
+                .await?;
+            printer.revision(answer.revision, answer.previous.as_ref())?;
+        }
+        SettingsCommand::Get { key, stale } => {
+            let request = GetRequest { key, stale };
+            let answer = nodes
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { SettingsClient::new(channel).get(request).await }
+                })
+                .await?;
+            let setting = answer
+                .setting
+                .with_context(|| format!("the server answered without a setting for {:?}", request.key))?;
+            printer.setting_value(&setting)?;
+        }
+        SettingsCommand::Ls { prefix, stale } => {
+            let request = ListRequest { prefix, stale };
+            let answer = nodes
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { SettingsClient::new(channel).list(request).await }
+                })
+                .await?;
+            printer.settings(&answer.settings)?;
+        }
+        SettingsCommand::Rm { key, expected_revision } => {
+            let request = DeleteRequest { key, expected_revision };
+            let answer = nodes
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { SettingsClient::new(channel).delete(request).await }
+                })
+                .await?;
+            printer.revision(answer.revision, answer.previous.as_ref())?;
+        }
+        SettingsCommand::Watch { prefix } => watch(prefix, nodes, printer).await?,
+    }
+    Ok(())
+}
+
+/// `opsctl settings watch`: prints events until Ctrl-C or the end of the stream.
+async fn watch(prefix: String, nodes: &Nodes, printer: Printer) -> Result<()> {
+    let request = WatchRequest { prefix };
+    let mut events = nodes
+        .call(|channel| {
+            let request = request.clone();
+            async move { SettingsClient::new(channel).watch(request).await }
+        })
+        .await?;
+    // One future for the whole watch, so a Ctrl-C between two events is not lost.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let next = tokio::select! {
+            next = events.message() => next,
+            interrupted = &mut ctrl_c => {
+                interrupted.context("cannot listen for Ctrl-C")?;
+                return Ok(());
+            }
+        };
+        match next {
+            Ok(Some(event)) => printer.watch_event(&event)?,
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(CallError::Status(status).into()),
+        }
+    }
+}
