@@ -14,5 +14,5 @@ pub mod peer {
     tonic::include_proto!("opsd.peer.v1");
 }
 
-/// The encoded descriptor set of every service, for gRPC server reflection.
+/// The encoded descriptor set of the client API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("opsd_descriptor");
