@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Reflection describes the client API only: the peer service is not served on the client port.
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let client_fds = protox::compile(client, ["."])?;
-    std::fs::write(out.join("opsd_descriptor.bin"), prost::Message::encode_to_vec(&client_fds))?;
+    std::fs::write(
+        out.join("opsd_descriptor.bin"),
+        prost::Message::encode_to_vec(&client_fds),
+    )?;
     let all = protox::compile(client.iter().chain([&peer]), ["."])?;
     tonic_prost_build::configure().compile_fds(all)?;
     Ok(())

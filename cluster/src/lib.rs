@@ -9,6 +9,10 @@
 //! and lock), `log_store` and [`state_machine`] (storage), `network` and
 //! `peer_service` (transport), [`node`] (membership, forwarding, reads).
 
+// openraft's storage traits return its StorageError, which is large; every
+// function here that feeds them returns it too.
+#![allow(clippy::result_large_err)]
+
 pub mod data_dir;
 pub mod error;
 mod log_store;
@@ -25,5 +29,5 @@ mod wire;
 pub use data_dir::{DataDir, NodeIdentity, FORMAT_VERSION};
 pub use error::ClusterError;
 pub use node::{new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Member, Role};
-pub use state_machine::{AppliedEvent, LocalState, ReadView, StateMachineApp, StateReader, Txn, TxnError};
+pub use state_machine::{AppliedEvent, LocalState, ReadView, Rows, StateMachineApp, StateReader, Txn, TxnError};
 pub use types::{NodeId, NodeInfo};

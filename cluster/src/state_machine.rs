@@ -36,6 +36,9 @@ pub trait StateMachineApp: Send + Sync + 'static {
     fn apply(&self, txn: &mut Txn<'_>, index: u64, command: &[u8]) -> Result<Vec<u8>, TxnError>;
 }
 
+/// Key/value pairs read from a table, in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A storage failure seen by the application, or a table it did not declare.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -147,7 +150,7 @@ impl ReadView<'_> {
     }
 
     /// Reads every key that starts with `prefix`, in key order.
-    pub fn scan_prefix(&self, table: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TxnError> {
+    pub fn scan_prefix(&self, table: &str, prefix: &[u8]) -> Result<Rows, TxnError> {
         let cf = self.cf(table)?;
         let mut out = Vec::new();
         let iter = self
@@ -196,7 +199,7 @@ struct StoredSnapshot {
 /// The tables of a snapshot, by table name.
 #[derive(Serialize, Deserialize)]
 struct SnapshotTables {
-    tables: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+    tables: Vec<(String, Rows)>,
 }
 
 /// The state machine openraft drives.
@@ -283,7 +286,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-fn build_snapshot_blocking(store: &Store, path: &PathBuf, seq: u64) -> Result<Snapshot<TypeConfig>, StorageError> {
+fn build_snapshot_blocking(
+    store: &Store,
+    path: &std::path::Path,
+    seq: u64,
+) -> Result<Snapshot<TypeConfig>, StorageError> {
     let err = |e: String| -> StorageError { StorageIOError::write_snapshot(None, &AnyErr(e)).into() };
     let snap = store.db.snapshot();
     let sm = store.cf(CF_SM)?;
