@@ -25,7 +25,7 @@ pub enum ClusterError {
         leader: Option<(NodeId, NodeInfo)>,
     },
     /// No leader could be reached before the deadline.
-    #[error("no leader could be reached within {waited_ms} ms: the cluster may be electing a leader or may have lost its quorum ({detail})")]
+    #[error("no leader could be reached within {waited_ms} ms: the cluster may be electing a leader or may have lost its quorum (last: {detail})")]
     NoLeader {
         /// How long it tried.
         waited_ms: u64,

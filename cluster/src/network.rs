@@ -18,6 +18,7 @@ use opsd_proto::peer::PeerMessage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
 
 use crate::error::ClusterError;
 use crate::log_store::AnyErr;
@@ -44,6 +45,9 @@ pub(crate) struct PeerChannels {
     cluster_id: Arc<str>,
     from: NodeId,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Whether each peer answered its last Raft call, to log changes once
+    /// rather than every failed heartbeat.
+    reachable: Arc<Mutex<HashMap<NodeId, bool>>>,
 }
 
 /// Why a peer call failed.
@@ -75,6 +79,18 @@ impl PeerChannels {
             cluster_id: cluster_id.into(),
             from,
             channels: Default::default(),
+            reachable: Default::default(),
+        }
+    }
+
+    /// Records whether a peer answered, logging when that changes.
+    fn note_reachable(&self, target: NodeId, addr: &str, ok: bool, why: impl FnOnce() -> String) {
+        let mut map = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.insert(target, ok);
+        match (before, ok) {
+            (Some(true) | None, false) => warn!(node_id = target, %addr, "peer unreachable: {}", why()),
+            (Some(false), true) => info!(node_id = target, %addr, "peer reachable again"),
+            _ => {}
         }
     }
 
@@ -194,11 +210,16 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        match self
+        let result = self
             .channels
             .call::<Req, Result<Resp, RaftError<NodeId, E>>>(&self.addr, method, req, option.hard_ttl())
-            .await
-        {
+            .await;
+        let answered = matches!(result, Ok(_) | Err(CallError::Garbled(_)));
+        self.channels.note_reachable(self.target, &self.addr, answered, || match &result {
+            Err(e) => e.to_string(),
+            Ok(_) => String::new(),
+        });
+        match result {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             Err(e @ CallError::NotSent(_)) => Err(RPCError::Unreachable(Unreachable::new(&e))),

@@ -238,6 +238,7 @@ impl ClusterNode {
         let peer = peer_listener.local_addr().ok();
         node.spawn_peer_server(peer_listener);
         node.spawn_promoter();
+        node.spawn_role_logger();
         info!(node_id = node.inner.id, cluster_id = %node.inner.cluster_id, peer = ?peer, "raft started");
         Ok(node)
     }
@@ -283,6 +284,26 @@ impl ClusterNode {
                         Ok(_) => info!(node_id = id, "promoted learner to voter"),
                         Err(e) => warn!(node_id = id, "could not promote learner: {e}"),
                     }
+                }
+            }
+        });
+    }
+
+    /// Logs each change of leader or term, since openraft's own logs are off
+    /// by default.
+    fn spawn_role_logger(&self) {
+        let mut metrics = self.inner.raft.metrics();
+        tokio::spawn(async move {
+            let mut last = None;
+            while metrics.changed().await.is_ok() {
+                let now = {
+                    let m = metrics.borrow();
+                    (m.current_term, m.current_leader, m.state)
+                };
+                if last != Some(now) {
+                    let (term, leader, state) = now;
+                    info!(term, leader = ?leader, state = ?state, "raft role");
+                    last = Some(now);
                 }
             }
         });
@@ -349,9 +370,16 @@ impl ClusterNode {
         self.inner.removed.load(Ordering::SeqCst)
     }
 
-    /// Whether this node is in the membership it has applied.
-    pub fn is_member(&self) -> bool {
-        self.members().iter().any(|m| m.id == self.inner.id)
+    /// Whether this node is in its effective membership (what its log and
+    /// state say, asked of Raft itself: right after start the published
+    /// metrics may not show the stored membership yet).
+    pub async fn is_member(&self) -> bool {
+        let id = self.inner.id;
+        self.inner
+            .raft
+            .with_raft_state(move |st| st.membership_state.effective().membership().nodes().any(|(n, _)| *n == id))
+            .await
+            .unwrap_or(false)
     }
 
     /// Replicates a command and returns its log index and the apply answer.
@@ -514,9 +542,13 @@ impl ClusterNode {
                     | ClusterError::Unreachable { .. }),
                 ) => {
                     if Instant::now() + Duration::from_millis(50) >= deadline {
+                        let detail = match e {
+                            ClusterError::NoLeader { detail, .. } => detail,
+                            e => e.to_string(),
+                        };
                         return Err(ClusterError::NoLeader {
                             waited_ms: started.elapsed().as_millis() as u64,
-                            detail: e.to_string(),
+                            detail,
                         });
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -85,7 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 "bootstrapped a new single-node cluster"
             );
         }
-        Start::Join if node.is_member() => info!(node_id = node.node_id(), "resumed; already a member"),
+        Start::Join if node.is_member().await => info!(node_id = node.node_id(), "resumed; already a member"),
         Start::Join => {
             if let Err(e) = join(&config, &node, &me).await {
                 node.shutdown().await;
@@ -93,7 +93,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         Start::Resume => {
-            if !node.is_member() {
+            if !node.is_member().await {
                 warn!("this node is not a member yet: waiting for a leader to add it (start it with --join to ask)");
             }
             info!(
