@@ -131,16 +131,20 @@ async fn serve(listener: TcpListener, node: ClusterNode) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let addr = listener.local_addr()?;
     info!(%addr, "serving the client API");
+    // Streams (watches) never end by themselves, so they are told to stop
+    // too; otherwise a graceful shutdown would wait for every watcher.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
-        .add_service(SettingsServer::new(SettingsService::new(node)))
+        .add_service(SettingsServer::new(SettingsService::new(node, stop)))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             tokio::select! {
                 _ = term.recv() => info!("SIGTERM: shutting down"),
                 _ = int.recv() => info!("SIGINT: shutting down"),
             }
+            let _ = stopping.send(true);
         })
         .await
         .context("client API server")?;

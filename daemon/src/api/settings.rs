@@ -10,7 +10,7 @@ use opsd_proto::v1::{
     PutResponse, Setting, WatchEvent, WatchRequest,
 };
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use super::{cluster_status, read_status, rejection_status};
@@ -20,12 +20,13 @@ use crate::domain::{decode_outcome, Command, Outcome};
 /// Serves settings from a cluster node.
 pub struct SettingsService {
     node: ClusterNode,
+    stop: watch::Receiver<bool>,
 }
 
 impl SettingsService {
-    /// A service backed by `node`.
-    pub fn new(node: ClusterNode) -> Self {
-        SettingsService { node }
+    /// A service backed by `node`; open watches end when `stop` turns true.
+    pub fn new(node: ClusterNode, stop: watch::Receiver<bool>) -> Self {
+        SettingsService { node, stop }
     }
 
     /// Proposes a command and returns its revision and outcome; a rejection
@@ -157,11 +158,16 @@ impl Settings for SettingsService {
             }));
         }
         let mut events = self.node.subscribe();
+        let mut stop = self.stop.clone();
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             let mut last = 0u64;
             loop {
-                let item = match events.recv().await {
+                let received = tokio::select! {
+                    r = events.recv() => r,
+                    _ = stop.wait_for(|s| *s) => Err(RecvError::Closed),
+                };
+                let item = match received {
                     Ok(AppliedEvent::Applied { index, event }) => {
                         let Ok(ev) = domain::decode_event(&event) else { continue };
                         if !ev.record().key.starts_with(&prefix) {

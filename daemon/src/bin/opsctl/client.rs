@@ -83,7 +83,28 @@ pub enum CallError {
     },
     /// Every address failed to connect or answered UNAVAILABLE.
     #[error("{}", describe_unreachable(.0))]
-    Unreachable(Vec<(String, String)>),
+    Unreachable(Vec<Failure>),
+}
+
+/// Why one address could not serve a request.
+#[derive(Debug)]
+pub struct Failure {
+    /// The address tried.
+    addr: String,
+    /// What went wrong there.
+    why: String,
+    /// True if the node answered (UNAVAILABLE), false if it could not be reached.
+    answered: bool,
+}
+
+impl Failure {
+    fn new(addr: &NodeAddr, why: String, answered: bool) -> Self {
+        Self {
+            addr: addr.to_string(),
+            why,
+            answered,
+        }
+    }
 }
 
 /// The cluster as reachable through the addresses the user gave, in order.
@@ -113,19 +134,23 @@ impl Nodes {
             let channel = match tokio::time::timeout(CONNECT_TIMEOUT, addr.endpoint.connect()).await {
                 Ok(Ok(channel)) => channel,
                 Ok(Err(e)) => {
-                    failures.push((addr.to_string(), format!("cannot connect: {}", error_chain(&e))));
+                    failures.push(Failure::new(
+                        addr,
+                        format!("cannot connect: {}", error_chain(&e)),
+                        false,
+                    ));
                     continue;
                 }
                 Err(_) => {
                     let why = format!("no connection within {}s", CONNECT_TIMEOUT.as_secs());
-                    failures.push((addr.to_string(), why));
+                    failures.push(Failure::new(addr, why, false));
                     continue;
                 }
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, rpc(channel)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) if status.code() == Code::Unavailable => {
-                    failures.push((addr.to_string(), describe_status(&status)));
+                    failures.push(Failure::new(addr, describe_status(&status), true));
                 }
                 Ok(Err(status)) => return Err(CallError::Status(status)),
                 Err(_) => {
@@ -175,11 +200,16 @@ fn code_text(code: Code) -> &'static str {
     }
 }
 
-/// The message for "no address answered": one line per address and why.
-fn describe_unreachable(failures: &[(String, String)]) -> String {
-    let mut text = String::from("no opsd node answered (set --addr or OPSD_ADDR); tried:");
-    for (addr, why) in failures {
-        text.push_str(&format!("\n  {addr}: {why}"));
+/// The message for "no address could serve the request": one line per
+/// address and why, under a headline that says whether any node was reached.
+fn describe_unreachable(failures: &[Failure]) -> String {
+    let mut text = if failures.iter().any(|f| f.answered) {
+        String::from("no opsd node could serve the request; tried:")
+    } else {
+        String::from("cannot reach opsd (is it running? set --addr or OPSD_ADDR); tried:")
+    };
+    for failure in failures {
+        text.push_str(&format!("\n  {}: {}", failure.addr, failure.why));
     }
     text
 }

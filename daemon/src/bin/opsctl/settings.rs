@@ -164,7 +164,7 @@ async fn watch(prefix: String, nodes: &Nodes, printer: Printer) -> Result<()> {
         match next {
             Ok(Some(event)) => printer.watch_event(&event)?,
             Ok(None) => return Ok(()),
-            Err(status) => return Err(CallError::Status(status).into()),
+            Err(status) => return Err(CallError::Status(status)).context("the watch ended"),
         }
     }
 }
