@@ -4,7 +4,6 @@
 //! which runs on the leader, forwarded there from any node.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -736,15 +735,6 @@ impl ClusterNode {
         &self.inner
     }
 
-    /// The data dir path (for messages).
-    pub fn data_dir(&self) -> PathBuf {
-        self.inner
-            .data_dir
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .path()
-            .to_path_buf()
-    }
 }
 
 fn members_of(m: &crate::types::StoredMembership) -> Vec<Member> {

@@ -39,14 +39,21 @@ impl SettingsService {
         }
     }
 
-    /// Waits until a read may be served locally: at once for a stale read,
-    /// after the leader's read index otherwise.
-    async fn barrier(&self, stale: bool) -> Result<(), Status> {
+    /// A removed node serves nothing, not even stale reads: its state stopped
+    /// at its removal and would silently age.
+    fn refuse_if_removed(&self) -> Result<(), Status> {
         if self.node.is_removed() {
             return Err(cluster_status(opsd_cluster::ClusterError::Removed {
                 node_id: self.node.node_id(),
             }));
         }
+        Ok(())
+    }
+
+    /// Waits until a read may be served locally: at once for a stale read,
+    /// after the leader's read index otherwise.
+    async fn barrier(&self, stale: bool) -> Result<(), Status> {
+        self.refuse_if_removed()?;
         if !stale {
             self.node.read_barrier().await.map_err(cluster_status)?;
         }
@@ -152,11 +159,7 @@ impl Settings for SettingsService {
                 domain::MAX_KEY_BYTES
             )));
         }
-        if self.node.is_removed() {
-            return Err(cluster_status(opsd_cluster::ClusterError::Removed {
-                node_id: self.node.node_id(),
-            }));
-        }
+        self.refuse_if_removed()?;
         let mut events = self.node.subscribe();
         let mut stop = self.stop.clone();
         let (tx, rx) = mpsc::channel(256);
