@@ -40,6 +40,15 @@ pub enum ClusterError {
         /// How long it waited.
         waited_ms: u64,
     },
+    /// The connection to the leader broke before its answer came; a write
+    /// may or may not have committed.
+    #[error("{what} failed before its answer arrived ({reason}); a write may still have committed")]
+    Interrupted {
+        /// What was interrupted.
+        what: String,
+        /// What failed.
+        reason: String,
+    },
     /// The node was removed from the cluster and serves nothing any more.
     #[error("node {node_id} was removed from the cluster; it no longer serves requests (wipe its data dir to join it again)")]
     Removed {

@@ -159,9 +159,17 @@ impl PeerChannels {
                 addr: info.peer_addr.clone(),
                 reason: s.message().to_string(),
             }),
-            Err(e) => Err(ClusterError::Timeout {
-                what: format!("the request forwarded to leader {leader} ({e})"),
-                waited_ms: timeout.as_millis() as u64,
+            Err(CallError::Failed(s))
+                if s.code() == tonic::Code::Cancelled || s.code() == tonic::Code::DeadlineExceeded =>
+            {
+                Err(ClusterError::Timeout {
+                    what: format!("the request forwarded to leader {leader}"),
+                    waited_ms: timeout.as_millis() as u64,
+                })
+            }
+            Err(e) => Err(ClusterError::Interrupted {
+                what: format!("the request forwarded to leader {leader}"),
+                reason: e.to_string(),
             }),
         }
     }
@@ -215,10 +223,11 @@ impl PeerConnection {
             .call::<Req, Result<Resp, RaftError<NodeId, E>>>(&self.addr, method, req, option.hard_ttl())
             .await;
         let answered = matches!(result, Ok(_) | Err(CallError::Garbled(_)));
-        self.channels.note_reachable(self.target, &self.addr, answered, || match &result {
-            Err(e) => e.to_string(),
-            Ok(_) => String::new(),
-        });
+        self.channels
+            .note_reachable(self.target, &self.addr, answered, || match &result {
+                Err(e) => e.to_string(),
+                Ok(_) => String::new(),
+            });
         match result {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),

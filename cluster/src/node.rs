@@ -376,7 +376,13 @@ impl ClusterNode {
         let id = self.inner.id;
         self.inner
             .raft
-            .with_raft_state(move |st| st.membership_state.effective().membership().nodes().any(|(n, _)| *n == id))
+            .with_raft_state(move |st| {
+                st.membership_state
+                    .effective()
+                    .membership()
+                    .nodes()
+                    .any(|(n, _)| *n == id)
+            })
             .await
             .unwrap_or(false)
     }
@@ -734,7 +740,6 @@ impl ClusterNode {
     pub(crate) fn inner(&self) -> &NodeInner {
         &self.inner
     }
-
 }
 
 fn members_of(m: &crate::types::StoredMembership) -> Vec<Member> {

@@ -184,14 +184,16 @@ where
                 }
             }
         }
-        if started.elapsed() + delay > config.join_timeout {
+        let left = config.join_timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
             bail!(
                 "--join: could not {what} within {} ms; tried {}",
                 config.join_timeout.as_millis(),
                 errors.join("; ")
             );
         }
-        tokio::time::sleep(delay).await;
+        // The last wait is cut short so that one more try lands at the deadline.
+        tokio::time::sleep(delay.min(left)).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

@@ -18,7 +18,7 @@ pub fn cluster_status(e: ClusterError) -> Status {
         ClusterError::Removed { .. } | ClusterError::WrongCluster { .. } | ClusterError::Membership(_) => {
             Status::failed_precondition(msg)
         }
-        ClusterError::Timeout { .. } => Status::deadline_exceeded(msg),
+        ClusterError::Timeout { .. } | ClusterError::Interrupted { .. } => Status::deadline_exceeded(msg),
         ClusterError::NotLeader { .. }
         | ClusterError::NoLeader { .. }
         | ClusterError::Unreachable { .. }

@@ -1,0 +1,163 @@
+//! gRPC clients of one node, and the few settings calls every scenario makes,
+//! with the retry rule the API documents: UNAVAILABLE is safe to retry.
+//!
+//! These are free functions over an address (not methods of a node) so that
+//! writer tasks spawned by a test can own what they need.
+
+use std::time::{Duration, Instant};
+
+use opsd_proto::v1::cluster_client::ClusterClient;
+use opsd_proto::v1::settings_client::SettingsClient;
+use opsd_proto::v1::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest, PutResponse,
+    StatusRequest, StatusResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// How long one request may take before the client gives up on it. Longer than
+/// the daemon's default write timeout (5 s), so a test sees the daemon's own
+/// error rather than the client's, and short enough that a paused or
+/// partitioned node cannot hang a test.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long the retrying helpers keep retrying UNAVAILABLE (an election in
+/// progress, a node restarting) before returning the last error.
+pub const RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// Connected clients of one node's API. Cheap to clone; the channel connects
+/// lazily and reconnects on the next call after the node comes back.
+#[derive(Clone)]
+pub struct Clients {
+    /// The node's client address, HOST:PORT.
+    pub addr: String,
+    /// `opsd.v1.Cluster`: status and membership.
+    pub cluster: ClusterClient<Channel>,
+    /// `opsd.v1.Settings`: the replicated key/value store.
+    pub settings: SettingsClient<Channel>,
+}
+
+/// Clients of the node at `addr` whose every request times out after
+/// [`REQUEST_TIMEOUT`]. Must be called inside a tokio runtime.
+pub fn connect(addr: &str) -> Clients {
+    connect_with(addr, Some(REQUEST_TIMEOUT))
+}
+
+/// Clients of the node at `addr` with no per-request timeout, for streams
+/// (`Settings.Watch`) that stay open longer than any one request. Bound the
+/// waits on such a stream with `tokio::time::timeout`.
+pub fn connect_streaming(addr: &str) -> Clients {
+    connect_with(addr, None)
+}
+
+/// Clients of the node at `addr` with the given per-request timeout.
+pub fn connect_with(addr: &str, request_timeout: Option<Duration>) -> Clients {
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|e| panic!("{addr} is not a HOST:PORT address: {e}"))
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    if let Some(t) = request_timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    let channel = endpoint.connect_lazy();
+    Clients {
+        addr: addr.to_string(),
+        cluster: ClusterClient::new(channel.clone()),
+        settings: SettingsClient::new(channel),
+    }
+}
+
+/// The node's own view (`Cluster.Status`, never forwarded), or the error, within `timeout`.
+pub async fn status(addr: &str, timeout: Duration) -> Result<StatusResponse, Status> {
+    let mut c = connect_with(addr, Some(timeout));
+    c.cluster.status(StatusRequest {}).await.map(|r| r.into_inner())
+}
+
+/// One `Settings.Put` attempt, no retry: the outcome as the client saw it.
+pub async fn put_once(addr: &str, key: &str, value: &str) -> Result<PutResponse, Status> {
+    let mut c = connect(addr);
+    c.settings
+        .put(PutRequest {
+            key: key.to_string(),
+            value: value.to_string(),
+            expected_revision: None,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Runs `op` until it succeeds, fails with anything but UNAVAILABLE, or
+/// [`RETRY_BUDGET`] has passed; returns the last outcome.
+async fn retry_unavailable<T, F, Fut>(mut op: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let started = Instant::now();
+    loop {
+        match op().await {
+            Err(s) if s.code() == Code::Unavailable && started.elapsed() < RETRY_BUDGET => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// `Settings.Put` through the node at `addr`, retried while UNAVAILABLE
+/// (writing the same value again is harmless). Any other error is returned at once.
+pub async fn put(addr: &str, key: &str, value: &str) -> Result<PutResponse, Status> {
+    retry_unavailable(|| put_once(addr, key, value)).await
+}
+
+/// `Settings.Get` through the node at `addr` (linearizable unless `stale`),
+/// retried while UNAVAILABLE.
+pub async fn get(addr: &str, key: &str, stale: bool) -> Result<GetResponse, Status> {
+    retry_unavailable(|| async {
+        let mut c = connect(addr);
+        c.settings
+            .get(GetRequest {
+                key: key.to_string(),
+                stale,
+            })
+            .await
+            .map(|r| r.into_inner())
+    })
+    .await
+}
+
+/// `Settings.List` of a prefix through the node at `addr` (linearizable unless
+/// `stale`), retried while UNAVAILABLE.
+pub async fn list(addr: &str, prefix: &str, stale: bool) -> Result<ListResponse, Status> {
+    retry_unavailable(|| async {
+        let mut c = connect(addr);
+        c.settings
+            .list(ListRequest {
+                prefix: prefix.to_string(),
+                stale,
+            })
+            .await
+            .map(|r| r.into_inner())
+    })
+    .await
+}
+
+/// `Settings.Delete` through the node at `addr`, retried while UNAVAILABLE.
+pub async fn delete(addr: &str, key: &str) -> Result<DeleteResponse, Status> {
+    retry_unavailable(|| async {
+        let mut c = connect(addr);
+        c.settings
+            .delete(DeleteRequest {
+                key: key.to_string(),
+                expected_revision: None,
+            })
+            .await
+            .map(|r| r.into_inner())
+    })
+    .await
+}
+
+/// A one-line description of a gRPC error for assertion messages.
+pub fn describe(status: &Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
