@@ -2,6 +2,7 @@
 //! operator forms one (bootstrap one node, join the rest through it), then
 //! observed only through the client API.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -369,6 +370,49 @@ impl Cluster {
     /// `Settings.List` through node `i`, retried while UNAVAILABLE (see [`client::list`]).
     pub async fn list(&self, i: usize, prefix: &str, stale: bool) -> Result<ListResponse, Status> {
         client::list(&self.node(i).client_addr(), prefix, stale).await
+    }
+
+    /// Asserts that every acknowledged write `(key, value, revision)` under
+    /// `prefix` is present and unchanged on each of `nodes`: in the node's own
+    /// state once it has applied up to the highest revision (a stale list),
+    /// and through a linearizable list. The one check every "nothing
+    /// acknowledged is lost" scenario ends with.
+    pub async fn assert_writes_present(&self, nodes: &[usize], prefix: &str, acked: &[(String, String, u64)]) {
+        let Some(max_revision) = acked.iter().map(|a| a.2).max() else {
+            return;
+        };
+        for &i in nodes {
+            let node = self.node(i);
+            node.wait_applied(max_revision, Duration::from_secs(30)).await;
+            for stale in [true, false] {
+                let how = format!(
+                    "{} list on {}",
+                    if stale { "stale" } else { "linearizable" },
+                    node.name()
+                );
+                let listed = self
+                    .list(i, prefix, stale)
+                    .await
+                    .unwrap_or_else(|e| panic!("{how}: {e}"));
+                let by_key: HashMap<&str, (&str, u64)> = listed
+                    .settings
+                    .iter()
+                    .map(|s| (s.key.as_str(), (s.value.as_str(), s.mod_revision)))
+                    .collect();
+                let wrong: Vec<String> = acked
+                    .iter()
+                    .filter(|(k, v, rev)| by_key.get(k.as_str()) != Some(&(v.as_str(), *rev)))
+                    .map(|(k, _, rev)| format!("{k}@{rev} -> {:?}", by_key.get(k.as_str())))
+                    .collect();
+                assert!(
+                    wrong.is_empty(),
+                    "{how}: {} of {} acknowledged writes are missing or changed, e.g. {:?}",
+                    wrong.len(),
+                    acked.len(),
+                    &wrong[..wrong.len().min(10)]
+                );
+            }
+        }
     }
 
     /// Prints the tail of every node's log to stderr.
