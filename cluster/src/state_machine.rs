@@ -24,6 +24,27 @@ use crate::wire::{decode, encode};
 const KEY_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"last_membership";
 
+/// Reads the state machine's bookkeeping (last applied log id, membership)
+/// through `get`, which reads `sm_meta` from the database or a snapshot of it.
+fn read_applied_state(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<(Option<LogId>, StoredMembership), String> {
+    let read = |key: &[u8]| get(key).map_err(|e| format!("reading {}: {e}", String::from_utf8_lossy(key)));
+    let applied = read(KEY_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
+    let membership = read(KEY_MEMBERSHIP)?
+        .map(|b| decode(&b))
+        .transpose()?
+        .unwrap_or_default();
+    Ok((applied, membership))
+}
+
+/// An application table's column family; an undeclared table is an error.
+fn app_table<'s>(store: &'s Store, table: &str) -> Result<&'s rocksdb::ColumnFamily, TxnError> {
+    store
+        .table(table)
+        .ok_or_else(|| TxnError(format!("table {table} was not declared by the application")))
+}
+
 /// The application's side of the state machine: how a committed command
 /// changes the tables. It must be deterministic: the same command on the same
 /// state gives the same writes and answer on every node, so it may not read
@@ -82,15 +103,9 @@ impl<'a> Txn<'a> {
         }
     }
 
-    fn table(&self, table: &str) -> Result<&'a rocksdb::ColumnFamily, TxnError> {
-        self.store
-            .table(table)
-            .ok_or_else(|| TxnError(format!("table {table} was not declared by the application")))
-    }
-
     /// Reads a key, seeing this transaction's own writes.
     pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
-        let cf = self.table(table)?;
+        let cf = app_table(self.store, table)?;
         if let Some(v) = self.overlay.get(&(table.to_string(), key.to_vec())) {
             return Ok(v.clone());
         }
@@ -102,7 +117,7 @@ impl<'a> Txn<'a> {
 
     /// Writes a key.
     pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<(), TxnError> {
-        let cf = self.table(table)?;
+        let cf = app_table(self.store, table)?;
         self.batch.put_cf(cf, key, value);
         self.overlay
             .insert((table.to_string(), key.to_vec()), Some(value.to_vec()));
@@ -111,7 +126,7 @@ impl<'a> Txn<'a> {
 
     /// Deletes a key.
     pub fn delete(&mut self, table: &str, key: &[u8]) -> Result<(), TxnError> {
-        let cf = self.table(table)?;
+        let cf = app_table(self.store, table)?;
         self.batch.delete_cf(cf, key);
         self.overlay.insert((table.to_string(), key.to_vec()), None);
         Ok(())
@@ -133,17 +148,13 @@ impl ReadView<'_> {
     /// The index of the last entry this view covers (0 before any).
     pub fn applied_index(&self) -> Result<u64, TxnError> {
         let cf = self.store.cf(CF_SM).map_err(|e| TxnError(e.to_string()))?;
-        let raw = self.snap.get_cf(cf, KEY_APPLIED).map_err(|e| TxnError(e.to_string()))?;
-        let applied: Option<LogId> = match raw {
-            Some(b) => decode(&b).map_err(TxnError)?,
-            None => None,
-        };
+        let (applied, _) = read_applied_state(|k| self.snap.get_cf(cf, k)).map_err(TxnError)?;
         Ok(applied.map(|l| l.index).unwrap_or(0))
     }
 
     /// Reads one key.
     pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
-        let cf = self.cf(table)?;
+        let cf = app_table(self.store, table)?;
         self.snap
             .get_cf(cf, key)
             .map_err(|e| TxnError(format!("reading table {table}: {e}")))
@@ -151,7 +162,7 @@ impl ReadView<'_> {
 
     /// Reads every key that starts with `prefix`, in key order.
     pub fn scan_prefix(&self, table: &str, prefix: &[u8]) -> Result<Rows, TxnError> {
-        let cf = self.cf(table)?;
+        let cf = app_table(self.store, table)?;
         let mut out = Vec::new();
         let iter = self
             .snap
@@ -164,12 +175,6 @@ impl ReadView<'_> {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
-    }
-
-    fn cf(&self, table: &str) -> Result<&rocksdb::ColumnFamily, TxnError> {
-        self.store
-            .table(table)
-            .ok_or_else(|| TxnError(format!("table {table} was not declared by the application")))
     }
 }
 
@@ -221,20 +226,8 @@ impl StateMachineStore {
         snapshot_path: PathBuf,
     ) -> Result<Self, StorageError> {
         let cf = store.cf(CF_SM)?;
-        let read = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError> {
-            store
-                .db
-                .get_cf(cf, key)
-                .map_err(|e| StorageIOError::read_state_machine(&e).into())
-        };
-        let last_applied: Option<LogId> = match read(KEY_APPLIED)? {
-            Some(b) => decode(&b).map_err(|e| StorageIOError::read_state_machine(&AnyErr(e)))?,
-            None => None,
-        };
-        let last_membership: StoredMembership = match read(KEY_MEMBERSHIP)? {
-            Some(b) => decode(&b).map_err(|e| StorageIOError::read_state_machine(&AnyErr(e)))?,
-            None => StoredMembership::default(),
-        };
+        let (last_applied, last_membership) = read_applied_state(|k| store.db.get_cf(cf, k))
+            .map_err(|e| StorageIOError::read_state_machine(&AnyErr(e)))?;
         Ok(StateMachineStore {
             store,
             app,
@@ -294,14 +287,7 @@ fn build_snapshot_blocking(
     let err = |e: String| -> StorageError { StorageIOError::write_snapshot(None, &AnyErr(e)).into() };
     let snap = store.db.snapshot();
     let sm = store.cf(CF_SM)?;
-    let last_applied: Option<LogId> = match snap.get_cf(sm, KEY_APPLIED).map_err(|e| err(e.to_string()))? {
-        Some(b) => decode(&b).map_err(err)?,
-        None => None,
-    };
-    let last_membership: StoredMembership = match snap.get_cf(sm, KEY_MEMBERSHIP).map_err(|e| err(e.to_string()))? {
-        Some(b) => decode(&b).map_err(err)?,
-        None => StoredMembership::default(),
-    };
+    let (last_applied, last_membership) = read_applied_state(|k| snap.get_cf(sm, k)).map_err(err)?;
     let mut tables = Vec::with_capacity(store.tables.len());
     for name in &store.tables {
         let cf = store
