@@ -5,7 +5,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let client = ["opsd/v1/cluster.proto", "opsd/v1/settings.proto"];
+    let client = [
+        "opsd/v1/cluster.proto",
+        "opsd/v1/settings.proto",
+        "opsd/v1/resources.proto",
+    ];
     let peer = "opsd/v1/peer.proto";
     for f in client.iter().chain([&peer]) {
         println!("cargo:rerun-if-changed={f}");

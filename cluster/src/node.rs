@@ -288,6 +288,27 @@ impl ClusterNode {
         });
     }
 
+    /// The term this node leads, or `None` when it is not the leader, kept
+    /// current: work that only the leader does (driving runs) follows it.
+    pub fn leadership(&self) -> watch::Receiver<Option<u64>> {
+        let mut metrics = self.inner.raft.metrics();
+        let is_leader = |m: &openraft::RaftMetrics<NodeId, crate::types::NodeInfo>| {
+            (m.state == ServerState::Leader).then_some(m.current_term)
+        };
+        let (tx, rx) = watch::channel(is_leader(&metrics.borrow_and_update()));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+                let now = is_leader(&metrics.borrow_and_update());
+                tx.send_if_modified(|v| std::mem::replace(v, now) != now);
+            }
+        });
+        rx
+    }
+
     /// Logs each change of leader or term, since openraft's own logs are off
     /// by default.
     fn spawn_role_logger(&self) {

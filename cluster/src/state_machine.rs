@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use crate::data_dir::write_atomically;
 use crate::log_store::AnyErr;
 use crate::storage::{Store, CF_SM};
-use crate::types::{CommandResponse, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{CommandResponse, NodeId, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::wire::{decode, encode};
 
 const KEY_APPLIED: &[u8] = b"last_applied";
@@ -50,11 +50,26 @@ fn app_table<'s>(store: &'s Store, table: &str) -> Result<&'s rocksdb::ColumnFam
 /// state gives the same writes and answer on every node, so it may not read
 /// clocks, draw random numbers or do I/O other than through the [`Txn`].
 pub trait StateMachineApp: Send + Sync + 'static {
-    /// Applies the command committed at `index` and returns the answer for
+    /// Applies the command committed as `entry` and returns the answer for
     /// the client that proposed it. A command that is invalid for the current
     /// state is answered with a rejection, not an error: an `Err` means the
     /// storage failed and stops the node.
-    fn apply(&self, txn: &mut Txn<'_>, index: u64, command: &[u8]) -> Result<Vec<u8>, TxnError>;
+    fn apply(&self, txn: &mut Txn<'_>, entry: EntryInfo, command: &[u8]) -> Result<Vec<u8>, TxnError>;
+}
+
+/// Where a committed entry sits in the log: part of the entry itself, so the
+/// same on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The entry's log index.
+    pub index: u64,
+    /// The leader that appended the entry (the leader of its term): work an
+    /// entry starts belongs to this node.
+    pub leader: NodeId,
+    /// The term the entry was appended in. A node leads at most one term in
+    /// its lifetime as a process, so "appended by me in my current term"
+    /// means "by this very process".
+    pub term: u64,
 }
 
 /// Key/value pairs read from a table, in key order.
@@ -172,6 +187,30 @@ impl ReadView<'_> {
             if !k.starts_with(prefix) {
                 break;
             }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Reads keys in `[from, until)`, in key order or (with `reverse`) from
+    /// the end, at most `limit` of them.
+    pub fn scan_range(
+        &self,
+        table: &str,
+        from: &[u8],
+        until: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Rows, TxnError> {
+        let cf = app_table(self.store, table)?;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_lower_bound(from.to_vec());
+        opts.set_iterate_upper_bound(until.to_vec());
+        opts.set_snapshot(&self.snap);
+        let mode = if reverse { IteratorMode::End } else { IteratorMode::Start };
+        let mut out = Vec::new();
+        for item in self.store.db.iterator_cf_opt(cf, opts, mode).take(limit) {
+            let (k, v) = item.map_err(|e| TxnError(format!("reading table {table}: {e}")))?;
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
@@ -344,7 +383,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Normal(cmd) => self
                     .app
-                    .apply(&mut txn, entry.log_id.index, &cmd.0)
+                    .apply(
+                        &mut txn,
+                        EntryInfo {
+                            index: entry.log_id.index,
+                            leader: entry.log_id.leader_id.node_id,
+                            term: entry.log_id.leader_id.term,
+                        },
+                        &cmd.0,
+                    )
                     .map_err(|e| StorageIOError::write_state_machine(&AnyErr(e.0)))?,
                 EntryPayload::Membership(m) => {
                     self.last_membership = StoredMembership::new(Some(entry.log_id), m);
@@ -458,12 +505,12 @@ impl LocalState {
         })
     }
 
-    /// Applies one command as if committed at `index`; returns the answer and
+    /// Applies one command as if committed as `entry`; returns the answer and
     /// the events it emitted. Its writes are committed only if apply succeeds.
-    pub fn apply(&self, index: u64, command: &[u8]) -> Result<(Vec<u8>, Vec<Vec<u8>>), TxnError> {
+    pub fn apply(&self, entry: EntryInfo, command: &[u8]) -> Result<(Vec<u8>, Vec<Vec<u8>>), TxnError> {
         let mut txn = Txn::new(&self.store);
-        txn.index = index;
-        let answer = self.app.apply(&mut txn, index, command)?;
+        txn.index = entry.index;
+        let answer = self.app.apply(&mut txn, entry, command)?;
         let Txn { batch, events, .. } = txn;
         self.store.write(batch, false).map_err(|e| TxnError(e.to_string()))?;
         Ok((answer, events.into_iter().map(|(_, e)| e).collect()))

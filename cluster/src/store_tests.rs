@@ -20,7 +20,7 @@ use crate::types::{Command, NodeInfo, StorageError, TypeConfig};
 struct KvApp;
 
 impl StateMachineApp for KvApp {
-    fn apply(&self, txn: &mut Txn<'_>, _index: u64, command: &[u8]) -> Result<Vec<u8>, TxnError> {
+    fn apply(&self, txn: &mut Txn<'_>, _entry: crate::EntryInfo, command: &[u8]) -> Result<Vec<u8>, TxnError> {
         let text = String::from_utf8_lossy(command).to_string();
         let key = text.split('=').next().unwrap_or_default().to_string();
         let prev = txn.get("kv", key.as_bytes())?.unwrap_or_default();
@@ -166,7 +166,7 @@ async fn snapshot_round_trip_carries_tables_and_membership() {
 async fn unknown_table_is_an_error_not_a_panic() {
     struct BadApp;
     impl StateMachineApp for BadApp {
-        fn apply(&self, txn: &mut Txn<'_>, _: u64, _: &[u8]) -> Result<Vec<u8>, TxnError> {
+        fn apply(&self, txn: &mut Txn<'_>, _: crate::EntryInfo, _: &[u8]) -> Result<Vec<u8>, TxnError> {
             txn.put("nope", b"k", b"v")?;
             Ok(vec![])
         }

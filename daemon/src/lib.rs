@@ -6,4 +6,6 @@
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod engine;
+pub mod ops;
 pub mod server;

@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use opsd_cluster::{new_cluster_id, ClusterConfig, ClusterNode, DataDir, NodeInfo};
 use opsd_proto::v1::cluster_client::ClusterClient;
 use opsd_proto::v1::cluster_server::ClusterServer;
+use opsd_proto::v1::resources_server::ResourcesServer;
 use opsd_proto::v1::settings_server::SettingsServer;
 use opsd_proto::v1::{JoinRequest, StatusRequest};
 use tokio::net::TcpListener;
@@ -16,7 +17,12 @@ use tonic::transport::{Endpoint, Server};
 use tracing::{info, warn};
 
 use crate::api::cluster::ClusterService;
+use crate::api::resources::ResourcesService;
 use crate::api::settings::SettingsService;
+use crate::engine::{Engine, StateLookup};
+use crate::ops::exec::ExecProvider;
+use crate::ops::local::LocalProvider;
+use crate::ops::Providers;
 use crate::config::Config;
 use crate::domain::{Domain, TABLES};
 
@@ -104,7 +110,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    serve(listener, node.clone()).await?;
+    let engine = start_engine(&node, &config.data_dir)?;
+    serve(listener, node.clone(), engine).await?;
     node.shutdown().await;
     info!("stopped");
     Ok(())
@@ -118,11 +125,23 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// Starts the engine with the providers this node offers; their files live
+/// under the data dir (`work/` for run scratch directories, `local/` for
+/// the local provider's images and machines).
+fn start_engine(node: &ClusterNode, data_dir: &std::path::Path) -> anyhow::Result<Engine> {
+    let mut providers: Providers = Providers::new();
+    providers.insert("exec".into(), Arc::new(ExecProvider::new(Duration::from_secs(5))));
+    let lookup = Arc::new(StateLookup(node.reader().clone()));
+    providers.insert("local".into(), Arc::new(LocalProvider::new(data_dir.join("local"), lookup)));
+    Engine::start(node.clone(), providers, data_dir.join("work")).context("starting the engine")
+}
+
 /// Serves the client API until SIGTERM or SIGINT.
-async fn serve(listener: TcpListener, node: ClusterNode) -> anyhow::Result<()> {
+async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ClusterServer<ClusterService>>().await;
     health.set_serving::<SettingsServer<SettingsService>>().await;
+    health.set_serving::<ResourcesServer<ResourcesService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(opsd_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -138,7 +157,8 @@ async fn serve(listener: TcpListener, node: ClusterNode) -> anyhow::Result<()> {
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
-        .add_service(SettingsServer::new(SettingsService::new(node, stop)))
+        .add_service(SettingsServer::new(SettingsService::new(node.clone(), stop.clone())))
+        .add_service(ResourcesServer::new(ResourcesService::new(node, engine, stop)))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             tokio::select! {
                 _ = term.recv() => info!("SIGTERM: shutting down"),

@@ -4,7 +4,7 @@
 
 #![allow(clippy::all, missing_docs)]
 
-/// The client API (cluster status and membership, settings).
+/// The client API (cluster status and membership, settings, resources).
 pub mod v1 {
     tonic::include_proto!("opsd.v1");
 }

@@ -3,12 +3,13 @@
 //! names the field or object at fault.
 
 pub mod cluster;
+pub mod resources;
 pub mod settings;
 
-use opsd_cluster::ClusterError;
+use opsd_cluster::{ClusterError, ClusterNode};
 use tonic::Status;
 
-use crate::domain::Rejection;
+use crate::domain::{decode_outcome, Command, Outcome, Rejection};
 
 /// The gRPC status for a cluster error.
 pub fn cluster_status(e: ClusterError) -> Status {
@@ -33,10 +34,42 @@ pub fn rejection_status(r: Rejection) -> Status {
         Rejection::NotFound(m) => Status::not_found(m),
         Rejection::FailedPrecondition(m) => Status::failed_precondition(m),
         Rejection::InvalidArgument(m) => Status::invalid_argument(m),
+        Rejection::AlreadyExists(m) => Status::already_exists(m),
     }
 }
 
 /// The gRPC status for a failure reading the local state.
 pub fn read_status(e: opsd_cluster::TxnError) -> Status {
     Status::internal(format!("reading the state: {e}"))
+}
+
+/// Proposes a command and returns its log index and outcome; a rejection
+/// becomes the matching gRPC error.
+pub async fn propose(node: &ClusterNode, cmd: Command) -> Result<(u64, Outcome), Status> {
+    let (index, answer) = node.write(cmd.encode()).await.map_err(cluster_status)?;
+    match decode_outcome(&answer).map_err(Status::internal)? {
+        Outcome::Rejected(r) => Err(rejection_status(r)),
+        outcome => Ok((index, outcome)),
+    }
+}
+
+/// A removed node serves nothing, not even stale reads: its state stopped
+/// at its removal and would silently age.
+pub fn refuse_if_removed(node: &ClusterNode) -> Result<(), Status> {
+    if node.is_removed() {
+        return Err(cluster_status(ClusterError::Removed {
+            node_id: node.node_id(),
+        }));
+    }
+    Ok(())
+}
+
+/// Waits until a read may be served locally: at once for a stale read,
+/// after the leader's read index otherwise.
+pub async fn barrier(node: &ClusterNode, stale: bool) -> Result<(), Status> {
+    refuse_if_removed(node)?;
+    if !stale {
+        node.read_barrier().await.map_err(cluster_status)?;
+    }
+    Ok(())
 }

@@ -13,9 +13,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
-use super::{cluster_status, read_status, rejection_status};
+use super::{barrier, propose, read_status, refuse_if_removed};
 use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
-use crate::domain::{decode_outcome, Command, Outcome};
+use crate::domain::{Command, DomainEvent, Outcome};
 
 /// Serves settings from a cluster node.
 pub struct SettingsService {
@@ -27,37 +27,6 @@ impl SettingsService {
     /// A service backed by `node`; open watches end when `stop` turns true.
     pub fn new(node: ClusterNode, stop: watch::Receiver<bool>) -> Self {
         SettingsService { node, stop }
-    }
-
-    /// Proposes a command and returns its revision and outcome; a rejection
-    /// becomes the matching gRPC error.
-    async fn propose(&self, cmd: Command) -> Result<(u64, Outcome), Status> {
-        let (index, answer) = self.node.write(cmd.encode()).await.map_err(cluster_status)?;
-        match decode_outcome(&answer).map_err(Status::internal)? {
-            Outcome::Rejected(r) => Err(rejection_status(r)),
-            outcome => Ok((index, outcome)),
-        }
-    }
-
-    /// A removed node serves nothing, not even stale reads: its state stopped
-    /// at its removal and would silently age.
-    fn refuse_if_removed(&self) -> Result<(), Status> {
-        if self.node.is_removed() {
-            return Err(cluster_status(opsd_cluster::ClusterError::Removed {
-                node_id: self.node.node_id(),
-            }));
-        }
-        Ok(())
-    }
-
-    /// Waits until a read may be served locally: at once for a stale read,
-    /// after the leader's read index otherwise.
-    async fn barrier(&self, stale: bool) -> Result<(), Status> {
-        self.refuse_if_removed()?;
-        if !stale {
-            self.node.read_barrier().await.map_err(cluster_status)?;
-        }
-        Ok(())
     }
 }
 
@@ -88,7 +57,7 @@ impl Settings for SettingsService {
             value: req.value,
             expected_revision: req.expected_revision,
         };
-        match self.propose(cmd).await? {
+        match propose(&self.node, cmd).await? {
             (revision, Outcome::SettingPut { previous }) => Ok(Response::new(PutResponse {
                 revision,
                 previous: previous.map(to_proto),
@@ -100,7 +69,7 @@ impl Settings for SettingsService {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let req = req.into_inner();
         domain::validate_key(&req.key).map_err(invalid)?;
-        self.barrier(req.stale).await?;
+        barrier(&self.node, req.stale).await?;
         let reader = self.node.reader();
         let view = reader.view();
         let revision = view.applied_index().map_err(read_status)?;
@@ -122,7 +91,7 @@ impl Settings for SettingsService {
                 domain::MAX_KEY_BYTES
             )));
         }
-        self.barrier(req.stale).await?;
+        barrier(&self.node, req.stale).await?;
         let reader = self.node.reader();
         let view = reader.view();
         let revision = view.applied_index().map_err(read_status)?;
@@ -140,7 +109,7 @@ impl Settings for SettingsService {
             key: req.key,
             expected_revision: req.expected_revision,
         };
-        match self.propose(cmd).await? {
+        match propose(&self.node, cmd).await? {
             (revision, Outcome::SettingDeleted { previous }) => Ok(Response::new(DeleteResponse {
                 revision,
                 previous: Some(to_proto(previous)),
@@ -159,7 +128,7 @@ impl Settings for SettingsService {
                 domain::MAX_KEY_BYTES
             )));
         }
-        self.refuse_if_removed()?;
+        refuse_if_removed(&self.node)?;
         let mut events = self.node.subscribe();
         let mut stop = self.stop.clone();
         let (tx, rx) = mpsc::channel(256);
@@ -172,7 +141,7 @@ impl Settings for SettingsService {
                 };
                 let item = match received {
                     Ok(AppliedEvent::Applied { index, event }) => {
-                        let Ok(ev) = domain::decode_event(&event) else { continue };
+                        let Ok(DomainEvent::Setting(ev)) = DomainEvent::decode(&event) else { continue };
                         if !ev.record().key.starts_with(&prefix) {
                             continue;
                         }

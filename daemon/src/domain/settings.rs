@@ -4,7 +4,7 @@
 use opsd_cluster::{ReadView, Txn, TxnError};
 use serde::{Deserialize, Serialize};
 
-use super::{Outcome, Rejection};
+use super::{encode, DomainEvent, Outcome, Rejection};
 
 /// The settings table.
 pub const TABLE: &str = "settings";
@@ -84,10 +84,6 @@ fn decode_record(bytes: &[u8]) -> Result<SettingRecord, TxnError> {
     bincode::deserialize(bytes).map_err(|e| TxnError(format!("undecodable setting record: {e}")))
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TxnError> {
-    bincode::serialize(v).map_err(|e| TxnError(format!("encoding: {e}")))
-}
-
 fn check_revision(key: &str, current: Option<&SettingRecord>, expected: Option<u64>) -> Option<Rejection> {
     let expected = expected?;
     let actual = current.map(|r| r.mod_revision).unwrap_or(0);
@@ -122,7 +118,7 @@ pub fn apply_put(
         version: previous.as_ref().map(|p| p.version + 1).unwrap_or(1),
     };
     txn.put(TABLE, key.as_bytes(), &encode(&record)?)?;
-    txn.emit(encode(&SettingEvent::Put(record))?);
+    txn.emit(encode(&DomainEvent::Setting(SettingEvent::Put(record)))?);
     Ok(Outcome::SettingPut { previous })
 }
 
@@ -147,7 +143,7 @@ pub fn apply_delete(
     txn.delete(TABLE, key.as_bytes())?;
     let mut gone = previous.clone();
     gone.mod_revision = index;
-    txn.emit(encode(&SettingEvent::Deleted(gone))?);
+    txn.emit(encode(&DomainEvent::Setting(SettingEvent::Deleted(gone)))?);
     Ok(Outcome::SettingDeleted { previous })
 }
 
@@ -164,45 +160,27 @@ pub fn list(view: &ReadView<'_>, prefix: &str) -> Result<Vec<SettingRecord>, Txn
         .collect()
 }
 
-/// Decodes a published event.
-pub fn decode_event(bytes: &[u8]) -> Result<SettingEvent, String> {
-    bincode::deserialize(bytes).map_err(|e| format!("undecodable setting event: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use opsd_cluster::LocalState;
-
     use super::*;
-    use crate::domain::{decode_outcome, Command, Domain, TABLES};
+    use crate::domain::testing::TestState;
+    use crate::domain::Command;
 
-    struct State {
-        _dir: tempfile::TempDir,
-        state: LocalState,
-        index: u64,
+    type State = TestState;
+
+    fn settings_apply(s: &mut State, cmd: Command) -> (Outcome, Vec<SettingEvent>) {
+        let (outcome, events) = s.apply(cmd);
+        let events = events
+            .into_iter()
+            .filter_map(|e| match e {
+                DomainEvent::Setting(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        (outcome, events)
     }
 
-    impl State {
-        fn new() -> State {
-            let dir = tempfile::tempdir().unwrap();
-            let tables: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
-            let state = LocalState::open(dir.path(), &tables, Arc::new(Domain)).unwrap();
-            State {
-                _dir: dir,
-                state,
-                index: 0,
-            }
-        }
-
-        fn apply(&mut self, cmd: Command) -> (Outcome, Vec<SettingEvent>) {
-            self.index += 1;
-            let (answer, events) = self.state.apply(self.index, &cmd.encode()).unwrap();
-            let events = events.iter().map(|e| decode_event(e).unwrap()).collect();
-            (decode_outcome(&answer).unwrap(), events)
-        }
-
+    impl TestState {
         fn put(&mut self, key: &str, value: &str, expected: Option<u64>) -> Outcome {
             self.apply(Command::PutSetting {
                 key: key.into(),
@@ -223,7 +201,7 @@ mod tests {
         assert_eq!(s.put("a", "1", None), Outcome::SettingPut { previous: None });
         let first = s.get("a").unwrap();
         assert_eq!((first.create_revision, first.mod_revision, first.version), (1, 1, 1));
-        let (outcome, events) = s.apply(Command::PutSetting {
+        let (outcome, events) = settings_apply(&mut s, Command::PutSetting {
             key: "a".into(),
             value: "2".into(),
             expected_revision: None,
@@ -270,7 +248,7 @@ mod tests {
     fn delete_removes_and_reports_missing_keys() {
         let mut s = State::new();
         s.put("a", "1", None);
-        let (outcome, events) = s.apply(Command::DeleteSetting {
+        let (outcome, events) = settings_apply(&mut s, Command::DeleteSetting {
             key: "a".into(),
             expected_revision: Some(1),
         });
@@ -283,7 +261,7 @@ mod tests {
             panic!("{events:?}")
         };
         assert_eq!(gone.mod_revision, 2, "a delete event carries the delete's revision");
-        let (outcome, events) = s.apply(Command::DeleteSetting {
+        let (outcome, events) = settings_apply(&mut s, Command::DeleteSetting {
             key: "a".into(),
             expected_revision: None,
         });
@@ -295,7 +273,7 @@ mod tests {
     fn recreate_after_delete_starts_a_new_life() {
         let mut s = State::new();
         s.put("a", "1", None);
-        s.apply(Command::DeleteSetting {
+        settings_apply(&mut s, Command::DeleteSetting {
             key: "a".into(),
             expected_revision: None,
         });
@@ -327,11 +305,11 @@ mod tests {
 
     #[test]
     fn undecodable_commands_are_rejected_not_applied() {
-        let s = State::new();
+        let mut s = State::new();
         for bytes in [&b""[..], &[9u8, 1, 2][..], &[1u8, 200, 200][..]] {
-            let (answer, events) = s.state.apply(1, bytes).unwrap();
+            let (outcome, events) = s.apply_raw(bytes);
             assert!(matches!(
-                decode_outcome(&answer).unwrap(),
+                outcome,
                 Outcome::Rejected(Rejection::InvalidArgument(_))
             ));
             assert!(events.is_empty());

@@ -1,0 +1,183 @@
+//! The engine: one actix actor per resource, owning what happens to it.
+//!
+//! A [`Registry`] actor creates the resource actors at start-up (from the
+//! stored state) and as resources appear, and routes the applied events to
+//! them; gRPC handlers only ask it for an actor's address. Every actor keeps
+//! its resource's current state (re-read from the applied state whenever its
+//! resource changes, so it never drifts) and serialises the events done to
+//! it. On the leader, an actor whose resource is in a work state makes sure
+//! the run is driven: it executes runs the leader itself started in its term,
+//! takes over runs started by an earlier leader (attempt + 1), and proposes
+//! each run's finish once the provider's step ends.
+//!
+//! The actors live on one actix system thread; provider steps and proposals
+//! run on the daemon's tokio runtime, so a slow step never blocks an actor.
+
+mod registry;
+mod resource_actor;
+mod step;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::{Actor, Addr};
+use opsd_cluster::{AppliedEvent, ClusterError, ClusterNode};
+use tokio::sync::{broadcast, watch};
+use tracing::warn;
+
+use crate::domain::{decode_outcome, resources, Command, DomainEvent, Outcome, Rejection};
+use crate::ops::{Object, Providers, ResourceLookup};
+
+pub use registry::Registry;
+pub use resource_actor::{CancelRun, DeleteResource, DoEvent, ResourceActor};
+pub use step::now_ms;
+
+/// The most attempts a run gets: a run taken over this often is ended as
+/// `interrupted` instead of being driven again.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// Why the engine could not make a change.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The cluster could not commit it.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// Apply (or the actor, checking early) refused it.
+    #[error("{0:?}")]
+    Rejected(Rejection),
+}
+
+/// A committed change: its log index and apply's answer.
+pub type Committed = Result<(u64, Outcome), EngineError>;
+
+/// What every actor shares.
+pub(crate) struct EngineCtx {
+    pub node: ClusterNode,
+    pub node_id: u64,
+    pub runtime: tokio::runtime::Handle,
+    pub providers: Providers,
+    pub work_root: PathBuf,
+    pub leadership: watch::Receiver<Option<u64>>,
+}
+
+impl EngineCtx {
+    /// The term this node leads now, if it leads.
+    pub fn leader_term(&self) -> Option<u64> {
+        *self.leadership.borrow()
+    }
+
+    /// Proposes a command on the daemon's runtime; a rejection is an error.
+    pub fn propose(&self, cmd: Command) -> impl std::future::Future<Output = Committed> + 'static {
+        let node = self.node.clone();
+        let task = self.runtime.spawn(async move { node.write(cmd.encode()).await });
+        async move {
+            let (index, answer) = task
+                .await
+                .map_err(|e| ClusterError::Internal(format!("proposal task failed: {e}")))??;
+            match decode_outcome(&answer).map_err(ClusterError::Internal)? {
+                Outcome::Rejected(r) => Err(EngineError::Rejected(r)),
+                outcome => Ok((index, outcome)),
+            }
+        }
+    }
+}
+
+/// The engine, as the API sees it: the registry's address. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    registry: Addr<Registry>,
+}
+
+impl Engine {
+    /// Starts the actor system on its own thread, loads every resource, and
+    /// follows the node's applied events and leadership.
+    pub fn start(node: ClusterNode, providers: Providers, work_root: PathBuf) -> std::io::Result<Engine> {
+        let ctx = Arc::new(EngineCtx {
+            node_id: node.node_id(),
+            runtime: tokio::runtime::Handle::current(),
+            providers,
+            work_root,
+            leadership: node.leadership(),
+            node: node.clone(),
+        });
+        // Subscribe before the registry loads, so nothing applied in between is missed.
+        let events = node.subscribe();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let system_ctx = ctx.clone();
+        std::thread::Builder::new().name("opsd-engine".into()).spawn(move || {
+            let system = actix::System::new();
+            system.block_on(async move {
+                let _ = tx.send(Registry::new(system_ctx).start());
+            });
+            system.run()
+        })?;
+        let registry = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the engine's actor system did not start"))?;
+        tokio::spawn(pump_events(events, registry.clone()));
+        tokio::spawn(follow_leadership(ctx.leadership.clone(), registry.clone()));
+        Ok(Engine { registry })
+    }
+
+    /// The actor of a resource, if the resource exists.
+    pub async fn resource(&self, kind: &str, name: &str) -> Option<Addr<ResourceActor>> {
+        self.registry
+            .send(registry::Lookup {
+                kind: kind.to_string(),
+                name: name.to_string(),
+            })
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Creates a resource (through the registry, which starts its actor when
+    /// the creation is applied).
+    pub async fn create(&self, cmd: Command) -> Committed {
+        self.registry
+            .send(registry::Create(cmd))
+            .await
+            .map_err(|_| EngineError::Cluster(ClusterError::ShuttingDown))?
+    }
+}
+
+/// Hands every applied resource event to the registry; after a gap (lag, or
+/// a snapshot replaced the state) the registry re-reads everything.
+async fn pump_events(mut events: broadcast::Receiver<AppliedEvent>, registry: Addr<Registry>) {
+    registry.do_send(registry::Reload);
+    loop {
+        match events.recv().await {
+            Ok(AppliedEvent::Applied { event, .. }) => match DomainEvent::decode(&event) {
+                Ok(DomainEvent::Resource(r) | DomainEvent::ResourceDeleted(r)) => {
+                    registry.do_send(registry::Poke { kind: r.kind, name: r.name })
+                }
+                Ok(DomainEvent::Run(r)) => registry.do_send(registry::Poke { kind: r.kind, name: r.name }),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "engine: skipping an undecodable event"),
+            },
+            Ok(AppliedEvent::SnapshotInstalled { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                registry.do_send(registry::Reload)
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Tells every actor when this node gains or loses the leadership.
+async fn follow_leadership(mut leadership: watch::Receiver<Option<u64>>, registry: Addr<Registry>) {
+    while leadership.changed().await.is_ok() {
+        registry.do_send(registry::Reload);
+    }
+}
+
+/// Looks resources up for providers (a cluster's image) in the applied state.
+pub struct StateLookup(pub opsd_cluster::StateReader);
+
+impl ResourceLookup for StateLookup {
+    fn lookup(&self, kind: &str, name: &str) -> Option<(String, Object)> {
+        let view = self.0.view();
+        let r = resources::read_resource(&view, kind, name).ok()??;
+        let outputs = resources::parse_object("outputs", &r.outputs_json).unwrap_or_default();
+        Some((r.state, outputs))
+    }
+}

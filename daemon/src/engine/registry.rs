@@ -1,0 +1,143 @@
+//! The registry: one actor that knows every resource actor, creates them
+//! from the stored state and as resources appear, and routes changes to them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tracing::error;
+
+use super::resource_actor::{Refresh, ResourceActor};
+use super::{Committed, EngineCtx};
+use crate::domain::{resources, Command};
+
+/// Knows the actor of every resource.
+pub struct Registry {
+    ctx: Arc<EngineCtx>,
+    actors: HashMap<(String, String), Addr<ResourceActor>>,
+}
+
+impl Registry {
+    pub(crate) fn new(ctx: Arc<EngineCtx>) -> Self {
+        Registry {
+            ctx,
+            actors: HashMap::new(),
+        }
+    }
+
+    /// The live actor of a resource, started if the resource exists.
+    fn actor(&mut self, kind: &str, name: &str) -> Option<Addr<ResourceActor>> {
+        let key = (kind.to_string(), name.to_string());
+        if let Some(addr) = self.actors.get(&key).filter(|a| a.connected()) {
+            return Some(addr.clone());
+        }
+        self.actors.remove(&key);
+        let view = self.ctx.node.reader().view();
+        match resources::read_resource(&view, kind, name) {
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(e) => {
+                error!(kind, name, error = %e, "engine: cannot read a resource");
+                return None;
+            }
+        }
+        let addr = ResourceActor::new(self.ctx.clone(), key.0.clone(), key.1.clone()).start();
+        self.actors.insert(key, addr.clone());
+        Some(addr)
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // A registry with 10,000 actors gets a change for each of them at once.
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+/// Asks for a resource's actor.
+#[derive(Message)]
+#[rtype(result = "Option<Addr<ResourceActor>>")]
+pub struct Lookup {
+    pub kind: String,
+    pub name: String,
+}
+
+impl Handler<Lookup> for Registry {
+    type Result = Option<Addr<ResourceActor>>;
+
+    fn handle(&mut self, msg: Lookup, _: &mut Self::Context) -> Self::Result {
+        self.actor(&msg.kind, &msg.name)
+    }
+}
+
+/// Proposes a `CreateResource`; the actor starts when its change arrives.
+#[derive(Message)]
+#[rtype(result = "Committed")]
+pub struct Create(pub Command);
+
+impl Handler<Create> for Registry {
+    type Result = ResponseFuture<Committed>;
+
+    fn handle(&mut self, msg: Create, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.ctx.propose(msg.0))
+    }
+}
+
+/// A resource changed: its actor re-reads it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Poke {
+    pub kind: String,
+    pub name: String,
+}
+
+impl Handler<Poke> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Poke, _: &mut Self::Context) {
+        if let Some(addr) = self.actor(&msg.kind, &msg.name) {
+            addr.do_send(Refresh);
+        }
+    }
+}
+
+/// Everything may have changed (start-up, a snapshot, missed events, a
+/// change of leader): every actor re-reads its resource, and resources
+/// without an actor get one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reload;
+
+impl Handler<Reload> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: Reload, _: &mut Self::Context) {
+        let view = self.ctx.node.reader().view();
+        let all = match resources::list_resources(&view, "") {
+            Ok(all) => all,
+            Err(e) => {
+                error!(error = %e, "engine: cannot read the resources");
+                return;
+            }
+        };
+        drop(view);
+        let mut existing: HashMap<(String, String), Addr<ResourceActor>> = HashMap::new();
+        for r in all {
+            if let Some(addr) = self.actor(&r.kind, &r.name) {
+                existing.insert((r.kind, r.name), addr);
+            }
+        }
+        // Actors of deleted resources see that on refresh and stop.
+        for (key, addr) in self.actors.drain() {
+            if !existing.contains_key(&key) {
+                addr.do_send(Refresh);
+            }
+        }
+        for addr in existing.values() {
+            addr.do_send(Refresh);
+        }
+        self.actors = existing;
+    }
+}
