@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use opsd_proto::v1::cluster_client::ClusterClient;
+use opsd_proto::v1::resources_client::ResourcesClient;
 use opsd_proto::v1::settings_client::SettingsClient;
 use opsd_proto::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest, PutResponse,
@@ -35,6 +36,8 @@ pub struct Clients {
     pub cluster: ClusterClient<Channel>,
     /// `opsd.v1.Settings`: the replicated key/value store.
     pub settings: SettingsClient<Channel>,
+    /// `opsd.v1.Resources`: kinds, resources, runs.
+    pub resources: ResourcesClient<Channel>,
 }
 
 /// Clients of the node at `addr` whose every request times out after
@@ -63,7 +66,8 @@ pub fn connect_with(addr: &str, request_timeout: Option<Duration>) -> Clients {
     Clients {
         addr: addr.to_string(),
         cluster: ClusterClient::new(channel.clone()),
-        settings: SettingsClient::new(channel),
+        settings: SettingsClient::new(channel.clone()),
+        resources: ResourcesClient::new(channel),
     }
 }
 
@@ -88,7 +92,7 @@ pub async fn put_once(addr: &str, key: &str, value: &str) -> Result<PutResponse,
 
 /// Runs `op` until it succeeds, fails with anything but UNAVAILABLE, or
 /// [`RETRY_BUDGET`] has passed; returns the last outcome.
-async fn retry_unavailable<T, F, Fut>(mut op: F) -> Result<T, Status>
+pub async fn retry_unavailable<T, F, Fut>(mut op: F) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Status>>,

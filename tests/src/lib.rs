@@ -37,6 +37,7 @@ mod addresses;
 pub mod client;
 mod cluster;
 mod node;
+pub mod resources;
 
 use std::path::PathBuf;
 

@@ -50,10 +50,6 @@ impl Registry {
 impl Actor for Registry {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // A registry with 10,000 actors gets a change for each of them at once.
-        ctx.set_mailbox_capacity(usize::MAX);
-    }
 }
 
 /// Asks for a resource's actor.

@@ -224,7 +224,6 @@ impl Actor for ResourceActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
         self.refresh(ctx);
     }
 

@@ -4,10 +4,15 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use opsd_proto::v1::resources_client::ResourcesClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 /// How long to wait for one node to accept a connection before trying the next.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -124,13 +129,27 @@ impl Nodes {
     /// leader or no quorum, which the API documents as safe to retry), and
     /// returns the first other answer, success or error. Every command goes
     /// through here.
-    pub async fn call<T, F, Fut>(&self, mut rpc: F) -> Result<T, CallError>
+    pub async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, CallError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let mut failures = Vec::with_capacity(self.addrs.len());
-        for addr in &self.addrs {
+        self.call_from(0, rpc).await.map(|(_, answer)| answer)
+    }
+
+    /// Like [`Nodes::call`], but starts at the address at position `first`
+    /// (modulo their number) and goes round, and also says which address
+    /// answered. A stream that broke is reopened with `first` one past the
+    /// address that served it, so the next try goes to another node.
+    pub async fn call_from<T, F, Fut>(&self, first: usize, mut rpc: F) -> Result<(usize, T), CallError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let count = self.addrs.len();
+        let mut failures = Vec::with_capacity(count);
+        for position in (0..count).map(|i| (first + i) % count) {
+            let addr = &self.addrs[position];
             let channel = match tokio::time::timeout(CONNECT_TIMEOUT, addr.endpoint.connect()).await {
                 Ok(Ok(channel)) => channel,
                 Ok(Err(e)) => {
@@ -148,7 +167,7 @@ impl Nodes {
                 }
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, rpc(channel)).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Ok(response)) => return Ok((position, response.into_inner())),
                 Ok(Err(status)) if status.code() == Code::Unavailable => {
                     failures.push(Failure::new(addr, describe_status(&status), true));
                 }
@@ -163,6 +182,82 @@ impl Nodes {
         }
         Err(CallError::Unreachable(failures))
     }
+
+    /// The address at `position`, for messages.
+    pub fn addr(&self, position: usize) -> &NodeAddr {
+        &self.addrs[position % self.addrs.len()]
+    }
+}
+
+/// A `Resources` client whose every request says who is asking: the
+/// `x-opsd-principal` metadata the server records on runs (see
+/// `proto/opsd/v1/resources.proto`). Every `Resources` call goes through
+/// [`resources`], so no request can leave without it.
+pub type ResourcesApi = ResourcesClient<InterceptedService<Channel, Principal>>;
+
+/// A `Resources` client on `channel` that sends the principal with every request.
+pub fn resources(channel: Channel) -> ResourcesApi {
+    ResourcesClient::with_interceptor(channel, Principal::current())
+}
+
+/// The metadata key naming who made a request.
+const PRINCIPAL_KEY: &str = "x-opsd-principal";
+
+/// The interceptor that adds the principal, the login name of the user running
+/// opsctl, to a request.
+#[derive(Debug, Clone)]
+pub struct Principal(MetadataValue<Ascii>);
+
+impl Principal {
+    /// The principal of this process: `$USER`, else `$LOGNAME`, else `unknown`,
+    /// read once.
+    fn current() -> Self {
+        static CURRENT: OnceLock<Principal> = OnceLock::new();
+        CURRENT
+            .get_or_init(|| {
+                let name = ["USER", "LOGNAME"]
+                    .iter()
+                    .filter_map(|var| std::env::var(var).ok())
+                    .map(|name| name.trim().to_string())
+                    .find(|name| !name.is_empty())
+                    .unwrap_or_else(|| "unknown".to_string());
+                Principal(principal_value(&name))
+            })
+            .clone()
+    }
+}
+
+impl Interceptor for Principal {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert(PRINCIPAL_KEY, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A login name as a metadata value, which must be printable ASCII: anything
+/// else is written as a Rust-style escape (`é` becomes `\u{e9}`), so the name
+/// stays recognisable instead of the request failing.
+fn principal_value(name: &str) -> MetadataValue<Ascii> {
+    let mut text = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c == ' ' || c.is_ascii_graphic() {
+            text.push(c);
+        } else {
+            text.extend(c.escape_default());
+        }
+    }
+    MetadataValue::try_from(text.as_str()).unwrap_or_else(|_| MetadataValue::from_static("unknown"))
+}
+
+/// True if a stream ended with an error that says the connection or the
+/// serving node went away (or the server dropped a watcher that fell behind)
+/// rather than that the request itself is wrong: reopening the stream,
+/// through another node if need be, may succeed.
+pub fn is_stream_break(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::ResourceExhausted | Code::Aborted
+    )
 }
 
 /// A gRPC error for humans: the server's message followed by what its code means.

@@ -2,16 +2,30 @@
 //! for scripts and aligned tables for people. Commands hand their answers here
 //! and never format output themselves.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
+use std::time::{Duration, UNIX_EPOCH};
 
 use clap::ValueEnum;
 use opsd_proto::v1::watch_event::Type as WatchEventType;
-use opsd_proto::v1::{Member, Setting, StatusResponse, WatchEvent};
-use serde_json::{json, Value};
+use opsd_proto::v1::{KindInfo, Member, Resource, Run, Setting, StatusResponse, TransitionStats, WatchEvent};
+use serde_json::{json, Map, Value};
+
+use crate::spec::ResourceRef;
 
 /// The widest a setting's value is shown in a table; longer values are cut
 /// (`settings get` shows the whole value).
 const VALUE_COLUMN_WIDTH: usize = 60;
+
+/// The widest a kind's state list is shown in `kinds ls` (`kinds show` shows
+/// them all).
+const STATES_COLUMN_WIDTH: usize = 60;
+
+/// The widest an error is shown in a run table (`run RUN_ID` shows it whole).
+const ERROR_COLUMN_WIDTH: usize = 50;
+
+/// The last millisecond RFC 3339 timestamps can show (the end of year 9999).
+const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -152,6 +166,486 @@ impl Printer {
             OutputFormat::Table => writeln!(out, "{kind} {} rev={}", one_line(key, None), event.revision)?,
         }
         out.flush()
+    }
+
+    /// `kinds apply`: the kind as registered: its name and the version (log
+    /// index) of this apply. JSON: the whole kind (see [`kind_json`]).
+    pub fn kind_applied(&self, kind: &KindInfo) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        match self.format {
+            OutputFormat::Json => write_json(&mut out, &kind_json(kind)),
+            OutputFormat::Table => writeln!(out, "kind {} version {}", one_line(&kind.name, None), kind.version),
+        }
+    }
+
+    /// `kinds ls`: the kinds, built-in and registered.
+    pub fn kinds(&self, kinds: &[KindInfo]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if self.format == OutputFormat::Json {
+            return write_json(&mut out, &kinds.iter().map(kind_json).collect());
+        }
+        let mut table = Table::new(&["NAME", "PROVIDER", "INITIAL", "STATES", "BUILTIN", "VERSION"]);
+        for kind in kinds {
+            table.row(vec![
+                one_line(&kind.name, None),
+                one_line(&kind.provider, None),
+                one_line(&kind.initial, None),
+                one_line(&kind.states.join(","), Some(STATES_COLUMN_WIDTH)),
+                yes_no(kind.builtin).to_string(),
+                kind.version.to_string(),
+            ]);
+        }
+        table.write(&mut out)
+    }
+
+    /// `kinds show`: one kind, then its source as applied.
+    pub fn kind(&self, kind: &KindInfo) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if self.format == OutputFormat::Json {
+            return write_json(&mut out, &kind_json(kind));
+        }
+        key_values(&[
+            ("name", one_line(&kind.name, None)),
+            ("builtin", yes_no(kind.builtin).to_string()),
+            ("version", kind.version.to_string()),
+            ("provider", one_line(&kind.provider, None)),
+            ("initial", one_line(&kind.initial, None)),
+            ("states", one_line(&kind.states.join(", "), None)),
+        ])
+        .write_rows(&mut out)?;
+        writeln!(out)?;
+        writeln!(out, "source:")?;
+        write!(out, "{}", kind.source)?;
+        if !kind.source.ends_with('\n') {
+            writeln!(out)?;
+        }
+        Ok(())
+    }
+
+    /// `ls`: resources by kind and name.
+    pub fn resources(&self, resources: &[Resource]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if self.format == OutputFormat::Json {
+            return write_json(&mut out, &resources.iter().map(resource_json).collect());
+        }
+        let mut table = Table::new(&["KIND", "NAME", "STATE", "VERSION", "ACTIVE_RUN", "UPDATED"]);
+        for resource in resources {
+            table.row(vec![
+                one_line(&resource.kind, None),
+                one_line(&resource.name, None),
+                one_line(&resource.state, None),
+                resource.version.to_string(),
+                dash_if_empty(one_line(&resource.active_run_id, None)),
+                time_text(resource.updated_at_ms),
+            ]);
+        }
+        table.write(&mut out)
+    }
+
+    /// `get`, and what a change prints when it started no run: one resource as
+    /// key/value lines with its spec and outputs as indented JSON.
+    pub fn resource(&self, resource: &Resource) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if self.format == OutputFormat::Json {
+            return write_json(&mut out, &resource_json(resource));
+        }
+        key_values(&[
+            ("kind", one_line(&resource.kind, None)),
+            ("name", one_line(&resource.name, None)),
+            ("state", one_line(&resource.state, None)),
+            ("version", resource.version.to_string()),
+            ("labels", dash_if_empty(one_line(&map_text(&resource.labels), None))),
+            ("active run", dash_if_empty(one_line(&resource.active_run_id, None))),
+            ("created", time_text(resource.created_at_ms)),
+            ("updated", time_text(resource.updated_at_ms)),
+        ])
+        .write_rows(&mut out)?;
+        write_json_section(&mut out, "spec", &object_json(&resource.spec_json))?;
+        write_json_section(&mut out, "outputs", &object_json(&resource.outputs_json))
+    }
+
+    /// `delete` of a resource in a final state: it is gone.
+    pub fn deleted(&self, target: &ResourceRef) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        match self.format {
+            OutputFormat::Json => write_json(
+                &mut out,
+                &json!({ "deleted": true, "kind": target.kind, "name": target.name }),
+            ),
+            OutputFormat::Table => writeln!(out, "deleted {}", one_line(&target.to_string(), None)),
+        }
+    }
+
+    /// `runs` and `history`: one line per run. JSON: an array of runs (see
+    /// [`run_json`]).
+    pub fn runs(&self, runs: &[Run]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if self.format == OutputFormat::Json {
+            return write_json(&mut out, &runs.iter().map(run_json).collect());
+        }
+        run_table(runs).write(&mut out)
+    }
+
+    /// What `create`, `do`, `delete` and `cancel` print: one run, as a
+    /// one-row table or, in JSON, one run object.
+    pub fn run_summary(&self, run: &Run) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        match self.format {
+            OutputFormat::Json => write_json(&mut out, &run_json(run)),
+            OutputFormat::Table => run_table(std::slice::from_ref(run)).write(&mut out),
+        }
+    }
+
+    /// What `--wait` prints once every run of the change succeeded: the runs
+    /// waited for, one line each, or in JSON the last of them (one object).
+    pub fn waited_runs(&self, runs: &[Run]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        match (self.format, runs.last()) {
+            (OutputFormat::Json, Some(last)) => write_json(&mut out, &run_json(last)),
+            (OutputFormat::Json, None) => write_json(&mut out, &Value::Null),
+            (OutputFormat::Table, _) => run_table(runs).write(&mut out),
+        }
+    }
+
+    /// `run RUN_ID`: every field of one run, its args and outputs, and its
+    /// error in full.
+    pub fn run(&self, run: &Run) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if self.format == OutputFormat::Json {
+            return write_json(&mut out, &run_json(run));
+        }
+        let finished = run.finished_at_ms > 0;
+        key_values(&[
+            ("run", one_line(&run.run_id, None)),
+            ("resource", one_line(&format!("{}/{}", run.kind, run.name), None)),
+            ("event", one_line(&run.event, None)),
+            ("transition", one_line(&format!("{} -> {}", run.from, run.to), None)),
+            ("outcome", one_line(&run.outcome, None)),
+            ("attempt", run.attempt.to_string()),
+            ("node", run.node_id.to_string()),
+            ("principal", dash_if_empty(one_line(&run.principal, None))),
+            ("reason", dash_if_empty(one_line(&run.reason, None))),
+            ("source", dash_if_empty(one_line(&run.source, None))),
+            ("args", dash_if_empty(one_line(&map_text(&run.args), None))),
+            ("index", run.index.to_string()),
+            ("started", time_text(run.started_at_ms)),
+            ("finished", if finished { time_text(run.finished_at_ms) } else { "-".to_string() }),
+            ("duration", if finished { duration_text(run.duration_ms) } else { "-".to_string() }),
+            ("cancel requested", yes_no(run.cancel_requested).to_string()),
+        ])
+        .write_rows(&mut out)?;
+        write_json_section(&mut out, "outputs", &object_json(&run.outputs_json))?;
+        if !run.error.is_empty() {
+            writeln!(out)?;
+            writeln!(out, "error:")?;
+            for line in run.error.lines() {
+                writeln!(out, "  {}", one_line(line, None))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `stats`: one row per kind and transition, durations of successful runs
+    /// and the mean duration of failed ones.
+    pub fn stats(&self, transitions: &[TransitionStats]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if self.format == OutputFormat::Json {
+            return write_json(&mut out, &transitions.iter().map(stats_json).collect());
+        }
+        let mut table = Table::new(&[
+            "KIND",
+            "FROM",
+            "TO",
+            "COUNT",
+            "SUCCEEDED",
+            "FAILED",
+            "CANCELLED",
+            "INTERRUPTED",
+            "MEAN",
+            "P50",
+            "P95",
+            "MAX",
+            "FAIL_MEAN",
+        ]);
+        for t in transitions {
+            let successes = t.succeeded > 0;
+            let success_ms = |ms: f64| if successes { float_duration_text(ms) } else { "-".to_string() };
+            table.row(vec![
+                one_line(&t.kind, None),
+                one_line(&t.from, None),
+                one_line(&t.to, None),
+                t.count.to_string(),
+                t.succeeded.to_string(),
+                t.failed.to_string(),
+                t.cancelled.to_string(),
+                t.interrupted.to_string(),
+                success_ms(t.mean_ms),
+                success_ms(t.p50_ms),
+                success_ms(t.p95_ms),
+                success_ms(t.max_ms),
+                if t.failed > 0 { float_duration_text(t.fail_mean_ms) } else { "-".to_string() },
+            ]);
+        }
+        table.write(&mut out)
+    }
+
+    /// `logs`: lines of a run's log, the first of them at position `first`
+    /// (0-based), flushed at once so a pipe sees them as they come. Table
+    /// output prints each line as it is; JSON prints one compact object per
+    /// line, `{"run_id", "line_no", "line"}`, like `settings watch` a stream
+    /// rather than one document.
+    pub fn log_lines(&self, run_id: &str, first: u64, lines: &[String]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        for (line_no, line) in (first..).zip(lines) {
+            match self.format {
+                OutputFormat::Json => {
+                    let object = json!({ "run_id": run_id, "line_no": line_no, "line": line });
+                    serde_json::to_writer(&mut out, &object)?;
+                    writeln!(out)?;
+                }
+                OutputFormat::Table => writeln!(out, "{line}")?,
+            }
+        }
+        out.flush()
+    }
+}
+
+/// The JSON form of a kind: `name`, `builtin`, `version`, `provider`,
+/// `initial`, `states` (sorted) and `source` (the kind file as applied).
+pub fn kind_json(kind: &KindInfo) -> Value {
+    json!({
+        "name": kind.name,
+        "builtin": kind.builtin,
+        "version": kind.version,
+        "provider": kind.provider,
+        "initial": kind.initial,
+        "states": kind.states,
+        "source": kind.source,
+    })
+}
+
+/// The JSON form of a resource: `kind`, `name`, `state`, `version`, `spec`
+/// and `outputs` (objects), `labels`, `active_run_id` (null if none),
+/// `working`, `final`, and `created_at`/`updated_at` (RFC 3339, UTC, with
+/// milliseconds).
+pub fn resource_json(resource: &Resource) -> Value {
+    json!({
+        "kind": resource.kind,
+        "name": resource.name,
+        "state": resource.state,
+        "version": resource.version,
+        "spec": object_json(&resource.spec_json),
+        "outputs": object_json(&resource.outputs_json),
+        "labels": sorted_map_json(&resource.labels),
+        "active_run_id": null_if_empty(&resource.active_run_id),
+        "working": resource.working,
+        "final": resource.r#final,
+        "created_at": time_json(resource.created_at_ms),
+        "updated_at": time_json(resource.updated_at_ms),
+    })
+}
+
+/// The JSON form of a run: `run_id`, `kind`, `name`, `event`, `from`, `to`,
+/// `outcome`, `attempt`, `node_id`, `principal`, `reason`, `source`, `args`,
+/// `index`, `started_at` and `finished_at` (RFC 3339; `finished_at` and
+/// `duration_ms` are null while running), `error` (null if none), `outputs`
+/// (an object) and `cancel_requested`.
+pub fn run_json(run: &Run) -> Value {
+    let finished = run.finished_at_ms > 0;
+    json!({
+        "run_id": run.run_id,
+        "kind": run.kind,
+        "name": run.name,
+        "event": run.event,
+        "from": run.from,
+        "to": run.to,
+        "outcome": run.outcome,
+        "attempt": run.attempt,
+        "node_id": run.node_id,
+        "principal": run.principal,
+        "reason": run.reason,
+        "source": run.source,
+        "args": sorted_map_json(&run.args),
+        "index": run.index,
+        "started_at": time_json(run.started_at_ms),
+        "finished_at": if finished { time_json(run.finished_at_ms) } else { Value::Null },
+        "duration_ms": if finished { json!(run.duration_ms) } else { Value::Null },
+        "error": null_if_empty(&run.error),
+        "outputs": object_json(&run.outputs_json),
+        "cancel_requested": run.cancel_requested,
+    })
+}
+
+/// The JSON form of one transition's stats, under the proto field names.
+fn stats_json(t: &TransitionStats) -> Value {
+    json!({
+        "kind": t.kind,
+        "from": t.from,
+        "to": t.to,
+        "count": t.count,
+        "succeeded": t.succeeded,
+        "failed": t.failed,
+        "cancelled": t.cancelled,
+        "interrupted": t.interrupted,
+        "mean_ms": t.mean_ms,
+        "p50_ms": t.p50_ms,
+        "p95_ms": t.p95_ms,
+        "max_ms": t.max_ms,
+        "fail_mean_ms": t.fail_mean_ms,
+    })
+}
+
+/// A spec or outputs as sent by the server (JSON text) as a JSON value: empty
+/// text is `{}`; text that is not JSON (a server bug) is kept as a string
+/// rather than lost.
+fn object_json(text: &str) -> Value {
+    if text.trim().is_empty() {
+        return Value::Object(Map::new());
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+/// A string map as a JSON object with its keys in order.
+fn sorted_map_json(map: &HashMap<String, String>) -> Value {
+    let sorted: BTreeMap<&String, &String> = map.iter().collect();
+    json!(sorted)
+}
+
+/// A string map as `k=v, k=v` with keys in order.
+fn map_text(map: &HashMap<String, String>) -> String {
+    let sorted: BTreeMap<&String, &String> = map.iter().collect();
+    sorted
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Empty text as JSON null, else the text.
+fn null_if_empty(text: &str) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text.to_string())
+    }
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 in UTC with milliseconds,
+/// e.g. `2024-05-01T12:00:00.250Z`; `None` for 0 (not set) and for times
+/// RFC 3339 cannot show.
+pub fn rfc3339_millis(ms: i64) -> Option<String> {
+    if !(1..=MAX_TIMESTAMP_MS).contains(&ms) {
+        return None;
+    }
+    let time = UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs());
+    Some(humantime::format_rfc3339_millis(time).to_string())
+}
+
+/// A time for JSON: RFC 3339, or null when not set.
+fn time_json(ms: i64) -> Value {
+    rfc3339_millis(ms).map_or(Value::Null, Value::String)
+}
+
+/// A time for a table: RFC 3339 to the second, or `-` when not set.
+fn time_text(ms: i64) -> String {
+    if !(1..=MAX_TIMESTAMP_MS).contains(&ms) {
+        return "-".to_string();
+    }
+    let time = UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs());
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// A duration in milliseconds for people: `850ms`, `4.2s`, `3m05s`, `2h07m`,
+/// `3d04h`.
+pub fn duration_text(ms: u64) -> String {
+    const MINUTE: u64 = 60_000;
+    const HOUR: u64 = 60 * MINUTE;
+    const DAY: u64 = 24 * HOUR;
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..MINUTE => format!("{:.1}s", ms as f64 / 1000.0),
+        MINUTE..HOUR => format!("{}m{:02}s", ms / MINUTE, ms % MINUTE / 1000),
+        HOUR..DAY => format!("{}h{:02}m", ms / HOUR, ms % HOUR / MINUTE),
+        _ => format!("{}d{:02}h", ms / DAY, ms % DAY / HOUR),
+    }
+}
+
+/// A duration from stats (a mean or a percentile, fractional milliseconds).
+fn float_duration_text(ms: f64) -> String {
+    if ms.is_finite() && ms >= 0.0 {
+        duration_text(ms.round() as u64)
+    } else {
+        "-".to_string()
+    }
+}
+
+/// Runs as a table: one line each.
+fn run_table(runs: &[Run]) -> Table {
+    let mut table = Table::new(&[
+        "RUN", "RESOURCE", "EVENT", "TRANSITION", "OUTCOME", "ATTEMPT", "NODE", "DURATION", "STARTED", "ERROR",
+    ]);
+    for run in runs {
+        let duration = if run.finished_at_ms > 0 {
+            duration_text(run.duration_ms)
+        } else {
+            "-".to_string()
+        };
+        let outcome = if run.cancel_requested && run.outcome == "running" {
+            "running (cancelling)".to_string()
+        } else {
+            one_line(&run.outcome, None)
+        };
+        table.row(vec![
+            one_line(&run.run_id, None),
+            one_line(&format!("{}/{}", run.kind, run.name), None),
+            one_line(&run.event, None),
+            one_line(&format!("{}→{}", run.from, run.to), None),
+            outcome,
+            run.attempt.to_string(),
+            run.node_id.to_string(),
+            duration,
+            time_text(run.started_at_ms),
+            one_line(&run.error, Some(ERROR_COLUMN_WIDTH)),
+        ]);
+    }
+    table
+}
+
+/// A key/value block.
+fn key_values(fields: &[(&str, String)]) -> Table {
+    let mut block = Table::new(&["", ""]);
+    for (name, value) in fields {
+        block.row(vec![name.to_string(), value.clone()]);
+    }
+    block
+}
+
+/// A titled, indented, pretty-printed JSON value after a blank line.
+fn write_json_section(out: &mut impl Write, title: &str, value: &Value) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+    writeln!(out)?;
+    writeln!(out, "{title}:")?;
+    for line in text.lines() {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(())
+}
+
+/// `yes` or `no`.
+fn yes_no(flag: bool) -> &'static str {
+    if flag {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// `-` for an empty cell, so a blank is never mistaken for a missing column.
+fn dash_if_empty(text: String) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text
     }
 }
 

@@ -1,0 +1,253 @@
+//! `opsctl create`, `ls`, `get`, `delete` and `do`: resources and the changes
+//! that move them between the states of their kind.
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use opsd_proto::v1::{
+    CreateResourceRequest, DeleteResourceRequest, DoRequest, GetResourceRequest, ListResourcesRequest,
+    ResourceChange,
+};
+use serde_json::Value;
+
+use crate::client::{self, Nodes};
+use crate::render::Printer;
+use crate::spec::{self, KeyValue, ResourceRef, SetArg};
+use crate::wait;
+
+/// `opsctl create KIND NAME`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The kind of the new resource (see `opsctl kinds ls`).
+    #[arg(value_name = "KIND")]
+    kind: String,
+    /// Its name, unique within the kind: 1 to 128 letters, digits, '-', '_' and '.'.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// A file with the spec: a JSON object, or TOML (a file that is not JSON
+    /// is read as TOML); `-` reads standard input.
+    #[arg(short = 'f', long = "file", value_name = "SPEC_FILE")]
+    file: Option<String>,
+    /// Set KEY in the spec to VALUE, after the file is read, in order. A
+    /// dotted KEY sets a key of a nested object (`--set image.tag=v2`),
+    /// creating the objects on the way. VALUE is read as JSON when it is valid
+    /// JSON (2, true, null, [1,2], {"a":1}, "quoted") and as a string
+    /// otherwise.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = SetArg::parse)]
+    sets: Vec<SetArg>,
+    /// Label the resource with KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = KeyValue::parse)]
+    labels: Vec<KeyValue>,
+    /// Why: recorded on the runs the creation starts.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    reason: String,
+    /// Wait until the resource rests in a stable state, showing progress on
+    /// stderr; fail unless every run succeeded.
+    #[arg(long)]
+    wait: bool,
+}
+
+/// `opsctl ls [KIND]`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only resources of this kind (all kinds by default).
+    #[arg(value_name = "KIND", default_value = "")]
+    kind: String,
+    /// Read the answering node's state without confirming with the leader:
+    /// faster and works without quorum, but may miss the latest changes.
+    #[arg(long)]
+    stale: bool,
+}
+
+/// `opsctl get KIND/NAME`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The resource, as KIND/NAME.
+    #[arg(value_name = "KIND/NAME", value_parser = ResourceRef::parse)]
+    target: ResourceRef,
+    /// Read the answering node's state without confirming with the leader:
+    /// faster and works without quorum, but may miss the latest changes.
+    #[arg(long)]
+    stale: bool,
+}
+
+/// `opsctl delete KIND/NAME`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The resource, as KIND/NAME.
+    #[arg(value_name = "KIND/NAME", value_parser = ResourceRef::parse)]
+    target: ResourceRef,
+    /// Why: recorded on the runs the deletion starts.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    reason: String,
+    /// Wait until the resource is gone or rests (e.g. `destroyed`), showing
+    /// progress on stderr; fail unless every run succeeded.
+    #[arg(long)]
+    wait: bool,
+}
+
+/// `opsctl do KIND/NAME EVENT`.
+#[derive(Debug, Args)]
+pub struct DoArgs {
+    /// The resource, as KIND/NAME.
+    #[arg(value_name = "KIND/NAME", value_parser = ResourceRef::parse)]
+    target: ResourceRef,
+    /// The event, one the resource's current state takes (`opsctl kinds show
+    /// KIND` has the kind's source).
+    #[arg(value_name = "EVENT")]
+    event: String,
+    /// An argument of the event, KEY=VALUE (repeatable); providers and
+    /// scripts get them with the resource.
+    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = KeyValue::parse)]
+    args: Vec<KeyValue>,
+    /// Why: recorded on the runs the event starts.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    reason: String,
+    /// Wait until the resource rests in a stable state, showing progress on
+    /// stderr; fail unless every run succeeded.
+    #[arg(long)]
+    wait: bool,
+}
+
+/// `opsctl create`: builds the spec, creates the resource, and prints the run
+/// the creation started (or waits for the resource to rest).
+pub async fn create(args: CreateArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
+    let target = ResourceRef {
+        kind: args.kind,
+        name: args.name,
+    };
+    let file_spec = match &args.file {
+        Some(file) => {
+            let text = spec::read_file_or_stdin(file).with_context(|| format!("cannot read spec file {file}"))?;
+            Some(spec::parse_spec(&text, file).map_err(|e| anyhow!(e))?)
+        }
+        None => None,
+    };
+    let spec = spec::build_spec(file_spec, &args.sets).map_err(|e| anyhow!(e))?;
+    let labels = spec::key_values(args.labels, "--label").map_err(|e| anyhow!(e))?;
+    let request = CreateResourceRequest {
+        kind: target.kind.clone(),
+        name: target.name.clone(),
+        spec_json: Value::Object(spec).to_string(),
+        labels,
+        reason: args.reason,
+    };
+    let change = nodes
+        .call(|channel| {
+            let request = request.clone();
+            async move { client::resources(channel).create(request).await }
+        })
+        .await
+        .with_context(|| format!("cannot create {target}"))?;
+    if args.wait {
+        // The resource did not exist before: its watch opens now, and the
+        // wait catches up with what its runs did meanwhile.
+        wait::wait_for_change(nodes, &target, &change, None, printer).await
+    } else {
+        print_change(&target, &change, printer)
+    }
+}
+
+/// `opsctl ls`: resources by kind and name.
+pub async fn ls(args: LsArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
+    let request = ListResourcesRequest {
+        kind: args.kind,
+        stale: args.stale,
+    };
+    let answer = nodes
+        .call(|channel| {
+            let request = request.clone();
+            async move { client::resources(channel).list(request).await }
+        })
+        .await?;
+    printer.resources(&answer.resources)?;
+    Ok(())
+}
+
+/// `opsctl get`: one resource.
+pub async fn get(args: GetArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
+    let request = GetResourceRequest {
+        kind: args.target.kind.clone(),
+        name: args.target.name.clone(),
+        stale: args.stale,
+    };
+    let resource = nodes
+        .call(|channel| {
+            let request = request.clone();
+            async move { client::resources(channel).get(request).await }
+        })
+        .await?;
+    printer.resource(&resource)?;
+    Ok(())
+}
+
+/// `opsctl delete`: removes a resource in a final state, or starts its
+/// destroy path.
+pub async fn delete(args: DeleteArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
+    let target = args.target;
+    let request = DeleteResourceRequest {
+        kind: target.kind.clone(),
+        name: target.name.clone(),
+        reason: args.reason,
+    };
+    let send = || async {
+        nodes
+            .call(|channel| {
+                let request = request.clone();
+                async move { client::resources(channel).delete(request).await }
+            })
+            .await
+            .with_context(|| format!("cannot delete {target}"))
+    };
+    if args.wait {
+        let opened = wait::watch_before_change(nodes, &target).await?;
+        let change = send().await?;
+        wait::wait_for_change(nodes, &target, &change, Some(opened), printer).await
+    } else {
+        print_change(&target, &send().await?, printer)
+    }
+}
+
+/// `opsctl do`: does an event to a resource.
+pub async fn event(args: DoArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
+    let target = args.target;
+    let request = DoRequest {
+        kind: target.kind.clone(),
+        name: target.name.clone(),
+        event: args.event,
+        args: spec::key_values(args.args, "--arg").map_err(|e| anyhow!(e))?,
+        reason: args.reason,
+    };
+    let send = || async {
+        nodes
+            .call(|channel| {
+                let request = request.clone();
+                async move { client::resources(channel).r#do(request).await }
+            })
+            .await
+            .with_context(|| format!("cannot do {} to {target}", request.event))
+    };
+    if args.wait {
+        let opened = wait::watch_before_change(nodes, &target).await?;
+        let change = send().await?;
+        wait::wait_for_change(nodes, &target, &change, Some(opened), printer).await
+    } else {
+        print_change(&target, &send().await?, printer)
+    }
+}
+
+/// What a change prints without --wait: the run it started; else the
+/// resource after it; for a deletion that removed the resource, `deleted`.
+fn print_change(target: &ResourceRef, change: &ResourceChange, printer: Printer) -> Result<()> {
+    if change.deleted {
+        printer.deleted(target)?;
+    } else if let Some(run) = &change.run {
+        printer.run_summary(run)?;
+    } else if let Some(resource) = &change.resource {
+        printer.resource(resource)?;
+    } else {
+        return Err(anyhow!(
+            "the server answered the change to {target} with neither a run nor the resource"
+        ));
+    }
+    Ok(())
+}

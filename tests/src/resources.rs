@@ -1,0 +1,214 @@
+//! Resource calls every engine scenario makes: define a kind, create, do an
+//! event, wait for the resource to rest, read runs. Each is retried while
+//! UNAVAILABLE (an election), except the changes, which a test makes once
+//! and checks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opsd_proto::v1::{
+    ApplyKindRequest, CancelRequest, CreateResourceRequest, DoRequest, GetResourceRequest, GetRunRequest,
+    HistoryRequest, KindInfo, LogsRequest, Resource, ResourceChange, Run, StatsRequest, TransitionStats,
+};
+use tonic::{Request, Status};
+
+use crate::client::{connect, retry_unavailable};
+use crate::wait_until;
+
+/// The principal every scenario acts as.
+pub const PRINCIPAL: &str = "e2e-tester";
+
+fn with_principal<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert("x-opsd-principal", PRINCIPAL.parse().expect("ascii"));
+    req
+}
+
+/// Registers a kind from its TOML source.
+pub async fn apply_kind(addr: &str, source: &str) -> Result<KindInfo, Status> {
+    retry_unavailable(|| async {
+        connect(addr)
+            .resources
+            .apply_kind(ApplyKindRequest {
+                source: source.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    })
+    .await
+}
+
+/// Creates a resource with a JSON spec.
+pub async fn create(addr: &str, kind: &str, name: &str, spec: serde_json::Value) -> Result<ResourceChange, Status> {
+    connect(addr)
+        .resources
+        .create(with_principal(CreateResourceRequest {
+            kind: kind.into(),
+            name: name.into(),
+            spec_json: spec.to_string(),
+            labels: HashMap::new(),
+            reason: format!("create {name}"),
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Does an event with arguments and a reason.
+pub async fn do_event(
+    addr: &str,
+    kind: &str,
+    name: &str,
+    event: &str,
+    args: &[(&str, &str)],
+    reason: &str,
+) -> Result<ResourceChange, Status> {
+    connect(addr)
+        .resources
+        .r#do(with_principal(DoRequest {
+            kind: kind.into(),
+            name: name.into(),
+            event: event.into(),
+            args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            reason: reason.into(),
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Reads a resource (linearizable).
+pub async fn get(addr: &str, kind: &str, name: &str) -> Result<Resource, Status> {
+    retry_unavailable(|| async {
+        connect(addr)
+            .resources
+            .get(GetResourceRequest {
+                kind: kind.into(),
+                name: name.into(),
+                stale: false,
+            })
+            .await
+            .map(|r| r.into_inner())
+    })
+    .await
+}
+
+/// Waits until the resource rests in a stable state (no run in flight).
+pub async fn wait_resting(addr: &str, kind: &str, name: &str, timeout: Duration) -> Resource {
+    wait_until(
+        &format!("{kind}/{name} to rest in a stable state"),
+        timeout,
+        Duration::from_millis(50),
+        || async {
+            let r = get(addr, kind, name).await.map_err(|e| e.to_string())?;
+            if r.working || !r.active_run_id.is_empty() {
+                return Err(format!("in {} (run {})", r.state, r.active_run_id));
+            }
+            Ok(r)
+        },
+    )
+    .await
+    .0
+}
+
+/// Waits until the resource is in `state`.
+pub async fn wait_state(addr: &str, kind: &str, name: &str, state: &str, timeout: Duration) -> Resource {
+    wait_until(
+        &format!("{kind}/{name} to be {state}"),
+        timeout,
+        Duration::from_millis(50),
+        || async {
+            let r = get(addr, kind, name).await.map_err(|e| e.to_string())?;
+            if r.state != state {
+                return Err(format!("in {} (run {})", r.state, r.active_run_id));
+            }
+            Ok(r)
+        },
+    )
+    .await
+    .0
+}
+
+/// One resource's runs, oldest first.
+pub async fn history(addr: &str, kind: &str, name: &str) -> Result<Vec<Run>, Status> {
+    retry_unavailable(|| async {
+        connect(addr)
+            .resources
+            .history(HistoryRequest {
+                kind: kind.into(),
+                name: name.into(),
+            })
+            .await
+            .map(|r| r.into_inner().runs)
+    })
+    .await
+}
+
+/// One run.
+pub async fn run(addr: &str, run_id: &str) -> Result<Run, Status> {
+    retry_unavailable(|| async {
+        connect(addr)
+            .resources
+            .get_run(GetRunRequest {
+                run_id: run_id.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    })
+    .await
+}
+
+/// Asks a run to stop.
+pub async fn cancel(addr: &str, run_id: &str) -> Result<Run, Status> {
+    connect(addr)
+        .resources
+        .cancel(with_principal(CancelRequest {
+            run_id: run_id.into(),
+            reason: "stop it".into(),
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A run's stored log lines (not following).
+pub async fn log_lines(addr: &str, run_id: &str) -> Result<Vec<String>, Status> {
+    let mut stream = connect(addr)
+        .resources
+        .logs(LogsRequest {
+            run_id: run_id.into(),
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        lines.extend(msg.lines);
+    }
+    Ok(lines)
+}
+
+/// Stats of a kind.
+pub async fn stats(addr: &str, kind: &str) -> Result<Vec<TransitionStats>, Status> {
+    retry_unavailable(|| async {
+        connect(addr)
+            .resources
+            .stats(StatsRequest {
+                kind: kind.into(),
+                since_ms: 0,
+            })
+            .await
+            .map(|r| r.into_inner().transitions)
+    })
+    .await
+}
+
+/// Deletes a resource (through its destroy path unless it is final).
+pub async fn delete(addr: &str, kind: &str, name: &str) -> Result<ResourceChange, Status> {
+    connect(addr)
+        .resources
+        .delete(with_principal(opsd_proto::v1::DeleteResourceRequest {
+            kind: kind.into(),
+            name: name.into(),
+            reason: "done".into(),
+        }))
+        .await
+        .map(|r| r.into_inner())
+}

@@ -1,0 +1,86 @@
+//! kill -9 of the leader while it executes a run: the new leader takes the
+//! run over (attempt 2, recorded), drives it to its end once, and nothing
+//! stays running.
+
+use std::time::Duration;
+
+use opsd_tests::api::ListRunsRequest;
+use opsd_tests::resources as res;
+use opsd_tests::{client, wait_until, Cluster, Options, FORM_TIMEOUT};
+
+const LONG: &str = r#"
+kind = "long"
+initial = "idle"
+provider = "exec"
+
+[states.idle]
+on = { go = "working" }
+
+[states.working]
+work = true
+run = '''
+echo "attempt $OPSD_ATTEMPT on node $OPSD_NODE_ID"
+sleep 3
+echo "{\"done_by\": $OPSD_NODE_ID, \"attempt\": $OPSD_ATTEMPT}" > "$OPSD_OUTPUTS"
+'''
+next = "done"
+fail = "idle"
+
+[states.done]
+on = { go = "working" }
+"#;
+
+#[tokio::test]
+async fn leader_killed_mid_run_is_taken_over() {
+    let cluster = Cluster::start(3, Options::default()).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.followers().await[0];
+    let addr = cluster.node(follower).client_addr();
+    res::apply_kind(&addr, LONG).await.expect("apply the kind");
+    res::create(&addr, "long", "task", serde_json::json!({})).await.expect("create");
+
+    // Started through a follower; executed by the leader.
+    let run = res::do_event(&addr, "long", "task", "go", &[], "takeover test")
+        .await
+        .expect("go")
+        .run
+        .expect("a run");
+    assert_eq!(run.node_id, cluster.node(leader).id());
+    wait_until("the step's first log line", Duration::from_secs(20), Duration::from_millis(50), || async {
+        let lines = res::log_lines(&addr, &run.run_id).await.map_err(|e| e.to_string())?;
+        lines.iter().any(|l| l.contains("attempt 1")).then_some(()).ok_or(format!("{lines:?}"))
+    })
+    .await;
+
+    cluster.node(leader).kill9();
+    let new_leader = cluster.wait_for_leader(&[leader], FORM_TIMEOUT).await;
+    let addr = cluster.node(new_leader).client_addr();
+    let task = res::wait_resting(&addr, "long", "task", Duration::from_secs(60)).await;
+    assert_eq!(task.state, "done");
+
+    let ended = res::run(&addr, &run.run_id).await.unwrap();
+    assert_eq!(ended.outcome, "succeeded");
+    assert_eq!(ended.attempt, 2, "the takeover is recorded");
+    assert_eq!(ended.node_id, cluster.node(new_leader).id());
+    let outputs: serde_json::Value = serde_json::from_str(&task.outputs_json).unwrap();
+    assert_eq!(outputs["attempt"], 2);
+    assert_eq!(outputs["done_by"], cluster.node(new_leader).id());
+    let lines = res::log_lines(&addr, &run.run_id).await.unwrap();
+    assert!(lines.iter().any(|l| l.contains("taken over by node")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("attempt 2 on node")), "{lines:?}");
+
+    // Finished once: one run for the event, and nothing running anywhere.
+    let history = res::history(&addr, "long", "task").await.unwrap();
+    assert_eq!(history.iter().filter(|r| r.event == "go").count(), 1, "{history:?}");
+    let running = client::connect(&addr)
+        .resources
+        .list_runs(ListRunsRequest {
+            outcome: "running".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert!(running.is_empty(), "{running:?}");
+}
