@@ -120,7 +120,11 @@ impl Provider for ExecProvider {
 
 /// The JSON object a script reads on stdin: the resource and the run.
 fn stdin_document(req: &StepRequest) -> Vec<u8> {
-    let args: Object = req.args.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let args: Object = req
+        .args
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     let doc = json!({
         "kind": req.kind,
         "name": req.name,
@@ -143,7 +147,12 @@ fn read_outputs(path: &Path) -> Result<Object, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Object::new()),
-        Err(e) => return Err(format!("outputs file OPSD_OUTPUTS: cannot read {}: {e}", path.display())),
+        Err(e) => {
+            return Err(format!(
+                "outputs file OPSD_OUTPUTS: cannot read {}: {e}",
+                path.display()
+            ))
+        }
     };
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
@@ -244,7 +253,8 @@ pub(crate) async fn run_logged(
             _ = &mut pumps, if !pumped => pumped = true,
         }
     };
-    if let Ok(Ended::Exited(_)) | Ok(Ended::Cancelled) = &ended {
+    if ended.is_ok() {
+        // Reaped: the group id may be reused from now on.
         guard.pgid = None;
     }
     if !pumped {
@@ -348,6 +358,7 @@ impl LineSplitter {
     fn take(&mut self) -> String {
         if self.line.last() == Some(&b'\r') && self.len == self.line.len() {
             self.line.pop();
+            self.len -= 1;
         }
         let mut text = String::from_utf8_lossy(&self.line).into_owned();
         if self.len > self.line.len() {
@@ -407,7 +418,7 @@ mod tests {
         lines
     }
 
-    fn read_pid(path: &PathBuf) -> i32 {
+    async fn read_pid(path: &PathBuf) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Ok(s) = std::fs::read_to_string(path) {
@@ -416,7 +427,7 @@ mod tests {
                 }
             }
             assert!(Instant::now() < deadline, "the script never wrote {}", path.display());
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -426,9 +437,13 @@ mod tests {
         if kill(Pid::from_raw(-pgid), None) == Err(Errno::ESRCH) {
             return true;
         }
-        let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return false;
+        };
         for e in entries.flatten() {
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
             let Some(close) = stat.rfind(')') else { continue };
             let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
             if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" && fields[0] != "X" {
@@ -539,8 +554,13 @@ mod tests {
         for (content, detail) in [("this is not json", "expected"), ("[1, 2]", "found an array")] {
             let script = format!("printf '{content}' > \"$OPSD_OUTPUTS\"");
             let (result, _) = run(request(dir.path(), &script), Duration::from_secs(1)).await;
-            let StepResult::Failed { error, .. } = result else { panic!("{result:?}") };
-            assert!(error.starts_with("outputs file OPSD_OUTPUTS: not a JSON object: "), "{error}");
+            let StepResult::Failed { error, .. } = result else {
+                panic!("{result:?}")
+            };
+            assert!(
+                error.starts_with("outputs file OPSD_OUTPUTS: not a JSON object: "),
+                "{error}"
+            );
             assert!(error.contains(detail), "{error}");
             assert!(error.contains(OUTPUTS_FILE), "{error}");
         }
@@ -565,7 +585,11 @@ mod tests {
         assert!(matches!(result, StepResult::Succeeded { .. }), "{result:?}");
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines[0].starts_with(&"x".repeat(MAX_LINE_BYTES)), "{}", &lines[0][..50]);
-        assert!(lines[0].ends_with("[... line cut: 10000 bytes in all]"), "{}", &lines[0][4000..]);
+        assert!(
+            lines[0].ends_with("[... line cut: 10000 bytes in all]"),
+            "{}",
+            &lines[0][4000..]
+        );
         assert_eq!(lines[1], "tail");
     }
 
@@ -580,7 +604,7 @@ mod tests {
             let cancel = cancel.clone();
             async move { provider.step(req, log, cancel).await }
         });
-        let pgid = read_pid(&dir.path().join("pid"));
+        let pgid = read_pid(&dir.path().join("pid")).await;
         assert!(!group_gone(pgid));
         let start = Instant::now();
         cancel.cancel();
@@ -602,7 +626,7 @@ mod tests {
             let cancel = cancel.clone();
             async move { provider.step(req, log, cancel).await }
         });
-        let pgid = read_pid(&dir.path().join("pid"));
+        let pgid = read_pid(&dir.path().join("pid")).await;
         let start = Instant::now();
         cancel.cancel();
         let result = step.await.unwrap();
@@ -621,7 +645,7 @@ mod tests {
         let (log, _rx) = LogSink::channel();
         let provider = ExecProvider::new(Duration::from_secs(5));
         let step = tokio::spawn(async move { provider.step(req, log, CancellationToken::new()).await });
-        let pgid = read_pid(&dir.path().join("pid"));
+        let pgid = read_pid(&dir.path().join("pid")).await;
         step.abort();
         let _ = step.await;
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -640,7 +664,7 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
         assert!(matches!(result, StepResult::Succeeded { .. }), "{result:?}");
         assert!(lines.contains(&"done".to_string()), "{lines:?}");
-        let pgid = read_pid(&dir.path().join("pid"));
+        let pgid = read_pid(&dir.path().join("pid")).await;
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
 

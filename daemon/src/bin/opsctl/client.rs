@@ -324,3 +324,22 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principal_is_sent_as_printable_ascii() {
+        assert_eq!(principal_value("alice").to_str().unwrap(), "alice");
+        assert_eq!(principal_value("josé").to_str().unwrap(), "jos\\u{e9}");
+        assert_eq!(principal_value("a\tb").to_str().unwrap(), "a\\tb");
+    }
+
+    #[test]
+    fn requests_carry_the_principal() {
+        let mut principal = Principal(principal_value("alice"));
+        let request = principal.call(Request::new(())).unwrap();
+        assert_eq!(request.metadata().get(PRINCIPAL_KEY).unwrap(), "alice");
+    }
+}

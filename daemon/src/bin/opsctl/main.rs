@@ -1,11 +1,17 @@
 //! `opsctl`, the command-line client of opsd: cluster status and membership,
-//! and the settings store. It speaks the public gRPC API (`proto/opsd/v1`) to
-//! any node, trying the given addresses in order until one answers.
+//! the settings store, kinds, resources and the runs that change them. It
+//! speaks the public gRPC API (`proto/opsd/v1`) to any node, trying the given
+//! addresses in order until one answers.
 
 mod client;
 mod cluster;
+mod kinds;
 mod render;
+mod resources;
+mod runs;
 mod settings;
+mod spec;
+mod wait;
 
 use std::io;
 use std::process::ExitCode;
@@ -15,7 +21,10 @@ use clap::{Parser, Subcommand};
 
 use crate::client::{NodeAddr, Nodes};
 use crate::cluster::ClusterCommand;
+use crate::kinds::KindsCommand;
 use crate::render::{OutputFormat, Printer};
+use crate::resources::{CreateArgs, DeleteArgs, DoArgs, GetArgs, LsArgs};
+use crate::runs::{CancelArgs, HistoryArgs, LogsArgs, RunArgs, RunsArgs, StatsArgs};
 use crate::settings::SettingsCommand;
 
 /// The command line: global options, then one command.
@@ -27,7 +36,12 @@ use crate::settings::SettingsCommand;
     long_about = "Command-line client of the opsd operations daemon.\n\n\
         opsctl talks to any node of an opsd cluster over gRPC. Writes are \
         forwarded to the Raft leader by the node that receives them; reads are \
-        linearizable unless --stale is given.",
+        linearizable unless --stale is given.\n\n\
+        Resources (images, clusters, services, anything a kind file describes) \
+        are state machines: `kinds apply` registers a kind, `create` makes a \
+        resource of it, `do` sends it an event, and every work state it enters \
+        is a run, recorded with who asked and why (`runs`, `history`, `logs`, \
+        `stats`). Requests carry your login name ($USER) as the principal.",
     after_long_help = "Addresses: each request goes to the first address in --addr \
         that answers. opsctl moves on to the next address when a node cannot be \
         reached within 2 seconds or answers \"unavailable\" (no leader or no \
@@ -36,11 +50,12 @@ use crate::settings::SettingsCommand;
         may then run forever).\n\n\
         Output: --output table (the default) is for people. --output json \
         prints exactly one JSON document on stdout (an object, or an array for \
-        listings) and nothing else; `settings watch` is the one exception and \
-        prints one JSON object per line.\n\n\
+        listings) and nothing else; `settings watch` and `logs` are the \
+        exceptions and print one JSON object per line. --wait prints its \
+        progress on stderr, so stdout still holds one document.\n\n\
         Exit codes: 0 on success, 1 when the request failed (the error is \
-        printed on stderr as `error: MESSAGE (what the code means)`), 2 for a \
-        usage error.\n\n\
+        printed on stderr as `error: MESSAGE (what the code means)`) or a run \
+        waited for with --wait did not succeed, 2 for a usage error.\n\n\
         Environment:\n  OPSD_ADDR  default for --addr, e.g. \
         OPSD_ADDR=10.0.0.1:7700,10.0.0.2:7700\n\n\
         Examples:\n  \
@@ -48,7 +63,18 @@ use crate::settings::SettingsCommand;
         opsctl --addr 10.0.0.1:7700,10.0.0.2:7700 cluster members\n  \
         opsctl settings put db/url postgres://db:5432/app\n  \
         opsctl --output json settings ls db/\n  \
-        opsctl settings watch db/"
+        opsctl settings watch db/\n  \
+        opsctl kinds apply app.toml\n  \
+        opsctl create app web --set replicas=2 --wait\n  \
+        opsctl create app api -f api.toml --set image.tag=v7 --label team=core\n  \
+        opsctl do app/web deploy --arg version=2 --reason \"release 2\" --wait\n  \
+        opsctl get app/web\n  \
+        opsctl runs app/web --outcome failed --since 2h\n  \
+        opsctl logs r123 --follow\n  \
+        opsctl cancel r123\n  \
+        opsctl history app/web\n  \
+        opsctl stats --since 7d\n  \
+        opsctl delete app/web --wait"
 )]
 struct Cli {
     /// Client addresses of opsd nodes, comma-separated or repeated, tried in order.
@@ -89,6 +115,116 @@ enum Command {
     /// Read, write and watch the replicated settings store.
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// Register and inspect kinds: the state machines resources follow.
+    #[command(subcommand)]
+    Kinds(KindsCommand),
+    /// Create a resource of KIND in the kind's initial state.
+    ///
+    /// The spec is SPEC_FILE (JSON, or TOML), or {} without one, with every
+    /// --set applied on top. If the initial state is a work state, its first
+    /// run starts at once. Without --wait, prints that run (with --output
+    /// json, one run object as `run` prints it), or the resource (as `get`
+    /// prints it) if none started. With --wait, follows the resource until it
+    /// rests in a stable state, printing state changes, runs and their log
+    /// lines on stderr; then prints the runs waited for (with --output json,
+    /// the last of them) and exits 0 only if every one succeeded.
+    #[command(after_long_help = "Examples:\n  \
+        opsctl create app web --set replicas=2 --wait\n  \
+        opsctl create app web -f web.json --set image.tag=v2 --label team=core\n  \
+        opsctl create image base --set 'packages=[\"curl\",\"git\"]' --reason \"new base image\"")]
+    Create(CreateArgs),
+    /// List resources (of KIND, or of every kind), by kind and name.
+    ///
+    /// With --output json, an array of resources as `get` prints them.
+    Ls(LsArgs),
+    /// Show one resource: its state, version, labels, run in flight, spec and outputs.
+    ///
+    /// With --output json, an object with kind, name, state, version (the log
+    /// index of its last change), spec and outputs (objects), labels,
+    /// active_run_id (null if none), working, final, and created_at and
+    /// updated_at (RFC 3339).
+    Get(GetArgs),
+    /// Delete a resource through its kind's destroy path.
+    ///
+    /// A resource in a final state is removed at once (its runs stay, for
+    /// audit) and this prints `deleted KIND/NAME` (with --output json,
+    /// {"deleted": true, "kind": ..., "name": ...}). Otherwise the `destroy`
+    /// event is done to it and this prints the run it started, like `do`.
+    /// With --wait, follows the resource until it is gone or rests, like
+    /// `do --wait`.
+    #[command(after_long_help = "Examples:\n  \
+        opsctl delete app/web --reason \"replaced by web2\"\n  \
+        opsctl delete app/web --wait")]
+    Delete(DeleteArgs),
+    /// Do EVENT to a resource, moving it to the state its current state
+    /// names for that event.
+    ///
+    /// Refused, listing the events the state takes, if it does not take this
+    /// one, or naming the run in flight if one is. Without --wait, prints the
+    /// run the event started (with --output json, one run object as `run`
+    /// prints it), or the resource if none started. With --wait, follows the
+    /// resource until it rests in a stable state, printing state changes
+    /// (`app/web: ready -> deploying`), runs with their outcome and error, and
+    /// every log line (`[RUN_ID] line`) on stderr; then prints the runs waited
+    /// for (with --output json, the last of them) and exits 0 only if every
+    /// one succeeded, else names the runs that did not. If the node serving
+    /// the wait dies, the wait goes on through the next address.
+    #[command(after_long_help = "Examples:\n  \
+        opsctl do app/web deploy --arg version=2 --reason \"release 2\" --wait\n  \
+        opsctl do image/base rebuild\n  \
+        opsctl --output json do app/web rollback --wait > run.json")]
+    Do(DoArgs),
+    /// List runs, newest first: of one resource, or of every resource.
+    ///
+    /// With --output json, an array of runs as `run` prints them.
+    #[command(after_long_help = "Examples:\n  \
+        opsctl runs\n  \
+        opsctl runs app/web --outcome failed --since 7d\n  \
+        opsctl runs --outcome running --limit 10")]
+    Runs(RunsArgs),
+    /// Show one run in full: resource, event, transition, outcome, attempt,
+    /// node, who and why, times, args, outputs and error.
+    ///
+    /// With --output json, an object with run_id, kind, name, event, from,
+    /// to, outcome (running, succeeded, failed, cancelled or interrupted),
+    /// attempt, node_id, principal, reason, source (api, schedule or
+    /// recovery), args, index, started_at, finished_at (RFC 3339; null while
+    /// running), duration_ms (null while running), error (null if none),
+    /// outputs (an object) and cancel_requested.
+    Run(RunArgs),
+    /// Print a run's log; with --follow, keep printing new lines until the run ends.
+    ///
+    /// Lines are printed as they are. With --output json, each line is one
+    /// JSON object {"run_id", "line_no" (0-based), "line"} on its own line:
+    /// like `settings watch`, a stream of JSON documents rather than one.
+    /// The stored log is bounded: if its start was dropped, a note on stderr
+    /// says how many lines. Ctrl-C stops following (exit code 0).
+    #[command(after_long_help = "Examples:\n  \
+        opsctl logs r123\n  \
+        opsctl logs r123 --follow\n  \
+        opsctl --output json logs r123 | jq -r .line")]
+    Logs(LogsArgs),
+    /// Ask a running run to stop, and print it.
+    ///
+    /// The step's cancellation fires; the run ends `cancelled` and the
+    /// resource moves to its state's cancel target. Refused if the run already
+    /// ended. With --output json, the run object as `run` prints it.
+    Cancel(CancelArgs),
+    /// List one resource's runs, oldest first: its audit trail.
+    ///
+    /// With --output json, an array of runs as `run` prints them.
+    History(HistoryArgs),
+    /// Aggregate finished runs per kind and transition: counts by outcome,
+    /// durations of successful runs (mean, p50, p95, max) and the mean
+    /// duration of failed ones.
+    ///
+    /// With --output json, an array with one object per kind and transition:
+    /// kind, from, to, count, succeeded, failed, cancelled, interrupted,
+    /// mean_ms, p50_ms, p95_ms, max_ms and fail_mean_ms.
+    #[command(after_long_help = "Examples:\n  \
+        opsctl stats --since 7d\n  \
+        opsctl --output json stats --kind app")]
+    Stats(StatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,7 +242,8 @@ fn main() -> ExitCode {
 }
 
 /// Runs the command on a single-threaded runtime: opsctl makes one request
-/// at a time.
+/// at a time (a wait reads one stream and, when it breaks, makes the calls
+/// that re-sync it in turn).
 fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -119,6 +256,18 @@ fn run(cli: Cli) -> Result<()> {
             Command::Status => cluster::status(&nodes, printer).await,
             Command::Cluster(command) => cluster::run(command, &nodes, printer).await,
             Command::Settings(command) => settings::run(command, &nodes, printer).await,
+            Command::Kinds(command) => kinds::run(command, &nodes, printer).await,
+            Command::Create(args) => resources::create(args, &nodes, printer).await,
+            Command::Ls(args) => resources::ls(args, &nodes, printer).await,
+            Command::Get(args) => resources::get(args, &nodes, printer).await,
+            Command::Delete(args) => resources::delete(args, &nodes, printer).await,
+            Command::Do(args) => resources::event(args, &nodes, printer).await,
+            Command::Runs(args) => runs::runs(args, &nodes, printer).await,
+            Command::Run(args) => runs::run(args, &nodes, printer).await,
+            Command::Logs(args) => runs::logs(args, &nodes, printer).await,
+            Command::Cancel(args) => runs::cancel(args, &nodes, printer).await,
+            Command::History(args) => runs::history(args, &nodes, printer).await,
+            Command::Stats(args) => runs::stats(args, &nodes, printer).await,
         }
     })
 }

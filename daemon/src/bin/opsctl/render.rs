@@ -319,7 +319,7 @@ impl Printer {
             ("run", one_line(&run.run_id, None)),
             ("resource", one_line(&format!("{}/{}", run.kind, run.name), None)),
             ("event", one_line(&run.event, None)),
-            ("transition", one_line(&format!("{} -> {}", run.from, run.to), None)),
+            ("transition", one_line(&transition_text(run, " -> "), None)),
             ("outcome", one_line(&run.outcome, None)),
             ("attempt", run.attempt.to_string()),
             ("node", run.node_id.to_string()),
@@ -329,8 +329,22 @@ impl Printer {
             ("args", dash_if_empty(one_line(&map_text(&run.args), None))),
             ("index", run.index.to_string()),
             ("started", time_text(run.started_at_ms)),
-            ("finished", if finished { time_text(run.finished_at_ms) } else { "-".to_string() }),
-            ("duration", if finished { duration_text(run.duration_ms) } else { "-".to_string() }),
+            (
+                "finished",
+                if finished {
+                    time_text(run.finished_at_ms)
+                } else {
+                    "-".to_string()
+                },
+            ),
+            (
+                "duration",
+                if finished {
+                    duration_text(run.duration_ms)
+                } else {
+                    "-".to_string()
+                },
+            ),
             ("cancel requested", yes_no(run.cancel_requested).to_string()),
         ])
         .write_rows(&mut out)?;
@@ -369,10 +383,16 @@ impl Printer {
         ]);
         for t in transitions {
             let successes = t.succeeded > 0;
-            let success_ms = |ms: f64| if successes { float_duration_text(ms) } else { "-".to_string() };
+            let success_ms = |ms: f64| {
+                if successes {
+                    float_duration_text(ms)
+                } else {
+                    "-".to_string()
+                }
+            };
             table.row(vec![
                 one_line(&t.kind, None),
-                one_line(&t.from, None),
+                dash_if_empty(one_line(&t.from, None)),
                 one_line(&t.to, None),
                 t.count.to_string(),
                 t.succeeded.to_string(),
@@ -383,7 +403,11 @@ impl Printer {
                 success_ms(t.p50_ms),
                 success_ms(t.p95_ms),
                 success_ms(t.max_ms),
-                if t.failed > 0 { float_duration_text(t.fail_mean_ms) } else { "-".to_string() },
+                if t.failed > 0 {
+                    float_duration_text(t.fail_mean_ms)
+                } else {
+                    "-".to_string()
+                },
             ]);
         }
         table.write(&mut out)
@@ -579,10 +603,26 @@ fn float_duration_text(ms: f64) -> String {
     }
 }
 
+/// A run's transition, `from` and `to` joined by `arrow`; a run with no
+/// `from` (the first run of a new resource) shows `-` there.
+pub fn transition_text(run: &Run, arrow: &str) -> String {
+    let from = if run.from.is_empty() { "-" } else { run.from.as_str() };
+    format!("{from}{arrow}{}", run.to)
+}
+
 /// Runs as a table: one line each.
 fn run_table(runs: &[Run]) -> Table {
     let mut table = Table::new(&[
-        "RUN", "RESOURCE", "EVENT", "TRANSITION", "OUTCOME", "ATTEMPT", "NODE", "DURATION", "STARTED", "ERROR",
+        "RUN",
+        "RESOURCE",
+        "EVENT",
+        "TRANSITION",
+        "OUTCOME",
+        "ATTEMPT",
+        "NODE",
+        "DURATION",
+        "STARTED",
+        "ERROR",
     ]);
     for run in runs {
         let duration = if run.finished_at_ms > 0 {
@@ -599,7 +639,7 @@ fn run_table(runs: &[Run]) -> Table {
             one_line(&run.run_id, None),
             one_line(&format!("{}/{}", run.kind, run.name), None),
             one_line(&run.event, None),
-            one_line(&format!("{}→{}", run.from, run.to), None),
+            one_line(&transition_text(run, "→"), None),
             outcome,
             run.attempt.to_string(),
             run.node_id.to_string(),
@@ -812,6 +852,151 @@ mod tests {
         assert_eq!(one_line("abcd", Some(4)), "abcd");
         assert_eq!(one_line("abc", Some(4)), "abc");
         assert_eq!(one_line("ééééé", Some(3)), "éé…");
+    }
+
+    fn finished_run() -> Run {
+        Run {
+            run_id: "r7".into(),
+            kind: "app".into(),
+            name: "web".into(),
+            event: "deploy".into(),
+            from: "ready".into(),
+            to: "deploying".into(),
+            outcome: "failed".into(),
+            attempt: 2,
+            node_id: 3,
+            principal: "alice".into(),
+            reason: "release 2".into(),
+            source: "api".into(),
+            started_at_ms: 1_714_564_800_250,
+            finished_at_ms: 1_714_564_803_750,
+            duration_ms: 3_500,
+            error: "exit status 1".into(),
+            outputs_json: r#"{"url":"http://web"}"#.into(),
+            args: HashMap::from([("version".to_string(), "2".to_string())]),
+            cancel_requested: false,
+            index: 42,
+        }
+    }
+
+    #[test]
+    fn run_json_has_every_field_with_rfc3339_times() {
+        let value = run_json(&finished_run());
+        assert_eq!(
+            value,
+            json!({
+                "run_id": "r7", "kind": "app", "name": "web", "event": "deploy",
+                "from": "ready", "to": "deploying", "outcome": "failed", "attempt": 2,
+                "node_id": 3, "principal": "alice", "reason": "release 2", "source": "api",
+                "args": {"version": "2"}, "index": 42,
+                "started_at": "2024-05-01T12:00:00.250Z", "finished_at": "2024-05-01T12:00:03.750Z",
+                "duration_ms": 3500, "error": "exit status 1", "outputs": {"url": "http://web"},
+                "cancel_requested": false,
+            })
+        );
+    }
+
+    #[test]
+    fn a_running_run_has_null_end_duration_and_error() {
+        let mut run = finished_run();
+        run.outcome = "running".into();
+        run.finished_at_ms = 0;
+        run.duration_ms = 0;
+        run.error = String::new();
+        run.outputs_json = String::new();
+        let value = run_json(&run);
+        assert_eq!(value["finished_at"], Value::Null);
+        assert_eq!(value["duration_ms"], Value::Null);
+        assert_eq!(value["error"], Value::Null);
+        assert_eq!(value["outputs"], json!({}));
+    }
+
+    #[test]
+    fn resource_json_parses_spec_and_outputs() {
+        let resource = Resource {
+            kind: "app".into(),
+            name: "web".into(),
+            state: "ready".into(),
+            version: 12,
+            spec_json: r#"{"replicas":2,"image":{"tag":"v2"}}"#.into(),
+            outputs_json: String::new(),
+            labels: HashMap::from([("team".to_string(), "core".to_string())]),
+            created_at_ms: 1_000,
+            updated_at_ms: 1_714_564_800_000,
+            active_run_id: String::new(),
+            working: false,
+            r#final: false,
+        };
+        assert_eq!(
+            resource_json(&resource),
+            json!({
+                "kind": "app", "name": "web", "state": "ready", "version": 12,
+                "spec": {"replicas": 2, "image": {"tag": "v2"}}, "outputs": {},
+                "labels": {"team": "core"}, "active_run_id": null, "working": false, "final": false,
+                "created_at": "1970-01-01T00:00:01.000Z", "updated_at": "2024-05-01T12:00:00.000Z",
+            })
+        );
+        let mut busy = resource;
+        busy.active_run_id = "r1".into();
+        busy.spec_json = "not json".into();
+        let value = resource_json(&busy);
+        assert_eq!(value["active_run_id"], "r1");
+        assert_eq!(value["spec"], "not json");
+    }
+
+    #[test]
+    fn times_out_of_range_are_not_shown() {
+        assert_eq!(rfc3339_millis(0), None);
+        assert_eq!(rfc3339_millis(-5), None);
+        assert_eq!(rfc3339_millis(i64::MAX), None);
+        assert_eq!(
+            rfc3339_millis(MAX_TIMESTAMP_MS).as_deref(),
+            Some("9999-12-31T23:59:59.999Z")
+        );
+        assert_eq!(time_text(0), "-");
+        assert_eq!(time_text(1_714_564_800_250), "2024-05-01T12:00:00Z");
+    }
+
+    #[test]
+    fn a_first_run_without_a_from_state_shows_a_dash() {
+        let mut run = finished_run();
+        assert_eq!(transition_text(&run, "→"), "ready→deploying");
+        run.from = String::new();
+        assert_eq!(transition_text(&run, " -> "), "- -> deploying");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration_text(0), "0ms");
+        assert_eq!(duration_text(999), "999ms");
+        assert_eq!(duration_text(4_250), "4.2s");
+        assert_eq!(duration_text(185_000), "3m05s");
+        assert_eq!(duration_text(7_620_000), "2h07m");
+        assert_eq!(duration_text(273_600_000), "3d04h");
+        assert_eq!(float_duration_text(1499.6), "1.5s");
+        assert_eq!(float_duration_text(f64::NAN), "-");
+    }
+
+    #[test]
+    fn run_table_shows_one_line_per_run() {
+        let mut running = finished_run();
+        running.run_id = "r8".into();
+        running.outcome = "running".into();
+        running.finished_at_ms = 0;
+        running.error = String::new();
+        let mut out = Vec::new();
+        run_table(&[finished_run(), running]).write(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("RUN  RESOURCE  EVENT   TRANSITION"), "{text}");
+        assert!(
+            lines[1].contains("r7   app/web   deploy  ready→deploying  failed"),
+            "{text}"
+        );
+        assert!(lines[1].contains("3.5s"), "{text}");
+        assert!(lines[1].ends_with("2024-05-01T12:00:00Z  exit status 1"), "{text}");
+        assert!(lines[2].contains("running"), "{text}");
     }
 
     #[test]

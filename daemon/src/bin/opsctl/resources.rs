@@ -4,8 +4,7 @@
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use opsd_proto::v1::{
-    CreateResourceRequest, DeleteResourceRequest, DoRequest, GetResourceRequest, ListResourcesRequest,
-    ResourceChange,
+    CreateResourceRequest, DeleteResourceRequest, DoRequest, GetResourceRequest, ListResourcesRequest, ResourceChange,
 };
 use serde_json::Value;
 
@@ -38,7 +37,7 @@ pub struct CreateArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = KeyValue::parse)]
     labels: Vec<KeyValue>,
     /// Why: recorded on the runs the creation starts.
-    #[arg(long, value_name = "TEXT", default_value = "")]
+    #[arg(long, value_name = "TEXT", default_value = "", hide_default_value = true)]
     reason: String,
     /// Wait until the resource rests in a stable state, showing progress on
     /// stderr; fail unless every run succeeded.
@@ -50,7 +49,7 @@ pub struct CreateArgs {
 #[derive(Debug, Args)]
 pub struct LsArgs {
     /// Only resources of this kind (all kinds by default).
-    #[arg(value_name = "KIND", default_value = "")]
+    #[arg(value_name = "KIND", default_value = "", hide_default_value = true)]
     kind: String,
     /// Read the answering node's state without confirming with the leader:
     /// faster and works without quorum, but may miss the latest changes.
@@ -77,7 +76,7 @@ pub struct DeleteArgs {
     #[arg(value_name = "KIND/NAME", value_parser = ResourceRef::parse)]
     target: ResourceRef,
     /// Why: recorded on the runs the deletion starts.
-    #[arg(long, value_name = "TEXT", default_value = "")]
+    #[arg(long, value_name = "TEXT", default_value = "", hide_default_value = true)]
     reason: String,
     /// Wait until the resource is gone or rests (e.g. `destroyed`), showing
     /// progress on stderr; fail unless every run succeeded.
@@ -100,7 +99,7 @@ pub struct DoArgs {
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = KeyValue::parse)]
     args: Vec<KeyValue>,
     /// Why: recorded on the runs the event starts.
-    #[arg(long, value_name = "TEXT", default_value = "")]
+    #[arg(long, value_name = "TEXT", default_value = "", hide_default_value = true)]
     reason: String,
     /// Wait until the resource rests in a stable state, showing progress on
     /// stderr; fail unless every run succeeded.

@@ -94,7 +94,7 @@ pub struct CancelArgs {
     #[arg(value_name = "RUN_ID")]
     run_id: String,
     /// Why: recorded with the cancellation.
-    #[arg(long, value_name = "TEXT", default_value = "")]
+    #[arg(long, value_name = "TEXT", default_value = "", hide_default_value = true)]
     reason: String,
 }
 
@@ -110,7 +110,7 @@ pub struct HistoryArgs {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Only this kind's transitions (every kind by default).
-    #[arg(long, value_name = "KIND", default_value = "")]
+    #[arg(long, value_name = "KIND", default_value = "", hide_default_value = true)]
     kind: String,
     /// Only runs finished within this long before now, like 10m, 2h or 7d.
     #[arg(long, value_name = "DURATION", value_parser = spec::parse_since)]

@@ -115,12 +115,13 @@ impl SetArg {
     /// and replacing what was at the path. Fails, naming the argument, if a
     /// part of the path on the way holds something other than an object.
     pub fn apply(&self, spec: &mut Map<String, Value>) -> Result<(), String> {
-        let (last, parents) = self.path.split_last().ok_or_else(|| format!("--set {}: empty key", self.text))?;
+        let (last, parents) = self
+            .path
+            .split_last()
+            .ok_or_else(|| format!("--set {}: empty key", self.text))?;
         let mut object = spec;
         for (depth, part) in parents.iter().enumerate() {
-            let slot = object
-                .entry(part.clone())
-                .or_insert_with(|| Value::Object(Map::new()));
+            let slot = object.entry(part.clone()).or_insert_with(|| Value::Object(Map::new()));
             object = match slot {
                 Value::Object(inner) => inner,
                 other => {
@@ -353,7 +354,10 @@ mod tests {
     #[test]
     fn set_through_a_non_object_names_the_argument() {
         let error = spec_with(&["a=1", "a.b.c=2"]).unwrap_err();
-        assert_eq!(error, "--set a.b.c=2: a is a number, not an object, so it has no key \"b\"");
+        assert_eq!(
+            error,
+            "--set a.b.c=2: a is a number, not an object, so it has no key \"b\""
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tonic::codec::Streaming;
 use tonic::Code;
 
 use crate::client::{self, describe_status, CallError, Nodes};
-use crate::render::{duration_text, Printer};
+use crate::render::{duration_text, transition_text, Printer};
 use crate::spec::ResourceRef;
 
 /// The outcome of a run that ended well.
@@ -104,8 +104,12 @@ impl Note {
         match self {
             Note::State { from, to } => vec![format!("{target}: {from} -> {to}")],
             Note::RunStarted(run) => vec![format!(
-                "{target}: run {} started: {} -> {} (event {}, attempt {}, node {})",
-                run.run_id, run.from, run.to, run.event, run.attempt, run.node_id
+                "{target}: run {} started: {} (event {}, attempt {}, node {})",
+                run.run_id,
+                transition_text(run, " -> "),
+                run.event,
+                run.attempt,
+                run.node_id
             )],
             Note::RunEnded(run) => {
                 let took = if run.finished_at_ms > 0 {
@@ -120,8 +124,10 @@ impl Note {
                     format!(": {}", run.error.trim_end())
                 };
                 vec![format!(
-                    "{target}: run {} {}{took} ({} -> {}){error}",
-                    run.run_id, run.outcome, run.from, run.to
+                    "{target}: run {} {}{took} ({}){error}",
+                    run.run_id,
+                    run.outcome,
+                    transition_text(run, " -> ")
                 )]
             }
             Note::Log { run_id, lines, .. } => lines.iter().map(|line| format!("[{run_id}] {line}")).collect(),
@@ -347,7 +353,7 @@ pub fn failure_message(target: &str, failures: &[&Run]) -> String {
         } else {
             format!(": {}", run.error.trim_end())
         };
-        format!("run {} ({} -> {}) {outcome}{error}", run.run_id, run.from, run.to)
+        format!("run {} ({}) {outcome}{error}", run.run_id, transition_text(run, " -> "))
     };
     match failures {
         [one] => format!("{target}: {}", describe(one)),
@@ -460,6 +466,8 @@ pub async fn wait_for_change(
             continue;
         };
         let settling = status == Status::Settling;
+        // Set when the stream is over (deleted) or broken.
+        let mut close = false;
         tokio::select! {
             next = current.stream.message() => {
                 let broke = match next {
@@ -468,7 +476,7 @@ pub async fn wait_for_change(
                         None
                     }
                     Ok(None) if tracker.is_deleted() => {
-                        watch = None;
+                        close = true;
                         None
                     }
                     Ok(None) => Some("the server ended the stream".to_string()),
@@ -488,7 +496,7 @@ pub async fn wait_for_change(
                         nodes.addr(current.served)
                     );
                     reopen_from = current.served + 1;
-                    watch = None;
+                    close = true;
                     if lived < QUICK_BREAK {
                         tokio::time::sleep(REOPEN_PAUSE).await;
                     }
@@ -505,6 +513,9 @@ pub async fn wait_for_change(
                 interrupted.context("cannot listen for Ctrl-C")?;
                 bail!("stopped waiting for {target}; the change goes on: see `opsctl history {target}`");
             }
+        }
+        if close {
+            watch = None;
         }
     }
 
@@ -647,7 +658,9 @@ mod tests {
     fn a_successful_chain_is_done_once_the_resource_rests() {
         let mut tracker = Tracker::new(10);
         // The watch's first message: the resource before the change.
-        assert!(tracker.event(&event(Event::Resource(resource("ready", 5, false, "")))).is_empty());
+        assert!(tracker
+            .event(&event(Event::Resource(resource("ready", 5, false, ""))))
+            .is_empty());
         let notes = tracker.change(&deploy_change());
         assert_eq!(
             notes,
@@ -689,7 +702,9 @@ mod tests {
         let mut tracker = Tracker::new(10);
         tracker.change(&deploy_change());
         // A stale (older) resource event arriving late is ignored.
-        assert!(tracker.event(&event(Event::Resource(resource("ready", 5, false, "")))).is_empty());
+        assert!(tracker
+            .event(&event(Event::Resource(resource("ready", 5, false, ""))))
+            .is_empty());
         assert_eq!(tracker.status(), Status::Waiting);
     }
 
