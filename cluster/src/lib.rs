@@ -29,5 +29,7 @@ mod wire;
 pub use data_dir::{DataDir, NodeIdentity, FORMAT_VERSION};
 pub use error::ClusterError;
 pub use node::{new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Member, Role};
-pub use state_machine::{AppliedEvent, EntryInfo, LocalState, ReadView, Rows, StateMachineApp, StateReader, Txn, TxnError};
+pub use state_machine::{
+    AppliedEvent, EntryInfo, LocalState, ReadView, Rows, StateMachineApp, StateReader, Txn, TxnError,
+};
 pub use types::{NodeId, NodeInfo};

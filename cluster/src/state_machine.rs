@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use crate::data_dir::write_atomically;
 use crate::log_store::AnyErr;
 use crate::storage::{Store, CF_SM};
-use crate::types::{CommandResponse, NodeId, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{CommandResponse, Entry, LogId, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::wire::{decode, encode};
 
 const KEY_APPLIED: &[u8] = b"last_applied";
@@ -207,7 +207,11 @@ impl ReadView<'_> {
         opts.set_iterate_lower_bound(from.to_vec());
         opts.set_iterate_upper_bound(until.to_vec());
         opts.set_snapshot(&self.snap);
-        let mode = if reverse { IteratorMode::End } else { IteratorMode::Start };
+        let mode = if reverse {
+            IteratorMode::End
+        } else {
+            IteratorMode::Start
+        };
         let mut out = Vec::new();
         for item in self.store.db.iterator_cf_opt(cf, opts, mode).take(limit) {
             let (k, v) = item.map_err(|e| TxnError(format!("reading table {table}: {e}")))?;

@@ -20,7 +20,8 @@ pub const PRINCIPAL: &str = "e2e-tester";
 
 fn with_principal<T>(msg: T) -> Request<T> {
     let mut req = Request::new(msg);
-    req.metadata_mut().insert("x-opsd-principal", PRINCIPAL.parse().expect("ascii"));
+    req.metadata_mut()
+        .insert("x-opsd-principal", PRINCIPAL.parse().expect("ascii"));
     req
 }
 
@@ -147,9 +148,7 @@ pub async fn run(addr: &str, run_id: &str) -> Result<Run, Status> {
     retry_unavailable(|| async {
         connect(addr)
             .resources
-            .get_run(GetRunRequest {
-                run_id: run_id.into(),
-            })
+            .get_run(GetRunRequest { run_id: run_id.into() })
             .await
             .map(|r| r.into_inner())
     })

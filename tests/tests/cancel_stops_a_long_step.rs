@@ -53,7 +53,9 @@ async fn cancel_stops_a_long_step() {
     let cluster = Cluster::start(1, Options::default()).await;
     let addr = cluster.node(0).client_addr();
     res::apply_kind(&addr, SLOW).await.expect("apply the kind");
-    res::create(&addr, "slow", "job", serde_json::json!({})).await.expect("create");
+    res::create(&addr, "slow", "job", serde_json::json!({}))
+        .await
+        .expect("create");
 
     let run = res::do_event(&addr, "slow", "job", "work", &[], "long job")
         .await
@@ -61,33 +63,60 @@ async fn cancel_stops_a_long_step() {
         .run
         .expect("a run");
     // The step writes its process group id in its working directory.
-    let pgid_file: PathBuf = cluster.node(0).data_dir().join("work").join(format!("{}-1", run.run_id)).join("pgid");
-    let (pgid, _) = wait_until("the step to start", Duration::from_secs(20), Duration::from_millis(50), || async {
-        let text = std::fs::read_to_string(&pgid_file).map_err(|e| e.to_string())?;
-        text.trim().parse::<i32>().map_err(|e| e.to_string())
-    })
+    let pgid_file: PathBuf = cluster
+        .node(0)
+        .data_dir()
+        .join("work")
+        .join(format!("{}-1", run.run_id))
+        .join("pgid");
+    let (pgid, _) = wait_until(
+        "the step to start",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            let text = std::fs::read_to_string(&pgid_file).map_err(|e| e.to_string())?;
+            text.trim().parse::<i32>().map_err(|e| e.to_string())
+        },
+    )
     .await;
     assert!(group_alive(pgid), "the step's process group runs");
 
     let asked = Instant::now();
     let cancelled = res::cancel(&addr, &run.run_id).await.expect("cancel");
     assert!(cancelled.cancel_requested);
-    let (ended, took) = wait_until("the run to end", Duration::from_secs(10), Duration::from_millis(20), || async {
-        let r = res::run(&addr, &run.run_id).await.map_err(|e| e.to_string())?;
-        if r.outcome == "running" {
-            return Err("still running".into());
-        }
-        Ok(r)
-    })
+    let (ended, took) = wait_until(
+        "the run to end",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let r = res::run(&addr, &run.run_id).await.map_err(|e| e.to_string())?;
+            if r.outcome == "running" {
+                return Err("still running".into());
+            }
+            Ok(r)
+        },
+    )
     .await;
-    println!("cancel → {} in {:?} (since the request: {:?})", ended.outcome, took, asked.elapsed());
+    println!(
+        "cancel → {} in {:?} (since the request: {:?})",
+        ended.outcome,
+        took,
+        asked.elapsed()
+    );
     assert_eq!(ended.outcome, "cancelled");
-    assert!(asked.elapsed() < Duration::from_secs(1), "cancelled within a second, took {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "cancelled within a second, took {:?}",
+        asked.elapsed()
+    );
     // Its processes die with the signal; the last ones are reaped by init
     // an instant later.
-    wait_until("the step's process group to be gone", Duration::from_secs(2), Duration::from_millis(20), || async {
-        (!group_alive(pgid)).then_some(()).ok_or("alive".to_string())
-    })
+    wait_until(
+        "the step's process group to be gone",
+        Duration::from_secs(2),
+        Duration::from_millis(20),
+        || async { (!group_alive(pgid)).then_some(()).ok_or("alive".to_string()) },
+    )
     .await;
     let job = res::wait_resting(&addr, "slow", "job", Duration::from_secs(10)).await;
     assert_eq!(job.state, "idle", "the cancel target");

@@ -90,10 +90,16 @@ async fn exec_kind_runs_end_to_end() {
     let outputs: serde_json::Value = serde_json::from_str(&web.outputs_json).unwrap();
     assert_eq!(outputs["fetched"], true);
     assert_eq!(outputs["version"], "1");
-    assert!(outputs["built"].as_str().is_some_and(|r| r.starts_with('r')), "{outputs}");
+    assert!(
+        outputs["built"].as_str().is_some_and(|r| r.starts_with('r')),
+        "{outputs}"
+    );
 
     let runs = res::history(&addr, "app", "web").await.unwrap();
-    let chain: Vec<(&str, &str, &str)> = runs.iter().map(|r| (r.from.as_str(), r.to.as_str(), r.outcome.as_str())).collect();
+    let chain: Vec<(&str, &str, &str)> = runs
+        .iter()
+        .map(|r| (r.from.as_str(), r.to.as_str(), r.outcome.as_str()))
+        .collect();
     assert_eq!(
         chain,
         vec![
@@ -103,17 +109,25 @@ async fn exec_kind_runs_end_to_end() {
         ]
     );
     for r in &runs {
-        assert_eq!((r.event.as_str(), r.principal.as_str(), r.reason.as_str()), ("create", PRINCIPAL, "create web"));
+        assert_eq!(
+            (r.event.as_str(), r.principal.as_str(), r.reason.as_str()),
+            ("create", PRINCIPAL, "create web")
+        );
         assert_eq!((r.attempt, r.node_id), (1, cluster.node(0).id()));
         assert!(r.finished_at_ms >= r.started_at_ms);
     }
     let lines = res::log_lines(&addr, &runs[0].run_id).await.unwrap();
     assert!(
-        lines.iter().any(|l| l.contains("fetching web for create") && l.contains("attempt 1")),
+        lines
+            .iter()
+            .any(|l| l.contains("fetching web for create") && l.contains("attempt 1")),
         "{lines:?}"
     );
     let lines = res::log_lines(&addr, &runs[1].run_id).await.unwrap();
-    assert!(lines.iter().any(|l| l.contains("building web with 2 replicas")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("building web with 2 replicas")),
+        "{lines:?}"
+    );
 
     // An event the state does not take is refused with the ones it does.
     let err = res::do_event(&addr, "app", "web", "retry", &[], "").await.unwrap_err();
@@ -130,9 +144,15 @@ async fn exec_kind_runs_end_to_end() {
     let bad = res::run(&addr, &bad.run_id).await.unwrap();
     assert_eq!(bad.outcome, "failed");
     assert!(bad.error.contains("status 3"), "{}", bad.error);
-    assert_eq!((bad.reason.as_str(), bad.args["version"].as_str()), ("release bad", "bad"));
+    assert_eq!(
+        (bad.reason.as_str(), bad.args["version"].as_str()),
+        ("release bad", "bad")
+    );
     let lines = res::log_lines(&addr, &bad.run_id).await.unwrap();
-    assert!(lines.iter().any(|l| l.contains("cannot deploy version bad")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("cannot deploy version bad")),
+        "{lines:?}"
+    );
 
     // retry recovers.
     res::do_event(&addr, "app", "web", "retry", &[("version", "3")], "try 3")

@@ -37,7 +37,9 @@ async fn leader_killed_mid_run_is_taken_over() {
     let follower = cluster.followers().await[0];
     let addr = cluster.node(follower).client_addr();
     res::apply_kind(&addr, LONG).await.expect("apply the kind");
-    res::create(&addr, "long", "task", serde_json::json!({})).await.expect("create");
+    res::create(&addr, "long", "task", serde_json::json!({}))
+        .await
+        .expect("create");
 
     // Started through a follower; executed by the leader.
     let run = res::do_event(&addr, "long", "task", "go", &[], "takeover test")
@@ -46,10 +48,19 @@ async fn leader_killed_mid_run_is_taken_over() {
         .run
         .expect("a run");
     assert_eq!(run.node_id, cluster.node(leader).id());
-    wait_until("the step's first log line", Duration::from_secs(20), Duration::from_millis(50), || async {
-        let lines = res::log_lines(&addr, &run.run_id).await.map_err(|e| e.to_string())?;
-        lines.iter().any(|l| l.contains("attempt 1")).then_some(()).ok_or(format!("{lines:?}"))
-    })
+    wait_until(
+        "the step's first log line",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            let lines = res::log_lines(&addr, &run.run_id).await.map_err(|e| e.to_string())?;
+            lines
+                .iter()
+                .any(|l| l.contains("attempt 1"))
+                .then_some(())
+                .ok_or(format!("{lines:?}"))
+        },
+    )
     .await;
 
     cluster.node(leader).kill9();

@@ -18,27 +18,39 @@ async fn http_get(port: u64) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port as u16))
         .await
         .map_err(|e| format!("port {port}: {e}"))?;
-    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await.map_err(|e| e.to_string())?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
     let mut body = String::new();
     s.read_to_string(&mut body).await.map_err(|e| e.to_string())?;
     Ok(body)
 }
 
 async fn wait_answering(port: u64) {
-    wait_until(&format!("port {port} to answer"), Duration::from_secs(20), Duration::from_millis(100), || async {
-        let body = http_get(port).await?;
-        body.contains("hello from opsd").then_some(()).ok_or(body)
-    })
+    wait_until(
+        &format!("port {port} to answer"),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            let body = http_get(port).await?;
+            body.contains("hello from opsd").then_some(()).ok_or(body)
+        },
+    )
     .await;
 }
 
 async fn wait_refusing(port: u64) {
-    wait_until(&format!("port {port} to refuse"), Duration::from_secs(20), Duration::from_millis(100), || async {
-        match http_get(port).await {
-            Err(_) => Ok(()),
-            Ok(body) => Err(format!("still answers: {} bytes", body.len())),
-        }
-    })
+    wait_until(
+        &format!("port {port} to refuse"),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            match http_get(port).await {
+                Err(_) => Ok(()),
+                Ok(body) => Err(format!("still answers: {} bytes", body.len())),
+            }
+        },
+    )
     .await;
 }
 
@@ -100,19 +112,29 @@ async fn local_provider_runs_a_cluster_of_machines() {
     node.restart();
     cluster.wait_for_leader(&[], FORM_TIMEOUT).await;
     let web = res::wait_resting(&addr, "cluster", "web", WAIT).await;
-    assert_eq!((web.state.as_str(), machines(&web.outputs_json)), ("running", ms.clone()));
+    assert_eq!(
+        (web.state.as_str(), machines(&web.outputs_json)),
+        ("running", ms.clone())
+    );
 
     // stop, start (same ports), destroy.
-    res::do_event(&addr, "cluster", "web", "stop", &[], "maintenance").await.expect("stop");
+    res::do_event(&addr, "cluster", "web", "stop", &[], "maintenance")
+        .await
+        .expect("stop");
     let web = res::wait_resting(&addr, "cluster", "web", WAIT).await;
     assert_eq!(web.state, "stopped");
     for p in &ports {
         wait_refusing(*p).await;
     }
-    res::do_event(&addr, "cluster", "web", "start", &[], "back").await.expect("start");
+    res::do_event(&addr, "cluster", "web", "start", &[], "back")
+        .await
+        .expect("start");
     let web = res::wait_resting(&addr, "cluster", "web", WAIT).await;
     assert_eq!(web.state, "running");
-    let restarted: Vec<u64> = machines(&web.outputs_json).iter().map(|m| m["port"].as_u64().unwrap()).collect();
+    let restarted: Vec<u64> = machines(&web.outputs_json)
+        .iter()
+        .map(|m| m["port"].as_u64().unwrap())
+        .collect();
     assert_eq!(restarted, ports);
     for p in &ports {
         wait_answering(*p).await;

@@ -113,10 +113,15 @@ async fn ten_thousand_resources_on_one_node() {
         }
     })
     .await;
-    wait_until("every resource to be done", Duration::from_secs(600), Duration::from_millis(500), || async {
-        let done = count_in(&addr, "done").await?;
-        (done == COUNT).then_some(()).ok_or(format!("{done} of {COUNT} done"))
-    })
+    wait_until(
+        "every resource to be done",
+        Duration::from_secs(600),
+        Duration::from_millis(500),
+        || async {
+            let done = count_in(&addr, "done").await?;
+            (done == COUNT).then_some(()).ok_or(format!("{done} of {COUNT} done"))
+        },
+    )
     .await;
     let driven = driving.elapsed();
     let rss = rss_mb(pid);
@@ -128,7 +133,10 @@ async fn ten_thousand_resources_on_one_node() {
     );
 
     let stats = res::stats(&addr, "noop").await.unwrap();
-    let go = stats.iter().find(|t| t.from == "idle" && t.to == "going").expect("stats of idle -> going");
+    let go = stats
+        .iter()
+        .find(|t| t.from == "idle" && t.to == "going")
+        .expect("stats of idle -> going");
     assert_eq!((go.count, go.succeeded), (COUNT as u64, COUNT as u64));
     for i in (0..COUNT).step_by(997) {
         let history = res::history(&addr, "noop", &format!("n{i:05}")).await.unwrap();

@@ -58,7 +58,9 @@ impl ResourcesService {
         let view = self.node.reader().view();
         match committed {
             (index, Outcome::ResourceChanged { resource, run }) => {
-                let kind = domain::read_kind(&view, &resource.kind).map_err(read_status)?.map(|k| k.0);
+                let kind = domain::read_kind(&view, &resource.kind)
+                    .map_err(read_status)?
+                    .map(|k| k.0);
                 Ok(ResourceChange {
                     resource: Some(resource_to_proto(resource, kind.as_ref())),
                     run: run.map(run_to_proto),
@@ -101,9 +103,7 @@ fn trigger_of<T>(req: &Request<T>, reason: String) -> Result<Trigger, Status> {
             .to_str()
             .ok()
             .filter(|p| !p.is_empty() && p.len() <= 128)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!("{PRINCIPAL_KEY}: must be 1 to 128 printable characters"))
-            })?
+            .ok_or_else(|| Status::invalid_argument(format!("{PRINCIPAL_KEY}: must be 1 to 128 printable characters")))?
             .to_string(),
     };
     if reason.len() > domain::MAX_TEXT {
@@ -254,7 +254,10 @@ impl Resources for ResourcesService {
         let kind = domain::read_kind(&view, &req.kind).map_err(read_status)?.map(|k| k.0);
         match domain::read_resource(&view, &req.kind, &req.name).map_err(read_status)? {
             Some(r) => Ok(Response::new(resource_to_proto(r, kind.as_ref()))),
-            None => Err(Status::not_found(format!("resource {}/{} not found", req.kind, req.name))),
+            None => Err(Status::not_found(format!(
+                "resource {}/{} not found",
+                req.kind, req.name
+            ))),
         }
     }
 
@@ -319,13 +322,19 @@ impl Resources for ResourcesService {
         let view = self.node.reader().view();
         let kind = domain::read_kind(&view, &req.kind).map_err(read_status)?.map(|k| k.0);
         let Some(current) = domain::read_resource(&view, &req.kind, &req.name).map_err(read_status)? else {
-            return Err(Status::not_found(format!("resource {}/{} not found", req.kind, req.name)));
+            return Err(Status::not_found(format!(
+                "resource {}/{} not found",
+                req.kind, req.name
+            )));
         };
         drop(view);
         let mut stop = self.stop.clone();
         let (tx, rx) = mpsc::channel(1024);
         let _ = tx.try_send(Ok(ResourceEvent {
-            event: Some(resource_event::Event::Resource(resource_to_proto(current, kind.as_ref()))),
+            event: Some(resource_event::Event::Resource(resource_to_proto(
+                current,
+                kind.as_ref(),
+            ))),
         }));
         tokio::spawn(async move {
             let mine = |k: &str, n: &str| k == req.kind && n == req.name;
@@ -336,9 +345,10 @@ impl Resources for ResourcesService {
                 };
                 let (item, end) = match received {
                     Ok(AppliedEvent::Applied { event, .. }) => match DomainEvent::decode(&event) {
-                        Ok(DomainEvent::Resource(r)) if mine(&r.kind, &r.name) => {
-                            (Some(resource_event::Event::Resource(resource_to_proto(r, kind.as_ref()))), false)
-                        }
+                        Ok(DomainEvent::Resource(r)) if mine(&r.kind, &r.name) => (
+                            Some(resource_event::Event::Resource(resource_to_proto(r, kind.as_ref()))),
+                            false,
+                        ),
                         Ok(DomainEvent::ResourceDeleted(r)) if mine(&r.kind, &r.name) => {
                             (Some(resource_event::Event::Deleted(resource_to_proto(r, None))), true)
                         }
@@ -399,7 +409,9 @@ impl Resources for ResourcesService {
     async fn list_runs(&self, req: Request<ListRunsRequest>) -> Result<Response<ListRunsResponse>, Status> {
         let req = req.into_inner();
         if req.kind.is_empty() != req.name.is_empty() {
-            return Err(Status::invalid_argument("kind and name: give both (one resource's runs) or neither"));
+            return Err(Status::invalid_argument(
+                "kind and name: give both (one resource's runs) or neither",
+            ));
         }
         let outcome = match req.outcome.as_str() {
             "" => None,
@@ -409,12 +421,17 @@ impl Resources for ResourcesService {
                 ))
             })?),
         };
-        let limit = if req.limit == 0 { 100 } else { req.limit.min(10_000) as usize };
+        let limit = if req.limit == 0 {
+            100
+        } else {
+            req.limit.min(10_000) as usize
+        };
         barrier(&self.node, false).await?;
         let view = self.node.reader().view();
         let since = since_cutoff(req.since_ms);
         let keep = |r: &RunRecord| {
-            outcome.is_none_or(|o| r.outcome == o) && (req.kind.is_empty() || (r.kind == req.kind && r.name == req.name))
+            outcome.is_none_or(|o| r.outcome == o)
+                && (req.kind.is_empty() || (r.kind == req.kind && r.name == req.name))
         };
         let runs = if req.kind.is_empty() {
             domain::list_runs(&view, since, limit, keep).map_err(read_status)?
@@ -494,16 +511,12 @@ impl Resources for ResourcesService {
                                 }
                             }
                             // The finish comes after the last line.
-                            Ok(DomainEvent::Run(r)) if r.index == index && r.outcome != RunOutcome::Running => {
-                                return
-                            }
+                            Ok(DomainEvent::Run(r)) if r.index == index && r.outcome != RunOutcome::Running => return,
                             _ => {}
                         },
                         Ok(AppliedEvent::SnapshotInstalled { .. }) | Err(RecvError::Lagged(_)) => {
                             let _ = tx
-                                .send(Err(Status::aborted(
-                                    "the log follower fell behind; read the log again",
-                                )))
+                                .send(Err(Status::aborted("the log follower fell behind; read the log again")))
                                 .await;
                             return;
                         }
@@ -548,8 +561,15 @@ impl Resources for ResourcesService {
         barrier(&self.node, false).await?;
         let view = self.node.reader().view();
         let runs = domain::history(&view, &req.kind, &req.name).map_err(read_status)?;
-        if runs.is_empty() && domain::read_resource(&view, &req.kind, &req.name).map_err(read_status)?.is_none() {
-            return Err(Status::not_found(format!("resource {}/{} not found", req.kind, req.name)));
+        if runs.is_empty()
+            && domain::read_resource(&view, &req.kind, &req.name)
+                .map_err(read_status)?
+                .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "resource {}/{} not found",
+                req.kind, req.name
+            )));
         }
         Ok(Response::new(ListRunsResponse {
             runs: runs.into_iter().map(run_to_proto).collect(),

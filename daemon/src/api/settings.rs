@@ -141,7 +141,9 @@ impl Settings for SettingsService {
                 };
                 let item = match received {
                     Ok(AppliedEvent::Applied { index, event }) => {
-                        let Ok(DomainEvent::Setting(ev)) = DomainEvent::decode(&event) else { continue };
+                        let Ok(DomainEvent::Setting(ev)) = DomainEvent::decode(&event) else {
+                            continue;
+                        };
                         if !ev.record().key.starts_with(&prefix) {
                             continue;
                         }

@@ -301,9 +301,7 @@ impl StateMachineApp for Domain {
             }) => resources::apply_finish_run(txn, entry, run, attempt, end, at_ms)?,
             Ok(Command::TakeOverRun { run, attempt }) => resources::apply_take_over(txn, entry, run, attempt)?,
             Ok(Command::CancelRun { run, trigger }) => resources::apply_cancel(txn, run, trigger)?,
-            Ok(Command::AppendRunLog { run, attempt, lines }) => {
-                resources::apply_append_log(txn, run, attempt, lines)?
-            }
+            Ok(Command::AppendRunLog { run, attempt, lines }) => resources::apply_append_log(txn, run, attempt, lines)?,
         };
         bincode::serialize(&outcome).map_err(|e| TxnError(format!("encoding the outcome: {e}")))
     }

@@ -142,6 +142,8 @@ pub enum RunEnd {
     Cancelled {
         /// What the step said, if anything.
         error: String,
+        /// Outputs reported before it stopped (what exists).
+        outputs_json: String,
     },
     /// Given up on: it could not be driven to an end.
     Interrupted {
@@ -467,7 +469,11 @@ fn enter_state(
         outputs_json: "{}".into(),
         cancel_requested: false,
     };
-    let by_resource = [by_resource_prefix(&run.kind, &run.name), entry.index.to_be_bytes().to_vec()].concat();
+    let by_resource = [
+        by_resource_prefix(&run.kind, &run.name),
+        entry.index.to_be_bytes().to_vec(),
+    ]
+    .concat();
     txn.put(RUNS_BY_RESOURCE, &by_resource, &[])?;
     if state.work {
         resource.active_run = Some(entry.index);
@@ -771,7 +777,7 @@ fn finish_run(
     let (outcome, error, outputs_json) = match end {
         RunEnd::Succeeded { outputs_json } => (RunOutcome::Succeeded, String::new(), outputs_json),
         RunEnd::Failed { error, outputs_json } => (RunOutcome::Failed, error, outputs_json),
-        RunEnd::Cancelled { error } => (RunOutcome::Cancelled, error, String::new()),
+        RunEnd::Cancelled { error, outputs_json } => (RunOutcome::Cancelled, error, outputs_json),
         RunEnd::Interrupted { error } => (RunOutcome::Interrupted, error, String::new()),
     };
     if outputs_json.len() > MAX_OUTPUTS_BYTES {
@@ -785,7 +791,12 @@ fn finish_run(
         Err(e) => return reject(invalid(e)),
     };
     let Some(mut resource) = txn_resource(txn, &run.kind, &run.name)? else {
-        return Err(TxnError(format!("run {} has no resource {}/{}", run.run_id(), run.kind, run.name)));
+        return Err(TxnError(format!(
+            "run {} has no resource {}/{}",
+            run.run_id(),
+            run.kind,
+            run.name
+        )));
     };
     let kind = txn_kind(txn, &run.kind)?.ok_or_else(|| TxnError(format!("kind {} is missing", run.kind)))?;
     let state = kind
@@ -807,7 +818,7 @@ fn finish_run(
     stats::record(txn, &run)?;
     put_run(txn, &run)?;
 
-    // Outputs reported by a failed step are kept too: they say what exists
+    // Outputs reported by a failed or cancelled step are kept too: they say what exists
     // (machines started before the failure) so a destroy can clean up.
     if !outputs.is_empty() {
         let mut merged = parse_object("outputs", &resource.outputs_json).unwrap_or_default();
@@ -875,7 +886,11 @@ pub fn apply_cancel(txn: &mut Txn<'_>, index: u64, trigger: Trigger) -> Result<O
         } else {
             format!(": {}", trigger.reason)
         };
-        append_log_lines(txn, &run, vec![format!("opsd: cancel requested by {}{why}", trigger.principal)])?;
+        append_log_lines(
+            txn,
+            &run,
+            vec![format!("opsd: cancel requested by {}{why}", trigger.principal)],
+        )?;
         put_run(txn, &run)?;
     }
     Ok(Outcome::RunChanged { run })
@@ -969,7 +984,9 @@ pub fn history(view: &ReadView<'_>, kind: &str, name: &str) -> Result<Vec<RunRec
 pub fn running(view: &ReadView<'_>) -> Result<Vec<RunRecord>, TxnError> {
     let mut out = Vec::new();
     for (k, _) in view.scan_prefix(RUNNING, b"")? {
-        let Ok(index) = <[u8; 8]>::try_from(k.as_slice()) else { continue };
+        let Ok(index) = <[u8; 8]>::try_from(k.as_slice()) else {
+            continue;
+        };
         if let Some(run) = read_run(view, u64::from_be_bytes(index))? {
             out.push(run);
         }

@@ -201,11 +201,14 @@ mod tests {
         assert_eq!(s.put("a", "1", None), Outcome::SettingPut { previous: None });
         let first = s.get("a").unwrap();
         assert_eq!((first.create_revision, first.mod_revision, first.version), (1, 1, 1));
-        let (outcome, events) = settings_apply(&mut s, Command::PutSetting {
-            key: "a".into(),
-            value: "2".into(),
-            expected_revision: None,
-        });
+        let (outcome, events) = settings_apply(
+            &mut s,
+            Command::PutSetting {
+                key: "a".into(),
+                value: "2".into(),
+                expected_revision: None,
+            },
+        );
         assert_eq!(
             outcome,
             Outcome::SettingPut {
@@ -248,10 +251,13 @@ mod tests {
     fn delete_removes_and_reports_missing_keys() {
         let mut s = State::new();
         s.put("a", "1", None);
-        let (outcome, events) = settings_apply(&mut s, Command::DeleteSetting {
-            key: "a".into(),
-            expected_revision: Some(1),
-        });
+        let (outcome, events) = settings_apply(
+            &mut s,
+            Command::DeleteSetting {
+                key: "a".into(),
+                expected_revision: Some(1),
+            },
+        );
         let Outcome::SettingDeleted { previous } = outcome else {
             panic!("{outcome:?}")
         };
@@ -261,10 +267,13 @@ mod tests {
             panic!("{events:?}")
         };
         assert_eq!(gone.mod_revision, 2, "a delete event carries the delete's revision");
-        let (outcome, events) = settings_apply(&mut s, Command::DeleteSetting {
-            key: "a".into(),
-            expected_revision: None,
-        });
+        let (outcome, events) = settings_apply(
+            &mut s,
+            Command::DeleteSetting {
+                key: "a".into(),
+                expected_revision: None,
+            },
+        );
         assert!(matches!(outcome, Outcome::Rejected(Rejection::NotFound(m)) if m.contains("\"a\"")));
         assert!(events.is_empty());
     }
@@ -273,10 +282,13 @@ mod tests {
     fn recreate_after_delete_starts_a_new_life() {
         let mut s = State::new();
         s.put("a", "1", None);
-        settings_apply(&mut s, Command::DeleteSetting {
-            key: "a".into(),
-            expected_revision: None,
-        });
+        settings_apply(
+            &mut s,
+            Command::DeleteSetting {
+                key: "a".into(),
+                expected_revision: None,
+            },
+        );
         s.put("a", "again", None);
         let r = s.get("a").unwrap();
         assert_eq!((r.create_revision, r.version), (3, 1));
@@ -308,10 +320,7 @@ mod tests {
         let mut s = State::new();
         for bytes in [&b""[..], &[9u8, 1, 2][..], &[1u8, 200, 200][..]] {
             let (outcome, events) = s.apply_raw(bytes);
-            assert!(matches!(
-                outcome,
-                Outcome::Rejected(Rejection::InvalidArgument(_))
-            ));
+            assert!(matches!(outcome, Outcome::Rejected(Rejection::InvalidArgument(_))));
             assert!(events.is_empty());
         }
     }

@@ -230,7 +230,9 @@ pub fn query(view: &ReadView<'_>, kind: &str, since_ms: Option<i64>) -> Result<V
         [kind.as_bytes(), b"\0"].concat()
     };
     for (k, v) in view.scan_prefix(BUCKETS, &prefix)? {
-        let Some((kind, from, to, hour)) = split_bucket_key(&k) else { continue };
+        let Some((kind, from, to, hour)) = split_bucket_key(&k) else {
+            continue;
+        };
         if hour < first_hour {
             continue;
         }
@@ -294,7 +296,10 @@ mod tests {
             last = s;
             let (lo, hi) = slot_range(s);
             assert!(lo <= ms && ms < hi, "{ms} in [{lo}, {hi})");
-            assert!((hi - lo) as f64 <= (lo as f64 * 0.07).max(1.0), "slot of {ms} is narrow");
+            assert!(
+                (hi - lo) as f64 <= (lo as f64 * 0.07).max(1.0),
+                "slot of {ms} is narrow"
+            );
         }
     }
 
@@ -307,8 +312,16 @@ mod tests {
         b.add_run(RunOutcome::Failed, 10);
         b.add_run(RunOutcome::Failed, 30);
         assert_eq!((b.count, b.succeeded, b.failed), (1002, 1000, 2));
-        assert!((b.quantile(0.5) - 500.0).abs() <= 500.0 * 0.04, "p50 {}", b.quantile(0.5));
-        assert!((b.quantile(0.95) - 950.0).abs() <= 950.0 * 0.04, "p95 {}", b.quantile(0.95));
+        assert!(
+            (b.quantile(0.5) - 500.0).abs() <= 500.0 * 0.04,
+            "p50 {}",
+            b.quantile(0.5)
+        );
+        assert!(
+            (b.quantile(0.95) - 950.0).abs() <= 950.0 * 0.04,
+            "p95 {}",
+            b.quantile(0.95)
+        );
         assert_eq!(b.quantile(1.0), 1000.0);
         assert_eq!(mean(b.fail_sum_ms, b.failed), 20.0);
     }

@@ -148,10 +148,14 @@ async fn pump_events(mut events: broadcast::Receiver<AppliedEvent>, registry: Ad
     loop {
         match events.recv().await {
             Ok(AppliedEvent::Applied { event, .. }) => match DomainEvent::decode(&event) {
-                Ok(DomainEvent::Resource(r) | DomainEvent::ResourceDeleted(r)) => {
-                    registry.do_send(registry::Poke { kind: r.kind, name: r.name })
-                }
-                Ok(DomainEvent::Run(r)) => registry.do_send(registry::Poke { kind: r.kind, name: r.name }),
+                Ok(DomainEvent::Resource(r) | DomainEvent::ResourceDeleted(r)) => registry.do_send(registry::Poke {
+                    kind: r.kind,
+                    name: r.name,
+                }),
+                Ok(DomainEvent::Run(r)) => registry.do_send(registry::Poke {
+                    kind: r.kind,
+                    name: r.name,
+                }),
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "engine: skipping an undecodable event"),
             },

@@ -49,7 +49,6 @@ impl Registry {
 
 impl Actor for Registry {
     type Context = Context<Self>;
-
 }
 
 /// Asks for a resource's actor.

@@ -131,6 +131,7 @@ impl ResourceActor {
             self.executor = Some(ex);
             let end = RunEnd::Cancelled {
                 error: "cancelled before the step ran".into(),
+                outputs_json: String::new(),
             };
             self.propose_finish(index, attempt, end, step::now_ms(), ctx);
             return;
@@ -285,7 +286,10 @@ impl ResourceActor {
         match resources::read_kind(&view, &self.kind) {
             Ok(Some((kind, _))) => Ok(kind),
             Ok(None) => Err(Rejection::NotFound(format!("kind: no kind {:?}", self.kind))),
-            Err(e) => Err(Rejection::FailedPrecondition(format!("cannot read kind {}: {e}", self.kind))),
+            Err(e) => Err(Rejection::FailedPrecondition(format!(
+                "cannot read kind {}: {e}",
+                self.kind
+            ))),
         }
     }
 }
@@ -334,7 +338,11 @@ impl Handler<DeleteResource> for ResourceActor {
                 "{} cannot be deleted from state {name:?}: its kind has no destroy path from there \
                  (the state takes: {})",
                 self.who(),
-                if takes.is_empty() { "nothing".to_string() } else { takes.join(", ") }
+                if takes.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    takes.join(", ")
+                }
             ));
             return AtomicResponse::new(Box::pin(fut::ready(Self::rejected(r))));
         }

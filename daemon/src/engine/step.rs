@@ -67,16 +67,19 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
     // Every line is recorded before the finish, which closes the run's log.
     let _ = forwarder.await;
     if by_user.load(Ordering::SeqCst) {
-        let error = match result {
-            StepResult::Failed { error, .. } if error != "cancelled" => error,
-            _ => String::new(),
+        let (error, outputs) = match result {
+            StepResult::Failed { error, outputs } if error != "cancelled" => (error, outputs),
+            StepResult::Failed { outputs, .. } | StepResult::Succeeded { outputs } => (String::new(), outputs),
         };
-        return RunEnd::Cancelled { error };
+        return RunEnd::Cancelled {
+            error,
+            outputs_json: bounded(outputs_text(outputs)),
+        };
     }
     match (result, timed_out) {
         (StepResult::Failed { outputs, .. } | StepResult::Succeeded { outputs }, Some(t)) => RunEnd::Failed {
             error: format!("the step timed out after {}s", t.as_secs()),
-            outputs_json: outputs_text(outputs),
+            outputs_json: bounded(outputs_text(outputs)),
         },
         (StepResult::Succeeded { outputs }, None) => {
             let outputs_json = outputs_text(outputs);
@@ -92,17 +95,19 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
                 RunEnd::Succeeded { outputs_json }
             }
         }
-        (StepResult::Failed { error, outputs }, None) => {
-            let outputs_json = outputs_text(outputs);
-            RunEnd::Failed {
-                error,
-                outputs_json: if outputs_json.len() > MAX_OUTPUTS_BYTES {
-                    String::new()
-                } else {
-                    outputs_json
-                },
-            }
-        }
+        (StepResult::Failed { error, outputs }, None) => RunEnd::Failed {
+            error,
+            outputs_json: bounded(outputs_text(outputs)),
+        },
+    }
+}
+
+/// Outputs within the limit, or none: a failure's outputs are a courtesy.
+fn bounded(outputs_json: String) -> String {
+    if outputs_json.len() > MAX_OUTPUTS_BYTES {
+        String::new()
+    } else {
+        outputs_json
     }
 }
 

@@ -125,7 +125,10 @@ fn create_ready(s: &mut TestState, name: &str) -> u64 {
     create(s, name);
     for _ in 0..3 {
         let run = resource(s, name).active_run.unwrap();
-        assert!(matches!(finish(s, run, 1, ok("{}"), 2000), Outcome::ResourceChanged { .. }));
+        assert!(matches!(
+            finish(s, run, 1, ok("{}"), 2000),
+            Outcome::ResourceChanged { .. }
+        ));
     }
     assert_eq!(resource(s, name).state, "ready");
     s.index
@@ -137,15 +140,29 @@ fn creating_enters_the_initial_work_state_and_starts_its_run_owned_by_the_leader
     s.leader = 3;
     s.term = 7;
     let (out, events) = create(&mut s, "web");
-    let Outcome::ResourceChanged { resource, run: Some(run) } = out else { panic!("{out:?}") };
+    let Outcome::ResourceChanged {
+        resource,
+        run: Some(run),
+    } = out
+    else {
+        panic!("{out:?}")
+    };
     assert_eq!((resource.state.as_str(), resource.version), ("pending", 2));
     assert_eq!(resource.active_run, Some(2));
     assert_eq!(run.run_id(), "r2");
-    assert_eq!((run.event.as_str(), run.from.as_str(), run.to.as_str()), ("create", "", "pending"));
-    assert_eq!((run.outcome, run.attempt, run.node_id, run.term), (RunOutcome::Running, 1, 3, 7));
+    assert_eq!(
+        (run.event.as_str(), run.from.as_str(), run.to.as_str()),
+        ("create", "", "pending")
+    );
+    assert_eq!(
+        (run.outcome, run.attempt, run.node_id, run.term),
+        (RunOutcome::Running, 1, 3, 7)
+    );
     assert_eq!(run.trigger.principal, "alice");
     assert!(events.iter().any(|e| matches!(e, DomainEvent::Run(r) if r.index == 2)));
-    assert!(events.iter().any(|e| matches!(e, DomainEvent::Resource(r) if r.name == "web")));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, DomainEvent::Resource(r) if r.name == "web")));
     assert_eq!(running(&s.state.view()).unwrap().len(), 1);
 }
 
@@ -182,16 +199,30 @@ fn a_chain_of_work_states_is_one_run_each_and_outputs_merge() {
     let mut s = state_with_app();
     create(&mut s, "web");
     let out = finish(&mut s, 2, 1, ok(r#"{"a": 1}"#), 1500);
-    let Outcome::ResourceChanged { resource: r, run: Some(next) } = out else { panic!("{out:?}") };
-    assert_eq!((r.state.as_str(), next.index, next.from.as_str()), ("building", 3, "pending"));
+    let Outcome::ResourceChanged {
+        resource: r,
+        run: Some(next),
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (r.state.as_str(), next.index, next.from.as_str()),
+        ("building", 3, "pending")
+    );
     assert_eq!(next.trigger.principal, "alice", "the chain keeps who asked");
     finish(&mut s, 3, 1, ok(r#"{"b": 2}"#), 1700);
     let out = finish(&mut s, 4, 1, ok(r#"{"a": 3}"#), 1900);
-    let Outcome::ResourceChanged { resource: r, run: None } = out else { panic!("{out:?}") };
+    let Outcome::ResourceChanged { resource: r, run: None } = out else {
+        panic!("{out:?}")
+    };
     assert_eq!((r.state.as_str(), r.active_run), ("ready", None));
     assert_eq!(r.outputs_json, r#"{"a":3,"b":2}"#);
     let runs = history(&s.state.view(), "app", "web").unwrap();
-    let steps: Vec<(&str, &str, RunOutcome)> = runs.iter().map(|r| (r.from.as_str(), r.to.as_str(), r.outcome)).collect();
+    let steps: Vec<(&str, &str, RunOutcome)> = runs
+        .iter()
+        .map(|r| (r.from.as_str(), r.to.as_str(), r.outcome))
+        .collect();
     assert_eq!(
         steps,
         vec![
@@ -214,17 +245,29 @@ fn events_are_checked_against_the_state_and_the_run_in_flight() {
         finish(&mut s, run, 1, ok("{}"), 2000);
     }
     let m = message(rejection(do_event(&mut s, "web", "resume")));
-    assert!(m.contains("does not take event \"resume\"") && m.contains("deploy, destroy, pause"), "{m}");
+    assert!(
+        m.contains("does not take event \"resume\"") && m.contains("deploy, destroy, pause"),
+        "{m}"
+    );
     let m = message(rejection(do_event(&mut s, "nope", "deploy")));
     assert!(m.contains("app/nope not found"), "{m}");
     // A move between stable states is recorded and done at once.
-    let Outcome::ResourceChanged { resource: r, run: Some(run) } = do_event(&mut s, "web", "pause") else {
+    let Outcome::ResourceChanged {
+        resource: r,
+        run: Some(run),
+    } = do_event(&mut s, "web", "pause")
+    else {
         panic!()
     };
-    assert_eq!((r.state.as_str(), run.outcome, r.active_run), ("paused", RunOutcome::Succeeded, None));
+    assert_eq!(
+        (r.state.as_str(), run.outcome, r.active_run),
+        ("paused", RunOutcome::Succeeded, None)
+    );
     // An event into a work state starts a run with the event's arguments.
     do_event(&mut s, "web", "resume");
-    let Outcome::ResourceChanged { run: Some(run), .. } = do_event(&mut s, "web", "deploy") else { panic!() };
+    let Outcome::ResourceChanged { run: Some(run), .. } = do_event(&mut s, "web", "deploy") else {
+        panic!()
+    };
     assert_eq!((run.event.as_str(), run.to.as_str()), ("deploy", "deploying"));
     assert_eq!(run.args["version"], "2");
 }
@@ -237,12 +280,23 @@ fn a_failed_step_lands_in_its_fail_state_and_retry_recovers() {
         error: "no network".into(),
         outputs_json: r#"{"partial": true}"#.into(),
     };
-    let Outcome::ResourceChanged { resource: r, run: None } = finish(&mut s, 2, 1, end, 3000) else { panic!() };
+    let Outcome::ResourceChanged { resource: r, run: None } = finish(&mut s, 2, 1, end, 3000) else {
+        panic!()
+    };
     assert_eq!(r.state, "failed");
-    assert_eq!(r.outputs_json, r#"{"partial":true}"#, "a failed step's outputs are kept");
+    assert_eq!(
+        r.outputs_json, r#"{"partial":true}"#,
+        "a failed step's outputs are kept"
+    );
     let run = read_run(&s.state.view(), 2).unwrap().unwrap();
     assert_eq!((run.outcome, run.error.as_str()), (RunOutcome::Failed, "no network"));
-    let Outcome::ResourceChanged { resource: r, run: Some(run) } = do_event(&mut s, "web", "retry") else { panic!() };
+    let Outcome::ResourceChanged {
+        resource: r,
+        run: Some(run),
+    } = do_event(&mut s, "web", "retry")
+    else {
+        panic!()
+    };
     assert_eq!((r.state.as_str(), run.from.as_str()), ("pending", "failed"));
 }
 
@@ -252,13 +306,18 @@ fn a_finish_is_accepted_once_and_only_from_the_current_attempt() {
     create(&mut s, "web");
     s.leader = 2;
     s.term = 2;
-    let Outcome::RunChanged { run } = s.apply(Command::TakeOverRun { run: 2, attempt: 2 }).0 else { panic!() };
+    let Outcome::RunChanged { run } = s.apply(Command::TakeOverRun { run: 2, attempt: 2 }).0 else {
+        panic!()
+    };
     assert_eq!((run.attempt, run.node_id, run.term), (2, 2, 2));
     // The deposed leader's late finish, and a second takeover of attempt 1.
     let m = message(rejection(finish(&mut s, 2, 1, ok("{}"), 2000)));
     assert!(m.contains("attempt 2"), "{m}");
     rejection(s.apply(Command::TakeOverRun { run: 2, attempt: 2 }).0);
-    assert!(matches!(finish(&mut s, 2, 2, ok("{}"), 2000), Outcome::ResourceChanged { .. }));
+    assert!(matches!(
+        finish(&mut s, 2, 2, ok("{}"), 2000),
+        Outcome::ResourceChanged { .. }
+    ));
     let m = message(rejection(finish(&mut s, 2, 2, ok("{}"), 2000)));
     assert!(m.contains("already ended"), "{m}");
     let log = read_log(&s.state.view(), 2).unwrap();
@@ -273,28 +332,54 @@ fn garbage_outputs_are_refused_and_change_nothing() {
     create(&mut s, "web");
     let m = message(rejection(finish(&mut s, 2, 1, ok("[1, 2]"), 2000)));
     assert!(m.contains("outputs"), "{m}");
-    assert_eq!(read_run(&s.state.view(), 2).unwrap().unwrap().outcome, RunOutcome::Running);
+    assert_eq!(
+        read_run(&s.state.view(), 2).unwrap().unwrap().outcome,
+        RunOutcome::Running
+    );
 }
 
 #[test]
 fn cancel_marks_the_run_and_its_finish_goes_to_the_cancel_target() {
     let mut s = state_with_app();
     create_ready(&mut s, "web");
-    let Outcome::ResourceChanged { run: Some(run), .. } = do_event(&mut s, "web", "deploy") else { panic!() };
-    let Outcome::RunChanged { run: r } = s.apply(Command::CancelRun { run: run.index, trigger: trigger(6000) }).0
+    let Outcome::ResourceChanged { run: Some(run), .. } = do_event(&mut s, "web", "deploy") else {
+        panic!()
+    };
+    let Outcome::RunChanged { run: r } = s
+        .apply(Command::CancelRun {
+            run: run.index,
+            trigger: trigger(6000),
+        })
+        .0
     else {
         panic!()
     };
     assert!(r.cancel_requested);
-    let end = RunEnd::Cancelled { error: String::new() };
-    let Outcome::ResourceChanged { resource: res, .. } = finish(&mut s, run.index, 1, end, 6100) else { panic!() };
+    let end = RunEnd::Cancelled {
+        error: String::new(),
+        outputs_json: String::new(),
+    };
+    let Outcome::ResourceChanged { resource: res, .. } = finish(&mut s, run.index, 1, end, 6100) else {
+        panic!()
+    };
     assert_eq!(res.state, "ready", "deploying's cancel target");
-    rejection(s.apply(Command::CancelRun { run: run.index, trigger: trigger(7000) }).0);
+    rejection(
+        s.apply(Command::CancelRun {
+            run: run.index,
+            trigger: trigger(7000),
+        })
+        .0,
+    );
     // Without `cancel`, a cancelled step goes to `fail`.
     let mut s = state_with_app();
     create(&mut s, "web");
-    let end = RunEnd::Cancelled { error: String::new() };
-    let Outcome::ResourceChanged { resource: res, .. } = finish(&mut s, 2, 1, end, 2000) else { panic!() };
+    let end = RunEnd::Cancelled {
+        error: String::new(),
+        outputs_json: String::new(),
+    };
+    let Outcome::ResourceChanged { resource: res, .. } = finish(&mut s, 2, 1, end, 2000) else {
+        panic!()
+    };
     assert_eq!(res.state, "failed");
 }
 
@@ -304,17 +389,34 @@ fn run_logs_are_bounded_and_only_the_current_attempt_appends() {
     create(&mut s, "web");
     for chunk in 0..3 {
         let lines = (0..1000).map(|i| format!("line {}", chunk * 1000 + i)).collect();
-        let (out, events) = s.apply(Command::AppendRunLog { run: 2, attempt: 1, lines });
+        let (out, events) = s.apply(Command::AppendRunLog {
+            run: 2,
+            attempt: 1,
+            lines,
+        });
         assert!(matches!(out, Outcome::RunChanged { .. }));
-        let DomainEvent::RunLog { first_line, .. } = &events[0] else { panic!() };
+        let DomainEvent::RunLog { first_line, .. } = &events[0] else {
+            panic!()
+        };
         assert_eq!(*first_line, chunk * 1000);
     }
     let log = read_log(&s.state.view(), 2).unwrap();
     assert_eq!((log.dropped, log.lines.len()), (1000, MAX_LOG_LINES));
     assert_eq!(log.lines[0], "line 1000");
-    rejection(s.apply(Command::AppendRunLog { run: 2, attempt: 5, lines: vec!["x".into()] }).0);
+    rejection(
+        s.apply(Command::AppendRunLog {
+            run: 2,
+            attempt: 5,
+            lines: vec!["x".into()],
+        })
+        .0,
+    );
     let long = "é".repeat(MAX_LOG_LINE);
-    s.apply(Command::AppendRunLog { run: 2, attempt: 1, lines: vec![long] });
+    s.apply(Command::AppendRunLog {
+        run: 2,
+        attempt: 1,
+        lines: vec![long],
+    });
     assert!(read_log(&s.state.view(), 2).unwrap().lines.last().unwrap().len() < MAX_LOG_LINE + 16);
 }
 
@@ -331,7 +433,9 @@ fn delete_removes_only_a_final_resource_and_keeps_its_history() {
     };
     let m = message(rejection(del(&mut s)));
     assert!(m.contains("not a final state"), "{m}");
-    let Outcome::ResourceChanged { run: Some(run), .. } = do_event(&mut s, "web", "destroy") else { panic!() };
+    let Outcome::ResourceChanged { run: Some(run), .. } = do_event(&mut s, "web", "destroy") else {
+        panic!()
+    };
     finish(&mut s, run.index, 1, ok("{}"), 9000);
     assert_eq!(resource(&s, "web").state, "gone");
     assert!(matches!(del(&mut s), Outcome::ResourceDeleted { .. }));
@@ -346,17 +450,40 @@ fn a_kind_update_may_not_strand_resources() {
     let mut s = state_with_app();
     create_ready(&mut s, "web");
     do_event(&mut s, "web", "pause");
-    let without_paused = APP.replace("pause = \"paused\", ", "").replace("[states.paused]\non = { resume = \"ready\" }", "");
-    let m = message(rejection(s.apply(Command::PutKind { source: without_paused.clone() }).0));
-    assert!(m.contains("removes state \"paused\"") && m.contains("1 resource"), "{m}");
+    let without_paused = APP
+        .replace("pause = \"paused\", ", "")
+        .replace("[states.paused]\non = { resume = \"ready\" }", "");
+    let m = message(rejection(
+        s.apply(Command::PutKind {
+            source: without_paused.clone(),
+        })
+        .0,
+    ));
+    assert!(
+        m.contains("removes state \"paused\"") && m.contains("1 resource"),
+        "{m}"
+    );
     do_event(&mut s, "web", "resume");
-    assert!(matches!(s.apply(Command::PutKind { source: without_paused }).0, Outcome::KindPut { .. }));
-    let m = message(rejection(s.apply(Command::PutKind { source: "kind = \"image\"\n".into() }).0));
+    assert!(matches!(
+        s.apply(Command::PutKind { source: without_paused }).0,
+        Outcome::KindPut { .. }
+    ));
+    let m = message(rejection(
+        s.apply(Command::PutKind {
+            source: "kind = \"image\"\n".into(),
+        })
+        .0,
+    ));
     assert!(!m.is_empty());
     let builtin = kind::BUILTIN[0].1.to_string();
     let m = message(rejection(s.apply(Command::PutKind { source: builtin }).0));
     assert!(m.contains("built in"), "{m}");
-    let m = message(rejection(s.apply(Command::PutKind { source: "kind = [".into() }).0));
+    let m = message(rejection(
+        s.apply(Command::PutKind {
+            source: "kind = [".into(),
+        })
+        .0,
+    ));
     assert!(m.contains("line"), "{m}");
 }
 
@@ -364,12 +491,21 @@ fn a_kind_update_may_not_strand_resources() {
 fn stats_count_every_outcome_per_transition() {
     let mut s = state_with_app();
     create(&mut s, "web");
-    finish(&mut s, 2, 1, RunEnd::Failed { error: "x".into(), outputs_json: String::new() }, 1400);
+    finish(
+        &mut s,
+        2,
+        1,
+        RunEnd::Failed {
+            error: "x".into(),
+            outputs_json: String::new(),
+        },
+        1400,
+    );
     do_event(&mut s, "web", "retry");
     let run = resource(&s, "web").active_run.unwrap();
     finish(&mut s, run, 1, ok("{}"), 5000 + 250);
     let stats = crate::domain::stats::query(&s.state.view(), "app", None).unwrap();
-    let pending = stats.iter().find(|t| t.from == "" && t.to == "pending").unwrap();
+    let pending = stats.iter().find(|t| t.from.is_empty() && t.to == "pending").unwrap();
     assert_eq!((pending.count, pending.succeeded, pending.failed), (1, 0, 1));
     assert_eq!(pending.fail_mean_ms, 400.0);
     let retry = stats.iter().find(|t| t.from == "failed" && t.to == "pending").unwrap();
@@ -383,8 +519,15 @@ fn stats_count_every_outcome_per_transition() {
 fn a_run_given_up_on_ends_interrupted_in_its_fail_state() {
     let mut s = state_with_app();
     create(&mut s, "web");
-    let end = RunEnd::Interrupted { error: "given up".into() };
-    let Outcome::ResourceChanged { resource: r, .. } = finish(&mut s, 2, 1, end, 2000) else { panic!() };
+    let end = RunEnd::Interrupted {
+        error: "given up".into(),
+    };
+    let Outcome::ResourceChanged { resource: r, .. } = finish(&mut s, 2, 1, end, 2000) else {
+        panic!()
+    };
     assert_eq!(r.state, "failed");
-    assert_eq!(read_run(&s.state.view(), 2).unwrap().unwrap().outcome, RunOutcome::Interrupted);
+    assert_eq!(
+        read_run(&s.state.view(), 2).unwrap().unwrap().outcome,
+        RunOutcome::Interrupted
+    );
 }

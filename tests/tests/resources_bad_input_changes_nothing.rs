@@ -1,0 +1,238 @@
+//! Bad input to the Resources API gets a clear error naming what is wrong
+//! and changes nothing: broken kind files, unknown kinds, resources, events
+//! and runs, specs the kind rejects, events in the wrong state; a step that
+//! crashes or writes garbage outputs fails its run without harming the node.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opsd_tests::api::{
+    CreateResourceRequest, GetKindRequest, GetResourceRequest, GetRunRequest, HistoryRequest, ListResourcesRequest,
+    ListRunsRequest, LogsRequest, StatsRequest,
+};
+use opsd_tests::resources as res;
+use opsd_tests::{client, Cluster, Options};
+use tonic::Code;
+
+const JOB: &str = r#"
+kind = "job"
+initial = "idle"
+provider = "exec"
+required = ["owner"]
+
+[states.idle]
+on = { garbage = "garbling", crash = "crashing" }
+
+[states.garbling]
+work = true
+run = 'echo "not json" > "$OPSD_OUTPUTS"'
+next = "idle"
+fail = "idle"
+
+[states.crashing]
+work = true
+run = 'kill -SEGV $$'
+next = "idle"
+fail = "idle"
+"#;
+
+fn expect(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, needle: &str) {
+    let err = result.expect_err("an error");
+    assert_eq!(err.code(), code, "{}", err.message());
+    assert!(err.message().contains(needle), "{:?} names {needle:?}", err.message());
+}
+
+#[tokio::test]
+async fn resources_bad_input_changes_nothing() {
+    let cluster = Cluster::start(1, Options::default()).await;
+    let addr = cluster.node(0).client_addr();
+    let mut c = client::connect(&addr).resources;
+    res::apply_kind(&addr, JOB).await.expect("apply the kind");
+    res::create(&addr, "job", "one", serde_json::json!({"owner": "ops"}))
+        .await
+        .expect("create");
+    let before = client::status(&addr, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .applied_index;
+
+    // Broken kind files.
+    let broken = JOB.replace(
+        "next = \"idle\"\nfail = \"idle\"\n\n[states.crashing]",
+        "next = \"idel\"\nfail = \"idle\"\n\n[states.crashing]",
+    );
+    expect(
+        res::apply_kind(&addr, &broken).await,
+        Code::InvalidArgument,
+        "next: unknown state \"idel\"",
+    );
+    expect(
+        res::apply_kind(&addr, "kind = [").await,
+        Code::InvalidArgument,
+        "line 1",
+    );
+    expect(res::apply_kind(&addr, "").await, Code::InvalidArgument, "source");
+    let builtin = c
+        .get_kind(GetKindRequest { name: "image".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    expect(
+        res::apply_kind(&addr, &builtin.source).await,
+        Code::FailedPrecondition,
+        "built in",
+    );
+    expect(
+        c.get_kind(GetKindRequest { name: "nope".into() }).await,
+        Code::NotFound,
+        "nope",
+    );
+
+    // Creation.
+    let create = |kind: &str, name: &str, spec: &str| CreateResourceRequest {
+        kind: kind.into(),
+        name: name.into(),
+        spec_json: spec.into(),
+        labels: HashMap::new(),
+        reason: String::new(),
+    };
+    expect(c.create(create("nope", "x", "{}")).await, Code::NotFound, "kind");
+    expect(
+        c.create(create("job", "a b", "{}")).await,
+        Code::InvalidArgument,
+        "name",
+    );
+    expect(c.create(create("job", "", "{}")).await, Code::InvalidArgument, "name");
+    expect(c.create(create("job", "x", "[]")).await, Code::InvalidArgument, "spec");
+    expect(
+        c.create(create("job", "x", "{\"a\":")).await,
+        Code::InvalidArgument,
+        "spec",
+    );
+    expect(c.create(create("job", "x", "{}")).await, Code::InvalidArgument, "owner");
+    expect(
+        c.create(create("job", "one", "{\"owner\": \"x\"}")).await,
+        Code::AlreadyExists,
+        "job/one",
+    );
+
+    // Events.
+    expect(
+        res::do_event(&addr, "job", "nope", "crash", &[], "").await,
+        Code::NotFound,
+        "job/nope",
+    );
+    expect(
+        res::do_event(&addr, "nope", "one", "crash", &[], "").await,
+        Code::NotFound,
+        "nope/one",
+    );
+    expect(
+        res::do_event(&addr, "job", "one", "fly", &[], "").await,
+        Code::FailedPrecondition,
+        "crash, garbage",
+    );
+    expect(
+        res::do_event(&addr, "job", "one", "", &[], "").await,
+        Code::InvalidArgument,
+        "event",
+    );
+    expect(
+        res::do_event(&addr, "job", "one", "crash", &[("bad key!", "v")], "").await,
+        Code::InvalidArgument,
+        "args",
+    );
+
+    // Reads of unknown things.
+    let get = GetResourceRequest {
+        kind: "job".into(),
+        name: "nope".into(),
+        stale: false,
+    };
+    expect(c.get(get).await, Code::NotFound, "job/nope");
+    expect(
+        c.get_run(GetRunRequest { run_id: "x1".into() }).await,
+        Code::InvalidArgument,
+        "run_id",
+    );
+    expect(
+        c.get_run(GetRunRequest {
+            run_id: "r99999".into(),
+        })
+        .await,
+        Code::NotFound,
+        "r99999",
+    );
+    let logs = c
+        .logs(LogsRequest {
+            run_id: "r99999".into(),
+            follow: true,
+        })
+        .await;
+    expect(logs.map(|_| ()), Code::NotFound, "r99999");
+    let history = HistoryRequest {
+        kind: "job".into(),
+        name: "nope".into(),
+    };
+    expect(c.history(history).await, Code::NotFound, "job/nope");
+    expect(
+        c.stats(StatsRequest {
+            kind: "nope".into(),
+            since_ms: 0,
+        })
+        .await,
+        Code::NotFound,
+        "nope",
+    );
+    let runs = ListRunsRequest {
+        outcome: "maybe".into(),
+        ..Default::default()
+    };
+    expect(c.list_runs(runs).await, Code::InvalidArgument, "outcome");
+    expect(
+        c.list(ListResourcesRequest {
+            kind: "nope".into(),
+            stale: false,
+        })
+        .await,
+        Code::NotFound,
+        "nope",
+    );
+
+    // None of that changed anything but the index (rejected commands take one).
+    let one = res::get(&addr, "job", "one").await.unwrap();
+    assert_eq!((one.state.as_str(), one.version), ("idle", 3));
+    assert_eq!(res::history(&addr, "job", "one").await.unwrap().len(), 1);
+    assert!(
+        client::status(&addr, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .applied_index
+            >= before
+    );
+
+    // Steps that write garbage or crash fail their run, and the node goes on.
+    let run = res::do_event(&addr, "job", "one", "garbage", &[], "")
+        .await
+        .unwrap()
+        .run
+        .unwrap();
+    res::wait_resting(&addr, "job", "one", Duration::from_secs(30)).await;
+    let run = res::run(&addr, &run.run_id).await.unwrap();
+    assert_eq!(run.outcome, "failed");
+    assert!(
+        run.error.contains("OPSD_OUTPUTS") || run.error.contains("outputs"),
+        "{}",
+        run.error
+    );
+    let run = res::do_event(&addr, "job", "one", "crash", &[], "")
+        .await
+        .unwrap()
+        .run
+        .unwrap();
+    res::wait_resting(&addr, "job", "one", Duration::from_secs(30)).await;
+    let run = res::run(&addr, &run.run_id).await.unwrap();
+    assert_eq!(run.outcome, "failed");
+    assert!(run.error.contains("signal"), "{}", run.error);
+    assert!(cluster.node(0).is_running());
+}
