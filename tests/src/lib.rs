@@ -37,6 +37,7 @@ mod addresses;
 pub mod client;
 mod cluster;
 mod node;
+pub mod opsctl;
 pub mod resources;
 
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ use std::path::PathBuf;
 pub use client::Clients;
 pub use cluster::{Cluster, Options, FORM_TIMEOUT};
 pub use node::{Exit, Node, NodeConfig};
+pub use opsctl::Opsctl;
 /// The generated client API types (`opsd.v1`), re-exported so scenarios and
 /// the harness name the same types.
 pub use opsd_proto::v1 as api;
