@@ -520,6 +520,14 @@ impl LocalState {
         Ok((answer, events.into_iter().map(|(_, e)| e).collect()))
     }
 
+    /// Runs `f` on one transaction and commits its writes, for tests that
+    /// build a large state directly rather than command by command.
+    pub fn with_txn(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<(), TxnError>) -> Result<(), TxnError> {
+        let mut txn = Txn::new(&self.store);
+        f(&mut txn)?;
+        self.store.write(txn.batch, false).map_err(|e| TxnError(e.to_string()))
+    }
+
     /// A view of the state.
     pub fn view(&self) -> ReadView<'_> {
         ReadView {

@@ -83,28 +83,12 @@ impl Kind {
     pub fn cancel_target<'a>(&'a self, state: &'a State) -> Option<&'a str> {
         state.cancel.as_deref().or(state.fail.as_deref())
     }
-
-    /// The events the state `name` takes, sorted (empty for an unknown,
-    /// work or final state).
-    pub fn events(&self, name: &str) -> Vec<&str> {
-        self.state(name).map(State::event_names).unwrap_or_default()
-    }
-
-    /// Where `event` leads from the state `name`, if that state takes it.
-    pub fn event_target(&self, name: &str, event: &str) -> Option<&str> {
-        self.state(name).and_then(|s| s.on.get(event)).map(String::as_str)
-    }
 }
 
 impl State {
     /// The events this state takes, sorted.
     pub fn event_names(&self) -> Vec<&str> {
         self.on.keys().map(String::as_str).collect()
-    }
-
-    /// A stable state: neither a work state nor final; it waits for an event.
-    pub fn is_stable(&self) -> bool {
-        !self.work && !self.is_final
     }
 
     /// The step timeout in seconds: `timeout`, or [`DEFAULT_TIMEOUT_SECS`].
@@ -549,9 +533,9 @@ on = { retry = "building" }
             names,
             ["building", "built", "destroyed", "destroying", "failed", "pending"]
         );
-        assert_eq!(image.events("built"), ["destroy", "rebuild"]);
-        assert_eq!(image.events("failed"), ["destroy", "retry"]);
-        assert_eq!(image.event_target("built", "rebuild"), Some("pending"));
+        assert_eq!(image.states["built"].event_names(), ["destroy", "rebuild"]);
+        assert_eq!(image.states["failed"].event_names(), ["destroy", "retry"]);
+        assert_eq!(image.states["built"].on["rebuild"], "pending");
         assert!(image.state("destroyed").unwrap().is_final);
         let building = image.state("building").unwrap();
         assert!(building.work);
@@ -563,13 +547,12 @@ on = { retry = "building" }
         assert_eq!(cluster.initial, "pending");
         assert_eq!(cluster.required, vec!["image", "size"]);
         assert_eq!(cluster.states.len(), 8);
-        assert_eq!(cluster.events("running"), ["destroy", "stop"]);
-        assert_eq!(cluster.events("stopped"), ["destroy", "start"]);
-        assert_eq!(cluster.event_target("stopped", "start"), Some("starting"));
+        assert_eq!(cluster.states["running"].event_names(), ["destroy", "stop"]);
+        assert_eq!(cluster.states["stopped"].event_names(), ["destroy", "start"]);
+        assert_eq!(cluster.states["stopped"].on["start"], "starting");
         assert_eq!(cluster.state("starting").unwrap().next.as_deref(), Some("running"));
         assert_eq!(cluster.state("stopping").unwrap().next.as_deref(), Some("stopped"));
         assert!(cluster.state("destroyed").unwrap().is_final);
-        assert!(cluster.state("running").unwrap().is_stable());
     }
 
     #[test]
@@ -632,8 +615,8 @@ on = { retry = "dumping" }
         assert_eq!(dumping.timeout_secs(), 600);
         assert_eq!(kind.cancel_target(dumping), Some("failed"));
         assert_eq!(kind.state("done").unwrap().event_names(), ["again", "clean_up"]);
-        assert_eq!(kind.events("dumping"), Vec::<&str>::new());
-        assert_eq!(kind.events("nope"), Vec::<&str>::new());
+        assert_eq!(kind.states["dumping"].event_names(), Vec::<&str>::new());
+        assert_eq!(kind.states["nope"].event_names(), Vec::<&str>::new());
     }
 
     #[test]

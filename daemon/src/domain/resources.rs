@@ -639,7 +639,7 @@ pub fn refuse_event(kind: &Kind, resource: &ResourceRecord, event: &str) -> Opti
     if state.on.contains_key(event) {
         return None;
     }
-    let takes: Vec<&str> = state.on.keys().map(String::as_str).collect();
+    let takes = state.event_names();
     Some(precondition(if takes.is_empty() {
         format!("{who} is in final state {:?}, which takes no events", resource.state)
     } else {

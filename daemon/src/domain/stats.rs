@@ -335,3 +335,73 @@ mod tests {
         );
     }
 }
+
+/// The stats query over a million runs. A measurement, not a check of speed:
+/// `cargo test -p opsd --release --lib stats_over_a_million_runs -- --ignored --nocapture`.
+#[cfg(test)]
+mod scale {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::domain::testing::TestState;
+    use crate::domain::Trigger;
+
+    #[test]
+    #[ignore = "a measurement: run it by name"]
+    fn stats_over_a_million_runs() {
+        let s = TestState::new();
+        let started = Instant::now();
+        let runs = 1_000_000u64;
+        // Spread over 60 days, 3 transitions of 2 kinds.
+        for chunk in 0..100 {
+            s.state
+                .with_txn(|txn| {
+                    for i in chunk * runs / 100..(chunk + 1) * runs / 100 {
+                        let at = (i * 60 * 86_400_000 / runs) as i64;
+                        let run = RunRecord {
+                            index: i + 1,
+                            kind: ["app", "db"][(i % 2) as usize].into(),
+                            name: format!("r{}", i % 1000),
+                            event: "deploy".into(),
+                            from: "ready".into(),
+                            to: ["deploying", "building", "testing"][(i % 3) as usize].into(),
+                            outcome: if i % 10 == 0 {
+                                RunOutcome::Failed
+                            } else {
+                                RunOutcome::Succeeded
+                            },
+                            attempt: 1,
+                            node_id: 1,
+                            term: 1,
+                            args: Default::default(),
+                            trigger: Trigger {
+                                principal: "p".into(),
+                                reason: String::new(),
+                                source: "api".into(),
+                                at_ms: at,
+                            },
+                            finished_at_ms: Some(at + (i % 5000) as i64),
+                            error: String::new(),
+                            outputs_json: String::new(),
+                            cancel_requested: false,
+                        };
+                        record(txn, &run)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        println!("recorded {runs} runs in {:?}", started.elapsed());
+        let view = s.state.view();
+        for (kind, since) in [("", None), ("app", None), ("", Some(30 * 86_400_000i64 + 1234))] {
+            let t = Instant::now();
+            let rows = query(&view, kind, since).unwrap();
+            let count: u64 = rows.iter().map(|r| r.count).sum();
+            println!(
+                "STATS kind={kind:?} since={since:?}: {} transitions, {count} runs, in {:?}",
+                rows.len(),
+                t.elapsed()
+            );
+        }
+    }
+}

@@ -333,7 +333,7 @@ impl Handler<DeleteResource> for ResourceActor {
             return AtomicResponse::new(Box::pin(self.ctx.propose(cmd).into_actor(self)));
         }
         if !state.on.contains_key("destroy") && self.active.is_none() {
-            let takes: Vec<&str> = state.on.keys().map(String::as_str).collect();
+            let takes = state.event_names();
             let r = Rejection::FailedPrecondition(format!(
                 "{} cannot be deleted from state {name:?}: its kind has no destroy path from there \
                  (the state takes: {})",

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::EngineCtx;
-use crate::domain::kind::DEFAULT_TIMEOUT_SECS;
 use crate::domain::resources::{self, parse_object, ResourceRecord, RunEnd, RunRecord, MAX_OUTPUTS_BYTES};
 use crate::domain::Command;
 use crate::ops::{LogSink, Object, StepRequest, StepResult};
@@ -150,7 +149,7 @@ fn prepare(
         work_dir,
         node_id: ctx.node_id,
     };
-    let timeout = Duration::from_secs(state.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
+    let timeout = Duration::from_secs(state.timeout_secs());
     Ok((provider, req, timeout))
 }
 
