@@ -17,6 +17,14 @@ test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
+## bench: opsd side by side with etcd on this machine (installs etcd if missing, builds in release),
+## writes target/bench/results.json; `BENCH_SECONDS=5 make bench` for a quick run. See docs/BENCHMARKS.md
+.PHONY: bench
+bench:
+	@./.ci/bench-deps
+	$(CARGO) build --release --bins
+	OPSD_BIN_DIR=$(CURDIR)/target/release target/release/opsd-bench
+
 deps:
 	@./.ci/deps
 
