@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use opsd_cluster::{EntryInfo, StateMachineApp, Txn, TxnError};
 use serde::{Deserialize, Serialize};
 
-use resources::{ResourceRecord, RunEnd, RunRecord};
+use resources::{settle, ResourceRecord, RunEnd, RunRecord};
 
 /// The tables the domain keeps, one rocksdb column family each.
 pub const TABLES: &[&str] = &[
@@ -277,31 +277,33 @@ impl StateMachineApp for Domain {
             Ok(Command::DeleteSetting { key, expected_revision }) => {
                 settings::apply_delete(txn, index, &key, expected_revision)?
             }
-            Ok(Command::PutKind { source }) => resources::apply_put_kind(txn, index, &source)?,
+            Ok(Command::PutKind { source }) => settle(resources::put_kind(txn, index, &source))?,
             Ok(Command::CreateResource {
                 kind,
                 name,
                 spec_json,
                 labels,
                 trigger,
-            }) => resources::apply_create(txn, entry, &kind, &name, &spec_json, labels, trigger)?,
+            }) => settle(resources::create(txn, entry, &kind, &name, &spec_json, labels, trigger))?,
             Ok(Command::DoEvent {
                 kind,
                 name,
                 event,
                 args,
                 trigger,
-            }) => resources::apply_do(txn, entry, &kind, &name, &event, args, trigger)?,
-            Ok(Command::DeleteResource { kind, name }) => resources::apply_delete(txn, &kind, &name)?,
+            }) => settle(resources::do_event(txn, entry, &kind, &name, &event, args, trigger))?,
+            Ok(Command::DeleteResource { kind, name }) => settle(resources::delete(txn, &kind, &name))?,
             Ok(Command::FinishRun {
                 run,
                 attempt,
                 end,
                 at_ms,
-            }) => resources::apply_finish_run(txn, entry, run, attempt, end, at_ms)?,
-            Ok(Command::TakeOverRun { run, attempt }) => resources::apply_take_over(txn, entry, run, attempt)?,
-            Ok(Command::CancelRun { run, trigger }) => resources::apply_cancel(txn, run, trigger)?,
-            Ok(Command::AppendRunLog { run, attempt, lines }) => resources::apply_append_log(txn, run, attempt, lines)?,
+            }) => settle(resources::finish_run(txn, entry, run, attempt, end, at_ms))?,
+            Ok(Command::TakeOverRun { run, attempt }) => settle(resources::take_over(txn, entry, run, attempt))?,
+            Ok(Command::CancelRun { run, trigger }) => settle(resources::cancel(txn, run, trigger))?,
+            Ok(Command::AppendRunLog { run, attempt, lines }) => {
+                settle(resources::append_log(txn, run, attempt, lines))?
+            }
         };
         bincode::serialize(&outcome).map_err(|e| TxnError(format!("encoding the outcome: {e}")))
     }

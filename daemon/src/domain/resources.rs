@@ -238,8 +238,36 @@ fn by_resource_prefix(kind: &str, name: &str) -> Vec<u8> {
     [kind.as_bytes(), b"\0", name.as_bytes(), b"\0"].concat()
 }
 
-fn reject<T>(r: Rejection) -> Result<Result<T, Rejection>, TxnError> {
-    Ok(Err(r))
+/// What an apply function answers: the outcome, or why nothing changed.
+pub type Applied = Result<Outcome, ApplyError>;
+
+/// Why apply changed nothing: a rejection (the answer to the proposer), or
+/// the storage failing (which stops the node).
+#[derive(Debug)]
+pub enum ApplyError {
+    /// The command is invalid for the current state.
+    Rejected(Rejection),
+    /// Reading or writing the tables failed.
+    Storage(TxnError),
+}
+
+impl From<TxnError> for ApplyError {
+    fn from(e: TxnError) -> Self {
+        ApplyError::Storage(e)
+    }
+}
+
+/// The answer of an apply function: a rejection is an answer too.
+pub fn settle(applied: Applied) -> Result<Outcome, TxnError> {
+    match applied {
+        Ok(outcome) => Ok(outcome),
+        Err(ApplyError::Rejected(r)) => Ok(Outcome::Rejected(r)),
+        Err(ApplyError::Storage(e)) => Err(e),
+    }
+}
+
+fn reject<T>(r: Rejection) -> Result<T, ApplyError> {
+    Err(ApplyError::Rejected(r))
 }
 
 fn not_found(m: String) -> Rejection {
@@ -318,7 +346,8 @@ pub fn parse_object(field: &str, text: &str) -> Result<Map<String, Value>, Strin
     }
 }
 
-fn json_type(v: &Value) -> &'static str {
+/// The JSON type of a value, for error messages.
+pub fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -488,17 +517,9 @@ fn enter_state(
     Ok(Some(run))
 }
 
-fn outcome_of(r: Result<Outcome, Rejection>) -> Outcome {
-    r.unwrap_or_else(Outcome::Rejected)
-}
-
 /// Applies `PutKind`: registers or updates a kind. An update may not remove
 /// a state that a resource is in.
-pub fn apply_put_kind(txn: &mut Txn<'_>, index: u64, source: &str) -> Result<Outcome, TxnError> {
-    Ok(outcome_of(put_kind(txn, index, source)?))
-}
-
-fn put_kind(txn: &mut Txn<'_>, index: u64, source: &str) -> Result<Result<Outcome, Rejection>, TxnError> {
+pub fn put_kind(txn: &mut Txn<'_>, index: u64, source: &str) -> Applied {
     let kind = match Kind::parse(source) {
         Ok(k) => k,
         Err(e) => return reject(invalid(e)),
@@ -532,26 +553,14 @@ fn put_kind(txn: &mut Txn<'_>, index: u64, source: &str) -> Result<Result<Outcom
     txn.emit(encode(&DomainEvent::Kind {
         name: kind.name.clone(),
     })?);
-    Ok(Ok(Outcome::KindPut {
+    Ok(Outcome::KindPut {
         name: kind.name,
         version: index,
-    }))
+    })
 }
 
 /// Applies `CreateResource`: the resource enters its kind's initial state.
-pub fn apply_create(
-    txn: &mut Txn<'_>,
-    entry: EntryInfo,
-    kind: &str,
-    name: &str,
-    spec_json: &str,
-    labels: BTreeMap<String, String>,
-    trigger: Trigger,
-) -> Result<Outcome, TxnError> {
-    Ok(outcome_of(create(txn, entry, kind, name, spec_json, labels, trigger)?))
-}
-
-fn create(
+pub fn create(
     txn: &mut Txn<'_>,
     entry: EntryInfo,
     kind_name: &str,
@@ -559,7 +568,7 @@ fn create(
     spec_json: &str,
     labels: BTreeMap<String, String>,
     trigger: Trigger,
-) -> Result<Result<Outcome, Rejection>, TxnError> {
+) -> Applied {
     let Some(kind) = txn_kind(txn, kind_name)? else {
         return reject(not_found(format!("kind: no kind {kind_name:?}")));
     };
@@ -620,7 +629,7 @@ fn create(
         true,
     )?;
     put_resource(txn, &resource)?;
-    Ok(Ok(Outcome::ResourceChanged { resource, run }))
+    Ok(Outcome::ResourceChanged { resource, run })
 }
 
 /// Why `event` cannot be done to `resource` now, if it cannot: a run in
@@ -652,19 +661,7 @@ pub fn refuse_event(kind: &Kind, resource: &ResourceRecord, event: &str) -> Opti
 }
 
 /// Applies `DoEvent`: the resource moves to the state the event leads to.
-pub fn apply_do(
-    txn: &mut Txn<'_>,
-    entry: EntryInfo,
-    kind: &str,
-    name: &str,
-    event: &str,
-    args: BTreeMap<String, String>,
-    trigger: Trigger,
-) -> Result<Outcome, TxnError> {
-    Ok(outcome_of(do_event(txn, entry, kind, name, event, args, trigger)?))
-}
-
-fn do_event(
+pub fn do_event(
     txn: &mut Txn<'_>,
     entry: EntryInfo,
     kind_name: &str,
@@ -672,7 +669,7 @@ fn do_event(
     event: &str,
     args: BTreeMap<String, String>,
     trigger: Trigger,
-) -> Result<Result<Outcome, Rejection>, TxnError> {
+) -> Applied {
     let Some(mut resource) = txn_resource(txn, kind_name, name)? else {
         return reject(not_found(format!("resource {kind_name}/{name} not found")));
     };
@@ -700,25 +697,23 @@ fn do_event(
         true,
     )?;
     put_resource(txn, &resource)?;
-    Ok(Ok(Outcome::ResourceChanged { resource, run }))
+    Ok(Outcome::ResourceChanged { resource, run })
 }
 
 /// Applies `DeleteResource`: only a resource resting in a final state is
 /// removed; its runs stay for audit.
-pub fn apply_delete(txn: &mut Txn<'_>, kind_name: &str, name: &str) -> Result<Outcome, TxnError> {
+pub fn delete(txn: &mut Txn<'_>, kind_name: &str, name: &str) -> Applied {
     let Some(resource) = txn_resource(txn, kind_name, name)? else {
-        return Ok(Outcome::Rejected(not_found(format!(
-            "resource {kind_name}/{name} not found"
-        ))));
+        return reject(not_found(format!("resource {kind_name}/{name} not found")));
     };
     let is_final = txn_kind(txn, kind_name)?
         .and_then(|k| k.state(&resource.state).map(|s| s.is_final))
         .unwrap_or(false);
     if !is_final {
-        return Ok(Outcome::Rejected(precondition(format!(
+        return reject(precondition(format!(
             "{kind_name}/{name} is in state {:?}, not a final state; destroy it first",
             resource.state
-        ))));
+        )));
     }
     add_state_count(txn, kind_name, &resource.state, -1)?;
     txn.delete(RESOURCES, &resource_key(kind_name, name))?;
@@ -727,7 +722,7 @@ pub fn apply_delete(txn: &mut Txn<'_>, kind_name: &str, name: &str) -> Result<Ou
 }
 
 /// Reads a running run for a change by `attempt` (`None`: any attempt).
-fn running_run(txn: &Txn<'_>, index: u64, attempt: Option<u32>) -> Result<Result<RunRecord, Rejection>, TxnError> {
+fn running_run(txn: &Txn<'_>, index: u64, attempt: Option<u32>) -> Result<RunRecord, ApplyError> {
     let Some(run) = txn_run(txn, index)? else {
         return reject(not_found(format!("run {} not found", run_id(index))));
     };
@@ -747,33 +742,12 @@ fn running_run(txn: &Txn<'_>, index: u64, attempt: Option<u32>) -> Result<Result
             )));
         }
     }
-    Ok(Ok(run))
+    Ok(run)
 }
 
 /// Applies `FinishRun`: records how the step ended and moves the resource on.
-pub fn apply_finish_run(
-    txn: &mut Txn<'_>,
-    entry: EntryInfo,
-    index: u64,
-    attempt: u32,
-    end: RunEnd,
-    at_ms: i64,
-) -> Result<Outcome, TxnError> {
-    Ok(outcome_of(finish_run(txn, entry, index, attempt, end, at_ms)?))
-}
-
-fn finish_run(
-    txn: &mut Txn<'_>,
-    entry: EntryInfo,
-    index: u64,
-    attempt: u32,
-    end: RunEnd,
-    at_ms: i64,
-) -> Result<Result<Outcome, Rejection>, TxnError> {
-    let mut run = match running_run(txn, index, Some(attempt))? {
-        Ok(r) => r,
-        Err(r) => return reject(r),
-    };
+pub fn finish_run(txn: &mut Txn<'_>, entry: EntryInfo, index: u64, attempt: u32, end: RunEnd, at_ms: i64) -> Applied {
+    let mut run = running_run(txn, index, Some(attempt))?;
     let (outcome, error, outputs_json) = match end {
         RunEnd::Succeeded { outputs_json } => (RunOutcome::Succeeded, String::new(), outputs_json),
         RunEnd::Failed { error, outputs_json } => (RunOutcome::Failed, error, outputs_json),
@@ -791,12 +765,12 @@ fn finish_run(
         Err(e) => return reject(invalid(e)),
     };
     let Some(mut resource) = txn_resource(txn, &run.kind, &run.name)? else {
-        return Err(TxnError(format!(
+        return Err(ApplyError::Storage(TxnError(format!(
             "run {} has no resource {}/{}",
             run.run_id(),
             run.kind,
             run.name
-        )));
+        ))));
     };
     let kind = txn_kind(txn, &run.kind)?.ok_or_else(|| TxnError(format!("kind {} is missing", run.kind)))?;
     let state = kind
@@ -843,16 +817,13 @@ fn finish_run(
         false,
     )?;
     put_resource(txn, &resource)?;
-    Ok(Ok(Outcome::ResourceChanged { resource, run: next }))
+    Ok(Outcome::ResourceChanged { resource, run: next })
 }
 
 /// Applies `TakeOverRun`: the entry's leader becomes the run's executor, at
 /// the next attempt.
-pub fn apply_take_over(txn: &mut Txn<'_>, entry: EntryInfo, index: u64, attempt: u32) -> Result<Outcome, TxnError> {
-    let mut run = match running_run(txn, index, Some(attempt.saturating_sub(1)))? {
-        Ok(r) => r,
-        Err(r) => return Ok(Outcome::Rejected(r)),
-    };
+pub fn take_over(txn: &mut Txn<'_>, entry: EntryInfo, index: u64, attempt: u32) -> Applied {
+    let mut run = running_run(txn, index, Some(attempt.saturating_sub(1)))?;
     let before = run.node_id;
     run.attempt = attempt;
     run.node_id = entry.leader;
@@ -871,14 +842,11 @@ pub fn apply_take_over(txn: &mut Txn<'_>, entry: EntryInfo, index: u64, attempt:
 }
 
 /// Applies `CancelRun`: marks the run; its executor stops the step.
-pub fn apply_cancel(txn: &mut Txn<'_>, index: u64, trigger: Trigger) -> Result<Outcome, TxnError> {
+pub fn cancel(txn: &mut Txn<'_>, index: u64, trigger: Trigger) -> Applied {
     if let Err(e) = validate_trigger(&trigger) {
-        return Ok(Outcome::Rejected(invalid(e)));
+        return reject(invalid(e));
     }
-    let mut run = match running_run(txn, index, None)? {
-        Ok(r) => r,
-        Err(r) => return Ok(Outcome::Rejected(r)),
-    };
+    let mut run = running_run(txn, index, None)?;
     if !run.cancel_requested {
         run.cancel_requested = true;
         let why = if trigger.reason.is_empty() {
@@ -897,16 +865,13 @@ pub fn apply_cancel(txn: &mut Txn<'_>, index: u64, trigger: Trigger) -> Result<O
 }
 
 /// Applies `AppendRunLog`: lines from the attempt executing the run.
-pub fn apply_append_log(txn: &mut Txn<'_>, index: u64, attempt: u32, lines: Vec<String>) -> Result<Outcome, TxnError> {
-    let run = match running_run(txn, index, Some(attempt))? {
-        Ok(r) => r,
-        Err(r) => return Ok(Outcome::Rejected(r)),
-    };
+pub fn append_log(txn: &mut Txn<'_>, index: u64, attempt: u32, lines: Vec<String>) -> Applied {
+    let run = running_run(txn, index, Some(attempt))?;
     if lines.len() > MAX_LOG_LINES {
-        return Ok(Outcome::Rejected(invalid(format!(
+        return reject(invalid(format!(
             "lines: {} lines in one append, the limit is {MAX_LOG_LINES}",
             lines.len()
-        ))));
+        )));
     }
     append_log_lines(txn, &run, lines)?;
     Ok(Outcome::RunChanged { run })

@@ -29,6 +29,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::{LogSink, Object, Provider, StepRequest, StepResult};
+use crate::domain::resources::json_type;
 
 /// The longest log line kept, in bytes; a script printing a huge line (or
 /// binary without newlines) must not exhaust memory or the run's log.
@@ -165,18 +166,6 @@ fn read_outputs(path: &Path) -> Result<Object, String> {
             "outputs file OPSD_OUTPUTS: not a JSON object: {e} in {}",
             path.display()
         )),
-    }
-}
-
-/// The JSON type of a value, for error messages.
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
