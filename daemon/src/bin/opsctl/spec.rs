@@ -9,6 +9,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::time::Duration;
 
+use opsd::domain::resources::json_type;
 use serde_json::{Map, Value};
 
 /// A resource named on the command line as `KIND/NAME`.
@@ -137,18 +138,6 @@ impl SetArg {
         }
         object.insert(last.clone(), self.value.clone());
         Ok(())
-    }
-}
-
-/// The name of a JSON value's type, for messages.
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
