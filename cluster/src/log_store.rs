@@ -1,9 +1,16 @@
 //! The Raft log in rocksdb: entries in the `raft_log` column family keyed by
 //! big-endian index, and the vote, committed id and purge point in `raft_meta`.
 //! Appends and votes are fsynced before they are acknowledged.
+//!
+//! An append is written at once (readable by replication) but acknowledged
+//! only once a dedicated thread has fsynced the write-ahead log. That thread
+//! syncs whatever has been written by the time it runs, so appends that
+//! arrive while it syncs share the next fsync (group commit), and the Raft
+//! core never waits on the disk.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -18,19 +25,31 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 
-/// The log store; cheap to clone (it shares the database).
+/// The log store; cheap to clone (it shares the database and the syncer).
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<Store>,
+    syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
-    pub(crate) fn new(store: Arc<Store>) -> Self {
-        LogStore { store }
+    pub(crate) fn new(store: Arc<Store>) -> std::io::Result<Self> {
+        let (syncer, pending) = mpsc::channel();
+        // The thread ends when the last clone of this log store is dropped;
+        // it holds no strong reference, so it never keeps the database open.
+        let wal = Arc::downgrade(&store);
+        std::thread::Builder::new()
+            .name("opsd-wal-sync".into())
+            .spawn(move || sync_appends(&wal, pending))?;
+        Ok(LogStore { store, syncer })
     }
 
-    /// Writes entries in one fsynced batch.
-    pub(crate) fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError> {
+    /// Writes entries in one batch; with `sync`, fsynced before returning.
+    pub(crate) fn write_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+        sync: bool,
+    ) -> Result<(), StorageError> {
         let cf = self.store.cf(CF_LOG)?;
         let mut batch = WriteBatch::default();
         for entry in entries {
@@ -38,7 +57,7 @@ impl LogStore {
             batch.put_cf(cf, index_key(entry.log_id.index), bytes);
         }
         self.store
-            .write(batch, true)
+            .write(batch, sync)
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
@@ -150,9 +169,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        match self.write_entries(entries) {
+        match self.write_entries(entries, false) {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                if let Err(mpsc::SendError(callback)) = self.syncer.send(callback) {
+                    callback.log_io_completed(Err(std::io::Error::other("the log's sync thread has stopped")));
+                }
                 Ok(())
             }
             Err(e) => {
@@ -182,5 +203,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.store
             .write(batch, false)
             .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+/// Acknowledges appends once the write-ahead log holding them is on disk:
+/// waits for one, takes every other already waiting, fsyncs once, and
+/// acknowledges them all, in order.
+fn sync_appends(store: &std::sync::Weak<Store>, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        batch.extend(pending.try_iter());
+        let synced = match store.upgrade() {
+            Some(store) => store.db.flush_wal(true).map_err(|e| e.to_string()),
+            None => Err("the database is closed".to_string()),
+        };
+        for callback in batch {
+            callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
+        }
     }
 }

@@ -193,7 +193,7 @@ impl ClusterNode {
         let sm = StateMachineStore::open(store.clone(), app, events.clone(), data_dir.snapshot_path())
             .map_err(|e| internal(e.to_string()))?;
         let reader = sm.reader();
-        let log = LogStore::new(store);
+        let log = LogStore::new(store).map_err(|e| internal(format!("cannot start the log's sync thread: {e}")))?;
 
         let heartbeat = config.heartbeat.as_millis().max(1) as u64;
         let election = config.election_timeout.as_millis().max(heartbeat as u128 * 3) as u64;

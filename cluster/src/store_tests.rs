@@ -48,7 +48,7 @@ fn open(dir: &tempfile::TempDir) -> (LogStore, StateMachineStore) {
     let (events, _) = broadcast::channel(1024);
     let sm = StateMachineStore::open(store.clone(), Arc::new(KvApp), events, dir.path().join("snapshot.bin"))
         .expect("open state machine");
-    (LogStore::new(store), sm)
+    (LogStore::new(store).unwrap(), sm)
 }
 
 fn normal(term: u64, index: u64, cmd: &str) -> Entry<TypeConfig> {
@@ -76,7 +76,7 @@ async fn entries_survive_reopen_and_truncate_and_purge() {
     {
         let (mut log, _) = open(&dir);
         let entries: Vec<_> = (1..=10).map(|i| normal(1, i, &format!("k{i}=v"))).collect();
-        log.write_entries(entries).unwrap();
+        log.write_entries(entries, true).unwrap();
         log.truncate(log_id(1, 1, 8)).await.unwrap();
         log.purge(log_id(1, 1, 3)).await.unwrap();
     }
