@@ -86,6 +86,7 @@ impl EngineCtx {
 #[derive(Clone)]
 pub struct Engine {
     registry: Addr<Registry>,
+    ctx: Arc<EngineCtx>,
 }
 
 impl Engine {
@@ -116,7 +117,7 @@ impl Engine {
             .map_err(|_| std::io::Error::other("the engine's actor system did not start"))?;
         tokio::spawn(pump_events(events, registry.clone()));
         tokio::spawn(follow_leadership(ctx.leadership.clone(), registry.clone()));
-        Ok(Engine { registry })
+        Ok(Engine { registry, ctx })
     }
 
     /// The actor of a resource, if the resource exists.
@@ -131,13 +132,11 @@ impl Engine {
             .flatten()
     }
 
-    /// Creates a resource (through the registry, which starts its actor when
-    /// the creation is applied).
+    /// Creates a resource. The proposal goes straight to the cluster: there
+    /// is no actor to serialise it yet, and apply refuses a duplicate. The
+    /// registry starts the resource's actor when the creation is applied.
     pub async fn create(&self, cmd: Command) -> Committed {
-        self.registry
-            .send(registry::Create(cmd))
-            .await
-            .map_err(|_| EngineError::Cluster(ClusterError::ShuttingDown))?
+        self.ctx.propose(cmd).await
     }
 }
 

@@ -8,8 +8,8 @@ use actix::prelude::*;
 use tracing::error;
 
 use super::resource_actor::{Refresh, ResourceActor};
-use super::{Committed, EngineCtx};
-use crate::domain::{resources, Command};
+use super::EngineCtx;
+use crate::domain::resources;
 
 /// Knows the actor of every resource.
 pub struct Registry {
@@ -64,19 +64,6 @@ impl Handler<Lookup> for Registry {
 
     fn handle(&mut self, msg: Lookup, _: &mut Self::Context) -> Self::Result {
         self.actor(&msg.kind, &msg.name)
-    }
-}
-
-/// Proposes a `CreateResource`; the actor starts when its change arrives.
-#[derive(Message)]
-#[rtype(result = "Committed")]
-pub struct Create(pub Command);
-
-impl Handler<Create> for Registry {
-    type Result = ResponseFuture<Committed>;
-
-    fn handle(&mut self, msg: Create, _: &mut Self::Context) -> Self::Result {
-        Box::pin(self.ctx.propose(msg.0))
     }
 }
 
