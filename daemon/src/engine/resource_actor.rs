@@ -76,6 +76,8 @@ impl ResourceActor {
                 self.drive(ctx);
             }
             Ok((None, _)) => {
+                self.resource = None;
+                self.active = None;
                 self.abandon();
                 ctx.stop();
             }
@@ -297,7 +299,10 @@ impl ResourceActor {
 impl Handler<DoEvent> for ResourceActor {
     type Result = AtomicResponse<Self, Committed>;
 
-    fn handle(&mut self, msg: DoEvent, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: DoEvent, ctx: &mut Self::Context) -> Self::Result {
+        // The change that let this event in may be applied but not yet seen
+        // here: check against the state as applied now.
+        self.refresh(ctx);
         self.propose_event(msg)
     }
 }
@@ -315,7 +320,8 @@ impl Handler<DeleteResource> for ResourceActor {
 
     /// A resource in a final state is removed; otherwise the `destroy` event
     /// is done to it, if its state takes one.
-    fn handle(&mut self, msg: DeleteResource, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: DeleteResource, ctx: &mut Self::Context) -> Self::Result {
+        self.refresh(ctx);
         let state = match (&self.resource, self.kind_def()) {
             (Some(r), Ok(kind)) => kind.state(&r.state).cloned().map(|s| (r.state.clone(), s)),
             (None, _) => None,
