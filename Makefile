@@ -14,6 +14,7 @@ run: deps
 
 ## test: unit tests and the end-to-end scenarios against real opsd processes
 test: deps
+	@./.ci/nemesis-deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
@@ -24,6 +25,15 @@ bench:
 	@./.ci/bench-deps
 	$(CARGO) build --release --bins
 	OPSD_BIN_DIR=$(CURDIR)/target/release target/release/opsd-bench
+
+## nemesis: the fault suite: 3- and 5-node clusters under kill -9, SIGSTOP, network partitions and
+## membership churn for NEMESIS_SECONDS (default 300), NEMESIS_SEED=N replays a run; writes
+## target/nemesis/summary.json. See docs/nemesis.md
+.PHONY: nemesis
+nemesis: deps
+	@./.ci/nemesis-deps
+	$(CARGO) build --workspace --bins
+	$(BIN)/opsd-nemesis
 
 deps:
 	@./.ci/deps

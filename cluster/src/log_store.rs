@@ -61,6 +61,27 @@ impl LogStore {
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
+    /// The first and last log ids in the log (as openraft asks at start-up).
+    pub(crate) fn log_state(&self) -> Result<LogState<TypeConfig>, StorageError> {
+        let cf = self.store.cf(CF_LOG)?;
+        let last = match self.store.db.iterator_cf(cf, IteratorMode::End).next() {
+            Some(item) => {
+                let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                Some(
+                    decode::<Entry>(&v)
+                        .map_err(|e| StorageIOError::read_logs(&AnyErr(e)))?
+                        .log_id,
+                )
+            }
+            None => None,
+        };
+        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let raw = self
             .store
@@ -115,23 +136,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let cf = self.store.cf(CF_LOG)?;
-        let last = match self.store.db.iterator_cf(cf, IteratorMode::End).next() {
-            Some(item) => {
-                let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-                Some(
-                    decode::<Entry>(&v)
-                        .map_err(|e| StorageIOError::read_logs(&AnyErr(e)))?
-                        .log_id,
-                )
-            }
-            None => None,
-        };
-        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id: last.or(last_purged_log_id),
-        })
+        self.log_state()
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {

@@ -145,6 +145,7 @@ pub(crate) struct NodeInner {
     data_dir: Mutex<DataDir>,
     removed: AtomicBool,
     reader: StateReader,
+    log: LogStore,
     events: broadcast::Sender<AppliedEvent>,
     pub(crate) request_timeout: Duration,
     max_voters: usize,
@@ -194,6 +195,7 @@ impl ClusterNode {
             .map_err(|e| internal(e.to_string()))?;
         let reader = sm.reader();
         let log = LogStore::new(store).map_err(|e| internal(format!("cannot start the log's sync thread: {e}")))?;
+        let log_for_reads = log.clone();
 
         let heartbeat = config.heartbeat.as_millis().max(1) as u64;
         let election = config.election_timeout.as_millis().max(heartbeat as u128 * 3) as u64;
@@ -228,6 +230,7 @@ impl ClusterNode {
             data_dir: Mutex::new(data_dir),
             removed: AtomicBool::new(false),
             reader,
+            log: log_for_reads,
             events,
             request_timeout: config.request_timeout,
             max_voters: config.max_voters.max(1),
@@ -388,6 +391,18 @@ impl ClusterNode {
     /// Whether this node was removed from the cluster.
     pub fn is_removed(&self) -> bool {
         self.inner.removed.load(Ordering::SeqCst)
+    }
+
+    /// The index of the last entry in this node's log, read from the log
+    /// itself. Entries up to it were written before this call: the engine uses it to
+    /// tell work an earlier run of this process started from its own.
+    pub fn last_log_index(&self) -> Result<u64, ClusterError> {
+        let state = self
+            .inner
+            .log
+            .log_state()
+            .map_err(|e| ClusterError::Internal(format!("reading the log state: {e}")))?;
+        Ok(state.last_log_id.map(|l| l.index).unwrap_or(0))
     }
 
     /// Whether this node is in its effective membership (what its log and
@@ -603,7 +618,7 @@ impl ClusterNode {
         };
         match req {
             LeaderRequest::Write(cmd) => {
-                self.check_origin(origin)?;
+                self.check_origin(origin, deadline).await?;
                 match tokio::time::timeout(remaining(), raft.client_write(Command(cmd))).await {
                     Err(_) => Err(waited("the write")),
                     Ok(Ok(resp)) => Ok(LeaderResponse::Written {
@@ -617,7 +632,7 @@ impl ClusterNode {
                 }
             }
             LeaderRequest::ReadIndex => {
-                self.check_origin(origin)?;
+                self.check_origin(origin, deadline).await?;
                 match tokio::time::timeout(remaining(), raft.get_read_log_id()).await {
                     Err(_) => Err(waited("confirming leadership for a linearizable read")),
                     Ok(Ok((read, _))) => Ok(LeaderResponse::ReadIndex {
@@ -736,12 +751,24 @@ impl ClusterNode {
         });
     }
 
-    /// Refuses requests forwarded by a node that is no longer a member.
-    fn check_origin(&self, origin: NodeId) -> Result<(), ClusterError> {
-        if origin == self.inner.id || self.members().iter().any(|m| m.id == origin) {
-            Ok(())
-        } else {
-            Err(ClusterError::Removed { node_id: origin })
+    /// Refuses requests forwarded by a node that is no longer a member. This
+    /// node's view of the membership may be stale (a leader that restarted or
+    /// was cut off may not have seen the node join), and telling a node it
+    /// was removed is final: so only after confirming the leadership with a
+    /// quorum, which means holding every committed membership change.
+    async fn check_origin(&self, origin: NodeId, deadline: Instant) -> Result<(), ClusterError> {
+        let is_member = || origin == self.inner.id || self.members().iter().any(|m| m.id == origin);
+        if is_member() {
+            return Ok(());
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, self.inner.raft.get_read_log_id()).await {
+            Ok(Ok(_)) if !is_member() => Err(ClusterError::Removed { node_id: origin }),
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ClusterError::NoLeader {
+                waited_ms: 0,
+                detail: format!("node {origin} is unknown to this leader, which could not confirm its leadership"),
+            }),
         }
     }
 

@@ -66,9 +66,7 @@ pub struct EntryInfo {
     /// The leader that appended the entry (the leader of its term): work an
     /// entry starts belongs to this node.
     pub leader: NodeId,
-    /// The term the entry was appended in. A node leads at most one term in
-    /// its lifetime as a process, so "appended by me in my current term"
-    /// means "by this very process".
+    /// The term the entry was appended in.
     pub term: u64,
 }
 

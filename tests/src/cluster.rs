@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opsd_proto::v1::{GetResponse, ListResponse, PutResponse, StatusResponse};
@@ -83,7 +84,11 @@ pub struct Cluster {
     nodes: Vec<Node>,
     options: Options,
     dir: Option<TempDir>,
+    placement: Option<Placement>,
 }
+
+/// Adjusts each new node's config before it starts (see [`Cluster::set_placement`]).
+type Placement = Arc<dyn Fn(&mut NodeConfig) + Send + Sync>;
 
 impl Cluster {
     /// A cluster with no nodes yet, in a fresh temp dir; add nodes with
@@ -97,7 +102,16 @@ impl Cluster {
             nodes: Vec::new(),
             options,
             dir: Some(dir),
+            placement: None,
         }
+    }
+
+    /// Makes every node added from now on go through `place` before it
+    /// starts, so that a scenario can decide where a node runs: on another
+    /// address, or under a command prefix such as a network namespace (see
+    /// [`NodeConfig::command_prefix`]). Nodes already started keep their config.
+    pub fn set_placement(&mut self, place: impl Fn(&mut NodeConfig) + Send + Sync + 'static) {
+        self.placement = Some(Arc::new(place));
     }
 
     /// Forms an `n`-node cluster as an operator would: bootstraps `n1`, then
@@ -105,9 +119,25 @@ impl Cluster {
     /// the previous one is in. Returns when every node reports the same leader
     /// and all `n` members (voters up to the voter limit, learners beyond it).
     pub async fn start(n: usize, options: Options) -> Cluster {
+        Cluster::form(Cluster::empty(options), n).await
+    }
+
+    /// [`Cluster::start`], with every node placed by `place` first (see
+    /// [`Cluster::set_placement`]): for clusters whose nodes run elsewhere
+    /// than on loopback, such as each in its own network namespace.
+    pub async fn start_placed(
+        n: usize,
+        options: Options,
+        place: impl Fn(&mut NodeConfig) + Send + Sync + 'static,
+    ) -> Cluster {
+        let mut cluster = Cluster::empty(options);
+        cluster.set_placement(place);
+        Cluster::form(cluster, n).await
+    }
+
+    async fn form(mut cluster: Cluster, n: usize) -> Cluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let started = Instant::now();
-        let mut cluster = Cluster::empty(options);
         let config = cluster.node_config();
         let first = cluster.spawn(config);
         cluster.nodes[first].wait_ready(FORM_TIMEOUT).await;
@@ -169,10 +199,14 @@ impl Cluster {
 
     /// A config for the next node (`n{len+1}`), with fresh addresses, the
     /// cluster's options and `--join` set to every serving node's client
-    /// address (empty for the first node, which then bootstraps).
+    /// address (empty for the first node, which then bootstraps), then
+    /// placed as [`Cluster::set_placement`] says, if it was called.
     pub fn node_config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(&format!("n{}", self.nodes.len() + 1), self.dir(), self.options.clone());
         config.join = self.serving().iter().map(|&i| self.nodes[i].client_addr()).collect();
+        if let Some(place) = &self.placement {
+            place(&mut config);
+        }
         config
     }
 

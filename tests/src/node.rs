@@ -38,6 +38,11 @@ pub struct NodeConfig {
     pub options: Options,
     /// Where the process's stdout and stderr go (appended to across restarts).
     pub log_path: PathBuf,
+    /// A command opsd is started under, such as `ip netns exec NS` to run the
+    /// node in its own network namespace; empty (the default) starts opsd
+    /// directly. The wrapper must exec opsd in place (not fork it), so that
+    /// signals sent to the process reach opsd itself.
+    pub command_prefix: Vec<String>,
 }
 
 impl NodeConfig {
@@ -55,6 +60,7 @@ impl NodeConfig {
             join: Vec::new(),
             options,
             log_path: home.join("opsd.log"),
+            command_prefix: Vec::new(),
         }
     }
 
@@ -132,14 +138,27 @@ impl Node {
             .open(&self.config.log_path)
             .unwrap_or_else(|e| panic!("opening {}: {e}", self.config.log_path.display()));
         let args = self.config.args();
-        let _ = writeln!(log, "==== harness: {why} {}: opsd {}", self.config.name, args.join(" "));
+        let prefix: String = self.config.command_prefix.iter().map(|p| format!("{p} ")).collect();
+        let _ = writeln!(
+            log,
+            "==== harness: {why} {}: {prefix}opsd {}",
+            self.config.name,
+            args.join(" ")
+        );
         let start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let err = log
             .try_clone()
             .unwrap_or_else(|e| panic!("{}: {e}", self.config.log_path.display()));
 
         let bin = crate::opsd_bin();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match self.config.command_prefix.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&bin);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -177,6 +177,8 @@ pub struct RunRecord {
     pub node_id: u64,
     /// The term of that leader when it did.
     pub term: u64,
+    /// The log index of the entry that did (the start, or the takeover).
+    pub since: u64,
     /// The event's arguments.
     pub args: BTreeMap<String, String>,
     /// Who asked, why, from where, and when the run started.
@@ -491,6 +493,7 @@ fn enter_state(
         attempt: 1,
         node_id: entry.leader,
         term: entry.term,
+        since: entry.index,
         args: args.clone(),
         trigger: trigger.clone(),
         finished_at_ms: None,
@@ -828,6 +831,7 @@ pub fn take_over(txn: &mut Txn<'_>, entry: EntryInfo, index: u64, attempt: u32) 
     run.attempt = attempt;
     run.node_id = entry.leader;
     run.term = entry.term;
+    run.since = entry.index;
     append_log_lines(
         txn,
         &run,

@@ -373,6 +373,7 @@ mod scale {
                             attempt: 1,
                             node_id: 1,
                             term: 1,
+                            since: i + 1,
                             args: Default::default(),
                             trigger: Trigger {
                                 principal: "p".into(),

@@ -58,6 +58,10 @@ pub(crate) struct EngineCtx {
     pub providers: Providers,
     pub work_root: PathBuf,
     pub leadership: watch::Receiver<Option<u64>>,
+    /// The last log index when this process started its engine: a run given
+    /// to this node by an entry at or below it was given to an earlier
+    /// process (a restarted leader may even lead the same term again).
+    pub boot_index: u64,
 }
 
 impl EngineCtx {
@@ -93,7 +97,9 @@ impl Engine {
     /// Starts the actor system on its own thread, loads every resource, and
     /// follows the node's applied events and leadership.
     pub fn start(node: ClusterNode, providers: Providers, work_root: PathBuf) -> std::io::Result<Engine> {
+        let boot_index = node.last_log_index().map_err(std::io::Error::other)?;
         let ctx = Arc::new(EngineCtx {
+            boot_index,
             node_id: node.node_id(),
             runtime: tokio::runtime::Handle::current(),
             providers,

@@ -93,8 +93,9 @@ impl ResourceActor {
         }
     }
 
-    /// On the leader: executes the run in flight if this node started it in
-    /// its current term, else takes it over; elsewhere: executes nothing.
+    /// On the leader: executes the run in flight if this very process was
+    /// given it (by an entry of its current term, appended since it started),
+    /// else takes it over; elsewhere: executes nothing.
     fn drive(&mut self, ctx: &mut Context<Self>) {
         let (Some(term), Some(run)) = (self.ctx.leader_term(), self.active.clone()) else {
             self.abandon();
@@ -111,7 +112,7 @@ impl ResourceActor {
             }
             self.abandon();
         }
-        if run.node_id == self.ctx.node_id && run.term == term {
+        if run.node_id == self.ctx.node_id && run.term == term && run.since > self.ctx.boot_index {
             self.execute(run, ctx);
         } else if self.takeover != Some((run.index, run.attempt)) {
             self.take_over(run, ctx);

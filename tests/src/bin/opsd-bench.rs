@@ -179,14 +179,23 @@ async fn run(config: Config, data: PathBuf) {
             )
             .await;
             say!(
-                "transitions at {TRANSITION_WORKERS} concurrent: {} in {measure:?} = {:.1}/s, p50 {:.1} ms, p99 {:.1} ms, {} errors{}",
+                "transitions at {TRANSITION_WORKERS} concurrent: {} in {measure:?} = {:.1}/s, p50 {:.1} ms, p99 {:.1} ms, \
+                 {} Do calls refused as in flight and retried, {} errors{}",
                 t.completed,
                 t.per_s,
                 t.p50_ms,
                 t.p99_ms,
+                t.refused,
                 t.errors,
                 t.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
             );
+            if t.refused > 0 {
+                notes.push(format!(
+                    "transitions: {} Do calls were refused as \"run in flight\" although the watch had shown the \
+                     resource at rest, and were retried 2 ms later (their latency counts from the first try)",
+                    t.refused
+                ));
+            }
             if t.errors > 0 {
                 notes.push(format!("transitions: {} errors, first: {:?}", t.errors, t.first_error));
             }

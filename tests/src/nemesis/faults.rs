@@ -1,0 +1,470 @@
+//! The faults and their schedule. A run deals faults from a shuffled deck
+//! (every kind once per round, so even a short run sees each), holds each
+//! for a random while, heals it, and lets the cluster breathe for a random
+//! while before the next. Every choice (the order, which node, how long)
+//! comes from the run's seeded generator, so a seed replays its schedule;
+//! "the leader" is whichever node leads when the fault is dealt.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::net::Network;
+use super::rng::Rng;
+use super::workload::{connect, Targets};
+use crate::api::RemoveRequest;
+use crate::client;
+use crate::Cluster;
+
+/// The kinds of fault a run deals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// kill -9 a node (the leader half the time), restart it after the hold.
+    Kill,
+    /// SIGSTOP a node (the leader half the time), SIGCONT it after the hold.
+    Pause,
+    /// Cut the leader off from every other node (or take its link down).
+    IsolateLeader,
+    /// Split the nodes into a minority and a majority (1/2 of 3, 2/3 of 5).
+    Split,
+    /// Remove a node through `Cluster.Remove` and add a fresh one that joins.
+    Churn,
+    /// Two of kill, pause and a partition at once.
+    Combo,
+}
+
+impl Fault {
+    /// The name used in logs and the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Pause => "pause",
+            Fault::IsolateLeader => "isolate-leader",
+            Fault::Split => "split",
+            Fault::Churn => "churn",
+            Fault::Combo => "combo",
+        }
+    }
+
+    /// True for the faults that need network namespaces.
+    pub fn needs_network(self) -> bool {
+        matches!(self, Fault::IsolateLeader | Fault::Split)
+    }
+}
+
+/// Every kind of fault this machine can deal.
+pub fn deck(network: bool) -> Vec<Fault> {
+    [
+        Fault::Kill,
+        Fault::Pause,
+        Fault::IsolateLeader,
+        Fault::Split,
+        Fault::Churn,
+        Fault::Combo,
+    ]
+    .into_iter()
+    .filter(|f| network || !f.needs_network())
+    .collect()
+}
+
+/// How to undo one disruption.
+#[derive(Debug)]
+enum Undo {
+    Restart(usize),
+    Resume(usize),
+    Heal,
+}
+
+/// The fault injector of one cluster: owns the cluster while the workload
+/// runs against it, and keeps track of which nodes are members.
+pub struct Nemesis<'a> {
+    /// The cluster under test.
+    pub cluster: &'a mut Cluster,
+    net: Option<&'a Network>,
+    targets: Targets,
+    rng: Rng,
+    /// Nodes removed from the cluster (and killed for good).
+    pub retired: HashSet<usize>,
+    t0: Instant,
+    tag: String,
+    /// Faults dealt, by kind.
+    pub counts: BTreeMap<&'static str, usize>,
+    /// Each disruption as it happened, with its time since the run's start.
+    pub log: Vec<String>,
+    /// Things that did not go as planned but break no rule (a removal that
+    /// timed out), for the summary.
+    pub notes: Vec<String>,
+    deck: Vec<Fault>,
+    dealt: Vec<Fault>,
+}
+
+impl<'a> Nemesis<'a> {
+    /// An injector for `cluster`, with partitions through `net` if given.
+    pub fn new(cluster: &'a mut Cluster, net: Option<&'a Network>, targets: Targets, rng: Rng, tag: &str) -> Self {
+        let deck = deck(net.is_some());
+        let nem = Nemesis {
+            cluster,
+            net,
+            targets,
+            rng,
+            retired: HashSet::new(),
+            t0: Instant::now(),
+            tag: tag.to_string(),
+            counts: BTreeMap::new(),
+            log: Vec::new(),
+            notes: Vec::new(),
+            deck,
+            dealt: Vec::new(),
+        };
+        nem.publish();
+        nem
+    }
+
+    fn say(&mut self, what: String) {
+        let line = format!("+{:.1}s {what}", self.t0.elapsed().as_secs_f64());
+        eprintln!("[nemesis {}] {line}", self.tag);
+        self.log.push(line);
+    }
+
+    /// Indexes of the nodes that are members (not removed), up or down.
+    pub fn members(&self) -> Vec<usize> {
+        (0..self.cluster.len()).filter(|i| !self.retired.contains(i)).collect()
+    }
+
+    /// Members that can answer now (running, not paused).
+    pub fn up(&self) -> Vec<usize> {
+        self.members()
+            .into_iter()
+            .filter(|&i| self.cluster.node(i).is_serving())
+            .collect()
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.cluster.node(i).name().to_string()
+    }
+
+    /// Tells the clients which nodes to use: every member, up or not.
+    fn publish(&self) {
+        self.targets.set(
+            self.members()
+                .iter()
+                .map(|&i| self.cluster.node(i).client_addr())
+                .collect(),
+        );
+    }
+
+    /// The node that says it leads, with the highest term, among the members
+    /// that answer within a second and a half; `None` if none does.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut asks = JoinSet::new();
+        for i in self.up() {
+            let addr = self.cluster.node(i).client_addr();
+            asks.spawn(async move { (i, client::status(&addr, Duration::from_millis(1500)).await) });
+        }
+        let mut best: Option<(u64, usize)> = None;
+        while let Some(answer) = asks.join_next().await {
+            if let Ok((i, Ok(s))) = answer {
+                if s.role == "leader" && best.is_none_or(|(term, _)| s.term > term) {
+                    best = Some((s.term, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// A node to hurt: the leader with probability `leader_p` (if one is
+    /// known and not excluded), else one of the running members not excluded.
+    async fn target(&mut self, leader_p: f64, exclude: &[usize]) -> Option<(usize, bool)> {
+        if self.rng.chance(leader_p) {
+            if let Some(l) = self.leader().await {
+                if !exclude.contains(&l) {
+                    return Some((l, true));
+                }
+            }
+        }
+        let candidates: Vec<usize> = self.up().into_iter().filter(|i| !exclude.contains(i)).collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let i = *self.rng.pick(&candidates);
+        Some((i, false))
+    }
+
+    /// Deals the next fault from the deck (reshuffled each round).
+    pub fn next_fault(&mut self) -> Fault {
+        if self.dealt.is_empty() {
+            self.dealt = self.deck.clone();
+            self.rng.shuffle(&mut self.dealt);
+        }
+        self.dealt.pop().expect("the deck is never empty")
+    }
+
+    /// Deals one fault, holds it for `hold`, and heals it.
+    pub async fn inject(&mut self, fault: Fault, hold: Duration) {
+        *self.counts.entry(fault.name()).or_default() += 1;
+        if fault == Fault::Churn {
+            self.churn().await;
+            return;
+        }
+        let undo = if fault == Fault::Combo {
+            let mut parts = vec![Fault::Kill, Fault::Pause];
+            if self.net.is_some() {
+                parts.push(if self.rng.chance(0.5) {
+                    Fault::IsolateLeader
+                } else {
+                    Fault::Split
+                });
+            }
+            self.rng.shuffle(&mut parts);
+            self.say(format!("combo: {} + {}", parts[0].name(), parts[1].name()));
+            let mut undo = self.disrupt(parts[0], &[]).await;
+            let hurt: Vec<usize> = undo
+                .iter()
+                .filter_map(|u| match u {
+                    Undo::Restart(i) | Undo::Resume(i) => Some(*i),
+                    Undo::Heal => None,
+                })
+                .collect();
+            undo.extend(self.disrupt(parts[1], &hurt).await);
+            undo
+        } else {
+            self.disrupt(fault, &[]).await
+        };
+        tokio::time::sleep(hold).await;
+        self.undo(undo).await;
+    }
+
+    async fn disrupt(&mut self, fault: Fault, exclude: &[usize]) -> Vec<Undo> {
+        match fault {
+            Fault::Kill => match self.target(0.5, exclude).await {
+                Some((i, leader)) => {
+                    self.cluster.node(i).kill9();
+                    self.say(format!(
+                        "kill -9 {}{}",
+                        self.name(i),
+                        if leader { " (leader)" } else { "" }
+                    ));
+                    vec![Undo::Restart(i)]
+                }
+                None => Vec::new(),
+            },
+            Fault::Pause => match self.target(0.5, exclude).await {
+                Some((i, leader)) => {
+                    self.cluster.node(i).sigstop();
+                    self.say(format!(
+                        "SIGSTOP {}{}",
+                        self.name(i),
+                        if leader { " (leader)" } else { "" }
+                    ));
+                    vec![Undo::Resume(i)]
+                }
+                None => Vec::new(),
+            },
+            Fault::IsolateLeader => {
+                let Some(net) = self.net else { return Vec::new() };
+                let members = self.members();
+                let (l, known) = match self.leader().await {
+                    Some(l) => (l, true),
+                    None => (*self.rng.pick(&members), false),
+                };
+                let who = format!(
+                    "{}{}",
+                    self.name(l),
+                    if known { " (leader)" } else { " (no leader known)" }
+                );
+                if self.rng.chance(0.3) {
+                    match net.set_link(&self.name(l), false) {
+                        Ok(()) => self.say(format!("link of {who} down")),
+                        Err(e) => panic!("taking the link of {who} down: {e}"),
+                    }
+                } else {
+                    let others: Vec<String> = members.iter().filter(|&&i| i != l).map(|&i| self.name(i)).collect();
+                    net.partition(&[vec![self.name(l)], others])
+                        .unwrap_or_else(|e| panic!("isolating {who}: {e}"));
+                    self.say(format!("isolate {who} from the other nodes"));
+                }
+                vec![Undo::Heal]
+            }
+            Fault::Split => {
+                let Some(net) = self.net else { return Vec::new() };
+                let mut members = self.members();
+                self.rng.shuffle(&mut members);
+                let minority = (members.len().saturating_sub(1)) / 2;
+                let names = |side: &[usize]| side.iter().map(|&i| self.name(i)).collect::<Vec<_>>();
+                let (a, b) = (names(&members[..minority]), names(&members[minority..]));
+                net.partition(&[a.clone(), b.clone()])
+                    .unwrap_or_else(|e| panic!("splitting {a:?} from {b:?}: {e}"));
+                self.say(format!("split {a:?} | {b:?}"));
+                vec![Undo::Heal]
+            }
+            Fault::Churn | Fault::Combo => unreachable!("not a single disruption"),
+        }
+    }
+
+    async fn undo(&mut self, undo: Vec<Undo>) {
+        for u in undo {
+            match u {
+                Undo::Restart(i) => {
+                    if !self.cluster.node(i).is_running() {
+                        self.cluster.node(i).restart();
+                        self.say(format!("restart {}", self.name(i)));
+                    }
+                }
+                Undo::Resume(i) => {
+                    if self.cluster.node(i).is_paused() {
+                        self.cluster.node(i).sigcont();
+                        self.say(format!("SIGCONT {}", self.name(i)));
+                    }
+                }
+                Undo::Heal => {
+                    if let Some(net) = self.net {
+                        net.heal().unwrap_or_else(|e| panic!("healing the network: {e}"));
+                        self.say("heal the network".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Heals everything: the network, paused nodes, killed members.
+    pub async fn heal_all(&mut self) {
+        let mut undo = vec![Undo::Heal];
+        for i in self.members() {
+            undo.push(Undo::Resume(i));
+            undo.push(Undo::Restart(i));
+        }
+        self.undo(undo).await;
+    }
+
+    /// Membership churn under load: remove a member and add a fresh node, in
+    /// either order, keeping the cluster within one node of its size.
+    async fn churn(&mut self) {
+        let size = self.members().len();
+        let remove_first = self.rng.chance(0.5);
+        if remove_first && size > 2 {
+            self.remove_one().await;
+            self.add_one().await;
+        } else {
+            self.add_one().await;
+            self.remove_one().await;
+        }
+    }
+
+    /// The member ids a node reports, if it answers.
+    async fn member_ids(&self, i: usize) -> Option<Vec<u64>> {
+        client::status(&self.cluster.node(i).client_addr(), Duration::from_millis(1500))
+            .await
+            .ok()
+            .map(|s| s.members.iter().map(|m| m.id).collect())
+    }
+
+    /// Removes a running member (the leader a third of the time) through
+    /// another member's API; once the cluster confirms it is gone, kills it
+    /// for good. A removal that is not confirmed leaves the node a member.
+    async fn remove_one(&mut self) {
+        let up = self.up();
+        if up.len() < 2 {
+            self.notes
+                .push("churn: fewer than two members up, nothing removed".into());
+            return;
+        }
+        let Some((target, leader)) = self.target(0.33, &[]).await else {
+            return;
+        };
+        let id = self.cluster.node(target).id();
+        if id == 0 {
+            // A node added by an earlier churn that has not finished joining: its id is not known yet.
+            self.notes.push(format!(
+                "churn: {} has not joined yet, nothing removed",
+                self.name(target)
+            ));
+            return;
+        }
+        let via_candidates: Vec<usize> = up.iter().copied().filter(|&i| i != target).collect();
+        let via = *self.rng.pick(&via_candidates);
+        let who = format!("{}{}", self.name(target), if leader { " (leader)" } else { "" });
+        self.say(format!("remove {who} (id {id}) through {}", self.name(via)));
+        let started = Instant::now();
+        let mut c = connect(&self.cluster.node(via).client_addr());
+        let answer = loop {
+            match c.cluster.remove(RemoveRequest { node_id: id }).await {
+                Ok(_) => break "removed".to_string(),
+                Err(e) if e.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(20) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => break super::history::describe(&e),
+            }
+        };
+        // Confirmed when every other member that answers no longer lists it.
+        let mut confirmed = false;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let mut views = 0;
+            let mut gone = true;
+            for &i in &via_candidates {
+                if let Some(ids) = self.member_ids(i).await {
+                    views += 1;
+                    gone &= !ids.contains(&id);
+                }
+            }
+            if views > 0 && gone {
+                confirmed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if confirmed {
+            self.cluster.node(target).kill9();
+            self.retired.insert(target);
+            self.publish();
+            self.say(format!("{who} is out ({answer}); killed it for good"));
+        } else {
+            let note = format!("churn: removing {who} was answered {answer:?} and not confirmed; it stays a member");
+            self.say(note.clone());
+            self.notes.push(note);
+        }
+    }
+
+    /// Starts a fresh node that joins through the serving members; once the
+    /// cluster lists it, clients use it too.
+    async fn add_one(&mut self) {
+        let config = self.cluster.node_config();
+        let i = self.cluster.spawn(config);
+        self.say(format!("add {} (joining)", self.name(i)));
+        self.publish();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut id = 0;
+        while Instant::now() < deadline && self.cluster.node(i).is_running() {
+            if id == 0 {
+                id = match self.cluster.node(i).status().await {
+                    Ok(s) => s.node_id,
+                    Err(_) => 0,
+                };
+            }
+            if id != 0 {
+                let others: Vec<usize> = self.up().into_iter().filter(|&j| j != i).collect();
+                for j in others {
+                    if self.member_ids(j).await.is_some_and(|ids| ids.contains(&id)) {
+                        // Node::id() is learned by wait_ready; it answers at once now.
+                        self.cluster.node(i).wait_ready(Duration::from_secs(5)).await;
+                        self.say(format!("{} (id {id}) is a member", self.name(i)));
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let note = format!(
+            "churn: {} did not become a member within 30 s ({}); it is left to finish joining",
+            self.name(i),
+            if self.cluster.node(i).is_running() {
+                "still running"
+            } else {
+                "it exited"
+            }
+        );
+        self.say(note.clone());
+        self.notes.push(note);
+    }
+}
