@@ -251,9 +251,10 @@ impl ClusterNode {
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let mut stop = self.inner.shutdown.subscribe();
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Nagle's algorithm off: each reply would otherwise wait ~40 ms
+            // for the peer's delayed ACK.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;

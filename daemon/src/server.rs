@@ -164,7 +164,7 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyh
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
         .add_service(SettingsServer::new(SettingsService::new(node.clone(), stop.clone())))
         .add_service(ResourcesServer::new(ResourcesService::new(node, engine, stop)))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(nodelay(listener), async move {
             tokio::select! {
                 _ = term.recv() => info!("SIGTERM: shutting down"),
                 _ = int.recv() => info!("SIGINT: shutting down"),
@@ -174,6 +174,12 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyh
         .await
         .context("client API server")?;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: a small reply would
+/// otherwise wait for the client's delayed ACK, about 40 ms per request.
+fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// A client of a member's Cluster service.

@@ -38,10 +38,12 @@ pub fn etcd_bin() -> PathBuf {
 
 /// The first line of `etcd --version` (e.g. `etcd Version: 3.4.23`), for the report.
 pub fn version() -> anyhow::Result<String> {
-    let out = Command::new(etcd_bin())
-        .arg("--version")
-        .output()
-        .with_context(|| format!("running {} --version (is etcd installed? `make bench` installs it)", etcd_bin().display()))?;
+    let out = Command::new(etcd_bin()).arg("--version").output().with_context(|| {
+        format!(
+            "running {} --version (is etcd installed? `make bench` installs it)",
+            etcd_bin().display()
+        )
+    })?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text.lines().next().unwrap_or("unknown").trim().to_string())
 }
@@ -84,7 +86,12 @@ fn random() -> u64 {
 fn member_addresses(taken: &[SocketAddr]) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     for _ in 0..64 {
         let r = random();
-        let ip = Ipv4Addr::new(127, 1 + (r % 254) as u8, ((r >> 8) % 256) as u8, 1 + ((r >> 16) % 254) as u8);
+        let ip = Ipv4Addr::new(
+            127,
+            1 + (r % 254) as u8,
+            ((r >> 8) % 256) as u8,
+            1 + ((r >> 16) % 254) as u8,
+        );
         let client = SocketAddr::from((ip, 2379));
         let peer = SocketAddr::from((ip, 2380));
         if taken.contains(&client) {
@@ -241,6 +248,10 @@ fn spawn(log_path: &Path, args: &[String]) -> anyhow::Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn()
-        .with_context(|| format!("starting {} (is etcd installed? `make bench` installs it)", etcd_bin().display()))
+    cmd.spawn().with_context(|| {
+        format!(
+            "starting {} (is etcd installed? `make bench` installs it)",
+            etcd_bin().display()
+        )
+    })
 }

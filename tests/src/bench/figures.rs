@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use opsd_tests::api::resources_client::ResourcesClient;
 use opsd_tests::api::settings_client::SettingsClient;
-use opsd_tests::api::{resource_event, CreateResourceRequest, DoRequest, GetResourceRequest, PutRequest, WatchResourceRequest};
+use opsd_tests::api::{
+    resource_event, CreateResourceRequest, DoRequest, GetResourceRequest, PutRequest, WatchResourceRequest,
+};
 use opsd_tests::resources as res;
 use opsd_tests::{client, Cluster, Options, FORM_TIMEOUT};
 use tonic::transport::Channel;
@@ -86,7 +88,10 @@ pub struct Transitions {
 /// Waits on `watch` for the resource to rest at a version after `index`
 /// (a run finished after the Do at `index`). Returns false if the stream
 /// ended or failed (the caller re-reads).
-async fn rested_after(watch: &mut tonic::Streaming<opsd_tests::api::ResourceEvent>, index: u64) -> Result<bool, String> {
+async fn rested_after(
+    watch: &mut tonic::Streaming<opsd_tests::api::ResourceEvent>,
+    index: u64,
+) -> Result<bool, String> {
     loop {
         match tokio::time::timeout(Duration::from_secs(30), watch.message()).await {
             Err(_) => return Err("no resource event within 30 s".into()),
@@ -125,7 +130,12 @@ async fn open_watch(
 }
 
 /// Whether the resource rests now at a version after `index` (a linearizable read).
-async fn rests_after(client: &mut ResourcesClient<Channel>, kind: &str, name: &str, index: u64) -> Result<bool, String> {
+async fn rests_after(
+    client: &mut ResourcesClient<Channel>,
+    kind: &str,
+    name: &str,
+    index: u64,
+) -> Result<bool, String> {
     let r = client
         .get(GetResourceRequest {
             kind: kind.into(),
@@ -290,7 +300,13 @@ pub async fn failover(cluster: &Cluster, kills: usize) -> Vec<Duration> {
             .map(|a| client::connect_with(&a, Some(Duration::from_secs(10))).settings)
             .collect();
         for c in &clients {
-            let _ = c.clone().get(opsd_tests::api::GetRequest { key: "failover/none".into(), stale: true }).await;
+            let _ = c
+                .clone()
+                .get(opsd_tests::api::GetRequest {
+                    key: "failover/none".into(),
+                    stale: true,
+                })
+                .await;
         }
         let acked = Arc::new(AtomicBool::new(false));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
@@ -322,7 +338,12 @@ pub async fn failover(cluster: &Cluster, kills: usize) -> Vec<Duration> {
             .await
             .ok()
             .flatten()
-            .unwrap_or_else(|| panic!("kill {}: no write was acknowledged within 60 s of killing the leader", k + 1));
+            .unwrap_or_else(|| {
+                panic!(
+                    "kill {}: no write was acknowledged within 60 s of killing the leader",
+                    k + 1
+                )
+            });
         acked.store(true, Ordering::SeqCst);
         for w in writers {
             w.abort();
@@ -372,7 +393,12 @@ pub async fn join_catchup(cluster: &mut Cluster, keys: u64) -> Join {
     let started = Instant::now();
     let new = cluster.spawn(config);
     loop {
-        let leader_applied = cluster.node(leader).status().await.map(|s| s.applied_index).unwrap_or(u64::MAX);
+        let leader_applied = cluster
+            .node(leader)
+            .status()
+            .await
+            .map(|s| s.applied_index)
+            .unwrap_or(u64::MAX);
         if let Ok(s) = cluster.node(new).status().await {
             if s.node_id != 0 && s.applied_index >= leader_applied {
                 return Join {
@@ -387,7 +413,11 @@ pub async fn join_catchup(cluster: &mut Cluster, keys: u64) -> Join {
             "the new node did not catch up within 600 s; its log: {}",
             cluster.node(new).log_path().display()
         );
-        assert!(cluster.node(new).is_running(), "the new node exited:\n{}", cluster.node(new).log_tail(40));
+        assert!(
+            cluster.node(new).is_running(),
+            "the new node exited:\n{}",
+            cluster.node(new).log_tail(40)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -423,11 +453,15 @@ pub async fn many_resources(target: u64, budget: Duration) -> Resources {
         idle_rss_mb: rss_mb(node.pid().expect("the node runs")),
         ..Default::default()
     };
-    res::apply_kind(&addr, PARKED_KIND).await.expect("applying the parked kind");
+    res::apply_kind(&addr, PARKED_KIND)
+        .await
+        .expect("applying the parked kind");
 
     let sock: std::net::SocketAddr = addr.parse().expect("HOST:PORT");
     let workers = 256;
-    let channels: Vec<Channel> = (0..workers / load::CLIENTS_PER_CONN).map(|_| load::channel(sock)).collect();
+    let channels: Vec<Channel> = (0..workers / load::CLIENTS_PER_CONN)
+        .map(|_| load::channel(sock))
+        .collect();
     let next = Arc::new(AtomicU64::new(0));
     let created = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -498,7 +532,11 @@ pub async fn many_resources(target: u64, budget: Duration) -> Resources {
     out.rss_after_create_mb = rss_mb(node.pid().expect("the node runs"));
 
     let exit = node.terminate(Duration::from_secs(120)).await;
-    assert!(exit.status.success(), "the node did not stop cleanly: {:?}", exit.status);
+    assert!(
+        exit.status.success(),
+        "the node did not stop cleanly: {:?}",
+        exit.status
+    );
     let probe = format!("r{:06}", out.created.saturating_sub(1));
     let restarted = Instant::now();
     node.restart();
@@ -515,7 +553,11 @@ pub async fn many_resources(target: u64, budget: Duration) -> Resources {
             out.restart_serving = restarted.elapsed();
             break;
         }
-        assert!(node.is_running(), "the node exited after the restart:\n{}", node.log_tail(40));
+        assert!(
+            node.is_running(),
+            "the node exited after the restart:\n{}",
+            node.log_tail(40)
+        );
         assert!(
             restarted.elapsed() < Duration::from_secs(600),
             "the node did not serve within 600 s of the restart"

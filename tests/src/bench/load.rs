@@ -277,7 +277,11 @@ pub async fn fill(
                 let mut tries = 0;
                 while let Err(e) = client.call(Workload::Put, key_of(i), &value).await {
                     tries += 1;
-                    assert!(tries < 50, "filling: writing key {} failed 50 times; last: {e}", key_of(i));
+                    assert!(
+                        tries < 50,
+                        "filling: writing key {} failed 50 times; last: {e}",
+                        key_of(i)
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -124,7 +124,10 @@ pub fn figures_table(f: &Figures) -> String {
         ("leader failover, median of kills", show(f.failover_ms_median, "ms")),
         ("leader failover, max", show(f.failover_ms_max, "ms")),
         ("new node joins 100k keys, catch-up", show(f.join_catchup_ms, "ms")),
-        ("restart to serving, 100k resources", show(f.restart_serving_ms_100k, "ms")),
+        (
+            "restart to serving, 100k resources",
+            show(f.restart_serving_ms_100k, "ms"),
+        ),
         ("RSS, 100k resources", show(f.rss_mb_100k, "MiB")),
         ("RSS, fresh idle node", show(f.idle_rss_mb, "MiB")),
     ];
@@ -165,12 +168,23 @@ pub fn machine(workspace: &Path, bench_dir: &Path, etcd_version: &str) -> Vec<St
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     let df = command_output("df", &["-hT", &bench_dir.display().to_string()], workspace);
-    let disk = df.lines().nth(1).unwrap_or("unknown").split_whitespace().collect::<Vec<_>>();
+    let disk = df
+        .lines()
+        .nth(1)
+        .unwrap_or("unknown")
+        .split_whitespace()
+        .collect::<Vec<_>>();
     let disk = match disk.as_slice() {
         [dev, fs, size, ..] => {
             let name = dev.trim_start_matches("/dev/");
             let rotational = std::fs::read_to_string(format!("/sys/block/{name}/queue/rotational"))
-                .map(|r| if r.trim() == "0" { ", non-rotational" } else { ", rotational" })
+                .map(|r| {
+                    if r.trim() == "0" {
+                        ", non-rotational"
+                    } else {
+                        ", rotational"
+                    }
+                })
                 .unwrap_or("");
             format!("{dev} ({fs}, {size}{rotational})")
         }

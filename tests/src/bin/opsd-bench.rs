@@ -164,20 +164,18 @@ async fn run(config: Config, data: PathBuf) {
     let mut notes: Vec<String> = Vec::new();
     let mut figs = Figures::default();
 
-    if ["rows", "transitions", "failover", "join"].iter().any(|p| config.wants(p)) {
+    if ["rows", "transitions", "failover", "join"]
+        .iter()
+        .any(|p| config.wants(p))
+    {
         let mut cluster = Cluster::start(3, Options::default()).await;
         if config.wants("rows") {
             rows = compare(&config, &cluster, &data, warmup, measure, &mut notes).await;
         }
         if config.wants("transitions") {
             let leader = cluster.leader().await;
-            let t = figures::transitions(
-                &cluster.node(leader).client_addr(),
-                TRANSITION_WORKERS,
-                warmup,
-                measure,
-            )
-            .await;
+            let t =
+                figures::transitions(&cluster.node(leader).client_addr(), TRANSITION_WORKERS, warmup, measure).await;
             say!(
                 "transitions at {TRANSITION_WORKERS} concurrent: {} in {measure:?} = {:.1}/s, p50 {:.1} ms, p99 {:.1} ms, \
                  {} Do calls refused as in flight and retried, {} errors{}",
@@ -223,10 +221,10 @@ async fn run(config: Config, data: PathBuf) {
         if config.wants("join") {
             let j = figures::join_catchup(&mut cluster, config.join_keys).await;
             say!(
-                "a new node caught up with {} keys (applied index {}) in {:.0?}",
+                "a new node caught up with {} keys (applied index {}) in {} ms",
                 config.join_keys,
                 j.index,
-                j.catchup
+                j.catchup.as_millis()
             );
             notes.push(format!(
                 "join: the {} keys were written in {:.1} s ({:.0}/s at 256 clients); the new node caught up to applied index {}",
@@ -244,13 +242,13 @@ async fn run(config: Config, data: PathBuf) {
         let r = figures::many_resources(config.resources, config.create_budget).await;
         say!(
             "idle RSS {:.1} MiB; created {} resources in {:.1?} ({:.0}/s); RSS after creating {:.1} MiB; \
-             restart to serving {:.0?}; RSS after restart {:.1} MiB",
+             restart to serving {} ms; RSS after restart {:.1} MiB",
             r.idle_rss_mb,
             r.created,
             r.create_time,
             r.created as f64 / r.create_time.as_secs_f64(),
             r.rss_after_create_mb,
-            r.restart_serving,
+            r.restart_serving.as_millis(),
             r.rss_after_restart_mb
         );
         notes.push(format!(
@@ -270,7 +268,11 @@ async fn run(config: Config, data: PathBuf) {
 
     let mut text = String::new();
     text.push_str(&machine.iter().map(|l| format!("- {l}\n")).collect::<String>());
-    text.push_str(&format!("- {} s measured per row after {:.1} s of warm-up\n\n", config.seconds, warmup.as_secs_f64()));
+    text.push_str(&format!(
+        "- {} s measured per row after {:.1} s of warm-up\n\n",
+        config.seconds,
+        warmup.as_secs_f64()
+    ));
     if !rows.is_empty() {
         text.push_str(&report::table(&rows));
         text.push('\n');

@@ -262,39 +262,45 @@ fn check_key<'a>(key: &str, ops: &[&'a Op], budget: u64, f: &mut Findings) {
 
     // Every value seen, at which revision, by whom.
     let mut revision_of: HashMap<&'a str, (u64, &'a Op)> = HashMap::new();
+    // Each finding about a value is reported once, at its first sighting.
+    let mut reported: HashSet<&'a str> = HashSet::new();
     let mut observe = |value: &'a str, revision: u64, by: &'a Op, f: &mut Findings| {
-        match writers.get(value) {
-            Some(w) => match &w.outcome {
-                Outcome::Failed { why } => f.anomalies.push(format!(
-                    "key {key}: value {value:?} was written by #{} which was told it was not applied ({why}), \
-                         yet {} sees it at revision {revision}",
-                    w.id,
-                    by.describe()
-                )),
-                Outcome::Refused { why } => f.anomalies.push(format!(
-                    "key {key}: value {value:?} was written by #{} whose compare-and-set was refused ({why}), \
-                         yet {} sees it at revision {revision}",
-                    w.id,
-                    by.describe()
-                )),
-                _ => {}
-            },
-            None => {
+        let Some(w) = writers.get(value) else {
+            if reported.insert(value) {
                 f.anomalies.push(format!(
                     "key {key}: {} sees value {value:?} at revision {revision}, which no client wrote",
                     by.describe()
                 ));
-                return;
             }
+            return;
         };
         match revision_of.get(value) {
-            Some((r, first)) if *r != revision => f.anomalies.push(format!(
-                "key {key}: value {value:?}, written once, is at revision {r} for #{} and at revision {revision} \
-                 for #{}: applied twice",
-                first.id, by.id
-            )),
+            Some((r, first)) if *r != revision => {
+                if reported.insert(value) {
+                    f.anomalies.push(format!(
+                        "key {key}: value {value:?}, written once, is at revision {r} for #{} and at revision \
+                         {revision} for #{}: applied twice",
+                        first.id, by.id
+                    ));
+                }
+            }
             Some(_) => {}
             None => {
+                match &w.outcome {
+                    Outcome::Failed { why } => f.anomalies.push(format!(
+                        "key {key}: value {value:?} was written by #{} which was told it was not applied ({why}), \
+                         yet {} sees it at revision {revision}",
+                        w.id,
+                        by.describe()
+                    )),
+                    Outcome::Refused { why } => f.anomalies.push(format!(
+                        "key {key}: value {value:?} was written by #{} whose compare-and-set was refused ({why}), \
+                         yet {} sees it at revision {revision}",
+                        w.id,
+                        by.describe()
+                    )),
+                    _ => {}
+                }
                 revision_of.insert(value, (revision, by));
             }
         }
@@ -335,7 +341,10 @@ fn check_key<'a>(key: &str, ops: &[&'a Op], budget: u64, f: &mut Findings) {
                 }
                 true
             }
-            Outcome::Unknown { .. } => op.written_value().is_some_and(|v| revision_of.contains_key(v)),
+            // Seen, so applied, whatever the client was told (a wrong answer is reported above).
+            Outcome::Unknown { .. } | Outcome::Failed { .. } | Outcome::Refused { .. } => {
+                op.written_value().is_some_and(|v| revision_of.contains_key(v))
+            }
             _ => false,
         };
         if let (true, Cond::Revision(r)) = (applied, Cond::of(&op.call)) {
@@ -376,6 +385,8 @@ fn check_key<'a>(key: &str, ops: &[&'a Op], budget: u64, f: &mut Findings) {
     let nanos = |d: std::time::Duration| d.as_nanos().min(u64::MAX as u128 - 1) as u64;
     let mut model: Vec<ModelOp> = Vec::new();
     for &op in ops {
+        // Operations that may take effect any time after they were sent have no end.
+        let mut open_ended = false;
         let kind = match (&op.call, &op.outcome) {
             (Call::Read, Outcome::Read { value }) => {
                 match value {
@@ -399,11 +410,18 @@ fn check_key<'a>(key: &str, ops: &[&'a Op], budget: u64, f: &mut Findings) {
                     prev,
                 }
             }
-            (call, Outcome::Unknown { .. }) => {
+            // A write told "not applied" or "refused" whose value was seen anyway
+            // is reported above; for the search it counts as unknown, so that
+            // the rest of the key's history is still checked.
+            (call @ (Call::Put { .. } | Call::Cas { .. }), outcome)
+                if matches!(outcome, Outcome::Unknown { .. })
+                    || op.written_value().is_some_and(|v| revision_of.contains_key(v)) =>
+            {
                 let v = op.written_value().unwrap_or("");
                 if !revision_of.contains_key(v) {
                     continue; // never seen: it did not happen (see the module's doc)
                 }
+                open_ended = true;
                 Kind::Write {
                     value: intern(v),
                     cond: Cond::of(call),
@@ -413,10 +431,9 @@ fn check_key<'a>(key: &str, ops: &[&'a Op], budget: u64, f: &mut Findings) {
             (call @ Call::Cas { .. }, Outcome::Refused { .. }) => Kind::Refused(Cond::of(call)),
             _ => continue,
         };
-        let unknown = matches!(op.outcome, Outcome::Unknown { .. });
         model.push(ModelOp {
             start: nanos(op.start),
-            end: if unknown {
+            end: if open_ended {
                 u64::MAX
             } else {
                 nanos(op.end).max(nanos(op.start))
@@ -603,6 +620,27 @@ mod tests {
         let f = check(&h, 1_000_000);
         assert!(f.anomalies.iter().any(|a| a.contains("not applied")), "{f:?}");
         assert!(f.anomalies.iter().any(|a| a.contains("no client wrote")), "{f:?}");
+    }
+
+    #[test]
+    fn a_write_told_not_applied_that_was_applied_is_one_anomaly() {
+        let h = vec![
+            op(
+                0,
+                "u/1",
+                put("x"),
+                0,
+                10,
+                Outcome::Failed {
+                    why: "UNAVAILABLE".into(),
+                },
+            ),
+            op(1, "u/1", Call::Read, 20, 21, read(Some(("x", 5)))),
+            fin(op(2, "u/1", Call::Read, 40, 41, read(Some(("x", 5))))),
+        ];
+        let f = check(&h, 1_000_000);
+        assert_eq!(f.anomalies.len(), 1, "{f:?}");
+        assert!(f.lost.is_empty(), "{f:?}");
     }
 
     #[test]

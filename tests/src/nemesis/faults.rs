@@ -100,8 +100,17 @@ pub struct Nemesis<'a> {
 }
 
 impl<'a> Nemesis<'a> {
-    /// An injector for `cluster`, with partitions through `net` if given.
-    pub fn new(cluster: &'a mut Cluster, net: Option<&'a Network>, targets: Targets, rng: Rng, tag: &str) -> Self {
+    /// An injector for `cluster`, with partitions through `net` if given; its
+    /// log's times count from `t0` (the history's start, so that faults and
+    /// operations line up).
+    pub fn new(
+        cluster: &'a mut Cluster,
+        net: Option<&'a Network>,
+        targets: Targets,
+        rng: Rng,
+        tag: &str,
+        t0: Instant,
+    ) -> Self {
         let deck = deck(net.is_some());
         let nem = Nemesis {
             cluster,
@@ -109,7 +118,7 @@ impl<'a> Nemesis<'a> {
             targets,
             rng,
             retired: HashSet::new(),
-            t0: Instant::now(),
+            t0,
             tag: tag.to_string(),
             counts: BTreeMap::new(),
             log: Vec::new(),
@@ -175,8 +184,12 @@ impl<'a> Nemesis<'a> {
 
     /// A node to hurt: the leader with probability `leader_p` (if one is
     /// known and not excluded), else one of the running members not excluded.
+    /// Draws the same random numbers whatever the cluster's state, so that
+    /// the rest of the schedule does not depend on who led when.
     async fn target(&mut self, leader_p: f64, exclude: &[usize]) -> Option<(usize, bool)> {
-        if self.rng.chance(leader_p) {
+        let want_leader = self.rng.chance(leader_p);
+        let roll = self.rng.next_u64();
+        if want_leader {
             if let Some(l) = self.leader().await {
                 if !exclude.contains(&l) {
                     return Some((l, true));
@@ -187,8 +200,7 @@ impl<'a> Nemesis<'a> {
         if candidates.is_empty() {
             return None;
         }
-        let i = *self.rng.pick(&candidates);
-        Some((i, false))
+        Some((candidates[(roll % candidates.len() as u64) as usize], false))
     }
 
     /// Deals the next fault from the deck (reshuffled each round).
@@ -264,16 +276,17 @@ impl<'a> Nemesis<'a> {
             Fault::IsolateLeader => {
                 let Some(net) = self.net else { return Vec::new() };
                 let members = self.members();
+                let (roll, link_down) = (self.rng.next_u64(), self.rng.chance(0.3));
                 let (l, known) = match self.leader().await {
                     Some(l) => (l, true),
-                    None => (*self.rng.pick(&members), false),
+                    None => (members[(roll % members.len() as u64) as usize], false),
                 };
                 let who = format!(
                     "{}{}",
                     self.name(l),
                     if known { " (leader)" } else { " (no leader known)" }
                 );
-                if self.rng.chance(0.3) {
+                if link_down {
                     match net.set_link(&self.name(l), false) {
                         Ok(()) => self.say(format!("link of {who} down")),
                         Err(e) => panic!("taking the link of {who} down: {e}"),
@@ -363,13 +376,15 @@ impl<'a> Nemesis<'a> {
     /// another member's API; once the cluster confirms it is gone, kills it
     /// for good. A removal that is not confirmed leaves the node a member.
     async fn remove_one(&mut self) {
+        let roll = self.rng.next_u64();
+        let picked = self.target(0.33, &[]).await;
         let up = self.up();
         if up.len() < 2 {
             self.notes
                 .push("churn: fewer than two members up, nothing removed".into());
             return;
         }
-        let Some((target, leader)) = self.target(0.33, &[]).await else {
+        let Some((target, leader)) = picked else {
             return;
         };
         let id = self.cluster.node(target).id();
@@ -382,7 +397,7 @@ impl<'a> Nemesis<'a> {
             return;
         }
         let via_candidates: Vec<usize> = up.iter().copied().filter(|&i| i != target).collect();
-        let via = *self.rng.pick(&via_candidates);
+        let via = via_candidates[(roll % via_candidates.len() as u64) as usize];
         let who = format!("{}{}", self.name(target), if leader { " (leader)" } else { "" });
         self.say(format!("remove {who} (id {id}) through {}", self.name(via)));
         let started = Instant::now();

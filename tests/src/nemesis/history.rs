@@ -177,6 +177,11 @@ impl History {
         }
     }
 
+    /// When the history started: `start` and `end` are measured from here.
+    pub fn started(&self) -> Instant {
+        self.t0
+    }
+
     /// Time since the history started: what `start` and `end` are measured in.
     pub fn now(&self) -> Duration {
         self.t0.elapsed()

@@ -411,7 +411,14 @@ async fn run_cluster(
         resources = 0;
     }
 
-    let mut nem = Nemesis::new(&mut cluster, net.as_deref(), targets, rng.fork(2), &tag);
+    let mut nem = Nemesis::new(
+        &mut cluster,
+        net.as_deref(),
+        targets,
+        rng.fork(2),
+        &tag,
+        history.started(),
+    );
     let mut workload = Workload::start(&ctx, config.writers, config.cas_clients, config.shared_keys);
     if resources > 0 {
         workload.add(tokio::spawn(runs::drive(ctx.clone(), resources, records.clone())));

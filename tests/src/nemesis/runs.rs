@@ -274,6 +274,25 @@ pub struct RunFindings {
     pub anomalies: Vec<String>,
 }
 
+/// Runs a read until it succeeds, fails with anything but UNAVAILABLE, or
+/// ten seconds have passed: after healing, a leader change may still be
+/// settling, and that is not what the run checks are about.
+async fn again<T, F, Fut>(mut read: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let started = Instant::now();
+    loop {
+        match read().await {
+            Err(e) if e.code() == Code::Unavailable && started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// After healing: waits up to `settle` for every resource to rest, then
 /// checks every run (see the module's doc) through `addr`.
 pub async fn check(addr: &str, count: usize, records: &Records, settle: Duration) -> RunFindings {
@@ -322,15 +341,20 @@ pub async fn check(addr: &str, count: usize, records: &Records, settle: Duration
     }
 
     let mut reported: HashSet<String> = HashSet::new();
-    match c
-        .resources
-        .list_runs(ListRunsRequest {
-            outcome: "running".into(),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-    {
+    let running = again(|| {
+        let mut c = c.clone();
+        async move {
+            c.resources
+                .list_runs(ListRunsRequest {
+                    outcome: "running".into(),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+        }
+    })
+    .await;
+    match running {
         Ok(r) => {
             for run in r.into_inner().runs {
                 f.anomalies.push(format!(
@@ -351,14 +375,19 @@ pub async fn check(addr: &str, count: usize, records: &Records, settle: Duration
     }
     for r in 0..count {
         let name = format!("r{r}");
-        let runs = match c
-            .resources
-            .history(HistoryRequest {
-                kind: KIND_NAME.into(),
-                name: name.clone(),
-            })
-            .await
-        {
+        let history = again(|| {
+            let (mut c, name) = (c.clone(), name.clone());
+            async move {
+                c.resources
+                    .history(HistoryRequest {
+                        kind: KIND_NAME.into(),
+                        name,
+                    })
+                    .await
+            }
+        })
+        .await;
+        let runs = match history {
             Ok(h) => h.into_inner().runs,
             Err(e) => {
                 f.anomalies
