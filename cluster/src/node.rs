@@ -629,7 +629,12 @@ impl ClusterNode {
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                         Err(self.not_leader(f.leader_id))
                     }
-                    Ok(Err(e)) => Err(fatal(e)),
+                    // Raft stopped (this node was removed, or is shutting
+                    // down) with the write appended: it may have committed.
+                    Ok(Err(e)) => Err(ClusterError::Interrupted {
+                        what: "the write".into(),
+                        reason: fatal(e).to_string(),
+                    }),
                 }
             }
             LeaderRequest::ReadIndex => {
