@@ -5,8 +5,10 @@
 //! An append is written at once (readable by replication) but acknowledged
 //! only once a dedicated thread has fsynced the write-ahead log. That thread
 //! syncs whatever has been written by the time it runs, so appends that
-//! arrive while it syncs share the next fsync (group commit), and the Raft
-//! core never waits on the disk.
+//! arrive while it syncs share the next fsync (group commit). openraft 0.9's
+//! core still waits for each append's acknowledgement before the next one,
+//! so on a leader every client write pays its own fsync; batching writes
+//! into one entry is what would lift that.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
