@@ -12,7 +12,7 @@ use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteErro
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use opsd_proto::peer::peer_server::PeerServer;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::data_dir::DataDir;
@@ -49,6 +49,9 @@ const PROMOTE_LAG: u64 = 100;
 /// How often the leader looks for learners to promote.
 const PROMOTE_EVERY: Duration = Duration::from_millis(300);
 
+/// The most commands the leader puts in one entry.
+const MAX_SHARED_WRITES: usize = 512;
+
 /// A request that only the leader can serve, forwarded to it by any node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum LeaderRequest {
@@ -62,6 +65,14 @@ pub(crate) enum LeaderRequest {
     RemoveNode {
         id: NodeId,
     },
+    /// A write that may share its log entry with others.
+    WriteShared(Vec<u8>),
+}
+
+/// A write waiting on the leader for the next shared entry.
+struct SharedWrite {
+    command: Vec<u8>,
+    answer: oneshot::Sender<Result<(u64, Vec<u8>), ClusterError>>,
 }
 
 /// The leader's answer.
@@ -150,6 +161,7 @@ pub(crate) struct NodeInner {
     pub(crate) request_timeout: Duration,
     max_voters: usize,
     shutdown: watch::Sender<bool>,
+    shared_writes: mpsc::UnboundedSender<SharedWrite>,
 }
 
 /// A running node. Cheap to clone.
@@ -221,6 +233,7 @@ impl ClusterNode {
             .await
             .map_err(|e| internal(format!("cannot start raft: {e}")))?;
         let (shutdown, _) = watch::channel(false);
+        let (shared_writes, waiting) = mpsc::unbounded_channel();
         let inner = Arc::new(NodeInner {
             id: identity.node_id,
             cluster_id,
@@ -235,12 +248,14 @@ impl ClusterNode {
             request_timeout: config.request_timeout,
             max_voters: config.max_voters.max(1),
             shutdown,
+            shared_writes,
         });
         let node = ClusterNode { inner };
         let peer = peer_listener.local_addr().ok();
         node.spawn_peer_server(peer_listener);
         node.spawn_promoter();
         node.spawn_role_logger();
+        node.spawn_write_batcher(waiting);
         info!(node_id = node.inner.id, cluster_id = %node.inner.cluster_id, peer = ?peer, "raft started");
         Ok(node)
     }
@@ -311,6 +326,50 @@ impl ClusterNode {
             }
         });
         rx
+    }
+
+    /// Proposes the shared writes waiting on this node, as many as are
+    /// waiting (up to [`MAX_SHARED_WRITES`]) in one entry, one entry at a
+    /// time: while an entry commits, the next one fills.
+    fn spawn_write_batcher(&self, mut waiting: mpsc::UnboundedReceiver<SharedWrite>) {
+        let node = self.clone();
+        let mut stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    w = waiting.recv() => match w { Some(w) => w, None => return },
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let mut batch = vec![first];
+                while batch.len() < MAX_SHARED_WRITES {
+                    match waiting.try_recv() {
+                        Ok(w) => batch.push(w),
+                        Err(_) => break,
+                    }
+                }
+                let (commands, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.command, w.answer)).unzip();
+                match node.inner.raft.client_write(Command(commands)).await {
+                    Ok(resp) => {
+                        for (answer, response) in answers.into_iter().zip(resp.data.0) {
+                            let _ = answer.send(Ok((resp.log_id.index, response)));
+                        }
+                    }
+                    Err(e) => {
+                        let error = match e {
+                            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => node.not_leader(f.leader_id),
+                            // Raft stopped with the entry appended: it may have committed.
+                            e => ClusterError::Interrupted {
+                                what: "the write".into(),
+                                reason: fatal(e).to_string(),
+                            },
+                        };
+                        for answer in answers {
+                            let _ = answer.send(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Logs each change of leader or term, since openraft's own logs are off
@@ -427,6 +486,19 @@ impl ClusterNode {
     /// Replicates a command and returns its log index and the apply answer.
     pub async fn write(&self, command: Vec<u8>) -> Result<(u64, Vec<u8>), ClusterError> {
         match self.leader_request(LeaderRequest::Write(command)).await? {
+            LeaderResponse::Written { index, response } => Ok((index, response)),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected answer to a write: {other:?}"
+            ))),
+        }
+    }
+
+    /// Replicates a command that may share its log entry (and so its index)
+    /// with other such commands, proposed at the same time: under load, one
+    /// fsync and one replication round then carry many writes. For commands
+    /// whose apply does not rely on having an index of their own.
+    pub async fn write_shared(&self, command: Vec<u8>) -> Result<(u64, Vec<u8>), ClusterError> {
+        match self.leader_request(LeaderRequest::WriteShared(command)).await? {
             LeaderResponse::Written { index, response } => Ok((index, response)),
             other => Err(ClusterError::Internal(format!(
                 "unexpected answer to a write: {other:?}"
@@ -620,11 +692,11 @@ impl ClusterNode {
         match req {
             LeaderRequest::Write(cmd) => {
                 self.check_origin(origin, deadline).await?;
-                match tokio::time::timeout(remaining(), raft.client_write(Command(cmd))).await {
+                match tokio::time::timeout(remaining(), raft.client_write(Command(vec![cmd]))).await {
                     Err(_) => Err(waited("the write")),
                     Ok(Ok(resp)) => Ok(LeaderResponse::Written {
                         index: resp.log_id.index,
-                        response: resp.data.0,
+                        response: resp.data.0.into_iter().next().unwrap_or_default(),
                     }),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                         Err(self.not_leader(f.leader_id))
@@ -635,6 +707,22 @@ impl ClusterNode {
                         what: "the write".into(),
                         reason: fatal(e).to_string(),
                     }),
+                }
+            }
+            LeaderRequest::WriteShared(command) => {
+                self.check_origin(origin, deadline).await?;
+                let (answer, answered) = oneshot::channel();
+                self.inner
+                    .shared_writes
+                    .send(SharedWrite { command, answer })
+                    .map_err(|_| ClusterError::ShuttingDown)?;
+                match tokio::time::timeout(remaining(), answered).await {
+                    Err(_) => Err(waited("the write")),
+                    Ok(Err(_)) => Err(ClusterError::Interrupted {
+                        what: "the write".into(),
+                        reason: "the node stopped while the write waited".into(),
+                    }),
+                    Ok(Ok(written)) => written.map(|(index, response)| LeaderResponse::Written { index, response }),
                 }
             }
             LeaderRequest::ReadIndex => {

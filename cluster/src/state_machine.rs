@@ -383,18 +383,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(cmd) => self
-                    .app
-                    .apply(
-                        &mut txn,
-                        EntryInfo {
-                            index: entry.log_id.index,
-                            leader: entry.log_id.leader_id.node_id,
-                            term: entry.log_id.leader_id.term,
-                        },
-                        &cmd.0,
-                    )
-                    .map_err(|e| StorageIOError::write_state_machine(&AnyErr(e.0)))?,
+                EntryPayload::Normal(cmd) => {
+                    let info = EntryInfo {
+                        index: entry.log_id.index,
+                        leader: entry.log_id.leader_id.node_id,
+                        term: entry.log_id.leader_id.term,
+                    };
+                    let mut answers = Vec::with_capacity(cmd.0.len());
+                    for command in &cmd.0 {
+                        let answer = self
+                            .app
+                            .apply(&mut txn, info, command)
+                            .map_err(|e| StorageIOError::write_state_machine(&AnyErr(e.0)))?;
+                        answers.push(answer);
+                    }
+                    answers
+                }
                 EntryPayload::Membership(m) => {
                     self.last_membership = StoredMembership::new(Some(entry.log_id), m);
                     Vec::new()

@@ -54,7 +54,7 @@ fn open(dir: &tempfile::TempDir) -> (LogStore, StateMachineStore) {
 fn normal(term: u64, index: u64, cmd: &str) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Command(cmd.as_bytes().to_vec())),
+        payload: EntryPayload::Normal(Command(vec![cmd.as_bytes().to_vec()])),
     }
 }
 
@@ -100,7 +100,7 @@ async fn apply_reads_its_own_writes_and_publishes_events() {
         .unwrap();
     let answers: Vec<String> = responses
         .iter()
-        .map(|r| String::from_utf8(r.0.clone()).unwrap())
+        .map(|r| String::from_utf8(r.0[0].clone()).unwrap())
         .collect();
     assert_eq!(
         answers,

@@ -26,14 +26,17 @@ impl fmt::Display for NodeInfo {
     }
 }
 
-/// A command replicated through the log. Opaque here: the application encodes
-/// it and decodes it again in its apply function.
+/// The commands of one log entry, applied in order. Each is opaque here: the
+/// application encodes it and decodes it again in its apply function. Most
+/// entries carry one; writes that may share an entry are batched on the
+/// leader, so that one fsync and one replication round carry many.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command(pub Vec<u8>);
+pub struct Command(pub Vec<Vec<u8>>);
 
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Command({} bytes)", self.0.len())
+        let bytes: usize = self.0.iter().map(Vec::len).sum();
+        write!(f, "Command({} commands, {bytes} bytes)", self.0.len())
     }
 }
 
@@ -43,13 +46,14 @@ impl fmt::Display for Command {
     }
 }
 
-/// What the application's apply function answered for a command, opaque here.
+/// What the application's apply function answered for each command of an
+/// entry, in order; opaque here.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandResponse(pub Vec<u8>);
+pub struct CommandResponse(pub Vec<Vec<u8>>);
 
 impl fmt::Debug for CommandResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CommandResponse({} bytes)", self.0.len())
+        write!(f, "CommandResponse({} answers)", self.0.len())
     }
 }
 

@@ -408,7 +408,7 @@ impl Cluster {
 
     /// Asserts that every acknowledged write `(key, value, revision)` under
     /// `prefix` is present and unchanged on each of `nodes`: in the node's own
-    /// state once it has applied up to the highest revision (a stale list),
+    /// state once its store has reached the highest revision (a stale list),
     /// and through a linearizable list. The one check every "nothing
     /// acknowledged is lost" scenario ends with.
     pub async fn assert_writes_present(&self, nodes: &[usize], prefix: &str, acked: &[(String, String, u64)]) {
@@ -417,7 +417,18 @@ impl Cluster {
         };
         for &i in nodes {
             let node = self.node(i);
-            node.wait_applied(max_revision, Duration::from_secs(30)).await;
+            // Revisions count settings changes: wait until this node's store
+            // has seen the highest one acknowledged.
+            crate::wait_until(
+                &format!("{} to reach settings revision {max_revision}", node.name()),
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || async {
+                    let r = self.list(i, prefix, true).await.map_err(|e| e.to_string())?.revision;
+                    (r >= max_revision).then_some(()).ok_or(format!("at revision {r}"))
+                },
+            )
+            .await;
             for stale in [true, false] {
                 let how = format!(
                     "{} list on {}",

@@ -101,9 +101,22 @@ async fn bootstrap_then_join_two() {
         );
     }
 
-    // ... and from each node's local state once it has applied the write.
+    // ... and from each node's local state once its store has the write.
     for (i, node) in cluster.nodes().iter().enumerate() {
-        let took = node.wait_applied(put.revision, Duration::from_secs(30)).await;
+        let (_, took) = opsd_tests::wait_until(
+            &format!("{} to reach settings revision {}", node.name(), put.revision),
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || async {
+                let r = cluster
+                    .list(i, "spine/", true)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .revision;
+                (r >= put.revision).then_some(()).ok_or(format!("at revision {r}"))
+            },
+        )
+        .await;
         let got = cluster
             .get(i, "spine/greeting", true)
             .await

@@ -58,7 +58,7 @@ impl Settings for SettingsService {
             expected_revision: req.expected_revision,
         };
         match propose(&self.node, cmd).await? {
-            (revision, Outcome::SettingPut { previous }) => Ok(Response::new(PutResponse {
+            (_, Outcome::SettingPut { previous, revision }) => Ok(Response::new(PutResponse {
                 revision,
                 previous: previous.map(to_proto),
             })),
@@ -72,7 +72,7 @@ impl Settings for SettingsService {
         barrier(&self.node, req.stale).await?;
         let reader = self.node.reader();
         let view = reader.view();
-        let revision = view.applied_index().map_err(read_status)?;
+        let revision = domain::current_revision(&view).map_err(read_status)?;
         match domain::read(&view, &req.key).map_err(read_status)? {
             Some(r) => Ok(Response::new(GetResponse {
                 setting: Some(to_proto(r)),
@@ -94,7 +94,7 @@ impl Settings for SettingsService {
         barrier(&self.node, req.stale).await?;
         let reader = self.node.reader();
         let view = reader.view();
-        let revision = view.applied_index().map_err(read_status)?;
+        let revision = domain::current_revision(&view).map_err(read_status)?;
         let settings = domain::list(&view, &req.prefix).map_err(read_status)?;
         Ok(Response::new(ListResponse {
             settings: settings.into_iter().map(to_proto).collect(),
@@ -110,7 +110,7 @@ impl Settings for SettingsService {
             expected_revision: req.expected_revision,
         };
         match propose(&self.node, cmd).await? {
-            (revision, Outcome::SettingDeleted { previous }) => Ok(Response::new(DeleteResponse {
+            (_, Outcome::SettingDeleted { previous, revision }) => Ok(Response::new(DeleteResponse {
                 revision,
                 previous: Some(to_proto(previous)),
             })),
@@ -140,18 +140,18 @@ impl Settings for SettingsService {
                     _ = stop.wait_for(|s| *s) => Err(RecvError::Closed),
                 };
                 let item = match received {
-                    Ok(AppliedEvent::Applied { index, event }) => {
+                    Ok(AppliedEvent::Applied { event, .. }) => {
                         let Ok(DomainEvent::Setting(ev)) = DomainEvent::decode(&event) else {
                             continue;
                         };
                         if !ev.record().key.starts_with(&prefix) {
                             continue;
                         }
-                        last = index;
-                        Ok(watch_event_of(ev, index))
+                        last = ev.record().mod_revision;
+                        Ok(watch_event_of(ev))
                     }
                     Ok(AppliedEvent::SnapshotInstalled { index }) => Err(Status::aborted(format!(
-                        "this node's state was replaced by a snapshot at revision {index}; re-read and watch again"
+                        "this node's state was replaced by a snapshot at log index {index}; re-read and watch again"
                     ))),
                     Err(RecvError::Lagged(n)) => Err(Status::aborted(format!(
                         "the watcher fell {n} changes behind after revision {last}; re-read and watch again"
@@ -168,7 +168,8 @@ impl Settings for SettingsService {
     }
 }
 
-fn watch_event_of(ev: SettingEvent, revision: u64) -> WatchEvent {
+fn watch_event_of(ev: SettingEvent) -> WatchEvent {
+    let revision = ev.record().mod_revision;
     let (kind, record) = match ev {
         SettingEvent::Put(r) => (watch_event::Type::Put, r),
         SettingEvent::Deleted(r) => (watch_event::Type::Delete, r),

@@ -18,6 +18,7 @@ use resources::{settle, ResourceRecord, RunEnd, RunRecord};
 /// The tables the domain keeps, one rocksdb column family each.
 pub const TABLES: &[&str] = &[
     settings::TABLE,
+    settings::META,
     resources::KINDS,
     resources::RESOURCES,
     resources::STATE_COUNTS,
@@ -200,11 +201,15 @@ pub enum Outcome {
     SettingPut {
         /// The setting before, if it existed.
         previous: Option<settings::SettingRecord>,
+        /// The revision of the write.
+        revision: u64,
     },
     /// A setting was deleted.
     SettingDeleted {
         /// The setting before.
         previous: settings::SettingRecord,
+        /// The revision of the delete.
+        revision: u64,
     },
     /// A kind was registered or updated at `version`.
     KindPut {
@@ -256,6 +261,31 @@ impl Command {
     }
 }
 
+impl Command {
+    /// Whether apply lets this command share its log entry, and so its index,
+    /// with other commands: it starts no run (a run's id is its entry's
+    /// index). Settings writes then share a revision, as one transaction.
+    pub fn may_share_entry(&self) -> bool {
+        matches!(
+            self,
+            Command::PutSetting { .. } | Command::DeleteSetting { .. } | Command::AppendRunLog { .. }
+        )
+    }
+
+    /// Replicates the command through `node`; returns its log index and the
+    /// encoded apply answer.
+    pub async fn replicate(
+        &self,
+        node: &opsd_cluster::ClusterNode,
+    ) -> Result<(u64, Vec<u8>), opsd_cluster::ClusterError> {
+        if self.may_share_entry() {
+            node.write_shared(self.encode()).await
+        } else {
+            node.write(self.encode()).await
+        }
+    }
+}
+
 /// Decodes an apply answer.
 pub fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
     bincode::deserialize(bytes).map_err(|e| format!("undecodable apply answer: {e}"))
@@ -273,9 +303,9 @@ impl StateMachineApp for Domain {
                 key,
                 value,
                 expected_revision,
-            }) => settings::apply_put(txn, index, &key, &value, expected_revision)?,
+            }) => settings::apply_put(txn, &key, &value, expected_revision)?,
             Ok(Command::DeleteSetting { key, expected_revision }) => {
-                settings::apply_delete(txn, index, &key, expected_revision)?
+                settings::apply_delete(txn, &key, expected_revision)?
             }
             Ok(Command::PutKind { source }) => settle(resources::put_kind(txn, index, &source))?,
             Ok(Command::CreateResource {

@@ -1,5 +1,7 @@
-//! Settings: a key/value store of UTF-8 strings with revisions. The revision
-//! of a change is the log index of the command that made it.
+//! Settings: a key/value store of UTF-8 strings with revisions. Every change
+//! takes the next revision of the store, a counter kept by apply (as etcd's):
+//! settings writes may share a log entry, so the entry's index cannot tell
+//! them apart.
 
 use opsd_cluster::{ReadView, Txn, TxnError};
 use serde::{Deserialize, Serialize};
@@ -8,6 +10,9 @@ use super::{encode, DomainEvent, Outcome, Rejection};
 
 /// The settings table.
 pub const TABLE: &str = "settings";
+/// The store's revision counter: one key, the last revision (u64 BE).
+pub const META: &str = "settings_meta";
+const KEY_REVISION: &[u8] = b"revision";
 /// The longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
 /// The longest value, in bytes.
@@ -95,10 +100,28 @@ fn check_revision(key: &str, current: Option<&SettingRecord>, expected: Option<u
     })
 }
 
+fn revision_of(bytes: Option<Vec<u8>>) -> u64 {
+    bytes
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// Takes the store's next revision.
+fn next_revision(txn: &mut Txn<'_>) -> Result<u64, TxnError> {
+    let revision = revision_of(txn.get(META, KEY_REVISION)?) + 1;
+    txn.put(META, KEY_REVISION, &revision.to_be_bytes())?;
+    Ok(revision)
+}
+
+/// The store's revision as of a view: that of its last change.
+pub fn current_revision(view: &ReadView<'_>) -> Result<u64, TxnError> {
+    Ok(revision_of(view.get(META, KEY_REVISION)?))
+}
+
 /// Applies a put.
 pub fn apply_put(
     txn: &mut Txn<'_>,
-    index: u64,
     key: &str,
     value: &str,
     expected_revision: Option<u64>,
@@ -110,25 +133,21 @@ pub fn apply_put(
     if let Some(r) = check_revision(key, previous.as_ref(), expected_revision) {
         return Ok(Outcome::Rejected(r));
     }
+    let revision = next_revision(txn)?;
     let record = SettingRecord {
         key: key.to_string(),
         value: value.to_string(),
-        create_revision: previous.as_ref().map(|p| p.create_revision).unwrap_or(index),
-        mod_revision: index,
+        create_revision: previous.as_ref().map(|p| p.create_revision).unwrap_or(revision),
+        mod_revision: revision,
         version: previous.as_ref().map(|p| p.version + 1).unwrap_or(1),
     };
     txn.put(TABLE, key.as_bytes(), &encode(&record)?)?;
     txn.emit(encode(&DomainEvent::Setting(SettingEvent::Put(record)))?);
-    Ok(Outcome::SettingPut { previous })
+    Ok(Outcome::SettingPut { previous, revision })
 }
 
 /// Applies a delete.
-pub fn apply_delete(
-    txn: &mut Txn<'_>,
-    index: u64,
-    key: &str,
-    expected_revision: Option<u64>,
-) -> Result<Outcome, TxnError> {
+pub fn apply_delete(txn: &mut Txn<'_>, key: &str, expected_revision: Option<u64>) -> Result<Outcome, TxnError> {
     if let Err(e) = validate_key(key) {
         return Ok(Outcome::Rejected(Rejection::InvalidArgument(e)));
     }
@@ -141,10 +160,11 @@ pub fn apply_delete(
         return Ok(Outcome::Rejected(r));
     }
     txn.delete(TABLE, key.as_bytes())?;
+    let revision = next_revision(txn)?;
     let mut gone = previous.clone();
-    gone.mod_revision = index;
+    gone.mod_revision = revision;
     txn.emit(encode(&DomainEvent::Setting(SettingEvent::Deleted(gone)))?);
-    Ok(Outcome::SettingDeleted { previous })
+    Ok(Outcome::SettingDeleted { previous, revision })
 }
 
 /// Reads one setting from a view.
@@ -198,7 +218,13 @@ mod tests {
     #[test]
     fn put_creates_then_updates_with_revisions() {
         let mut s = State::new();
-        assert_eq!(s.put("a", "1", None), Outcome::SettingPut { previous: None });
+        assert_eq!(
+            s.put("a", "1", None),
+            Outcome::SettingPut {
+                previous: None,
+                revision: 1
+            }
+        );
         let first = s.get("a").unwrap();
         assert_eq!((first.create_revision, first.mod_revision, first.version), (1, 1, 1));
         let (outcome, events) = settings_apply(
@@ -212,7 +238,8 @@ mod tests {
         assert_eq!(
             outcome,
             Outcome::SettingPut {
-                previous: Some(first.clone())
+                previous: Some(first.clone()),
+                revision: 2
             }
         );
         let second = s.get("a").unwrap();
@@ -239,7 +266,15 @@ mod tests {
             panic!("a second create must be refused")
         };
         assert!(msg.contains("expected_revision") && msg.contains("revision 1"), "{msg}");
-        assert!(matches!(s.put("a", "2", Some(1)), Outcome::SettingPut { .. }));
+        let before = s.get("a");
+        assert_eq!(
+            s.put("a", "2", Some(1)),
+            Outcome::SettingPut {
+                previous: before,
+                revision: 2
+            },
+            "a refused write takes no revision"
+        );
         assert!(matches!(
             s.put("a", "3", Some(1)),
             Outcome::Rejected(Rejection::FailedPrecondition(_))
@@ -258,9 +293,10 @@ mod tests {
                 expected_revision: Some(1),
             },
         );
-        let Outcome::SettingDeleted { previous } = outcome else {
+        let Outcome::SettingDeleted { previous, revision } = outcome else {
             panic!("{outcome:?}")
         };
+        assert_eq!(revision, 2);
         assert_eq!(previous.value, "1");
         assert_eq!(s.get("a"), None);
         let SettingEvent::Deleted(gone) = &events[0] else {

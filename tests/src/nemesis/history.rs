@@ -38,7 +38,7 @@ pub enum Outcome {
     /// A write was acknowledged at `revision`; `previous` is the key's value
     /// and mod_revision just before it, as the server reported.
     Written {
-        /// The revision (log index) of the write.
+        /// The revision of the write (the store's change counter).
         revision: u64,
         /// The setting before the write, if the key existed.
         previous: Option<(String, u64)>,
