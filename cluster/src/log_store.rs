@@ -63,6 +63,12 @@ impl LogStore {
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
+    /// Stops the database's background flushes and compactions, waiting for
+    /// those under way: the last thing before the process exits.
+    pub(crate) fn stop_background_work(&self) {
+        self.store.db.cancel_all_background_work(true);
+    }
+
     /// The first and last log ids in the log (as openraft asks at start-up).
     pub(crate) fn log_state(&self) -> Result<LogState<TypeConfig>, StorageError> {
         let cf = self.store.cf(CF_LOG)?;

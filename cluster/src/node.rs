@@ -593,6 +593,10 @@ impl ClusterNode {
         if let Err(e) = self.inner.raft.shutdown().await {
             warn!("raft did not shut down cleanly: {e}");
         }
+        // Other threads (the engine's) may still hold the database when the
+        // process exits; its background flushes and compactions must not run
+        // into the library's teardown.
+        self.inner.log.stop_background_work();
     }
 
     /// Marks this node removed, for good: persisted, and Raft stopped.
