@@ -40,6 +40,7 @@ pub mod nemesis;
 mod node;
 pub mod opsctl;
 pub mod resources;
+mod skip;
 
 use std::path::PathBuf;
 
@@ -50,6 +51,7 @@ pub use opsctl::Opsctl;
 /// The generated client API types (`opsd.v1`), re-exported so scenarios and
 /// the harness name the same types.
 pub use opsd_proto::v1 as api;
+pub use skip::{skip, skips_file, strict};
 
 /// The directory the opsd binaries are taken from: `$OPSD_BIN_DIR` if set,
 /// else the workspace's `target/debug`.
@@ -61,6 +63,11 @@ pub fn bin_dir() -> PathBuf {
             .join("target")
             .join("debug"),
     }
+}
+
+/// The workspace's `target` directory, where results and the skip list are written.
+pub fn target_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
 }
 
 /// The path of the binary `name` in [`bin_dir`]. Panics with what to run if it

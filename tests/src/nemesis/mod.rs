@@ -71,16 +71,7 @@ pub struct Config {
     pub search_budget: u64,
 }
 
-/// True when `OPSD_TEST_STRICT` is set (CI sets it): a check that cannot run
-/// here must fail instead of skipping.
-pub fn strict() -> bool {
-    std::env::var_os("OPSD_TEST_STRICT").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-/// The workspace's `target` directory, where results are written.
-pub fn target_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
-}
+pub use crate::{strict, target_dir};
 
 fn env_u64(name: &str) -> Result<Option<u64>, String> {
     match std::env::var(name) {
