@@ -8,11 +8,15 @@
 //! it. On the leader, an actor whose resource is in a work state makes sure
 //! the run is driven: it executes runs the leader itself started in its term,
 //! takes over runs started by an earlier leader (attempt + 1), and proposes
-//! each run's finish once the provider's step ends.
+//! each run's finish once the provider's step ends. What an actor does next
+//! is decided by a pure function (`decide`) over what it knows; proposals
+//! the cluster could not commit are retried after a `backoff`.
 //!
 //! The actors live on one actix system thread; provider steps and proposals
 //! run on the daemon's tokio runtime, so a slow step never blocks an actor.
 
+mod backoff;
+mod decide;
 mod registry;
 mod resource_actor;
 mod step;
