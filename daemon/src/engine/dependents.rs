@@ -83,6 +83,20 @@ impl Dependents {
         }
     }
 
+    /// Follows a resource's creation or change (its spec), or its deletion,
+    /// and says whose actors re-read their resource: its own, then those of
+    /// the resources that refer to it.
+    pub fn changed(&mut self, key: ResourceKey, spec_json: &str, deleted: bool) -> Vec<ResourceKey> {
+        if deleted {
+            self.remove(&key);
+        } else {
+            self.set(&key, spec_json);
+        }
+        let mut poke = vec![key];
+        poke.extend(self.of(&poke[0]));
+        poke
+    }
+
     /// The resources that refer to `target`, sorted.
     pub fn of(&self, target: &ResourceKey) -> Vec<ResourceKey> {
         self.referred_by
@@ -191,6 +205,33 @@ mod tests {
         assert!(d.referred_by.is_empty() && d.refers_to.is_empty());
         // Removing what is not there is fine.
         d.remove(&key("cluster", "zzz"));
+    }
+
+    #[test]
+    fn a_change_pokes_the_resource_and_those_that_refer_to_it() {
+        let mut d = Dependents::default();
+        let image = r#"{"dir": "/src", "start": "./run"}"#;
+        assert_eq!(d.changed(key("image", "web"), image, false), vec![key("image", "web")]);
+        assert_eq!(
+            d.changed(key("cluster", "a"), r#"{"image": "web", "size": 1}"#, false),
+            vec![key("cluster", "a")]
+        );
+        d.changed(key("cluster", "b"), r#"{"image": "web", "size": 2}"#, false);
+        assert_eq!(
+            d.changed(key("image", "web"), image, false),
+            vec![key("image", "web"), key("cluster", "a"), key("cluster", "b")]
+        );
+        // The image deleted: its clusters hear of it too.
+        assert_eq!(
+            d.changed(key("image", "web"), image, true),
+            vec![key("image", "web"), key("cluster", "a"), key("cluster", "b")]
+        );
+        // A cluster deleted: nothing refers to it; the image no longer pokes it.
+        assert_eq!(d.changed(key("cluster", "a"), "", true), vec![key("cluster", "a")]);
+        assert_eq!(
+            d.changed(key("image", "web"), image, false),
+            vec![key("image", "web"), key("cluster", "b")]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tracing::error;
+use tracing::{debug, error};
 
 use super::dependents::{Dependents, ResourceKey};
 use super::resource_actor::{Refresh, ResourceActor};
@@ -110,14 +110,12 @@ impl Handler<ResourceChanged> for Registry {
 
     fn handle(&mut self, msg: ResourceChanged, _: &mut Self::Context) {
         let key = (msg.record.kind, msg.record.name);
-        if msg.deleted {
-            self.dependents.remove(&key);
-        } else {
-            self.dependents.set(&key, &msg.record.spec_json);
+        let poke = self.dependents.changed(key, &msg.record.spec_json, msg.deleted);
+        for (kind, name) in poke.iter() {
+            self.poke(kind, name);
         }
-        self.poke(&key.0, &key.1);
-        for (kind, name) in self.dependents.of(&key) {
-            self.poke(&kind, &name);
+        if poke.len() > 1 {
+            debug!(resource = %format!("{}/{}", poke[0].0, poke[0].1), dependents = poke.len() - 1, "engine: poked the resources that refer to a changed one");
         }
     }
 }
