@@ -8,11 +8,18 @@
 //! it. On the leader, an actor whose resource is in a work state makes sure
 //! the run is driven: it executes runs the leader itself started in its term,
 //! takes over runs started by an earlier leader (attempt + 1), and proposes
-//! each run's finish once the provider's step ends.
+//! each run's finish once the provider's step ends. What an actor does next
+//! is decided by a pure function (`decide`) over what it knows; proposals
+//! the cluster could not commit are retried after a `backoff`. The registry
+//! keeps an index of `dependents`, so a change to one resource also pokes
+//! the actors of the resources that refer to it.
 //!
 //! The actors live on one actix system thread; provider steps and proposals
 //! run on the daemon's tokio runtime, so a slow step never blocks an actor.
 
+mod backoff;
+mod decide;
+mod dependents;
 mod registry;
 mod resource_actor;
 mod step;
@@ -153,10 +160,12 @@ async fn pump_events(mut events: broadcast::Receiver<AppliedEvent>, registry: Ad
     loop {
         match events.recv().await {
             Ok(AppliedEvent::Applied { event, .. }) => match DomainEvent::decode(&event) {
-                Ok(DomainEvent::Resource(r) | DomainEvent::ResourceDeleted(r)) => registry.do_send(registry::Poke {
-                    kind: r.kind,
-                    name: r.name,
-                }),
+                Ok(DomainEvent::Resource(record)) => {
+                    registry.do_send(registry::ResourceChanged { record, deleted: false })
+                }
+                Ok(DomainEvent::ResourceDeleted(record)) => {
+                    registry.do_send(registry::ResourceChanged { record, deleted: true })
+                }
                 Ok(DomainEvent::Run(r)) => registry.do_send(registry::Poke {
                     kind: r.kind,
                     name: r.name,

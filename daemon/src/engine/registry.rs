@@ -1,20 +1,24 @@
 //! The registry: one actor that knows every resource actor, creates them
-//! from the stored state and as resources appear, and routes changes to them.
+//! from the stored state and as resources appear, and routes changes to them:
+//! a resource's change goes to its own actor and to the actors of the
+//! resources that refer to it (see [`super::dependents`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tracing::error;
+use tracing::{debug, error};
 
+use super::dependents::{Dependents, ResourceKey};
 use super::resource_actor::{Refresh, ResourceActor};
 use super::EngineCtx;
-use crate::domain::resources;
+use crate::domain::resources::{self, ResourceRecord};
 
-/// Knows the actor of every resource.
+/// Knows the actor of every resource, and which resources refer to which.
 pub struct Registry {
     ctx: Arc<EngineCtx>,
-    actors: HashMap<(String, String), Addr<ResourceActor>>,
+    actors: HashMap<ResourceKey, Addr<ResourceActor>>,
+    dependents: Dependents,
 }
 
 impl Registry {
@@ -22,6 +26,14 @@ impl Registry {
         Registry {
             ctx,
             actors: HashMap::new(),
+            dependents: Dependents::default(),
+        }
+    }
+
+    /// Tells a resource's actor (started if need be) to re-read it.
+    fn poke(&mut self, kind: &str, name: &str) {
+        if let Some(addr) = self.actor(kind, name) {
+            addr.do_send(Refresh);
         }
     }
 
@@ -67,7 +79,7 @@ impl Handler<Lookup> for Registry {
     }
 }
 
-/// A resource changed: its actor re-reads it.
+/// A resource's run changed: the resource's actor re-reads it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Poke {
@@ -79,15 +91,38 @@ impl Handler<Poke> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Poke, _: &mut Self::Context) {
-        if let Some(addr) = self.actor(&msg.kind, &msg.name) {
-            addr.do_send(Refresh);
+        self.poke(&msg.kind, &msg.name);
+    }
+}
+
+/// A resource was created, changed or deleted (the record after the change,
+/// or as it was): the index of dependents follows, and the actors of the
+/// resource and of every resource referring to it re-read theirs.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResourceChanged {
+    pub record: ResourceRecord,
+    pub deleted: bool,
+}
+
+impl Handler<ResourceChanged> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ResourceChanged, _: &mut Self::Context) {
+        let key = (msg.record.kind, msg.record.name);
+        let poke = self.dependents.changed(key, &msg.record.spec_json, msg.deleted);
+        for (kind, name) in poke.iter() {
+            self.poke(kind, name);
+        }
+        if poke.len() > 1 {
+            debug!(resource = %format!("{}/{}", poke[0].0, poke[0].1), dependents = poke.len() - 1, "engine: poked the resources that refer to a changed one");
         }
     }
 }
 
 /// Everything may have changed (start-up, a snapshot, missed events, a
-/// change of leader): every actor re-reads its resource, and resources
-/// without an actor get one.
+/// change of leader): the index of dependents is rebuilt, every actor
+/// re-reads its resource, and resources without an actor get one.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Reload;
@@ -105,7 +140,11 @@ impl Handler<Reload> for Registry {
             }
         };
         drop(view);
-        let mut existing: HashMap<(String, String), Addr<ResourceActor>> = HashMap::new();
+        self.dependents.rebuild(
+            all.iter()
+                .map(|r| ((r.kind.clone(), r.name.clone()), r.spec_json.as_str())),
+        );
+        let mut existing: HashMap<ResourceKey, Addr<ResourceActor>> = HashMap::new();
         for r in all {
             if let Some(addr) = self.actor(&r.kind, &r.name) {
                 existing.insert((r.kind, r.name), addr);

@@ -3,22 +3,19 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::backoff::Backoff;
+use super::decide::{decide, Action, Executing, Pending, Proposal, Situation, Stage};
 use super::step::{self, Job};
-use super::{Committed, EngineCtx, EngineError, MAX_ATTEMPTS};
+use super::{Committed, EngineCtx, EngineError};
 use crate::domain::resources::{self, refuse_event, ResourceRecord, RunEnd, RunOutcome, RunRecord};
 use crate::domain::{Command, Rejection, Trigger};
 
-/// How long to wait before proposing a run's finish again after the cluster
-/// could not commit it (no quorum, an election).
-const FINISH_RETRY: Duration = Duration::from_millis(500);
-
-/// The step this node executes for the resource's run.
+/// The attempt this process executes for the resource's run.
 struct Executor {
     index: u64,
     attempt: u32,
@@ -26,6 +23,27 @@ struct Executor {
     /// The cancel came from a user (the run ends `cancelled`), not from this
     /// node losing the leadership (the run goes on elsewhere).
     by_user: Arc<AtomicBool>,
+    /// Once the step ended: how, and where recording it stands.
+    finish: Option<Finish>,
+}
+
+/// An ended step's finish, to be recorded.
+struct Finish {
+    end: RunEnd,
+    at_ms: i64,
+    pending: Pending,
+}
+
+impl Executor {
+    fn new(run: &RunRecord) -> Self {
+        Executor {
+            index: run.index,
+            attempt: run.attempt,
+            cancel: CancellationToken::new(),
+            by_user: Arc::new(AtomicBool::new(run.cancel_requested)),
+            finish: None,
+        }
+    }
 }
 
 /// One resource's actor.
@@ -36,8 +54,10 @@ pub struct ResourceActor {
     resource: Option<ResourceRecord>,
     active: Option<RunRecord>,
     executor: Option<Executor>,
-    /// A takeover proposal in flight, for (run, attempt).
-    takeover: Option<(u64, u32)>,
+    /// A proposal to take over (or give up) the run at an attempt.
+    takeover: Option<Proposal>,
+    /// The delays before proposing again after the cluster could not commit.
+    backoff: Backoff,
 }
 
 impl ResourceActor {
@@ -50,6 +70,7 @@ impl ResourceActor {
             active: None,
             executor: None,
             takeover: None,
+            backoff: Backoff::default(),
         }
     }
 
@@ -85,6 +106,47 @@ impl ResourceActor {
         }
     }
 
+    /// What the decision needs to know, as this actor knows it now.
+    fn situation(&self) -> Situation<'_> {
+        Situation {
+            leader_term: self.ctx.leader_term(),
+            node_id: self.ctx.node_id,
+            boot_index: self.ctx.boot_index,
+            run: self.active.as_ref(),
+            executing: self.executor.as_ref().map(|ex| Executing {
+                run: ex.index,
+                attempt: ex.attempt,
+                stage: match &ex.finish {
+                    None => Stage::Stepping {
+                        cancelled: ex.cancel.is_cancelled(),
+                    },
+                    Some(f) => Stage::Finishing(f.pending),
+                },
+            }),
+            takeover: self.takeover,
+        }
+    }
+
+    /// Does what [`decide`] says. Abandoning a step is followed by a fresh
+    /// decision (the run may need taking over); nothing else is.
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        let mut action = decide(&self.situation());
+        if action == Action::Abandon {
+            self.abandon();
+            action = decide(&self.situation());
+        }
+        match action {
+            Action::Wait => {}
+            Action::Abandon => self.abandon(),
+            Action::Execute => self.execute(ctx),
+            Action::FinishCancelled => self.finish_cancelled(ctx),
+            Action::ProposeFinish => self.propose_finish(ctx),
+            Action::CancelStep => self.cancel_step(),
+            Action::TakeOver { attempt } => self.take_over(attempt, ctx),
+            Action::GiveUp => self.give_up(ctx),
+        }
+    }
+
     /// Stops this node's execution of the step, if any, without finishing
     /// the run: another node drives it now, or it already ended.
     fn abandon(&mut self) {
@@ -93,52 +155,22 @@ impl ResourceActor {
         }
     }
 
-    /// On the leader: executes the run in flight if this very process was
-    /// given it (by an entry of its current term, appended since it started),
-    /// else takes it over; elsewhere: executes nothing.
-    fn drive(&mut self, ctx: &mut Context<Self>) {
-        let (Some(term), Some(run)) = (self.ctx.leader_term(), self.active.clone()) else {
-            self.abandon();
-            return;
-        };
-        if let Some(ex) = &self.executor {
-            if (ex.index, ex.attempt) == (run.index, run.attempt) {
-                if run.cancel_requested && !ex.cancel.is_cancelled() {
-                    info!(run_id = %run.run_id(), resource = %self.who(), "engine: cancelling the step");
-                    ex.by_user.store(true, Ordering::SeqCst);
-                    ex.cancel.cancel();
-                }
-                return;
-            }
-            self.abandon();
-        }
-        if run.node_id == self.ctx.node_id && run.term == term && run.since > self.ctx.boot_index {
-            self.execute(run, ctx);
-        } else if self.takeover != Some((run.index, run.attempt)) {
-            self.take_over(run, ctx);
-        }
+    /// The finish of attempt `attempt` of run `index`, if this process still
+    /// executes that attempt and its step ended.
+    fn finish_of(&mut self, index: u64, attempt: u32) -> Option<&mut Finish> {
+        self.executor
+            .as_mut()
+            .filter(|ex| (ex.index, ex.attempt) == (index, attempt))
+            .and_then(|ex| ex.finish.as_mut())
     }
 
-    /// Starts the step of `run` on the daemon's runtime.
-    fn execute(&mut self, run: RunRecord, ctx: &mut Context<Self>) {
-        let Some(resource) = self.resource.clone() else { return };
-        let ex = Executor {
-            index: run.index,
-            attempt: run.attempt,
-            cancel: CancellationToken::new(),
-            by_user: Arc::new(AtomicBool::new(run.cancel_requested)),
-        };
-        let (index, attempt) = (run.index, run.attempt);
-        if run.cancel_requested {
-            // Cancelled before this attempt began (while no leader drove it).
-            self.executor = Some(ex);
-            let end = RunEnd::Cancelled {
-                error: "cancelled before the step ran".into(),
-                outputs_json: String::new(),
-            };
-            self.propose_finish(index, attempt, end, step::now_ms(), ctx);
+    /// Starts the step of the run in flight on the daemon's runtime.
+    fn execute(&mut self, ctx: &mut Context<Self>) {
+        let (Some(run), Some(resource)) = (self.active.clone(), self.resource.clone()) else {
             return;
-        }
+        };
+        let ex = Executor::new(&run);
+        let (index, attempt) = (run.index, run.attempt);
         info!(run_id = %run.run_id(), attempt, resource = %self.who(), state = %run.to, "engine: running the step");
         let job = Job {
             run,
@@ -153,70 +185,164 @@ impl ResourceActor {
                 error: format!("the step crashed: {e}"),
                 outputs_json: String::new(),
             });
-            let current = act.executor.as_ref().map(|e| (e.index, e.attempt));
-            if current == Some((index, attempt)) {
-                act.propose_finish(index, attempt, end, step::now_ms(), ctx);
-            }
+            let Some(ex) = act
+                .executor
+                .as_mut()
+                .filter(|ex| (ex.index, ex.attempt) == (index, attempt))
+            else {
+                return;
+            };
+            ex.finish = Some(Finish {
+                end,
+                at_ms: step::now_ms(),
+                pending: Pending::Ready,
+            });
+            act.drive(ctx);
         }));
     }
 
-    /// Proposes the run's finish until it commits, apply refuses it, or this
-    /// node stops executing the run.
-    fn propose_finish(&mut self, index: u64, attempt: u32, end: RunEnd, at_ms: i64, ctx: &mut Context<Self>) {
+    /// Ends the run in flight as cancelled without running its step: it was
+    /// cancelled before this attempt began (while no leader drove it).
+    fn finish_cancelled(&mut self, ctx: &mut Context<Self>) {
+        let Some(run) = &self.active else { return };
+        let mut ex = Executor::new(run);
+        ex.finish = Some(Finish {
+            end: RunEnd::Cancelled {
+                error: "cancelled before the step ran".into(),
+                outputs_json: String::new(),
+            },
+            at_ms: step::now_ms(),
+            pending: Pending::Ready,
+        });
+        self.executor = Some(ex);
+        self.propose_finish(ctx);
+    }
+
+    /// Fires the running step's cancellation: a user asked.
+    fn cancel_step(&mut self) {
+        if let Some(ex) = &self.executor {
+            info!(run_id = %resources::run_id(ex.index), resource = %self.who(), "engine: cancelling the step");
+            ex.by_user.store(true, Ordering::SeqCst);
+            ex.cancel.cancel();
+        }
+    }
+
+    /// Proposes the ended step's finish; if the cluster cannot commit it, it
+    /// is proposed again after the backoff, as long as this node still
+    /// executes the attempt.
+    fn propose_finish(&mut self, ctx: &mut Context<Self>) {
+        let Some(ex) = self.executor.as_mut() else { return };
+        let (index, attempt) = (ex.index, ex.attempt);
+        let Some(finish) = ex.finish.as_mut() else { return };
+        finish.pending = Pending::InFlight;
         let cmd = Command::FinishRun {
             run: index,
             attempt,
-            end: end.clone(),
-            at_ms,
+            end: finish.end.clone(),
+            at_ms: finish.at_ms,
         };
-        let fut = self.ctx.propose(cmd);
-        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            let current = act.executor.as_ref().map(|e| (e.index, e.attempt)) == Some((index, attempt));
-            match result {
-                Ok(_) => {}
-                Err(EngineError::Rejected(r)) => {
-                    warn!(run_id = %resources::run_id(index), attempt, reason = ?r, "engine: the run's finish was refused");
-                }
-                Err(EngineError::Cluster(e)) if current => {
-                    warn!(run_id = %resources::run_id(index), attempt, error = %e, "engine: cannot record the run's finish yet; retrying");
-                    ctx.run_later(FINISH_RETRY, move |act, ctx| {
-                        if act.executor.as_ref().map(|e| (e.index, e.attempt)) == Some((index, attempt)) {
-                            act.propose_finish(index, attempt, end, at_ms, ctx);
-                        }
-                    });
-                }
-                Err(_) => {}
+        ctx.spawn(self.ctx.propose(cmd).into_actor(self).map(move |result, act, ctx| {
+            if let Err(EngineError::Rejected(r)) = &result {
+                warn!(run_id = %resources::run_id(index), attempt, reason = ?r, "engine: the run's finish was refused");
             }
+            if act.finish_of(index, attempt).is_none() {
+                return; // no longer this node's to record
+            }
+            let retry = act.answered(&result);
+            if let Err(EngineError::Cluster(e)) = &result {
+                warn!(run_id = %resources::run_id(index), attempt, error = %e, "engine: cannot record the run's finish yet; retrying");
+            }
+            if let Some(finish) = act.finish_of(index, attempt) {
+                finish.pending = if retry.is_some() {
+                    Pending::Retrying
+                } else {
+                    Pending::Answered
+                };
+            }
+            let Some(delay) = retry else { return };
+            ctx.run_later(delay, move |act, ctx| {
+                if let Some(finish) = act.finish_of(index, attempt).filter(|f| f.pending == Pending::Retrying) {
+                    finish.pending = Pending::Ready;
+                    act.drive(ctx);
+                }
+            });
         }));
     }
 
-    /// Takes over a run an earlier leader started (or ends it as
-    /// interrupted once it had its attempts).
-    fn take_over(&mut self, run: RunRecord, ctx: &mut Context<Self>) {
-        self.takeover = Some((run.index, run.attempt));
-        let cmd = if run.attempt >= MAX_ATTEMPTS {
-            Command::FinishRun {
-                run: run.index,
-                attempt: run.attempt,
-                end: RunEnd::Interrupted {
-                    error: format!("given up after {} attempts", run.attempt),
-                },
-                at_ms: step::now_ms(),
-            }
-        } else {
-            info!(run_id = %run.run_id(), attempt = run.attempt + 1, resource = %self.who(), "engine: taking over the run");
-            Command::TakeOverRun {
-                run: run.index,
-                attempt: run.attempt + 1,
-            }
+    /// Takes over the run in flight, which an earlier leader or process was
+    /// given, as attempt `attempt`.
+    fn take_over(&mut self, attempt: u32, ctx: &mut Context<Self>) {
+        let Some(run) = &self.active else { return };
+        info!(run_id = %run.run_id(), attempt, resource = %self.who(), "engine: taking over the run");
+        let cmd = Command::TakeOverRun {
+            run: run.index,
+            attempt,
         };
+        self.claim(cmd, ctx);
+    }
+
+    /// Ends the run in flight as interrupted: it had its attempts.
+    fn give_up(&mut self, ctx: &mut Context<Self>) {
+        let Some(run) = &self.active else { return };
+        info!(run_id = %run.run_id(), attempts = run.attempt, resource = %self.who(), "engine: giving up the run");
+        let cmd = Command::FinishRun {
+            run: run.index,
+            attempt: run.attempt,
+            end: RunEnd::Interrupted {
+                error: format!("given up after {} attempts", run.attempt),
+            },
+            at_ms: step::now_ms(),
+        };
+        self.claim(cmd, ctx);
+    }
+
+    /// Proposes a takeover (or giving up) of the run in flight at its current
+    /// attempt; if the cluster cannot commit it, the actor re-reads the state
+    /// after the backoff and decides again.
+    fn claim(&mut self, cmd: Command, ctx: &mut Context<Self>) {
+        let Some(run) = &self.active else { return };
+        let (index, attempt) = (run.index, run.attempt);
+        let proposal = move |pending| Proposal {
+            run: index,
+            attempt,
+            pending,
+        };
+        self.takeover = Some(proposal(Pending::InFlight));
         ctx.spawn(self.ctx.propose(cmd).into_actor(self).map(move |result, act, ctx| {
-            act.takeover = None;
-            if let Err(EngineError::Cluster(e)) = result {
-                warn!(run_id = %run.run_id(), error = %e, "engine: cannot take the run over yet; retrying");
-                ctx.run_later(FINISH_RETRY, |act, ctx| act.refresh(ctx));
+            if act.takeover != Some(proposal(Pending::InFlight)) {
+                return;
             }
+            let retry = act.answered(&result);
+            act.takeover = match (&result, retry) {
+                (Err(EngineError::Cluster(e)), Some(delay)) => {
+                    warn!(run_id = %resources::run_id(index), error = %e, "engine: cannot take the run over yet; retrying");
+                    ctx.run_later(delay, move |act, ctx| {
+                        if act.takeover == Some(proposal(Pending::Retrying)) {
+                            act.takeover = Some(proposal(Pending::Ready));
+                            act.refresh(ctx);
+                        }
+                    });
+                    Some(proposal(Pending::Retrying))
+                }
+                // Committed: the applied state moves on to the new attempt.
+                (Ok(_), _) => Some(proposal(Pending::Answered)),
+                // Refused: the run moved on already; decide afresh on the next change.
+                _ => None,
+            };
         }));
+    }
+
+    /// Keeps the backoff up to date with a proposal's answer, and says how
+    /// long to wait before proposing again if the cluster could not commit it.
+    fn answered(&mut self, result: &Committed) -> Option<std::time::Duration> {
+        match result {
+            Err(EngineError::Cluster(_)) => Some(self.backoff.next_delay()),
+            Ok(_) => {
+                self.backoff.reset();
+                None
+            }
+            Err(EngineError::Rejected(_)) => None,
+        }
     }
 
     fn rejected(r: Rejection) -> Committed {
