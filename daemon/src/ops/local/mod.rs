@@ -166,13 +166,20 @@ impl Provider for LocalProvider {
         if cancel.is_cancelled() {
             return StepResult::cancelled();
         }
-        let Some(step) = req.step.as_deref().and_then(Step::named) else {
-            return StepResult::failed(format!(
-                "the local provider has no step {:?} (state {} of kind {})",
-                req.step.as_deref().unwrap_or_default(),
-                req.state,
-                req.kind
-            ));
+        let step = match req.step.as_deref().map(|name| (name, Step::named(name))) {
+            Some((_, Some(step))) => step,
+            Some((name, None)) => {
+                return StepResult::failed(format!(
+                    "the local provider has no step {name:?} (state {} of kind {})",
+                    req.state, req.kind
+                ))
+            }
+            None => {
+                return StepResult::failed(format!(
+                    "state {} of kind {} names no step (the local provider runs the step a work state names)",
+                    req.state, req.kind
+                ))
+            }
         };
         let out = match step {
             Step::CopySource => self.copy_source(&req, &log, &cancel).await,
@@ -266,7 +273,7 @@ on = { retry = "building" }
         let (r, _) = step(&f.provider, req.clone()).await;
         assert_eq!(
             error_of(r),
-            "the local provider has no step \"\" (state built of kind image)"
+            "state built of kind image names no step (the local provider runs the step a work state names)"
         );
         req.step = Some("bake".into());
         let (r, _) = step(&f.provider, req).await;
