@@ -102,8 +102,9 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
             error,
             outputs_json: bounded(outputs_text(outputs)),
         },
-        // Neither the user nor the timeout cancelled it: the engine stopped
-        // driving it (another node does now), and this end is not proposed.
+        // Neither the user nor the timeout cancelled it: the engine abandoned
+        // it (another node drives the run now, or it ended); this end is not
+        // proposed.
         (StepResult::Cancelled { outputs }, None) => RunEnd::Failed {
             error: "cancelled".into(),
             outputs_json: bounded(outputs_text(outputs)),
