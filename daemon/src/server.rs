@@ -24,7 +24,7 @@ use crate::domain::{Domain, TABLES};
 use crate::engine::{Engine, StateLookup};
 use crate::ops::exec::ExecProvider;
 use crate::ops::local::LocalProvider;
-use crate::ops::Providers;
+use crate::ops::{Provider, Providers};
 
 /// Runs a node until it is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -131,13 +131,11 @@ fn host_port(host: &str, port: u16) -> String {
 fn start_engine(node: &ClusterNode, data_dir: &std::path::Path) -> anyhow::Result<Engine> {
     // Steps run in other working directories: every path they get is absolute.
     let data_dir = std::path::absolute(data_dir).context("resolving the data dir")?;
-    let mut providers: Providers = Providers::new();
-    providers.insert("exec".into(), Arc::new(ExecProvider::new(Duration::from_secs(5))));
     let lookup = Arc::new(StateLookup(node.reader().clone()));
-    providers.insert(
-        "local".into(),
+    let providers = Providers::new([
+        Arc::new(ExecProvider::new(Duration::from_secs(5))) as Arc<dyn Provider>,
         Arc::new(LocalProvider::new(data_dir.join("local"), lookup)),
-    );
+    ]);
     Engine::start(node.clone(), providers, data_dir.join("work")).context("starting the engine")
 }
 

@@ -1,5 +1,6 @@
 //! Bad input to the Resources API gets a clear error naming what is wrong
-//! and changes nothing: broken kind files, unknown kinds, resources, events
+//! and changes nothing: broken kind files, kinds this node's providers
+//! refuse (an unknown provider among them), unknown kinds, resources, events
 //! and runs, specs the kind rejects, events in the wrong state; a step that
 //! crashes or writes garbage outputs fails its run without harming the node.
 
@@ -72,6 +73,54 @@ async fn resources_bad_input_changes_nothing() {
         "line 1",
     );
     expect(res::apply_kind(&addr, "").await, Code::InvalidArgument, "source");
+
+    // A provider this node does not have, or a kind its provider refuses, is
+    // turned away by the node receiving it, before anything is proposed:
+    // apply never checks providers, so nodes of different builds agree.
+    let index = client::status(&addr, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .applied_index;
+    let docker = JOB
+        .replace("kind = \"job\"", "kind = \"job-docker\"")
+        .replace("provider = \"exec\"", "provider = \"docker\"");
+    expect(
+        res::apply_kind(&addr, &docker).await,
+        Code::InvalidArgument,
+        "provider: unknown provider \"docker\" (this node has: exec, local)",
+    );
+    let no_script = JOB
+        .replace("kind = \"job\"", "kind = \"job-docker\"")
+        .replace("run = 'kill -SEGV $$'\n", "");
+    expect(
+        res::apply_kind(&addr, &no_script).await,
+        Code::InvalidArgument,
+        "state \"crashing\": run: missing",
+    );
+    let local_script = JOB
+        .replace("kind = \"job\"", "kind = \"job-docker\"")
+        .replace("provider = \"exec\"", "provider = \"local\"");
+    expect(
+        res::apply_kind(&addr, &local_script).await,
+        Code::InvalidArgument,
+        "run: only the exec provider runs scripts",
+    );
+    assert_eq!(
+        client::status(&addr, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .applied_index,
+        index,
+        "a refused kind was proposed"
+    );
+    expect(
+        c.get_kind(GetKindRequest {
+            name: "job-docker".into(),
+        })
+        .await,
+        Code::NotFound,
+        "job-docker",
+    );
     let builtin = c
         .get_kind(GetKindRequest { name: "image".into() })
         .await

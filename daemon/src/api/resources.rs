@@ -202,6 +202,8 @@ impl Resources for ResourcesService {
         }
         // Checked here for a quick answer; apply checks again.
         let kind = Kind::parse(&source).map_err(Status::invalid_argument)?;
+        // Only here: which providers exist is this node's business, not apply's.
+        self.engine.providers().check(&kind).map_err(Status::invalid_argument)?;
         let (version, _) = propose(&self.node, Command::PutKind { source: source.clone() }).await?;
         let record = domain::KindRecord { source, version };
         Ok(Response::new(kind_to_proto(&kind, Some(&record))))

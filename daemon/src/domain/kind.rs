@@ -5,9 +5,14 @@
 //! [`Kind::parse`] reads a kind file in two steps: the TOML is read into
 //! raw structures that reject unknown keys, then converted and validated
 //! (state names, targets, the rules of work, stable and final states,
-//! reachability, the provider's needs). The first problem found is returned
+//! reachability). The first problem found is returned
 //! as one line naming the kind, the state and the key at fault, e.g.
 //! `kind "app": state "building": next: unknown state "bilt"`.
+//!
+//! The provider a kind names, and the keys only a provider reads (`run`,
+//! `step`), are opaque here: which providers exist and what they need is
+//! checked at the API by the node's providers, never in apply, so nodes of
+//! different builds give the same answer.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -20,7 +25,8 @@ pub struct Kind {
     pub name: String,
     /// The state a new resource enters.
     pub initial: String,
-    /// The provider that runs this kind's work states.
+    /// The provider that runs this kind's work states; opaque to the
+    /// domain (the API checks this node has it).
     pub provider: String,
     /// Spec keys a resource of this kind must have (`required = [...]`).
     pub required: Vec<String>,
@@ -45,8 +51,12 @@ pub struct State {
     pub is_final: bool,
     /// Work states: seconds a step may take before it fails.
     pub timeout: Option<u64>,
-    /// Work states of an `exec` kind: the script the step runs.
+    /// Work states: the script the step runs (read by the `exec` provider).
     pub run: Option<String>,
+    /// Work states: which of its steps the provider runs (read by providers
+    /// with named steps, such as `local`).
+    #[serde(default)]
+    pub step: Option<String>,
 }
 
 /// The default step timeout, for work states that do not set one.
@@ -54,9 +64,6 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 
 /// The longest step timeout a kind may set: seven days.
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
-
-/// The providers a kind may name.
-pub const PROVIDERS: &[&str] = &["exec", "local"];
 
 /// The event of a resource's first run (creation enters the initial state).
 /// It is reserved: a kind may not declare it in `on`.
@@ -213,9 +220,12 @@ struct RawState {
     is_final: bool,
     timeout: Option<i64>,
     run: Option<String>,
+    step: Option<String>,
 }
 
-const STATE_KEYS: &[&str] = &["work", "next", "fail", "cancel", "on", "final", "timeout", "run"];
+const STATE_KEYS: &[&str] = &[
+    "work", "next", "fail", "cancel", "on", "final", "timeout", "run", "step",
+];
 
 /// Deserializes `table` into `T` (whose fields are all optional). On error,
 /// finds the key at fault by reading each key on its own, and returns
@@ -261,16 +271,13 @@ impl RawKind {
         let provider = self.provider.ok_or_else(|| {
             at(
                 "provider",
-                format!(
-                    "missing (the provider of the work states: one of {})",
-                    PROVIDERS.join(", ")
-                ),
+                "missing (the provider of the work states, e.g. exec)".into(),
             )
         })?;
-        if !PROVIDERS.contains(&provider.as_str()) {
+        if provider.is_empty() {
             return Err(at(
                 "provider",
-                format!("unknown provider {provider:?} (known: {})", PROVIDERS.join(", ")),
+                "empty (the provider of the work states, e.g. exec)".into(),
             ));
         }
         let mut seen = BTreeSet::new();
@@ -302,7 +309,7 @@ impl RawKind {
             })?;
             let raw: RawState =
                 read_table(table, STATE_KEYS).map_err(|e| format!("kind {name:?}: state {state_name:?}: {e}"))?;
-            let state = raw.into_state(&provider).map_err(|(key, msg)| st(key, msg))?;
+            let state = raw.into_state().map_err(|(key, msg)| st(key, msg))?;
             states.insert(state_name.clone(), state);
         }
 
@@ -349,7 +356,7 @@ impl RawKind {
 
 impl RawState {
     /// Converts and checks one state; the error is `(key, message)`.
-    fn into_state(self, provider: &str) -> Result<State, (&'static str, String)> {
+    fn into_state(self) -> Result<State, (&'static str, String)> {
         if self.is_final && self.work {
             return Err(("final", "a final state cannot be a work state".into()));
         }
@@ -382,6 +389,7 @@ impl RawState {
                 ("cancel", self.cancel.is_some()),
                 ("timeout", self.timeout.is_some()),
                 ("run", self.run.is_some()),
+                ("step", self.step.is_some()),
             ];
             if let Some((key, _)) = only_work.into_iter().find(|(_, set)| *set) {
                 return Err((key, "only a work state (work = true) may have it".into()));
@@ -409,19 +417,6 @@ impl RawState {
                 ))
             }
         };
-        match (&self.run, provider) {
-            (Some(_), p) if p != "exec" => {
-                return Err((
-                    "run",
-                    format!("only the exec provider runs scripts (this kind's provider is {p:?})"),
-                ))
-            }
-            (Some(script), _) if script.trim().is_empty() => return Err(("run", "empty script".into())),
-            (None, "exec") if self.work => {
-                return Err(("run", "missing: a work state of an exec kind must have a script".into()))
-            }
-            _ => {}
-        }
         Ok(State {
             work: self.work,
             next: self.next,
@@ -431,6 +426,7 @@ impl RawState {
             is_final: self.is_final,
             timeout,
             run: self.run,
+            step: self.step,
         })
     }
 }
@@ -542,6 +538,7 @@ on = { retry = "building" }
         assert_eq!(building.next.as_deref(), Some("built"));
         assert_eq!(image.cancel_target(building), Some("failed"));
         assert_eq!(building.timeout_secs(), DEFAULT_TIMEOUT_SECS);
+        assert_eq!(building.step.as_deref(), Some("build_image"));
 
         let cluster = builtin("cluster").unwrap();
         assert_eq!(cluster.initial, "pending");
@@ -553,6 +550,7 @@ on = { retry = "building" }
         assert_eq!(cluster.state("starting").unwrap().next.as_deref(), Some("running"));
         assert_eq!(cluster.state("stopping").unwrap().next.as_deref(), Some("stopped"));
         assert!(cluster.state("destroyed").unwrap().is_final);
+        assert_eq!(cluster.states["stopping"].step.as_deref(), Some("stop_machines"));
     }
 
     #[test]
@@ -686,12 +684,27 @@ on = { retry = "dumping" }
     }
 
     #[test]
-    fn an_unknown_provider_is_an_error() {
-        let e = err(&APP.replace("provider = \"local\"", "provider = \"docker\""));
-        assert!(
-            e.starts_with("kind \"app\": provider: unknown provider \"docker\""),
-            "{e}"
-        );
+    fn the_provider_is_opaque_to_the_domain() {
+        // Which providers exist is the API's question (each node's build
+        // knows its own); apply must give every node the same answer.
+        let kind = Kind::parse(&APP.replace("provider = \"local\"", "provider = \"docker\"")).unwrap();
+        assert_eq!(kind.provider, "docker");
+        let e = err(&APP.replace("provider = \"local\"", "provider = \"\""));
+        assert!(e.starts_with("kind \"app\": provider: empty"), "{e}");
+    }
+
+    #[test]
+    fn run_and_step_are_kept_for_the_provider() {
+        let kind = Kind::parse(&APP.replace(
+            "fail = \"failed\"\n",
+            "fail = \"failed\"\nrun = \"make\"\nstep = \"build\"\n",
+        ))
+        .unwrap();
+        let building = kind.state("building").unwrap();
+        assert_eq!(building.run.as_deref(), Some("make"));
+        assert_eq!(building.step.as_deref(), Some("build"));
+        let e = err(&APP.replace("fail = \"failed\"\n", "fail = \"failed\"\nstep = 1\n"));
+        assert_names(&e, "building", "step");
     }
 
     #[test]
@@ -746,6 +759,7 @@ on = { retry = "dumping" }
             ("cancel", "cancel = \"failed\""),
             ("timeout", "timeout = 10"),
             ("run", "run = \"true\""),
+            ("step", "step = \"build\""),
         ] {
             let e = err(&APP.replace("[states.built]\n", &format!("[states.built]\n{line}\n")));
             assert_names(&e, "built", key);
@@ -788,25 +802,6 @@ on = { retry = "dumping" }
             APP.replace("fail = \"failed\"", "fail = \"failed\"\ncancel = \"orphan\"")
         );
         Kind::parse(&ok).unwrap();
-    }
-
-    #[test]
-    fn run_needs_the_exec_provider() {
-        let e = err(&APP.replace("fail = \"failed\"\n", "fail = \"failed\"\nrun = \"make\"\n"));
-        assert_names(&e, "building", "run");
-        assert!(e.contains("exec"), "{e}");
-    }
-
-    #[test]
-    fn an_exec_work_state_needs_a_script() {
-        let exec = APP.replace("provider = \"local\"", "provider = \"exec\"");
-        let e = err(&exec);
-        assert_names(&e, "building", "run");
-        assert!(e.contains("missing"), "{e}");
-        let e = err(&exec.replace("fail = \"failed\"\n", "fail = \"failed\"\nrun = \"  \"\n"));
-        assert_names(&e, "building", "run");
-        assert!(e.contains("empty"), "{e}");
-        Kind::parse(&exec.replace("fail = \"failed\"\n", "fail = \"failed\"\nrun = \"make\"\n")).unwrap();
     }
 
     #[test]

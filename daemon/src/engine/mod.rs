@@ -145,6 +145,12 @@ impl Engine {
             .flatten()
     }
 
+    /// The providers this node runs steps with: the API checks a kind
+    /// against them before proposing it.
+    pub fn providers(&self) -> &Providers {
+        &self.ctx.providers
+    }
+
     /// Creates a resource. The proposal goes straight to the cluster: there
     /// is no actor to serialise it yet, and apply refuses a duplicate. The
     /// registry starts the resource's actor when the creation is applied.

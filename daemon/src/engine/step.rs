@@ -66,9 +66,10 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
     // Every line is recorded before the finish, which closes the run's log.
     let _ = forwarder.await;
     if by_user.load(Ordering::SeqCst) {
+        // A step that failed on its own before it saw the cancel keeps its error.
         let (error, outputs) = match result {
-            StepResult::Failed { error, outputs } if error != "cancelled" => (error, outputs),
-            StepResult::Failed { outputs, .. } | StepResult::Succeeded { outputs } => (String::new(), outputs),
+            StepResult::Failed { error, outputs } => (error, outputs),
+            StepResult::Cancelled { outputs } | StepResult::Succeeded { outputs } => (String::new(), outputs),
         };
         return RunEnd::Cancelled {
             error,
@@ -76,7 +77,10 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
         };
     }
     match (result, timed_out) {
-        (StepResult::Failed { outputs, .. } | StepResult::Succeeded { outputs }, Some(t)) => RunEnd::Failed {
+        (
+            StepResult::Failed { outputs, .. } | StepResult::Succeeded { outputs } | StepResult::Cancelled { outputs },
+            Some(t),
+        ) => RunEnd::Failed {
             error: format!("the step timed out after {}s", t.as_secs()),
             outputs_json: bounded(outputs_text(outputs)),
         },
@@ -96,6 +100,13 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
         }
         (StepResult::Failed { error, outputs }, None) => RunEnd::Failed {
             error,
+            outputs_json: bounded(outputs_text(outputs)),
+        },
+        // Neither the user nor the timeout cancelled it: the engine abandoned
+        // it (another node drives the run now, or it ended); this end is not
+        // proposed.
+        (StepResult::Cancelled { outputs }, None) => RunEnd::Failed {
+            error: "cancelled".into(),
             outputs_json: bounded(outputs_text(outputs)),
         },
     }
@@ -145,7 +156,8 @@ fn prepare(
         state: run.to.clone(),
         run_id: run.run_id(),
         attempt: run.attempt,
-        script: state.run.clone(),
+        step: state.step.clone(),
+        run: state.run.clone(),
         work_dir,
         node_id: ctx.node_id,
     };

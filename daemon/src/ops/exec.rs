@@ -13,32 +13,20 @@
 //! Background processes a script leaves behind after exiting normally are
 //! not killed (a script may mean to start a daemon), but their hold on the
 //! script's stdout does not keep the step open: output is read for at most
-//! [`DRAIN_AFTER_EXIT`] after the script exits. A daemon should redirect its
-//! output (and use `setsid` if it must survive a cancel).
+//! [`DRAIN_AFTER_EXIT`](super::process::DRAIN_AFTER_EXIT) after the script
+//! exits. A daemon should redirect its output (and use `setsid` if it must
+//! survive a cancel).
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::{LogSink, Object, Provider, StepRequest, StepResult};
+use super::process::{describe_status, run_logged, shell, Ended};
+use super::{state_error, LogSink, Object, Provider, StepRequest, StepResult};
+use crate::domain::kind::Kind;
 use crate::domain::resources::json_type;
-
-/// The longest log line kept, in bytes; a script printing a huge line (or
-/// binary without newlines) must not exhaust memory or the run's log.
-pub const MAX_LINE_BYTES: usize = 4096;
-
-/// How long output is still read after the script exited: long enough to
-/// get its last lines, short enough that a grandchild holding the pipe open
-/// does not keep the step running.
-pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
 /// The file name, in the attempt's work directory, that `OPSD_OUTPUTS` names.
 const OUTPUTS_FILE: &str = "outputs.json";
@@ -61,13 +49,45 @@ impl ExecProvider {
 
 #[async_trait::async_trait]
 impl Provider for ExecProvider {
+    fn name(&self) -> &'static str {
+        "exec"
+    }
+
+    /// Every work state has a script (`run`), and none names a `step`: the
+    /// script is the step.
+    fn check_kind(&self, kind: &Kind) -> Result<(), String> {
+        for (name, state) in &kind.states {
+            if state.step.is_some() {
+                return Err(state_error(
+                    kind,
+                    name,
+                    "step",
+                    "the exec provider has no named steps: a work state's step is its script (run)",
+                ));
+            }
+            match &state.run {
+                Some(script) if script.trim().is_empty() => return Err(state_error(kind, name, "run", "empty script")),
+                None if state.work => {
+                    return Err(state_error(
+                        kind,
+                        name,
+                        "run",
+                        "missing: a work state of an exec kind must have a script",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult {
-        let script = match req.script.as_deref() {
+        let script = match req.run.as_deref() {
             Some(s) if !s.trim().is_empty() => s.to_string(),
             _ => return StepResult::failed(format!("state {} has no script", req.state)),
         };
         if cancel.is_cancelled() {
-            return StepResult::failed("cancelled");
+            return StepResult::cancelled();
         }
         let outputs_path = req.work_dir.join(OUTPUTS_FILE);
         match std::fs::remove_file(&outputs_path) {
@@ -82,10 +102,8 @@ impl Provider for ExecProvider {
         }
         let stdin = stdin_document(&req);
 
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(&script)
-            .current_dir(&req.work_dir)
+        let mut cmd = shell(&script);
+        cmd.current_dir(&req.work_dir)
             .env("OPSD_KIND", &req.kind)
             .env("OPSD_NAME", &req.name)
             .env("OPSD_STATE", &req.state)
@@ -97,7 +115,7 @@ impl Provider for ExecProvider {
         let what = format!("the script of state {}", req.state);
         let status = match run_logged(cmd, &what, Some(stdin), &log, &cancel, self.grace).await {
             Err(e) => return StepResult::failed(e),
-            Ok(Ended::Cancelled) => return StepResult::failed("cancelled"),
+            Ok(Ended::Cancelled) => return StepResult::cancelled(),
             Ok(Ended::Exited(status)) => status,
         };
         let outputs = read_outputs(&outputs_path);
@@ -169,196 +187,6 @@ fn read_outputs(path: &Path) -> Result<Object, String> {
     }
 }
 
-/// "exited with status N" or "killed by signal NAME", for error messages.
-pub(crate) fn describe_status(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        return format!("exited with status {code}");
-    }
-    match status.signal() {
-        Some(sig) => match Signal::try_from(sig) {
-            Ok(s) => format!("killed by signal {}", s.as_str()),
-            Err(_) => format!("killed by signal {sig}"),
-        },
-        None => format!("ended with {status}"),
-    }
-}
-
-/// How a command run by [`run_logged`] ended.
-#[derive(Debug)]
-pub(crate) enum Ended {
-    /// It exited (or was killed by someone else) with this status.
-    Exited(ExitStatus),
-    /// The cancellation token fired; its process group was terminated.
-    Cancelled,
-}
-
-/// Runs `cmd` in a new process group, writing `stdin` (then closing it) if
-/// given, every stdout/stderr line to `log`. When `cancel` fires the group
-/// gets SIGTERM, then SIGKILL after `grace`. If the returned future is
-/// dropped before the command was reaped, the group is SIGKILLed. `what`
-/// names the command in errors.
-pub(crate) async fn run_logged(
-    mut cmd: Command,
-    what: &str,
-    stdin: Option<Vec<u8>>,
-    log: &LogSink,
-    cancel: &CancellationToken,
-    grace: Duration,
-) -> Result<Ended, String> {
-    cmd.process_group(0)
-        .kill_on_drop(false)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
-    let pgid = match child.id() {
-        Some(id) => Pid::from_raw(id as i32),
-        None => return Err(format!("cannot start {what}: it has no process id")),
-    };
-    let mut guard = GroupGuard { pgid: Some(pgid) };
-
-    let child_in = child.stdin.take();
-    let child_out = child.stdout.take();
-    let child_err = child.stderr.take();
-    let feed = async move {
-        if let (Some(mut w), Some(bytes)) = (child_in, stdin) {
-            // A script that does not read stdin may exit first: a broken
-            // pipe here is fine.
-            let _ = w.write_all(&bytes).await;
-            let _ = w.shutdown().await;
-        }
-    };
-    let pumps = async {
-        tokio::join!(feed, pump(child_out, log), pump(child_err, log));
-    };
-    tokio::pin!(pumps);
-    let exit = wait_or_cancel(&mut child, pgid, cancel, grace, what);
-    tokio::pin!(exit);
-
-    let mut pumped = false;
-    let ended = loop {
-        tokio::select! {
-            ended = &mut exit => break ended,
-            _ = &mut pumps, if !pumped => pumped = true,
-        }
-    };
-    if ended.is_ok() {
-        // Reaped: the group id may be reused from now on.
-        guard.pgid = None;
-    }
-    if !pumped {
-        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut pumps).await;
-    }
-    ended
-}
-
-/// Waits for the child to exit or, when `cancel` fires, terminates its
-/// process group: SIGTERM, up to `grace` for it to exit, then SIGKILL.
-async fn wait_or_cancel(
-    child: &mut Child,
-    pgid: Pid,
-    cancel: &CancellationToken,
-    grace: Duration,
-    what: &str,
-) -> Result<Ended, String> {
-    tokio::select! {
-        biased;
-        status = child.wait() => {
-            status.map(Ended::Exited).map_err(|e| format!("cannot wait for {what}: {e}"))
-        }
-        _ = cancel.cancelled() => {
-            let _ = killpg(pgid, Signal::SIGTERM);
-            let _ = tokio::time::timeout(grace, child.wait()).await;
-            // Whether or not the leader went, sweep what is left of the group.
-            let _ = killpg(pgid, Signal::SIGKILL);
-            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                Ok(_) => Ok(Ended::Cancelled),
-                Err(_) => Err(format!("{what} did not exit after SIGKILL")),
-            }
-        }
-    }
-}
-
-/// Kills a process group with SIGKILL when dropped while still armed, so a
-/// dropped step future leaves no processes behind.
-struct GroupGuard {
-    /// The group to kill; `None` once its leader was reaped.
-    pgid: Option<Pid>,
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
-    }
-}
-
-/// Copies a stream's lines to the log until it ends or fails.
-async fn pump<R: AsyncRead + Unpin>(stream: Option<R>, log: &LogSink) {
-    let Some(mut stream) = stream else { return };
-    let mut lines = LineSplitter::default();
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => lines.push(&buf[..n], |l| log.line(l)),
-        }
-    }
-    lines.finish(|l| log.line(l));
-}
-
-/// Splits a byte stream into lossy UTF-8 lines, keeping at most
-/// [`MAX_LINE_BYTES`] of each and marking the ones cut.
-#[derive(Debug, Default)]
-pub(crate) struct LineSplitter {
-    /// The start of the current line (at most `MAX_LINE_BYTES`).
-    line: Vec<u8>,
-    /// The current line's full length so far.
-    len: usize,
-}
-
-impl LineSplitter {
-    /// Feeds bytes, calling `emit` for every line they complete.
-    pub(crate) fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(String)) {
-        while !bytes.is_empty() {
-            let (part, rest, complete) = match bytes.iter().position(|b| *b == b'\n') {
-                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
-                None => (bytes, &bytes[bytes.len()..], false),
-            };
-            let room = MAX_LINE_BYTES.saturating_sub(self.line.len());
-            self.line.extend_from_slice(&part[..part.len().min(room)]);
-            self.len += part.len();
-            if complete {
-                emit(self.take());
-            }
-            bytes = rest;
-        }
-    }
-
-    /// Emits the last line if the stream did not end with a newline.
-    pub(crate) fn finish(&mut self, mut emit: impl FnMut(String)) {
-        if self.len > 0 {
-            emit(self.take());
-        }
-    }
-
-    /// The current line as text, with the marker if it was cut.
-    fn take(&mut self) -> String {
-        if self.line.last() == Some(&b'\r') && self.len == self.line.len() {
-            self.line.pop();
-            self.len -= 1;
-        }
-        let mut text = String::from_utf8_lossy(&self.line).into_owned();
-        if self.len > self.line.len() {
-            text.push_str(&format!(" [... line cut: {} bytes in all]", self.len));
-        }
-        self.line.clear();
-        self.len = 0;
-        text
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,8 +195,12 @@ mod tests {
     use std::time::Instant;
 
     use nix::errno::Errno;
-    use nix::sys::signal::kill;
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::Pid;
+
     use tokio::sync::mpsc;
+
+    use crate::ops::process::{group_gone, MAX_LINE_BYTES};
 
     fn request(dir: &Path, script: &str) -> StepRequest {
         let mut spec = Object::new();
@@ -387,7 +219,8 @@ mod tests {
             state: "making".into(),
             run_id: "r-42".into(),
             attempt: 2,
-            script: Some(script.into()),
+            step: None,
+            run: Some(script.into()),
             work_dir: dir.to_path_buf(),
             node_id: 7,
         }
@@ -418,28 +251,6 @@ mod tests {
             assert!(Instant::now() < deadline, "the script never wrote {}", path.display());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// True when no live (non-zombie) process is in the group. Zombies are
-    /// reparented processes waiting for init, which may reap them late.
-    fn group_gone(pgid: i32) -> bool {
-        if kill(Pid::from_raw(-pgid), None) == Err(Errno::ESRCH) {
-            return true;
-        }
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return false;
-        };
-        for e in entries.flatten() {
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-                continue;
-            };
-            let Some(close) = stat.rfind(')') else { continue };
-            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" && fields[0] != "X" {
-                return false;
-            }
-        }
-        true
     }
 
     #[tokio::test]
@@ -561,7 +372,7 @@ mod tests {
         let mut req = request(dir.path(), "");
         let (result, _) = run(req.clone(), Duration::from_secs(1)).await;
         assert_eq!(result, StepResult::failed("state making has no script"));
-        req.script = None;
+        req.run = None;
         let (result, _) = run(req, Duration::from_secs(1)).await;
         assert_eq!(result, StepResult::failed("state making has no script"));
     }
@@ -599,7 +410,7 @@ mod tests {
         cancel.cancel();
         let result = step.await.unwrap();
         assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
-        assert_eq!(result, StepResult::failed("cancelled"));
+        assert_eq!(result, StepResult::cancelled());
         assert_eq!(kill(Pid::from_raw(-pgid), None), Err(Errno::ESRCH));
     }
 
@@ -622,7 +433,7 @@ mod tests {
         let took = start.elapsed();
         assert!(took >= grace, "SIGKILL came before the grace: {took:?}");
         assert!(took < grace + Duration::from_secs(2), "took {took:?}");
-        assert_eq!(result, StepResult::failed("cancelled"));
+        assert_eq!(result, StepResult::cancelled());
         assert!(group_gone(pgid), "group {pgid} still has live processes");
         assert!(!drain(rx).contains(&"survived".to_string()));
     }
@@ -657,14 +468,44 @@ mod tests {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
 
+    /// A small exec kind, edited by the check tests.
+    const APP: &str = r#"
+kind = "app"
+initial = "building"
+provider = "exec"
+
+[states.building]
+work = true
+next = "built"
+fail = "failed"
+run = "make"
+
+[states.built]
+on = { rebuild = "building" }
+
+[states.failed]
+on = { retry = "building" }
+"#;
+
+    fn check(source: &str) -> Result<(), String> {
+        ExecProvider::new(Duration::from_secs(1)).check_kind(&Kind::parse(source).unwrap())
+    }
+
     #[test]
-    fn splitter_handles_split_lines_and_crlf() {
-        let mut s = LineSplitter::default();
-        let mut got = Vec::new();
-        s.push(b"ab", |l| got.push(l));
-        s.push(b"c\r\nde\n\nf", |l| got.push(l));
-        s.push(&[0xff, b'\n'], |l| got.push(l));
-        s.finish(|l| got.push(l));
-        assert_eq!(got, vec!["abc", "de", "", "f\u{fffd}"]);
+    fn an_exec_work_state_needs_a_script() {
+        check(APP).unwrap();
+        let e = check(&APP.replace("run = \"make\"\n", "")).unwrap_err();
+        assert!(e.starts_with("kind \"app\": state \"building\": run: missing"), "{e}");
+        let e = check(&APP.replace("run = \"make\"", "run = \"  \"")).unwrap_err();
+        assert_eq!(e, "kind \"app\": state \"building\": run: empty script");
+    }
+
+    #[test]
+    fn an_exec_kind_names_no_step() {
+        let e = check(&APP.replace("run = \"make\"", "run = \"make\"\nstep = \"build_image\"")).unwrap_err();
+        assert!(
+            e.starts_with("kind \"app\": state \"building\": step: the exec provider has no named steps"),
+            "{e}"
+        );
     }
 }

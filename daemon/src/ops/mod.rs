@@ -4,9 +4,16 @@
 //! belong to the engine. Steps must be idempotent (a step may run again after
 //! a leader change) and must return promptly once their cancellation token
 //! fires.
+//!
+//! A provider is a plug-in: it implements [`Provider`] (its name, a check of
+//! the kinds that name it, its step) and is registered in [`Providers`] when
+//! the node starts. Which providers exist is this node's business: the API
+//! checks a kind against them before proposing it; apply never does.
 
 pub mod exec;
+pub mod files;
 pub mod local;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +22,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::domain::kind::Kind;
 
 /// A JSON object: a resource's spec or outputs.
 pub type Object = Map<String, Value>;
@@ -40,16 +49,17 @@ pub struct StepRequest {
     pub run_id: String,
     /// 1 for the first execution, +1 for each takeover by a new leader.
     pub attempt: u32,
-    /// The state's script (`run`), for the exec provider.
-    pub script: Option<String>,
+    /// The state's `step`: which of its steps the provider runs.
+    pub step: Option<String>,
+    /// The state's `run`: the script, for the exec provider.
+    pub run: Option<String>,
     /// A scratch directory for this attempt, created and owned by the engine.
     pub work_dir: PathBuf,
     /// The node executing the step.
     pub node_id: u64,
 }
 
-/// How a step ended. Cancellation is not a result: the engine knows it fired
-/// the token, and records the run as cancelled whatever the step returns.
+/// How a step ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepResult {
     /// The work is done; `outputs` are merged into the resource's.
@@ -64,6 +74,12 @@ pub enum StepResult {
         /// Outputs reported before the failure (kept with the run).
         outputs: Object,
     },
+    /// The step stopped because its cancellation token fired. The engine
+    /// decides what that means (a user's cancel, a timeout).
+    Cancelled {
+        /// Outputs reported before it stopped (what it already started).
+        outputs: Object,
+    },
 }
 
 impl StepResult {
@@ -73,6 +89,36 @@ impl StepResult {
             error: error.into(),
             outputs: Object::new(),
         }
+    }
+
+    /// A step that stopped, or did not begin, because it was cancelled, with
+    /// no outputs.
+    pub fn cancelled() -> Self {
+        StepResult::Cancelled { outputs: Object::new() }
+    }
+}
+
+/// Why a step, or a piece of one, did not finish: shared by the helpers a
+/// step calls, so cancellation travels as a value, never as a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// The work failed, for this reason (a line naming what failed).
+    #[error("{0}")]
+    Failed(String),
+    /// The step's cancellation token fired.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<String> for StepError {
+    fn from(error: String) -> Self {
+        StepError::Failed(error)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(error: &str) -> Self {
+        StepError::Failed(error.to_string())
     }
 }
 
@@ -104,14 +150,151 @@ pub trait ResourceLookup: Send + Sync {
     fn lookup(&self, kind: &str, name: &str) -> Option<(String, Object)>;
 }
 
-/// The provider contract.
+/// The provider contract: what a plug-in implements to make the work states
+/// of the kinds naming it real.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
+    /// The name kinds use for it (`provider = "NAME"`).
+    fn name(&self) -> &'static str;
+
+    /// Checks a kind naming this provider: that it declares what the
+    /// provider needs (a script, a step it has) and nothing it would ignore.
+    /// Run at the API before the kind is proposed; the error names the kind,
+    /// the state and the key, as kind files' errors do.
+    fn check_kind(&self, kind: &Kind) -> Result<(), String>;
+
     /// Runs the step of `req.state`. Returns when the work is done, has
-    /// failed, or `cancel` fired (then any result is fine: the run is
-    /// recorded as cancelled).
+    /// failed, or `cancel` fired (then [`StepResult::Cancelled`], with the
+    /// outputs of what it already did).
     async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult;
 }
 
-/// The providers by the name kinds use for them.
-pub type Providers = BTreeMap<String, Arc<dyn Provider>>;
+/// The providers this node has, by name: built when the node starts, used by
+/// the engine to run steps and by the API to check kinds. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_name: BTreeMap<&'static str, Arc<dyn Provider>>,
+}
+
+impl Providers {
+    /// The registry of `providers` (a later one replaces an earlier one of
+    /// the same name).
+    pub fn new(providers: impl IntoIterator<Item = Arc<dyn Provider>>) -> Self {
+        Providers {
+            by_name: providers.into_iter().map(|p| (p.name(), p)).collect(),
+        }
+    }
+
+    /// The provider called `name`, if this node has it.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.by_name.get(name)
+    }
+
+    /// The names of the providers this node has, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.by_name.keys().copied().collect()
+    }
+
+    /// Checks that this node has the kind's provider and that the provider
+    /// accepts the kind. The error names the kind and the key at fault.
+    pub fn check(&self, kind: &Kind) -> Result<(), String> {
+        match self.get(&kind.provider) {
+            Some(provider) => provider.check_kind(kind),
+            None => Err(format!(
+                "kind {:?}: provider: unknown provider {:?} (this node has: {})",
+                kind.name,
+                kind.provider,
+                self.names().join(", ")
+            )),
+        }
+    }
+}
+
+/// `kind "K": state "S": KEY: MESSAGE`, the form of kind errors, for
+/// providers' checks.
+pub fn state_error(kind: &Kind, state: &str, key: &str, message: impl std::fmt::Display) -> String {
+    format!("kind {:?}: state {state:?}: {key}: {message}", kind.name)
+}
+
+/// Refuses `run` on every state of a kind whose provider runs no scripts.
+pub fn refuse_run(kind: &Kind) -> Result<(), String> {
+    match kind.states.iter().find(|(_, s)| s.run.is_some()) {
+        Some((name, _)) => Err(state_error(
+            kind,
+            name,
+            "run",
+            format_args!(
+                "only the exec provider runs scripts (this kind's provider is {:?})",
+                kind.provider
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Named(&'static str);
+
+    #[async_trait::async_trait]
+    impl Provider for Named {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn check_kind(&self, kind: &Kind) -> Result<(), String> {
+            refuse_run(kind)
+        }
+        async fn step(&self, _: StepRequest, _: LogSink, _: CancellationToken) -> StepResult {
+            StepResult::failed("not a real provider")
+        }
+    }
+
+    const KIND: &str = r#"
+kind = "app"
+initial = "building"
+provider = "PROVIDER"
+
+[states.building]
+work = true
+next = "built"
+fail = "built"
+
+[states.built]
+final = true
+"#;
+
+    fn kind(provider: &str) -> Kind {
+        Kind::parse(&KIND.replace("PROVIDER", provider)).unwrap()
+    }
+
+    #[test]
+    fn an_unknown_provider_is_refused_naming_the_known_ones() {
+        let providers = Providers::new([Arc::new(Named("local")) as Arc<dyn Provider>, Arc::new(Named("exec"))]);
+        assert_eq!(providers.names(), ["exec", "local"]);
+        assert_eq!(
+            providers.check(&kind("docker")),
+            Err("kind \"app\": provider: unknown provider \"docker\" (this node has: exec, local)".into())
+        );
+        providers.check(&kind("local")).unwrap();
+        assert!(providers.get("docker").is_none());
+        assert_eq!(providers.get("exec").map(|p| p.name()), Some("exec"));
+    }
+
+    #[test]
+    fn a_known_provider_checks_the_kind() {
+        let providers = Providers::new([Arc::new(Named("local")) as Arc<dyn Provider>]);
+        let with_run = Kind::parse(
+            &KIND
+                .replace("PROVIDER", "local")
+                .replace("fail = \"built\"\n", "fail = \"built\"\nrun = \"make\"\n"),
+        )
+        .unwrap();
+        let e = providers.check(&with_run).unwrap_err();
+        assert!(
+            e.starts_with("kind \"app\": state \"building\": run: only the exec provider"),
+            "{e}"
+        );
+    }
+}

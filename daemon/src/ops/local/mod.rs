@@ -1,0 +1,302 @@
+//! The `local` provider: the built-in `image` and `cluster` kinds made real
+//! with directories and processes on the node that runs the step, so opsd is
+//! useful (and testable end to end) on one laptop with nothing else installed.
+//!
+//! Each work state of a `local` kind names the step it runs (`step = "..."`
+//! in the kind file); the provider dispatches on that name, never on the
+//! kind's or the state's name.
+//!
+//! An image ([`image`]) is a copy of a source directory, built in place by
+//! shell commands, under `<root>/images/<name>/<run_id>`; it lives on the
+//! node that copied it (`outputs.node`) and only that node can build or
+//! remove it. A cluster ([`cluster`]) is `size` machines ([`machines`]): each
+//! a copy of the image under `<root>/clusters/<name>/machine-<i>` running the
+//! image's `start` command as a detached process group (it outlives opsd; a
+//! restart of opsd does not restart the machines).
+//!
+//! Every step is idempotent: directories are keyed by resource name and run
+//! id and recreated from scratch, and a machine whose process is still
+//! running (same pid and start time) is kept rather than started twice.
+
+mod cluster;
+#[cfg(test)]
+mod fixture;
+mod image;
+mod machines;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{refuse_run, state_error, LogSink, Object, Provider, ResourceLookup, StepError, StepRequest, StepResult};
+use crate::domain::kind::Kind;
+
+pub use cluster::MAX_MACHINES;
+pub use image::BUILD_GRACE;
+pub use machines::{START_CHECK, STOP_GRACE};
+
+/// The provider of the built-in `image` and `cluster` kinds: local
+/// directories and processes on the node that runs the step.
+pub struct LocalProvider {
+    /// Where images and clusters live: a directory under opsd's data dir.
+    root: PathBuf,
+    /// The registry, to find a cluster's image.
+    lookup: Arc<dyn ResourceLookup>,
+}
+
+impl LocalProvider {
+    /// A provider keeping its images and clusters under `root` (created as
+    /// needed), finding a cluster's image through `lookup`.
+    pub fn new(root: PathBuf, lookup: Arc<dyn ResourceLookup>) -> Self {
+        LocalProvider { root, lookup }
+    }
+}
+
+/// The steps of the local provider, as kinds name them (`step = "NAME"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A fresh copy of an image's source.
+    CopySource,
+    /// An image's build commands, in its copy.
+    BuildImage,
+    /// Removes an image's files.
+    RemoveImage,
+    /// Starts a cluster's machines from fresh copies of its image.
+    StartMachines,
+    /// Starts a cluster's stopped machines again, in their directories.
+    RestartMachines,
+    /// Stops a cluster's machines, keeping their files.
+    StopMachines,
+    /// Stops a cluster's machines and removes their files.
+    DestroyMachines,
+}
+
+impl Step {
+    /// Every step with its name.
+    const ALL: [(&'static str, Step); 7] = [
+        ("copy_source", Step::CopySource),
+        ("build_image", Step::BuildImage),
+        ("remove_image", Step::RemoveImage),
+        ("start_machines", Step::StartMachines),
+        ("restart_machines", Step::RestartMachines),
+        ("stop_machines", Step::StopMachines),
+        ("destroy_machines", Step::DestroyMachines),
+    ];
+
+    /// The step called `name`, if there is one.
+    fn named(name: &str) -> Option<Step> {
+        Step::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    /// The names of every step, for messages.
+    fn names() -> String {
+        Step::ALL.map(|(n, _)| n).join(", ")
+    }
+}
+
+/// Why a step failed or stopped, with the outputs it reports anyway (the
+/// machines it started before failing, so a destroy can find them).
+struct Fail {
+    error: StepError,
+    outputs: Object,
+}
+
+impl From<StepError> for Fail {
+    fn from(error: StepError) -> Self {
+        Fail {
+            error,
+            outputs: Object::new(),
+        }
+    }
+}
+
+impl From<String> for Fail {
+    fn from(error: String) -> Self {
+        Fail::from(StepError::Failed(error))
+    }
+}
+
+impl From<&str> for Fail {
+    fn from(error: &str) -> Self {
+        Fail::from(error.to_string())
+    }
+}
+
+/// What a step function returns: outputs, or why it failed.
+type StepOut = Result<Object, Fail>;
+
+#[async_trait::async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    /// Every work state names one of the steps above; no state has a script.
+    fn check_kind(&self, kind: &Kind) -> Result<(), String> {
+        refuse_run(kind)?;
+        for (name, state) in kind.states.iter().filter(|(_, s)| s.work) {
+            match state.step.as_deref() {
+                None => {
+                    return Err(state_error(
+                        kind,
+                        name,
+                        "step",
+                        format_args!(
+                            "missing: a work state of a local kind names the step it runs (one of {})",
+                            Step::names()
+                        ),
+                    ))
+                }
+                Some(step) if Step::named(step).is_none() => {
+                    return Err(state_error(
+                        kind,
+                        name,
+                        "step",
+                        format_args!("unknown step {step:?} (the local provider has: {})", Step::names()),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult {
+        if cancel.is_cancelled() {
+            return StepResult::cancelled();
+        }
+        let step = match req.step.as_deref().map(|name| (name, Step::named(name))) {
+            Some((_, Some(step))) => step,
+            Some((name, None)) => {
+                return StepResult::failed(format!(
+                    "the local provider has no step {name:?} (state {} of kind {})",
+                    req.state, req.kind
+                ))
+            }
+            None => {
+                return StepResult::failed(format!(
+                    "state {} of kind {} names no step (the local provider runs the step a work state names)",
+                    req.state, req.kind
+                ))
+            }
+        };
+        let out = match step {
+            Step::CopySource => self.copy_source(&req, &log, &cancel).await,
+            Step::BuildImage => self.build_image(&req, &log, &cancel).await,
+            Step::RemoveImage => self.remove_image(&req, &log).await,
+            Step::StartMachines => self.start_machines(&req, &log, &cancel, true).await,
+            Step::RestartMachines => self.start_machines(&req, &log, &cancel, false).await,
+            Step::StopMachines => self.stop_machines(&req, &log, &cancel, false).await,
+            Step::DestroyMachines => self.stop_machines(&req, &log, &cancel, true).await,
+        };
+        match out {
+            Ok(outputs) => StepResult::Succeeded { outputs },
+            Err(Fail {
+                error: StepError::Failed(error),
+                outputs,
+            }) => StepResult::Failed { error, outputs },
+            Err(Fail {
+                error: StepError::Cancelled,
+                outputs,
+            }) => StepResult::Cancelled { outputs },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::*;
+    use super::*;
+    use crate::domain::kind::{builtin, BUILTIN};
+    use serde_json::json;
+
+    #[test]
+    fn the_builtin_kinds_pass_the_check() {
+        let f = fixture();
+        for (name, _) in BUILTIN {
+            let kind = builtin(name).unwrap();
+            f.provider.check_kind(&kind).unwrap_or_else(|e| panic!("{name}: {e}"));
+            for state in kind.states.values().filter(|s| s.work) {
+                assert!(Step::named(state.step.as_deref().unwrap()).is_some());
+            }
+        }
+    }
+
+    /// A small local kind, edited by the check tests.
+    const APP: &str = r#"
+kind = "app"
+initial = "building"
+provider = "local"
+
+[states.building]
+work = true
+next = "built"
+fail = "failed"
+step = "build_image"
+
+[states.built]
+on = { rebuild = "building" }
+
+[states.failed]
+on = { retry = "building" }
+"#;
+
+    fn check(source: &str) -> Result<(), String> {
+        fixture().provider.check_kind(&Kind::parse(source).unwrap())
+    }
+
+    #[test]
+    fn a_local_work_state_names_a_step_it_has() {
+        check(APP).unwrap();
+        let e = check(&APP.replace("step = \"build_image\"\n", "")).unwrap_err();
+        assert!(e.starts_with("kind \"app\": state \"building\": step: missing"), "{e}");
+        assert!(e.contains("copy_source"), "{e}");
+        let e = check(&APP.replace("build_image", "bake")).unwrap_err();
+        assert!(
+            e.starts_with("kind \"app\": state \"building\": step: unknown step \"bake\" (the local provider has: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn run_needs_the_exec_provider() {
+        let e = check(&APP.replace("fail = \"failed\"\n", "fail = \"failed\"\nrun = \"make\"\n")).unwrap_err();
+        assert!(e.starts_with("kind \"app\": state \"building\": run: "), "{e}");
+        assert!(e.contains("exec"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_state_without_a_step_of_ours_fails() {
+        let f = fixture();
+        let mut req = request("image", "a", "built", json!({}), &Object::new(), "r5");
+        let (r, _) = step(&f.provider, req.clone()).await;
+        assert_eq!(
+            error_of(r),
+            "state built of kind image names no step (the local provider runs the step a work state names)"
+        );
+        req.step = Some("bake".into());
+        let (r, _) = step(&f.provider, req).await;
+        assert_eq!(
+            error_of(r),
+            "the local provider has no step \"bake\" (state built of kind image)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_step_does_not_begin() {
+        let f = fixture();
+        let req = request(
+            "image",
+            "a",
+            "pending",
+            json!({"source": "/nope"}),
+            &Object::new(),
+            "r1",
+        );
+        let (log, _rx) = LogSink::channel();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        assert_eq!(f.provider.step(req, log, cancel).await, StepResult::cancelled());
+    }
+}
