@@ -93,8 +93,11 @@ pub fn identify(mut req: Request<()>) -> Result<Request<()>, Status> {
     Ok(req)
 }
 
+/// The signature of [`identify`], as the layer holds it.
+pub type Identify = fn(Request<()>) -> Result<Request<()>, Status>;
+
 /// The identity layer, applied once to the whole client server.
-pub fn layer() -> InterceptorLayer<fn(Request<()>) -> Result<Request<()>, Status>> {
+pub fn layer() -> InterceptorLayer<Identify> {
     InterceptorLayer::new(identify)
 }
 

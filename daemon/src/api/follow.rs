@@ -18,8 +18,10 @@ use crate::domain::DomainEvent;
 /// A stream of answers, as a streaming RPC returns it.
 pub type AnswerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// What the follower saw next.
+/// What the follower saw next. Built and consumed once per event, never
+/// kept, so its size does not matter.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Applied {
     /// A change was applied.
     Event(DomainEvent),
