@@ -23,6 +23,7 @@ pub mod state_machine;
 mod storage;
 #[cfg(test)]
 mod store_tests;
+pub mod transport;
 pub mod types;
 mod wire;
 

@@ -17,7 +17,7 @@ use opsd_proto::peer::peer_client::PeerClient;
 use opsd_proto::peer::PeerMessage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::error::ClusterError;
@@ -99,10 +99,8 @@ impl PeerChannels {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| tonic::Status::invalid_argument(format!("bad peer address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
+        let endpoint = crate::transport::endpoint(addr, Duration::from_secs(1))
+            .map_err(|e| tonic::Status::invalid_argument(format!("bad peer address {addr}: {e}")))?;
         let ch = endpoint.connect_lazy();
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)

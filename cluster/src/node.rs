@@ -266,12 +266,9 @@ impl ClusterNode {
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let mut stop = self.inner.shutdown.subscribe();
         tokio::spawn(async move {
-            // Nagle's algorithm off: each reply would otherwise wait ~40 ms
-            // for the peer's delayed ACK.
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let result = tonic::transport::Server::builder()
+            let result = crate::transport::server()
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
+                .serve_with_incoming_shutdown(crate::transport::incoming(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use opsd_cluster::{new_cluster_id, ClusterConfig, ClusterNode, DataDir, NodeInfo};
+use opsd_cluster::{new_cluster_id, transport, ClusterConfig, ClusterNode, DataDir, NodeInfo};
 use opsd_proto::v1::cluster_client::ClusterClient;
 use opsd_proto::v1::cluster_server::ClusterServer;
 use opsd_proto::v1::resources_server::ResourcesServer;
@@ -13,9 +13,9 @@ use opsd_proto::v1::settings_server::SettingsServer;
 use opsd_proto::v1::{JoinRequest, StatusRequest};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tonic::transport::{Endpoint, Server};
 use tracing::{info, warn};
 
+use crate::api::caller;
 use crate::api::cluster::ClusterService;
 use crate::api::resources::ResourcesService;
 use crate::api::settings::SettingsService;
@@ -156,13 +156,16 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyh
     // Streams (watches) never end by themselves, so they are told to stop
     // too; otherwise a graceful shutdown would wait for every watcher.
     let (stopping, stop) = tokio::sync::watch::channel(false);
-    Server::builder()
+    // Every service, health and reflection included, learns its caller in
+    // one layer before any handler runs.
+    transport::server()
+        .layer(caller::layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
         .add_service(SettingsServer::new(SettingsService::new(node.clone(), stop.clone())))
         .add_service(ResourcesServer::new(ResourcesService::new(node, engine, stop)))
-        .serve_with_incoming_shutdown(nodelay(listener), async move {
+        .serve_with_incoming_shutdown(transport::incoming(listener), async move {
             tokio::select! {
                 _ = term.recv() => info!("SIGTERM: shutting down"),
                 _ = int.recv() => info!("SIGINT: shutting down"),
@@ -174,16 +177,10 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyh
     Ok(())
 }
 
-/// Accepted connections with Nagle's algorithm off: a small reply would
-/// otherwise wait for the client's delayed ACK, about 40 ms per request.
-fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 /// A client of a member's Cluster service.
 async fn cluster_client(addr: &str) -> anyhow::Result<ClusterClient<tonic::transport::Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
+    let channel = transport::endpoint(addr, Duration::from_secs(2))
+        .map_err(|e| anyhow!("{addr}: {e}"))?
         .timeout(Duration::from_secs(15))
         .connect()
         .await

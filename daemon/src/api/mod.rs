@@ -2,7 +2,9 @@
 //! and domain commands, and maps every failure onto a gRPC code whose message
 //! names the field or object at fault.
 
+pub mod caller;
 pub mod cluster;
+pub mod follow;
 pub mod resources;
 pub mod settings;
 

@@ -3,10 +3,8 @@
 //! the applied state, after the leader's read index unless stale.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 
-use futures::Stream;
-use opsd_cluster::{AppliedEvent, ClusterError, ClusterNode};
+use opsd_cluster::{ClusterError, ClusterNode};
 use opsd_proto::v1::resources_server::Resources;
 use opsd_proto::v1::{
     resource_event, ApplyKindRequest, CancelRequest, CreateResourceRequest, DeleteResourceRequest, DoRequest,
@@ -14,20 +12,19 @@ use opsd_proto::v1::{
     ListResourcesRequest, ListResourcesResponse, ListRunsRequest, ListRunsResponse, LogLines, LogsRequest, Resource,
     ResourceChange, ResourceEvent, Run, StatsRequest, StatsResponse, TransitionStats, WatchResourceRequest,
 };
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use super::caller::trigger_of;
+use super::follow::{follow, just, AnswerStream, Applied, Next};
 use super::{barrier, cluster_status, propose, read_status, refuse_if_removed, rejection_status};
 use crate::domain::kind::Kind;
 use crate::domain::resources::{self as domain, parse_run_id, ResourceRecord, RunOutcome, RunRecord};
-use crate::domain::{stats, Command, DomainEvent, Outcome, Trigger};
+use crate::domain::{stats, Command, DomainEvent, Outcome};
 use crate::engine::{self, Engine, EngineError};
 
 /// The largest kind file accepted.
 const MAX_KIND_SOURCE: usize = 256 * 1024;
-/// The metadata key carrying the principal.
-const PRINCIPAL_KEY: &str = "x-opsd-principal";
 
 /// Serves resources from a node and its engine.
 pub struct ResourcesService {
@@ -79,8 +76,6 @@ impl ResourcesService {
     }
 }
 
-type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 fn require(field: &str, value: &str) -> Result<(), Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{field}: must not be empty")));
@@ -93,31 +88,6 @@ fn engine_status(e: EngineError) -> Status {
         EngineError::Cluster(e) => cluster_status(e),
         EngineError::Rejected(r) => rejection_status(r),
     }
-}
-
-/// Who asked, why, now: the principal from the request's metadata.
-fn trigger_of<T>(req: &Request<T>, reason: String) -> Result<Trigger, Status> {
-    let principal = match req.metadata().get(PRINCIPAL_KEY) {
-        None => "anonymous".to_string(),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .filter(|p| !p.is_empty() && p.len() <= 128)
-            .ok_or_else(|| Status::invalid_argument(format!("{PRINCIPAL_KEY}: must be 1 to 128 printable characters")))?
-            .to_string(),
-    };
-    if reason.len() > domain::MAX_TEXT {
-        return Err(Status::invalid_argument(format!(
-            "reason: longer than {} bytes",
-            domain::MAX_TEXT
-        )));
-    }
-    Ok(Trigger {
-        principal,
-        reason,
-        source: "api".into(),
-        at_ms: engine::now_ms(),
-    })
 }
 
 fn kind_to_proto(kind: &Kind, record: Option<&domain::KindRecord>) -> KindInfo {
@@ -312,7 +282,7 @@ impl Resources for ResourcesService {
         Ok(Response::new(self.change(committed)?))
     }
 
-    type WatchStream = Stream_<ResourceEvent>;
+    type WatchStream = AnswerStream<ResourceEvent>;
 
     async fn watch(&self, req: Request<WatchResourceRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
@@ -320,7 +290,7 @@ impl Resources for ResourcesService {
         require("name", &req.name)?;
         refuse_if_removed(&self.node)?;
         // Subscribe first: nothing applied after the first message is missed.
-        let mut events = self.node.subscribe();
+        let events = self.node.subscribe();
         let view = self.node.reader().view();
         let kind = domain::read_kind(&view, &req.kind).map_err(read_status)?.map(|k| k.0);
         let Some(current) = domain::read_resource(&view, &req.kind, &req.name).map_err(read_status)? else {
@@ -330,82 +300,48 @@ impl Resources for ResourcesService {
             )));
         };
         drop(view);
-        let mut stop = self.stop.clone();
-        let (tx, rx) = mpsc::channel(1024);
-        let _ = tx.try_send(Ok(ResourceEvent {
+        let first = ResourceEvent {
             event: Some(resource_event::Event::Resource(resource_to_proto(
                 current,
                 kind.as_ref(),
             ))),
-        }));
-        tokio::spawn(async move {
-            let mine = |k: &str, n: &str| k == req.kind && n == req.name;
-            loop {
-                let received = tokio::select! {
-                    r = events.recv() => r,
-                    _ = stop.wait_for(|s| *s) => Err(RecvError::Closed),
-                };
-                let (item, end) = match received {
-                    Ok(AppliedEvent::Applied { event, .. }) => match DomainEvent::decode(&event) {
-                        Ok(DomainEvent::Resource(r)) if mine(&r.kind, &r.name) => (
-                            Some(resource_event::Event::Resource(resource_to_proto(r, kind.as_ref()))),
-                            false,
-                        ),
-                        Ok(DomainEvent::ResourceDeleted(r)) if mine(&r.kind, &r.name) => {
-                            (Some(resource_event::Event::Deleted(resource_to_proto(r, None))), true)
-                        }
-                        Ok(DomainEvent::Run(r)) if mine(&r.kind, &r.name) => {
-                            (Some(resource_event::Event::Run(run_to_proto(r))), false)
-                        }
-                        Ok(DomainEvent::RunLog {
-                            run,
-                            kind: k,
-                            name: n,
-                            first_line,
-                            lines,
-                        }) if mine(&k, &n) => (
-                            Some(resource_event::Event::Log(LogLines {
-                                run_id: domain::run_id(run),
-                                first_line,
-                                lines,
-                                dropped: 0,
-                            })),
-                            false,
-                        ),
-                        _ => (None, false),
-                    },
-                    Ok(AppliedEvent::SnapshotInstalled { index }) => {
-                        let _ = tx
-                            .send(Err(Status::aborted(format!(
-                                "this node's state was replaced by a snapshot at index {index}; read and watch again"
-                            ))))
-                            .await;
-                        return;
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        let _ = tx
-                            .send(Err(Status::aborted(format!(
-                                "the watcher fell {n} changes behind; read and watch again"
-                            ))))
-                            .await;
-                        return;
-                    }
-                    Err(RecvError::Closed) => {
-                        let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
-                        return;
-                    }
-                };
-                if let Some(event) = item {
-                    if tx.send(Ok(ResourceEvent { event: Some(event) })).await.is_err() {
-                        return;
-                    }
+        };
+        let mine = move |k: &str, n: &str| k == req.kind && n == req.name;
+        let stream = follow(events, self.stop.clone(), 1024, Some(first), move |seen| {
+            let send = |event| ResourceEvent { event: Some(event) };
+            match seen {
+                Applied::Event(DomainEvent::Resource(r)) if mine(&r.kind, &r.name) => Next::Send(send(
+                    resource_event::Event::Resource(resource_to_proto(r, kind.as_ref())),
+                )),
+                Applied::Event(DomainEvent::ResourceDeleted(r)) if mine(&r.kind, &r.name) => {
+                    Next::SendLast(send(resource_event::Event::Deleted(resource_to_proto(r, None))))
                 }
-                if end {
-                    return;
+                Applied::Event(DomainEvent::Run(r)) if mine(&r.kind, &r.name) => {
+                    Next::Send(send(resource_event::Event::Run(run_to_proto(r))))
                 }
+                Applied::Event(DomainEvent::RunLog {
+                    run,
+                    kind: k,
+                    name: n,
+                    first_line,
+                    lines,
+                }) if mine(&k, &n) => Next::Send(send(resource_event::Event::Log(LogLines {
+                    run_id: domain::run_id(run),
+                    first_line,
+                    lines,
+                    dropped: 0,
+                }))),
+                Applied::Event(_) => Next::Skip,
+                Applied::SnapshotInstalled { index } => Next::Fail(Status::aborted(format!(
+                    "this node's state was replaced by a snapshot at index {index}; read and watch again"
+                ))),
+                Applied::Lagged { missed } => Next::Fail(Status::aborted(format!(
+                    "the watcher fell {missed} changes behind; read and watch again"
+                ))),
+                Applied::Stopping => Next::Fail(Status::unavailable("the node is shutting down")),
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     async fn list_runs(&self, req: Request<ListRunsRequest>) -> Result<Response<ListRunsResponse>, Status> {
@@ -459,13 +395,13 @@ impl Resources for ResourcesService {
         }
     }
 
-    type LogsStream = Stream_<LogLines>;
+    type LogsStream = AnswerStream<LogLines>;
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let req = req.into_inner();
         let index = parse_run_id(&req.run_id).map_err(Status::invalid_argument)?;
         barrier(&self.node, false).await?;
-        let mut events = self.node.subscribe();
+        let events = self.node.subscribe();
         let view = self.node.reader().view();
         let Some(run) = domain::read_run(&view, index).map_err(read_status)? else {
             return Err(Status::not_found(format!("run {} not found", domain::run_id(index))));
@@ -474,60 +410,42 @@ impl Resources for ResourcesService {
         drop(view);
         let run_id = domain::run_id(index);
         let mut sent = log.dropped + log.lines.len() as u64;
-        let (tx, rx) = mpsc::channel(256);
-        let _ = tx.try_send(Ok(LogLines {
+        let first = LogLines {
             run_id: run_id.clone(),
             first_line: log.dropped,
             lines: log.lines,
             dropped: log.dropped,
-        }));
-        if req.follow && run.outcome == RunOutcome::Running {
-            let mut stop = self.stop.clone();
-            tokio::spawn(async move {
-                loop {
-                    let received = tokio::select! {
-                        r = events.recv() => r,
-                        _ = stop.wait_for(|s| *s) => return,
-                    };
-                    match received {
-                        Ok(AppliedEvent::Applied { event, .. }) => match DomainEvent::decode(&event) {
-                            Ok(DomainEvent::RunLog {
-                                run, first_line, lines, ..
-                            }) if run == index => {
-                                // Skip lines already sent from the stored log.
-                                let skip = sent.saturating_sub(first_line) as usize;
-                                if skip >= lines.len() {
-                                    continue;
-                                }
-                                let start = first_line + skip as u64;
-                                sent = first_line + lines.len() as u64;
-                                let lines = lines.into_iter().skip(skip).collect();
-                                let msg = LogLines {
-                                    run_id: run_id.clone(),
-                                    first_line: start,
-                                    lines,
-                                    dropped: 0,
-                                };
-                                if tx.send(Ok(msg)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            // The finish comes after the last line.
-                            Ok(DomainEvent::Run(r)) if r.index == index && r.outcome != RunOutcome::Running => return,
-                            _ => {}
-                        },
-                        Ok(AppliedEvent::SnapshotInstalled { .. }) | Err(RecvError::Lagged(_)) => {
-                            let _ = tx
-                                .send(Err(Status::aborted("the log follower fell behind; read the log again")))
-                                .await;
-                            return;
-                        }
-                        Err(RecvError::Closed) => return,
-                    }
-                }
-            });
+        };
+        if !(req.follow && run.outcome == RunOutcome::Running) {
+            return Ok(Response::new(just(first)));
         }
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let stream = follow(events, self.stop.clone(), 256, Some(first), move |seen| match seen {
+            Applied::Event(DomainEvent::RunLog {
+                run, first_line, lines, ..
+            }) if run == index => {
+                // Skip lines already sent from the stored log.
+                let skip = sent.saturating_sub(first_line) as usize;
+                if skip >= lines.len() {
+                    return Next::Skip;
+                }
+                let start = first_line + skip as u64;
+                sent = first_line + lines.len() as u64;
+                Next::Send(LogLines {
+                    run_id: run_id.clone(),
+                    first_line: start,
+                    lines: lines.into_iter().skip(skip).collect(),
+                    dropped: 0,
+                })
+            }
+            // The finish comes after the last line.
+            Applied::Event(DomainEvent::Run(r)) if r.index == index && r.outcome != RunOutcome::Running => Next::End,
+            Applied::Event(_) => Next::Skip,
+            Applied::SnapshotInstalled { .. } | Applied::Lagged { .. } => {
+                Next::Fail(Status::aborted("the log follower fell behind; read the log again"))
+            }
+            Applied::Stopping => Next::End,
+        });
+        Ok(Response::new(stream))
     }
 
     async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<Run>, Status> {

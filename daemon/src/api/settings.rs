@@ -1,18 +1,16 @@
 //! The Settings service.
 
-use std::pin::Pin;
-
-use futures::Stream;
-use opsd_cluster::{AppliedEvent, ClusterNode};
+use opsd_cluster::ClusterNode;
 use opsd_proto::v1::settings_server::Settings;
 use opsd_proto::v1::{
     watch_event, DeleteRequest, DeleteResponse, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest,
     PutResponse, Setting, WatchEvent, WatchRequest,
 };
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use super::caller::trigger_of;
+use super::follow::{follow, AnswerStream, Applied, Next};
 use super::{barrier, propose, read_status, refuse_if_removed};
 use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
 use crate::domain::{Command, DomainEvent, Outcome};
@@ -37,6 +35,9 @@ fn to_proto(r: SettingRecord) -> Setting {
         create_revision: r.create_revision,
         mod_revision: r.mod_revision,
         version: r.version,
+        changed_by: r.changed.principal,
+        change_reason: r.changed.reason,
+        changed_at_ms: r.changed.at_ms,
     }
 }
 
@@ -44,11 +45,10 @@ fn invalid(e: String) -> Status {
     Status::invalid_argument(e)
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl Settings for SettingsService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let trigger = trigger_of(&req, String::new())?;
         let req = req.into_inner();
         domain::validate_key(&req.key).map_err(invalid)?;
         domain::validate_value(&req.value).map_err(invalid)?;
@@ -56,6 +56,7 @@ impl Settings for SettingsService {
             key: req.key,
             value: req.value,
             expected_revision: req.expected_revision,
+            trigger,
         };
         match propose(&self.node, cmd).await? {
             (_, Outcome::SettingPut { previous, revision }) => Ok(Response::new(PutResponse {
@@ -103,11 +104,13 @@ impl Settings for SettingsService {
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let trigger = trigger_of(&req, String::new())?;
         let req = req.into_inner();
         domain::validate_key(&req.key).map_err(invalid)?;
         let cmd = Command::DeleteSetting {
             key: req.key,
             expected_revision: req.expected_revision,
+            trigger,
         };
         match propose(&self.node, cmd).await? {
             (_, Outcome::SettingDeleted { previous, revision }) => Ok(Response::new(DeleteResponse {
@@ -118,7 +121,7 @@ impl Settings for SettingsService {
         }
     }
 
-    type WatchStream = WatchStream;
+    type WatchStream = AnswerStream<WatchEvent>;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let prefix = req.into_inner().prefix;
@@ -129,42 +132,28 @@ impl Settings for SettingsService {
             )));
         }
         refuse_if_removed(&self.node)?;
-        let mut events = self.node.subscribe();
-        let mut stop = self.stop.clone();
-        let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(async move {
-            let mut last = 0u64;
-            loop {
-                let received = tokio::select! {
-                    r = events.recv() => r,
-                    _ = stop.wait_for(|s| *s) => Err(RecvError::Closed),
-                };
-                let item = match received {
-                    Ok(AppliedEvent::Applied { event, .. }) => {
-                        let Ok(DomainEvent::Setting(ev)) = DomainEvent::decode(&event) else {
-                            continue;
-                        };
-                        if !ev.record().key.starts_with(&prefix) {
-                            continue;
-                        }
-                        last = ev.record().mod_revision;
-                        Ok(watch_event_of(ev))
-                    }
-                    Ok(AppliedEvent::SnapshotInstalled { index }) => Err(Status::aborted(format!(
-                        "this node's state was replaced by a snapshot at log index {index}; re-read and watch again"
-                    ))),
-                    Err(RecvError::Lagged(n)) => Err(Status::aborted(format!(
-                        "the watcher fell {n} changes behind after revision {last}; re-read and watch again"
-                    ))),
-                    Err(RecvError::Closed) => Err(Status::unavailable("the node is shutting down")),
-                };
-                let end = item.is_err();
-                if tx.send(item).await.is_err() || end {
-                    return;
+        let mut last = 0u64;
+        let stream = follow(
+            self.node.subscribe(),
+            self.stop.clone(),
+            256,
+            None,
+            move |seen| match seen {
+                Applied::Event(DomainEvent::Setting(ev)) if ev.record().key.starts_with(&prefix) => {
+                    last = ev.record().mod_revision;
+                    Next::Send(watch_event_of(ev))
                 }
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+                Applied::Event(_) => Next::Skip,
+                Applied::SnapshotInstalled { index } => Next::Fail(Status::aborted(format!(
+                    "this node's state was replaced by a snapshot at log index {index}; re-read and watch again"
+                ))),
+                Applied::Lagged { missed } => Next::Fail(Status::aborted(format!(
+                    "the watcher fell {missed} changes behind after revision {last}; re-read and watch again"
+                ))),
+                Applied::Stopping => Next::Fail(Status::unavailable("the node is shutting down")),
+            },
+        );
+        Ok(Response::new(stream))
     }
 }
 

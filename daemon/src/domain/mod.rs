@@ -46,6 +46,8 @@ pub enum Command {
         value: String,
         /// Compare-and-set: the key's mod_revision must equal this (0: absent).
         expected_revision: Option<u64>,
+        /// Who asked, why, and when; recorded on the setting.
+        trigger: Trigger,
     },
     /// Delete a setting, optionally only if its revision is as expected.
     DeleteSetting {
@@ -53,6 +55,8 @@ pub enum Command {
         key: String,
         /// Compare-and-delete: the key's mod_revision must equal this.
         expected_revision: Option<u64>,
+        /// Who asked, why, and when; published with the delete.
+        trigger: Trigger,
     },
     /// Register or update a kind from its TOML source.
     PutKind {
@@ -303,10 +307,13 @@ impl StateMachineApp for Domain {
                 key,
                 value,
                 expected_revision,
-            }) => settings::apply_put(txn, &key, &value, expected_revision)?,
-            Ok(Command::DeleteSetting { key, expected_revision }) => {
-                settings::apply_delete(txn, &key, expected_revision)?
-            }
+                trigger,
+            }) => settings::apply_put(txn, &key, &value, expected_revision, trigger)?,
+            Ok(Command::DeleteSetting {
+                key,
+                expected_revision,
+                trigger,
+            }) => settings::apply_delete(txn, &key, expected_revision, trigger)?,
             Ok(Command::PutKind { source }) => settle(resources::put_kind(txn, index, &source))?,
             Ok(Command::CreateResource {
                 kind,

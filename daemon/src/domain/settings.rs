@@ -6,7 +6,7 @@
 use opsd_cluster::{ReadView, Txn, TxnError};
 use serde::{Deserialize, Serialize};
 
-use super::{encode, DomainEvent, Outcome, Rejection};
+use super::{encode, DomainEvent, Outcome, Rejection, Trigger};
 
 /// The settings table.
 pub const TABLE: &str = "settings";
@@ -31,6 +31,21 @@ pub struct SettingRecord {
     pub mod_revision: u64,
     /// Writes since it was created (1 after the first).
     pub version: u64,
+    /// Who made the last change, why, from where and when: settings are
+    /// configuration, and who changed them is audit. On a delete event, the
+    /// delete's. Empty for a setting last written before changes were recorded.
+    pub changed: Trigger,
+}
+
+/// A setting as stored before changes were recorded: still read, so that a
+/// data dir written by an older build keeps its settings.
+#[derive(Deserialize)]
+struct UnauditedRecord {
+    key: String,
+    value: String,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
 }
 
 /// A change to a setting, published to watchers.
@@ -86,7 +101,23 @@ fn get(txn: &Txn<'_>, key: &str) -> Result<Option<SettingRecord>, TxnError> {
 }
 
 fn decode_record(bytes: &[u8]) -> Result<SettingRecord, TxnError> {
-    bincode::deserialize(bytes).map_err(|e| TxnError(format!("undecodable setting record: {e}")))
+    bincode::deserialize(bytes).or_else(|e| {
+        let old: UnauditedRecord =
+            bincode::deserialize(bytes).map_err(|_| TxnError(format!("undecodable setting record: {e}")))?;
+        Ok(SettingRecord {
+            key: old.key,
+            value: old.value,
+            create_revision: old.create_revision,
+            mod_revision: old.mod_revision,
+            version: old.version,
+            changed: Trigger {
+                principal: String::new(),
+                reason: String::new(),
+                source: String::new(),
+                at_ms: 0,
+            },
+        })
+    })
 }
 
 fn check_revision(key: &str, current: Option<&SettingRecord>, expected: Option<u64>) -> Option<Rejection> {
@@ -119,12 +150,13 @@ pub fn current_revision(view: &ReadView<'_>) -> Result<u64, TxnError> {
     Ok(revision_of(view.get(META, KEY_REVISION)?))
 }
 
-/// Applies a put.
+/// Applies a put, asked for by `trigger`.
 pub fn apply_put(
     txn: &mut Txn<'_>,
     key: &str,
     value: &str,
     expected_revision: Option<u64>,
+    trigger: Trigger,
 ) -> Result<Outcome, TxnError> {
     if let Err(e) = validate_key(key).and_then(|_| validate_value(value)) {
         return Ok(Outcome::Rejected(Rejection::InvalidArgument(e)));
@@ -140,14 +172,20 @@ pub fn apply_put(
         create_revision: previous.as_ref().map(|p| p.create_revision).unwrap_or(revision),
         mod_revision: revision,
         version: previous.as_ref().map(|p| p.version + 1).unwrap_or(1),
+        changed: trigger,
     };
     txn.put(TABLE, key.as_bytes(), &encode(&record)?)?;
     txn.emit(encode(&DomainEvent::Setting(SettingEvent::Put(record)))?);
     Ok(Outcome::SettingPut { previous, revision })
 }
 
-/// Applies a delete.
-pub fn apply_delete(txn: &mut Txn<'_>, key: &str, expected_revision: Option<u64>) -> Result<Outcome, TxnError> {
+/// Applies a delete, asked for by `trigger`.
+pub fn apply_delete(
+    txn: &mut Txn<'_>,
+    key: &str,
+    expected_revision: Option<u64>,
+    trigger: Trigger,
+) -> Result<Outcome, TxnError> {
     if let Err(e) = validate_key(key) {
         return Ok(Outcome::Rejected(Rejection::InvalidArgument(e)));
     }
@@ -163,6 +201,7 @@ pub fn apply_delete(txn: &mut Txn<'_>, key: &str, expected_revision: Option<u64>
     let revision = next_revision(txn)?;
     let mut gone = previous.clone();
     gone.mod_revision = revision;
+    gone.changed = trigger;
     txn.emit(encode(&DomainEvent::Setting(SettingEvent::Deleted(gone)))?);
     Ok(Outcome::SettingDeleted { previous, revision })
 }
@@ -188,6 +227,15 @@ mod tests {
 
     type State = TestState;
 
+    fn by(principal: &str) -> Trigger {
+        Trigger {
+            principal: principal.into(),
+            reason: format!("{principal}'s reason"),
+            source: "api".into(),
+            at_ms: 1_700_000_000_000,
+        }
+    }
+
     fn settings_apply(s: &mut State, cmd: Command) -> (Outcome, Vec<SettingEvent>) {
         let (outcome, events) = s.apply(cmd);
         let events = events
@@ -206,6 +254,7 @@ mod tests {
                 key: key.into(),
                 value: value.into(),
                 expected_revision: expected,
+                trigger: by("alice"),
             })
             .0
         }
@@ -233,6 +282,7 @@ mod tests {
                 key: "a".into(),
                 value: "2".into(),
                 expected_revision: None,
+                trigger: by("alice"),
             },
         );
         assert_eq!(
@@ -291,6 +341,7 @@ mod tests {
             Command::DeleteSetting {
                 key: "a".into(),
                 expected_revision: Some(1),
+                trigger: by("alice"),
             },
         );
         let Outcome::SettingDeleted { previous, revision } = outcome else {
@@ -308,6 +359,7 @@ mod tests {
             Command::DeleteSetting {
                 key: "a".into(),
                 expected_revision: None,
+                trigger: by("alice"),
             },
         );
         assert!(matches!(outcome, Outcome::Rejected(Rejection::NotFound(m)) if m.contains("\"a\"")));
@@ -323,6 +375,7 @@ mod tests {
             Command::DeleteSetting {
                 key: "a".into(),
                 expected_revision: None,
+                trigger: by("alice"),
             },
         );
         s.put("a", "again", None);
@@ -374,5 +427,66 @@ mod tests {
             .collect();
         assert_eq!(keys, vec!["b/1", "b/2"]);
         assert_eq!(list(&s.state.view(), "").unwrap().len(), 4);
+    }
+
+    #[test]
+    fn every_change_records_who_made_it() {
+        let mut s = State::new();
+        s.put("a", "1", None);
+        assert_eq!(s.get("a").unwrap().changed, by("alice"));
+        let (_, events) = settings_apply(
+            &mut s,
+            Command::PutSetting {
+                key: "a".into(),
+                value: "2".into(),
+                expected_revision: None,
+                trigger: by("bob"),
+            },
+        );
+        assert_eq!(s.get("a").unwrap().changed, by("bob"), "the last change's trigger");
+        assert_eq!(events[0].record().changed, by("bob"));
+        let (outcome, events) = settings_apply(
+            &mut s,
+            Command::DeleteSetting {
+                key: "a".into(),
+                expected_revision: None,
+                trigger: by("carol"),
+            },
+        );
+        let Outcome::SettingDeleted { previous, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(previous.changed, by("bob"), "the answer shows the setting as it was");
+        assert_eq!(events[0].record().changed, by("carol"), "watchers see who deleted it");
+    }
+
+    #[test]
+    fn records_written_before_changes_were_recorded_still_read() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            key: &'a str,
+            value: &'a str,
+            create_revision: u64,
+            mod_revision: u64,
+            version: u64,
+        }
+        let bytes = bincode::serialize(&Old {
+            key: "k",
+            value: "v",
+            create_revision: 3,
+            mod_revision: 5,
+            version: 2,
+        })
+        .unwrap();
+        let r = decode_record(&bytes).unwrap();
+        assert_eq!(
+            (r.key.as_str(), r.value.as_str(), r.mod_revision, r.version),
+            ("k", "v", 5, 2)
+        );
+        assert_eq!(r.changed.principal, "", "nobody is made up for an old change");
+        assert!(
+            decode_record(&bytes[..bytes.len() - 1]).is_err(),
+            "a damaged record is still refused"
+        );
     }
 }

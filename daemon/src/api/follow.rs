@@ -1,0 +1,215 @@
+//! Following the applied state as it changes: the one loop behind every
+//! streaming RPC (watches, log follows). It receives the node's applied
+//! events, decodes them, and turns the ways a feed can end (the follower fell
+//! behind, a snapshot replaced the state, the node is stopping) into calls
+//! of the stream's own function, which decides what the client sees.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use opsd_cluster::AppliedEvent;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::domain::DomainEvent;
+
+/// A stream of answers, as a streaming RPC returns it.
+pub type AnswerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// What the follower saw next. Built and consumed once per event, never
+/// kept, so its size does not matter.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Applied {
+    /// A change was applied.
+    Event(DomainEvent),
+    /// A snapshot replaced this node's state at `index`: events in between
+    /// were never published. The feed ends after this.
+    SnapshotInstalled {
+        /// The snapshot's last log index.
+        index: u64,
+    },
+    /// The follower read too slowly and `missed` events were dropped. The
+    /// feed ends after this.
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
+    /// The node is shutting down. The feed ends after this.
+    Stopping,
+}
+
+/// What a stream does with what the follower saw.
+#[derive(Debug)]
+pub enum Next<T> {
+    /// Nothing for this client; keep following.
+    Skip,
+    /// Send this and keep following.
+    Send(T),
+    /// Send this, then end the stream.
+    SendLast(T),
+    /// End the stream with this error.
+    Fail(Status),
+    /// End the stream quietly.
+    End,
+}
+
+/// Sends `first` (if any), then follows `events` until `next` ends the
+/// stream, the feed ends, `stop` turns true or the client goes away.
+/// `events` must be subscribed before the state `first` was read from, so
+/// nothing applied in between is missed. Undecodable events are skipped.
+pub fn follow<T, F>(
+    mut events: broadcast::Receiver<AppliedEvent>,
+    mut stop: watch::Receiver<bool>,
+    buffer: usize,
+    first: Option<T>,
+    mut next: F,
+) -> AnswerStream<T>
+where
+    T: Send + 'static,
+    F: FnMut(Applied) -> Next<T> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(buffer.max(1));
+    if let Some(first) = first {
+        // The channel is new and has room: this cannot fail.
+        let _ = tx.try_send(Ok(first));
+    }
+    tokio::spawn(async move {
+        loop {
+            let seen = tokio::select! {
+                r = events.recv() => match r {
+                    Ok(AppliedEvent::Applied { event, .. }) => match DomainEvent::decode(&event) {
+                        Ok(event) => Applied::Event(event),
+                        Err(_) => continue,
+                    },
+                    Ok(AppliedEvent::SnapshotInstalled { index }) => Applied::SnapshotInstalled { index },
+                    Err(RecvError::Lagged(missed)) => Applied::Lagged { missed },
+                    Err(RecvError::Closed) => Applied::Stopping,
+                },
+                _ = stop.wait_for(|s| *s) => Applied::Stopping,
+                _ = tx.closed() => return,
+            };
+            let feed_ended = !matches!(seen, Applied::Event(_));
+            let (item, last) = match next(seen) {
+                Next::Skip => (None, false),
+                Next::Send(v) => (Some(Ok(v)), false),
+                Next::SendLast(v) => (Some(Ok(v)), true),
+                Next::Fail(status) => (Some(Err(status)), true),
+                Next::End => (None, true),
+            };
+            if let Some(item) = item {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+            if last || feed_ended {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// A stream of just `first`: what a follower sends when there is nothing
+/// left to follow.
+pub fn just<T: Send + 'static>(first: T) -> AnswerStream<T> {
+    Box::pin(tokio_stream::once(Ok(first)))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::domain::settings::{SettingEvent, SettingRecord};
+    use crate::domain::{encode, Trigger};
+
+    fn setting(key: &str) -> AppliedEvent {
+        let record = SettingRecord {
+            key: key.into(),
+            value: String::new(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            changed: Trigger {
+                principal: "p".into(),
+                reason: String::new(),
+                source: "api".into(),
+                at_ms: 1,
+            },
+        };
+        AppliedEvent::Applied {
+            index: 1,
+            event: std::sync::Arc::new(encode(&DomainEvent::Setting(SettingEvent::Put(record))).unwrap()),
+        }
+    }
+
+    fn keys(seen: Applied) -> Next<String> {
+        match seen {
+            Applied::Event(DomainEvent::Setting(e)) if e.record().key == "last" => {
+                Next::SendLast(e.record().key.clone())
+            }
+            Applied::Event(DomainEvent::Setting(e)) if e.record().key.starts_with("a") => {
+                Next::Send(e.record().key.clone())
+            }
+            Applied::Event(_) => Next::Skip,
+            Applied::Lagged { missed } => Next::Fail(Status::aborted(format!("missed {missed}"))),
+            Applied::SnapshotInstalled { index } => Next::Fail(Status::aborted(format!("snapshot {index}"))),
+            Applied::Stopping => Next::Fail(Status::unavailable("stopping")),
+        }
+    }
+
+    #[tokio::test]
+    async fn sends_first_then_what_the_stream_keeps_until_it_ends() {
+        let (events, rx) = broadcast::channel(16);
+        let (_stopping, stop) = watch::channel(false);
+        let stream = follow(rx, stop, 8, Some("first".to_string()), keys);
+        for e in [
+            setting("a1"),
+            setting("b"),
+            AppliedEvent::Applied {
+                index: 2,
+                event: std::sync::Arc::new(vec![0xff]),
+            },
+            setting("a2"),
+            setting("last"),
+            setting("a3"),
+        ] {
+            events.send(e).unwrap();
+        }
+        let got: Vec<String> = stream.map(|r| r.unwrap()).collect().await;
+        assert_eq!(got, ["first", "a1", "a2", "last"]);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_follower_gets_the_streams_answer_and_ends() {
+        let (events, rx) = broadcast::channel(2);
+        let (_stopping, stop) = watch::channel(false);
+        for k in ["a1", "a2", "a3", "a4"] {
+            events.send(setting(k)).unwrap();
+        }
+        let got: Vec<_> = follow(rx, stop, 8, None, keys).collect().await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].as_ref().unwrap_err().message(), "missed 2");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_or_stopping_ends_the_stream() {
+        let (events, rx) = broadcast::channel(4);
+        let (_stopping, stop) = watch::channel(false);
+        events.send(AppliedEvent::SnapshotInstalled { index: 7 }).unwrap();
+        events.send(setting("a1")).unwrap();
+        let got: Vec<_> = follow(rx, stop, 8, None, keys).collect().await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].as_ref().unwrap_err().message(), "snapshot 7");
+
+        let (_events, rx) = broadcast::channel::<AppliedEvent>(4);
+        let (stopping, stop) = watch::channel(false);
+        let stream = follow(rx, stop, 8, None, keys);
+        stopping.send(true).unwrap();
+        let got: Vec<_> = stream.collect().await;
+        assert_eq!(got[0].as_ref().unwrap_err().code(), tonic::Code::Unavailable);
+    }
+}
