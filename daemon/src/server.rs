@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use opsd_client::{Api, ClusterApi, Credentials, NodeAddr, Timeouts};
 use opsd_cluster::{new_cluster_id, ClusterConfig, ClusterNode, DataDir, NodeInfo};
-use opsd_proto::v1::cluster_client::ClusterClient;
 use opsd_proto::v1::cluster_server::ClusterServer;
 use opsd_proto::v1::resources_server::ResourcesServer;
 use opsd_proto::v1::settings_server::SettingsServer;
 use opsd_proto::v1::{JoinRequest, StatusRequest};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::api::cluster::ClusterService;
@@ -182,15 +182,15 @@ fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// A client of a member's Cluster service.
-async fn cluster_client(addr: &str) -> anyhow::Result<ClusterClient<tonic::transport::Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15))
-        .connect()
+/// A client of a member's Cluster service (2 s to connect, 15 s per request).
+/// The node asks as `anonymous`: joining carries no principal yet; a node
+/// credential would be given here.
+async fn cluster_client(addr: &str) -> anyhow::Result<ClusterApi> {
+    let parsed = NodeAddr::parse(addr).map_err(|e| anyhow!("--join {addr}: {e}"))?;
+    let api = Api::connect(&parsed, Timeouts::default(), Credentials::anonymous())
         .await
         .map_err(|e| anyhow!("{addr}: {e}"))?;
-    Ok(ClusterClient::new(channel))
+    Ok(api.cluster)
 }
 
 /// Tries each --join address, with backoff, until `attempt` succeeds on one

@@ -2,10 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use opsd_proto::v1::settings_client::SettingsClient;
+use opsd_client::{CallError, Nodes};
 use opsd_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest, WatchRequest};
 
-use crate::client::{CallError, Nodes};
 use crate::render::Printer;
 
 /// Commands on settings. Keys are 1 to 512 bytes of printable UTF-8 without
@@ -96,9 +95,9 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
                 expected_revision,
             };
             let answer = nodes
-                .call(|channel| {
+                .call(|mut api| {
                     let request = request.clone();
-                    async move { SettingsClient::new(channel).put(request).await }
+                    async move { api.settings.put(request).await }
                 })
                 .await?;
             printer.revision(answer.revision, answer.previous.as_ref())?;
@@ -106,9 +105,9 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
         SettingsCommand::Get { key, stale } => {
             let request = GetRequest { key, stale };
             let answer = nodes
-                .call(|channel| {
+                .call(|mut api| {
                     let request = request.clone();
-                    async move { SettingsClient::new(channel).get(request).await }
+                    async move { api.settings.get(request).await }
                 })
                 .await?;
             let setting = answer
@@ -119,9 +118,9 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
         SettingsCommand::Ls { prefix, stale } => {
             let request = ListRequest { prefix, stale };
             let answer = nodes
-                .call(|channel| {
+                .call(|mut api| {
                     let request = request.clone();
-                    async move { SettingsClient::new(channel).list(request).await }
+                    async move { api.settings.list(request).await }
                 })
                 .await?;
             printer.settings(&answer.settings)?;
@@ -129,9 +128,9 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
         SettingsCommand::Rm { key, expected_revision } => {
             let request = DeleteRequest { key, expected_revision };
             let answer = nodes
-                .call(|channel| {
+                .call(|mut api| {
                     let request = request.clone();
-                    async move { SettingsClient::new(channel).delete(request).await }
+                    async move { api.settings.delete(request).await }
                 })
                 .await?;
             printer.revision(answer.revision, answer.previous.as_ref())?;
@@ -145,9 +144,9 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
 async fn watch(prefix: String, nodes: &Nodes, printer: Printer) -> Result<()> {
     let request = WatchRequest { prefix };
     let mut events = nodes
-        .call(|channel| {
+        .call(|mut api| {
             let request = request.clone();
-            async move { SettingsClient::new(channel).watch(request).await }
+            async move { api.settings.watch(request).await }
         })
         .await?;
     // One future for the whole watch, so a Ctrl-C between two events is not lost.
