@@ -89,6 +89,21 @@ mod tests {
     use super::v1::{RunOutcome, TriggerSource};
 
     #[test]
+    fn the_reflection_descriptors_include_the_well_known_types() {
+        // A client building the API from reflection needs the imported files too.
+        let set: prost_types::FileDescriptorSet = prost::Message::decode(super::FILE_DESCRIPTOR_SET).unwrap();
+        let names: Vec<&str> = set.file.iter().map(|f| f.name()).collect();
+        for want in [
+            "google/protobuf/struct.proto",
+            "google/protobuf/timestamp.proto",
+            "google/protobuf/duration.proto",
+            "opsd/v1/resources.proto",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+    }
+
+    #[test]
     fn outcome_labels_round_trip() {
         for outcome in RunOutcome::ALL {
             assert_eq!(RunOutcome::from_label(outcome.label()), Some(outcome));

@@ -649,3 +649,91 @@ impl Resources for ResourcesService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opsd_proto::prost_types::value::Kind as ValueKind;
+    use opsd_proto::prost_types::{Duration, Struct, Value};
+    use tonic::Code;
+
+    use super::*;
+
+    fn refused<T: std::fmt::Debug>(result: Result<T, Status>, needle: &str) {
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{:?} names {needle:?}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn outcomes_map_both_ways_and_unknown_filters_are_refused() {
+        for outcome in [
+            RunOutcome::Running,
+            RunOutcome::Succeeded,
+            RunOutcome::Failed,
+            RunOutcome::Cancelled,
+            RunOutcome::Interrupted,
+        ] {
+            let proto = outcome_to_proto(outcome);
+            assert_eq!(proto.label(), outcome.as_str());
+            assert_eq!(outcome_filter(proto as i32).unwrap(), Some(outcome));
+        }
+        assert_eq!(outcome_filter(0).unwrap(), None);
+        refused(outcome_filter(99), "outcome");
+    }
+
+    #[test]
+    fn a_spec_struct_becomes_stored_json_and_a_bad_one_names_its_key() {
+        assert_eq!(spec_text(None).unwrap(), "{}");
+        let spec = json::text_to_struct("spec", r#"{"replicas":2,"image":{"tag":"v2"}}"#).unwrap();
+        assert_eq!(
+            spec_text(Some(&spec)).unwrap(),
+            r#"{"image":{"tag":"v2"},"replicas":2}"#
+        );
+        let bad = Struct {
+            fields: [("hole".to_string(), Value { kind: None })].into(),
+        };
+        refused(spec_text(Some(&bad)), "spec.hole");
+        let nan = Struct {
+            fields: [(
+                "n".to_string(),
+                Value {
+                    kind: Some(ValueKind::NumberValue(f64::INFINITY)),
+                },
+            )]
+            .into(),
+        };
+        refused(spec_text(Some(&nan)), "spec.n");
+    }
+
+    #[test]
+    fn since_reaches_back_from_now_and_a_bad_duration_names_the_field() {
+        assert_eq!(since_cutoff(None).unwrap(), None);
+        assert_eq!(since_cutoff(Some(&Duration::default())).unwrap(), None);
+        let hour = since_cutoff(Some(&Duration {
+            seconds: 3600,
+            nanos: 0,
+        }))
+        .unwrap()
+        .unwrap();
+        assert!((engine::now_ms() - hour - 3_600_000).abs() < 60_000);
+        refused(since_cutoff(Some(&Duration { seconds: -1, nanos: 0 })), "since");
+        refused(
+            since_cutoff(Some(&Duration {
+                seconds: 0,
+                nanos: 1_000_000_000,
+            })),
+            "since",
+        );
+    }
+
+    #[test]
+    fn stored_objects_become_structs() {
+        let s = stored_object("outputs", r#"{"url":"http://web"}"#);
+        assert_eq!(json::struct_value(Some(&s)), serde_json::json!({"url": "http://web"}));
+        assert_eq!(stored_object("outputs", ""), Struct::default());
+    }
+}
