@@ -3,7 +3,7 @@
 //! or without quorum; and the errors, described for people.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::{Code, Response, Status};
 
@@ -28,6 +28,34 @@ impl Default for Timeouts {
         Self {
             connect: Duration::from_secs(2),
             request: Some(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// How long a patient call ([`Nodes::call_patiently`]) keeps trying while no
+/// node can serve it, e.g. while a leader is elected or a node restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patience {
+    /// Give up once this long has passed since the first try.
+    pub limit: Duration,
+    /// Wait this long between two rounds over the addresses.
+    pub pause: Duration,
+}
+
+impl Patience {
+    /// One round over the addresses, as [`Nodes::call_from`].
+    pub const NONE: Patience = Patience {
+        limit: Duration::ZERO,
+        pause: Duration::ZERO,
+    };
+}
+
+impl Default for Patience {
+    /// A minute, a round a second: longer than an election or a restart.
+    fn default() -> Self {
+        Self {
+            limit: Duration::from_secs(60),
+            pause: Duration::from_secs(1),
         }
     }
 }
@@ -155,6 +183,34 @@ impl Nodes {
         Err(CallError::Unreachable(failures))
     }
 
+    /// Like [`Nodes::call_from`], but while no address can serve the request
+    /// (every one unreachable or UNAVAILABLE, or the one that accepted it did
+    /// not answer in time) it goes round again after `patience.pause`, until
+    /// `patience.limit` has passed, then returns the last error. This is how
+    /// a stream that broke is resumed through the next node, and how what
+    /// was missed meanwhile is re-read; use it only for requests that are
+    /// safe to repeat (reads, watches).
+    pub async fn call_patiently<T, F, Fut>(
+        &self,
+        first: usize,
+        patience: Patience,
+        mut rpc: F,
+    ) -> Result<(usize, T), CallError>
+    where
+        F: FnMut(Api) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + patience.limit;
+        loop {
+            match self.call_from(first, &mut rpc).await {
+                Err(CallError::Unreachable(_) | CallError::Timeout { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(patience.pause).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
     /// The address at `position` (modulo their number), for messages.
     pub fn addr(&self, position: usize) -> &NodeAddr {
         &self.addrs[position % self.addrs.len()]
@@ -248,6 +304,37 @@ mod tests {
             "key \"a\" not found (not found)"
         );
         assert_eq!(describe_status(&Status::unavailable("")), "unavailable; safe to retry");
+    }
+
+    #[tokio::test]
+    async fn a_patient_call_goes_round_until_its_patience_runs_out() {
+        let nodes = Nodes::new(
+            vec![NodeAddr::parse("127.0.0.1:1").unwrap()],
+            Timeouts::default(),
+            Credentials::anonymous(),
+        );
+        let patience = Patience {
+            limit: Duration::from_millis(300),
+            pause: Duration::from_millis(50),
+        };
+        let started = Instant::now();
+        let error = nodes
+            .call_patiently(0, patience, |mut api| async move {
+                api.cluster.status(opsd_proto::v1::StatusRequest {}).await
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CallError::Unreachable(_)), "{error}");
+        // One round to a refused port takes a millisecond: it went round until the limit.
+        assert!(started.elapsed() >= patience.limit, "{:?}", started.elapsed());
+        let started = Instant::now();
+        let once = nodes
+            .call_patiently(0, Patience::NONE, |mut api| async move {
+                api.cluster.status(opsd_proto::v1::StatusRequest {}).await
+            })
+            .await;
+        assert!(once.is_err());
+        assert!(started.elapsed() < patience.limit);
     }
 
     #[tokio::test]

@@ -11,7 +11,8 @@
 //!   connect timeout and a per-request timeout.
 //!
 //! Resuming streams: a broken stream ([`is_stream_break`]) is reopened through
-//! the next address with [`Nodes::call_from`]. A resource watch resumes by
+//! the next address with [`Nodes::call_patiently`], which waits out a leader
+//! election or a restarting node. A resource watch resumes by
 //! re-reading (its first message is the resource as it is), which `opsctl
 //! --wait` does. A settings watch cannot resume from a revision yet: the
 //! server keeps no history of changes, so a client re-lists the prefix (the
@@ -30,7 +31,7 @@ use tonic::transport::Channel;
 
 pub use address::NodeAddr;
 pub use credentials::{Credentials, PRINCIPAL_KEY};
-pub use failover::{describe_status, is_stream_break, CallError, Failure, Nodes, Timeouts};
+pub use failover::{describe_status, is_stream_break, CallError, Failure, Nodes, Patience, Timeouts};
 
 /// A channel whose every request carries the caller's [`Credentials`].
 pub type AuthChannel = InterceptedService<Channel, Credentials>;

@@ -3,24 +3,16 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use opsd_client::{describe_status, is_stream_break, CallError, Nodes};
+use opsd_client::{describe_status, is_stream_break, CallError, Nodes, Patience};
 use opsd_proto::time;
 use opsd_proto::v1::{
     CancelRequest, GetRunRequest, HistoryRequest, ListRunsRequest, LogsRequest, RunOutcome, StatsRequest,
 };
-use tokio::time::Instant;
 
 use crate::render::Printer;
 use crate::spec::{self, ResourceRef};
-
-/// How long to keep trying to reopen a broken `logs --follow` stream while
-/// no node can serve it.
-const REOPEN_PATIENCE: Duration = Duration::from_secs(60);
-
-/// How long to wait between tries to reopen a log stream.
-const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 
 /// How many times in a row a log stream may break before `logs` gives up.
 const MAX_BREAKS: u32 = 10;
@@ -269,31 +261,26 @@ pub async fn logs(args: LogsArgs, nodes: &Nodes, printer: Printer) -> Result<()>
     }
 }
 
-/// Opens a log stream from address position `first` on, trying for a while
-/// when no node can serve it.
+/// Opens a log stream from address position `first` on. Only a reopen
+/// (`first` > 0) waits while no node can serve it: a first try that finds no
+/// node fails at once, like every other command.
 async fn open_logs(
     nodes: &Nodes,
     first: usize,
     request: &LogsRequest,
 ) -> Result<(usize, tonic::codec::Streaming<opsd_proto::v1::LogLines>)> {
-    let deadline = Instant::now() + REOPEN_PATIENCE;
-    loop {
-        let opened = nodes
-            .call_from(first, |mut api| {
-                let request = request.clone();
-                async move { api.resources.logs(request).await }
-            })
-            .await;
-        match opened {
-            Ok(opened) => return Ok(opened),
-            Err(CallError::Unreachable(_)) if first != 0 && Instant::now() < deadline => {
-                // Only a reopen waits (first != 0): a first try that finds no
-                // node fails at once, like every other command.
-                tokio::time::sleep(REOPEN_PAUSE).await;
-            }
-            Err(error) => bail!("cannot read the log of run {}: {error}", request.run_id),
-        }
-    }
+    let patience = if first == 0 {
+        Patience::NONE
+    } else {
+        Patience::default()
+    };
+    nodes
+        .call_patiently(first, patience, |mut api| {
+            let request = request.clone();
+            async move { api.resources.logs(request).await }
+        })
+        .await
+        .with_context(|| format!("cannot read the log of run {}", request.run_id))
 }
 
 /// Of a chunk of lines starting at position `first`, the ones not printed

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use opsd_client::{describe_status, is_stream_break, CallError, Nodes};
+use opsd_client::{describe_status, is_stream_break, CallError, Nodes, Patience};
 use opsd_proto::v1::resource_event::Event;
 use opsd_proto::v1::{
     HistoryRequest, LogLines, Resource, ResourceChange, ResourceEvent, Run, RunOutcome, WatchResourceRequest,
@@ -33,11 +33,7 @@ const RUNNING: RunOutcome = RunOutcome::Running;
 /// How long a watch's first message may take (the server sends it at once).
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long to keep trying to reopen a broken watch (or read the history)
-/// while no node can serve it, e.g. during a leader election.
-const REOPEN_PATIENCE: Duration = Duration::from_secs(60);
-
-/// How long to wait between tries to reopen a watch.
+/// How long to wait before reopening a watch that broke soon after it opened.
 const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 
 /// A watch that lived less than this before breaking counts as a quick break.
@@ -382,7 +378,7 @@ pub struct Watch {
 /// first message, the resource as it is, so every event of the change will
 /// be seen.
 pub async fn watch_before_change(nodes: &Nodes, target: &ResourceRef) -> Result<(Watch, Option<ResourceEvent>)> {
-    let mut watch = open_watch(nodes, 0, target)
+    let mut watch = open_watch(nodes, 0, Patience::NONE, target)
         .await
         .with_context(|| format!("cannot watch {target}"))?;
     let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, watch.stream.message()).await {
@@ -397,14 +393,15 @@ pub async fn watch_before_change(nodes: &Nodes, target: &ResourceRef) -> Result<
     Ok((watch, first))
 }
 
-/// Opens the watch of `target`, trying addresses from position `first` on.
-async fn open_watch(nodes: &Nodes, first: usize, target: &ResourceRef) -> Result<Watch, CallError> {
+/// Opens the watch of `target`, trying addresses from position `first` on,
+/// with `patience` while no node can serve it.
+async fn open_watch(nodes: &Nodes, first: usize, patience: Patience, target: &ResourceRef) -> Result<Watch, CallError> {
     let request = WatchResourceRequest {
         kind: target.kind.clone(),
         name: target.name.clone(),
     };
     let (served, stream) = nodes
-        .call_from(first, |mut api| {
+        .call_patiently(first, patience, |mut api| {
             let request = request.clone();
             async move { api.resources.watch(request).await }
         })
@@ -550,22 +547,16 @@ async fn reopen(
     tracker: &mut Tracker,
     show: &impl Fn(Vec<Note>),
 ) -> Result<Option<Watch>> {
-    let deadline = Instant::now() + REOPEN_PATIENCE;
-    let watch = loop {
-        match open_watch(nodes, first, target).await {
-            Ok(watch) => break Some(watch),
-            Err(CallError::Status(status)) if status.code() == Code::NotFound => {
-                show(tracker.deleted(None));
-                break None;
-            }
-            Err(error @ (CallError::Unreachable(_) | CallError::Timeout { .. })) => {
-                if Instant::now() >= deadline {
-                    return Err(error).with_context(|| format!("cannot watch {target} again"));
-                }
-                tokio::time::sleep(REOPEN_PAUSE).await;
-            }
-            Err(error) => return Err(error).with_context(|| format!("cannot watch {target}")),
+    let watch = match open_watch(nodes, first, Patience::default(), target).await {
+        Ok(watch) => Some(watch),
+        Err(CallError::Status(status)) if status.code() == Code::NotFound => {
+            show(tracker.deleted(None));
+            None
         }
+        Err(error @ (CallError::Unreachable(_) | CallError::Timeout { .. })) => {
+            return Err(error).with_context(|| format!("cannot watch {target} again"));
+        }
+        Err(error) => return Err(error).with_context(|| format!("cannot watch {target}")),
     };
     show(catch_up(nodes, target, tracker).await?);
     Ok(watch)
@@ -579,26 +570,14 @@ async fn catch_up(nodes: &Nodes, target: &ResourceRef, tracker: &mut Tracker) ->
         kind: target.kind.clone(),
         name: target.name.clone(),
     };
-    let deadline = Instant::now() + REOPEN_PATIENCE;
-    let runs = loop {
-        let answer = nodes
-            .call(|mut api| {
-                let request = request.clone();
-                async move { api.resources.history(request).await }
-            })
-            .await;
-        match answer {
-            Ok(answer) => break answer.runs,
-            Err(error @ (CallError::Unreachable(_) | CallError::Timeout { .. })) => {
-                if Instant::now() >= deadline {
-                    return Err(error).with_context(|| format!("cannot read the history of {target}"));
-                }
-                tokio::time::sleep(REOPEN_PAUSE).await;
-            }
-            Err(error) => return Err(error).with_context(|| format!("cannot read the history of {target}")),
-        }
-    };
-    Ok(runs.iter().flat_map(|run| tracker.run(run)).collect())
+    let (_, answer) = nodes
+        .call_patiently(0, Patience::default(), |mut api| {
+            let request = request.clone();
+            async move { api.resources.history(request).await }
+        })
+        .await
+        .with_context(|| format!("cannot read the history of {target}"))?;
+    Ok(answer.runs.iter().flat_map(|run| tracker.run(run)).collect())
 }
 
 #[cfg(test)]
