@@ -12,16 +12,16 @@
 //!
 //! Resuming streams: a broken stream ([`is_stream_break`]) is reopened through
 //! the next address with [`Nodes::call_patiently`], which waits out a leader
-//! election or a restarting node. A resource watch resumes by
-//! re-reading (its first message is the resource as it is), which `opsctl
-//! --wait` does. A settings watch cannot resume from a revision yet: the
-//! server keeps no history of changes, so a client re-lists the prefix (the
-//! list's revision says where it stands) and watches again, as the ABORTED
-//! message of `Settings.Watch` asks.
+//! election or a restarting node. A resource watch resumes by re-reading (its
+//! first message is the resource as it is), which `opsctl --wait` does. A
+//! settings watch resumes with [`SettingsWatch`]: the server keeps no history
+//! to replay from a revision, so it watches again and re-reads the prefix,
+//! reporting what changed meanwhile (coalesced) and nothing twice.
 
 mod address;
 mod credentials;
 mod failover;
+mod settings_watch;
 
 use opsd_proto::v1::cluster_client::ClusterClient;
 use opsd_proto::v1::resources_client::ResourcesClient;
@@ -32,6 +32,7 @@ use tonic::transport::Channel;
 pub use address::NodeAddr;
 pub use credentials::{Credentials, PRINCIPAL_KEY};
 pub use failover::{describe_status, is_stream_break, CallError, Failure, Nodes, Patience, Timeouts};
+pub use settings_watch::{SettingsWatch, WatchItem};
 
 /// A channel whose every request carries the caller's [`Credentials`].
 pub type AuthChannel = InterceptedService<Channel, Credentials>;

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use opsd_client::{CallError, Nodes};
-use opsd_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest, WatchRequest};
+use opsd_client::{Nodes, SettingsWatch, WatchItem};
+use opsd_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest};
 
 use crate::render::Printer;
 
@@ -71,9 +71,13 @@ pub enum SettingsCommand {
     /// "DELETE"), key, value (null for DELETE) and revision: this command
     /// prints a stream of JSON documents, the one exception to "one JSON
     /// document per command". Starts from the moment of the call and runs
-    /// until Ctrl-C (exit code 0) or the server ends the stream; if the
-    /// server ends it with an error (for example when this watcher fell too
-    /// far behind), the error goes to stderr and the exit code is 1.
+    /// until Ctrl-C (exit code 0) or the server ends the stream. If the
+    /// stream breaks (its node died, or this watcher fell too far behind),
+    /// the watch goes on through the next address after a note on stderr:
+    /// changes made meanwhile are printed once each, coalesced (the last
+    /// value of each key changed, then the keys deleted). If no node can
+    /// serve it for a minute, or the server refuses it, the error goes to
+    /// stderr and the exit code is 1.
     Watch {
         /// Only keys starting with this.
         #[arg(default_value = "")]
@@ -140,30 +144,27 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
     Ok(())
 }
 
-/// `opsctl settings watch`: prints events until Ctrl-C or the end of the stream.
+/// `opsctl settings watch`: prints events until Ctrl-C or the end of the
+/// stream, resuming through the next address when the stream breaks.
 async fn watch(prefix: String, nodes: &Nodes, printer: Printer) -> Result<()> {
-    let request = WatchRequest { prefix };
-    let mut events = nodes
-        .call(|mut api| {
-            let request = request.clone();
-            async move { api.settings.watch(request).await }
-        })
-        .await?;
+    let mut watch = SettingsWatch::open(nodes, &prefix).await?;
     // One future for the whole watch, so a Ctrl-C between two events is not lost.
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         let next = tokio::select! {
-            next = events.message() => next,
+            next = watch.next() => next,
             interrupted = &mut ctrl_c => {
                 interrupted.context("cannot listen for Ctrl-C")?;
                 return Ok(());
             }
         };
-        match next {
-            Ok(Some(event)) => printer.watch_event(&event)?,
-            Ok(None) => return Ok(()),
-            Err(status) => return Err(CallError::Status(status)).context("the watch ended"),
+        match next.context("the watch ended")? {
+            Some(WatchItem::Event(event)) => printer.watch_event(&event)?,
+            Some(WatchItem::Resumed { addr, why }) => {
+                eprintln!("note: the watch through {addr} broke ({why}); resumed through another node")
+            }
+            None => return Ok(()),
         }
     }
 }
