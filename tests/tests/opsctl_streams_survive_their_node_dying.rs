@@ -42,22 +42,35 @@ async fn opsctl_wait_survives_its_node_dying() {
     opsctl.json(&["kinds", "apply", kind_file.to_str().unwrap()]).await;
     opsctl.json(&["create", "slow", "s"]).await;
 
-    let waiting = opsctl
+    let mut waiting = opsctl
         .command(&["--output", "json", "do", "slow/s", "go", "--wait"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start opsctl");
-    // The run has started and the watch is open when the node dies.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill the node once the event was done and the wait shows progress (the
+    // run takes 3 s): the request itself is not what this test is about.
+    let mut progress = BufReader::new(waiting.stderr.take().unwrap()).lines();
+    let mut stderr = String::new();
+    while !stderr.contains("ready -> going") {
+        let line = tokio::time::timeout(RUN_TIMEOUT, progress.next_line())
+            .await
+            .expect("progress in time")
+            .expect("reading opsctl's stderr")
+            .unwrap_or_else(|| panic!("opsctl ended before showing progress:\n{stderr}"));
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
     cluster.node(doomed).kill9();
-
+    while let Some(line) = progress.next_line().await.expect("reading opsctl's stderr") {
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
     let out = tokio::time::timeout(RUN_TIMEOUT, waiting.wait_with_output())
         .await
         .expect("the wait ends")
         .expect("opsctl's output");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "opsctl do --wait failed ({}):\nstderr: {stderr}\nstdout: {stdout}",
