@@ -23,7 +23,6 @@ pub mod state_machine;
 mod storage;
 #[cfg(test)]
 mod store_tests;
-pub mod transport;
 pub mod types;
 mod wire;
 

@@ -99,7 +99,7 @@ impl PeerChannels {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = crate::transport::endpoint(addr, Duration::from_secs(1))
+        let endpoint = opsd_proto::transport::endpoint(addr, Duration::from_secs(1))
             .map_err(|e| tonic::Status::invalid_argument(format!("bad peer address {addr}: {e}")))?;
         let ch = endpoint.connect_lazy();
         map.insert(addr.to_string(), ch.clone());

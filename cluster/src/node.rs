@@ -266,9 +266,9 @@ impl ClusterNode {
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let mut stop = self.inner.shutdown.subscribe();
         tokio::spawn(async move {
-            let result = crate::transport::server()
+            let result = opsd_proto::transport::server()
                 .add_service(service)
-                .serve_with_incoming_shutdown(crate::transport::incoming(listener), async move {
+                .serve_with_incoming_shutdown(opsd_proto::transport::incoming(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use opsd_cluster::{new_cluster_id, transport, ClusterConfig, ClusterNode, DataDir, NodeInfo};
-use opsd_proto::v1::cluster_client::ClusterClient;
+use opsd_client::{Api, ClusterApi, Credentials, NodeAddr, Timeouts};
+use opsd_cluster::{new_cluster_id, ClusterConfig, ClusterNode, DataDir, NodeInfo};
+use opsd_proto::transport;
 use opsd_proto::v1::cluster_server::ClusterServer;
 use opsd_proto::v1::resources_server::ResourcesServer;
 use opsd_proto::v1::settings_server::SettingsServer;
@@ -177,15 +178,15 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyh
     Ok(())
 }
 
-/// A client of a member's Cluster service.
-async fn cluster_client(addr: &str) -> anyhow::Result<ClusterClient<tonic::transport::Channel>> {
-    let channel = transport::endpoint(addr, Duration::from_secs(2))
-        .map_err(|e| anyhow!("{addr}: {e}"))?
-        .timeout(Duration::from_secs(15))
-        .connect()
+/// A client of a member's Cluster service (2 s to connect, 15 s per request).
+/// The node asks as `anonymous`: joining carries no principal yet; a node
+/// credential would be given here.
+async fn cluster_client(addr: &str) -> anyhow::Result<ClusterApi> {
+    let parsed = NodeAddr::parse(addr).map_err(|e| anyhow!("--join {addr}: {e}"))?;
+    let api = Api::connect(&parsed, Timeouts::default(), Credentials::anonymous())
         .await
         .map_err(|e| anyhow!("{addr}: {e}"))?;
-    Ok(ClusterClient::new(channel))
+    Ok(api.cluster)
 }
 
 /// Tries each --join address, with backoff, until `attempt` succeeds on one

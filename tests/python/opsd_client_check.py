@@ -4,8 +4,11 @@
 Generates Python stubs from the project's .proto files with grpcio-tools (into
 a temporary directory; nothing generated is kept), then drives one live,
 single-node opsd through them: Cluster.Status, the Settings service (put, get,
-compare-and-set, errors, list, delete, watch), the standard gRPC health
-service and server reflection.
+compare-and-set, errors, list, delete, watch), the Resources service's typed
+contract (specs and outputs as google.protobuf.Struct, times as Timestamp,
+durations as Duration, outcomes as an enum, each rendered to canonical JSON by
+protobuf's own json_format, and a malformed Struct or Duration refused), the
+standard gRPC health service and server reflection.
 
 Usage:
     python opsd_client_check.py --addr HOST:PORT
@@ -34,7 +37,24 @@ import uuid
 import grpc
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PROTO_FILES = ["opsd/v1/cluster.proto", "opsd/v1/settings.proto"]
+PROTO_FILES = ["opsd/v1/cluster.proto", "opsd/v1/settings.proto", "opsd/v1/resources.proto"]
+
+# A kind with one work state whose step reports outputs: enough to see every
+# typed field of a run filled in.
+PYCHECK_KIND = """
+kind = "pycheck"
+initial = "idle"
+provider = "exec"
+
+[states.idle]
+on = { go = "going" }
+
+[states.going]
+work = true
+run = 'echo "{\\"answer\\": 42, \\"tags\\": [\\"a\\"]}" > "$OPSD_OUTPUTS"'
+next = "idle"
+fail = "idle"
+"""
 
 
 class CheckFailed(Exception):
@@ -77,7 +97,8 @@ def generate_stubs(proto_dir, out_dir):
         raise CheckFailed(f"grpc_tools.protoc failed ({res.returncode}): {res.stderr.strip()}")
     sys.path.insert(0, out_dir)
     mods = {}
-    for name in ("cluster_pb2", "cluster_pb2_grpc", "settings_pb2", "settings_pb2_grpc"):
+    for name in ("cluster_pb2", "cluster_pb2_grpc", "settings_pb2", "settings_pb2_grpc",
+                 "resources_pb2", "resources_pb2_grpc"):
         mods[name] = importlib.import_module(f"opsd.v1.{name}")
     return mods
 
@@ -91,6 +112,8 @@ class Checker:
         self.channel = grpc.insecure_channel(addr)
         self.cluster = mods["cluster_pb2_grpc"].ClusterStub(self.channel)
         self.settings = mods["settings_pb2_grpc"].SettingsStub(self.channel)
+        self.r = mods["resources_pb2"]
+        self.resources = mods["resources_pb2_grpc"].ResourcesStub(self.channel)
         # A fresh prefix per run: the checks own every key under it.
         self.prefix = f"pycheck/{uuid.uuid4().hex[:12]}/"
 
@@ -261,6 +284,69 @@ class Checker:
                f"the delete's revision {d.revision}", e2.setting.mod_revision)
         return f"Settings.Watch on a prefix streams PUT@{e1.revision} then DELETE@{e2.revision}"
 
+    def resources_typed(self):
+        from google.protobuf import duration_pb2, json_format, struct_pb2
+
+        r = self.r
+        md = (("x-opsd-principal", "pycheck"),)
+        self.resources.ApplyKind(r.ApplyKindRequest(source=PYCHECK_KIND), timeout=self.timeout, metadata=md)
+        name = "py-" + uuid.uuid4().hex[:12]
+        spec = struct_pb2.Struct()
+        spec.update({"replicas": 2, "image": {"tag": "v2"}, "ports": [80, 443], "debug": False})
+        change = self.resources.Create(r.CreateResourceRequest(kind="pycheck", name=name, spec=spec),
+                                       timeout=self.timeout, metadata=md)
+        res = json_format.MessageToDict(change.resource, preserving_proto_field_name=True)
+        expect(res.get("spec") == {"replicas": 2.0, "image": {"tag": "v2"}, "ports": [80.0, 443.0], "debug": False},
+               "Create: resource.spec (a Struct)", "the spec sent", res.get("spec"))
+        created = res.get("created_at", "")
+        expect(created.endswith("Z") and "T" in created, "Create: resource.created_at (a Timestamp as RFC 3339)",
+               "an RFC 3339 time", created)
+
+        run = self.resources.Do(r.DoRequest(kind="pycheck", name=name, event="go", reason="check"),
+                                timeout=self.timeout, metadata=md).run
+        deadline = time.monotonic() + self.timeout
+        while run.outcome == r.RUN_OUTCOME_RUNNING and time.monotonic() < deadline:
+            time.sleep(0.1)
+            run = self.resources.GetRun(r.GetRunRequest(run_id=run.run_id), timeout=self.timeout)
+        expect(run.outcome == r.RUN_OUTCOME_SUCCEEDED, "Do: the run's outcome (an enum)", "RUN_OUTCOME_SUCCEEDED",
+               r.RunOutcome.Name(run.outcome))
+        d = json_format.MessageToDict(run, preserving_proto_field_name=True)
+        expect(d.get("outcome") == "RUN_OUTCOME_SUCCEEDED" and d.get("source") == "TRIGGER_SOURCE_API",
+               "Run in canonical JSON: outcome and source", "RUN_OUTCOME_SUCCEEDED, TRIGGER_SOURCE_API",
+               (d.get("outcome"), d.get("source")))
+        expect(d.get("principal") == "pycheck", "Run.principal", "pycheck", d.get("principal"))
+        expect(d.get("outputs") == {"answer": 42.0, "tags": ["a"]}, "Run.outputs (a Struct)",
+               {"answer": 42, "tags": ["a"]}, d.get("outputs"))
+        duration = d.get("duration", "")
+        expect(duration.endswith("s"), "Run.duration (a Duration as JSON)", 'like "0.012s"', duration)
+        expect(run.finished_at.ToMilliseconds() >= run.started_at.ToMilliseconds() > 0,
+               "Run.started_at <= finished_at", "ordered times", (d.get("started_at"), d.get("finished_at")))
+
+        # Filters are typed too: an outcome enum and a Duration.
+        listed = self.resources.ListRuns(
+            r.ListRunsRequest(kind="pycheck", name=name, outcome=r.RUN_OUTCOME_SUCCEEDED,
+                              since=duration_pb2.Duration(seconds=3600)), timeout=self.timeout)
+        ids = [x.run_id for x in listed.runs]
+        expect(run.run_id in ids and all(x.outcome == r.RUN_OUTCOME_SUCCEEDED for x in listed.runs),
+               "ListRuns(outcome=SUCCEEDED, since=1h)", f"succeeded runs including {run.run_id}", listed.runs)
+        failed = self.resources.ListRuns(
+            r.ListRunsRequest(kind="pycheck", name=name, outcome=r.RUN_OUTCOME_FAILED), timeout=self.timeout)
+        expect(len(failed.runs) == 0, "ListRuns(outcome=FAILED)", "no runs", failed.runs)
+
+        # Malformed values are refused naming the field.
+        err = rpc_error(self.resources.ListRuns, r.ListRunsRequest(since=duration_pb2.Duration(seconds=-5)),
+                        timeout=self.timeout)
+        expect_code(err, grpc.StatusCode.INVALID_ARGUMENT, "ListRuns with a negative since")
+        expect("since" in err.details(), "ListRuns negative since: message", "to name since", err.details())
+        bad = struct_pb2.Struct()
+        bad.fields["hole"].CopyFrom(struct_pb2.Value())  # a Value with no kind: no JSON value
+        err = rpc_error(self.resources.Create, r.CreateResourceRequest(kind="pycheck", name=name + "-bad", spec=bad),
+                        timeout=self.timeout)
+        expect_code(err, grpc.StatusCode.INVALID_ARGUMENT, "Create with a Value that has no kind")
+        expect("spec.hole" in err.details(), "Create bad spec: message", "to name spec.hole", err.details())
+        return (f"Resources: spec/outputs as Struct, times as Timestamp ({created}), duration {duration}, "
+                f"outcome {d['outcome']}; bad Struct and Duration refused")
+
     def health(self):
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -336,7 +422,7 @@ def main():
                   f"(grpcio {grpc.__version__})", flush=True)
             ck = Checker(args.addr, args.timeout, mods)
             checks = [ck.connect, ck.status, ck.put_get, ck.stale_cas, ck.get_missing, ck.empty_key,
-                      ck.list_prefix, ck.delete_get, ck.watch, ck.health, ck.reflection]
+                      ck.list_prefix, ck.delete_get, ck.watch, ck.resources_typed, ck.health, ck.reflection]
             for check in checks:
                 current = check.__name__
                 print(f"ok: {check()}", flush=True)

@@ -1,19 +1,17 @@
-//! gRPC clients of one node, and the few settings calls every scenario makes,
-//! with the retry rule the API documents: UNAVAILABLE is safe to retry.
+//! gRPC clients of one node, made by the project's one client library
+//! (`opsd-client`), and the few settings calls every scenario makes, with the
+//! retry rule the API documents: UNAVAILABLE is safe to retry.
 //!
 //! These are free functions over an address (not methods of a node) so that
 //! writer tasks spawned by a test can own what they need.
 
 use std::time::{Duration, Instant};
 
-use opsd_proto::v1::cluster_client::ClusterClient;
-use opsd_proto::v1::resources_client::ResourcesClient;
-use opsd_proto::v1::settings_client::SettingsClient;
+use opsd_client::{Api, Credentials, NodeAddr, Timeouts};
 use opsd_proto::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest, PutResponse,
     StatusRequest, StatusResponse,
 };
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 /// How long one request may take before the client gives up on it. Longer than
@@ -26,19 +24,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// progress, a node restarting) before returning the last error.
 pub const RETRY_BUDGET: Duration = Duration::from_secs(30);
 
-/// Connected clients of one node's API. Cheap to clone; the channel connects
-/// lazily and reconnects on the next call after the node comes back.
-#[derive(Clone)]
-pub struct Clients {
-    /// The node's client address, HOST:PORT.
-    pub addr: String,
-    /// `opsd.v1.Cluster`: status and membership.
-    pub cluster: ClusterClient<Channel>,
-    /// `opsd.v1.Settings`: the replicated key/value store.
-    pub settings: SettingsClient<Channel>,
-    /// `opsd.v1.Resources`: kinds, resources, runs.
-    pub resources: ResourcesClient<Channel>,
-}
+/// The principal every scenario acts as: sent with every request.
+pub const PRINCIPAL: &str = "e2e-tester";
+
+/// Connected clients of one node's API (`addr`, `cluster`, `settings`,
+/// `resources`), every request acting as [`PRINCIPAL`]. Cheap to clone; the
+/// channel connects lazily and reconnects on the next call after the node
+/// comes back.
+pub type Clients = Api;
 
 /// Clients of the node at `addr` whose every request times out after
 /// [`REQUEST_TIMEOUT`]. Must be called inside a tokio runtime.
@@ -55,20 +48,12 @@ pub fn connect_streaming(addr: &str) -> Clients {
 
 /// Clients of the node at `addr` with the given per-request timeout.
 pub fn connect_with(addr: &str, request_timeout: Option<Duration>) -> Clients {
-    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|e| panic!("{addr} is not a HOST:PORT address: {e}"))
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
-    if let Some(t) = request_timeout {
-        endpoint = endpoint.timeout(t);
-    }
-    let channel = endpoint.connect_lazy();
-    Clients {
-        addr: addr.to_string(),
-        cluster: ClusterClient::new(channel.clone()),
-        settings: SettingsClient::new(channel.clone()),
-        resources: ResourcesClient::new(channel),
-    }
+    let node = NodeAddr::parse(addr).unwrap_or_else(|e| panic!("{addr} is not a HOST:PORT address: {e}"));
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        request: request_timeout,
+    };
+    Api::lazy(&node, timeouts, Credentials::principal(PRINCIPAL))
 }
 
 /// The node's own view (`Cluster.Status`, never forwarded), or the error, within `timeout`.
@@ -85,6 +70,7 @@ pub async fn put_once(addr: &str, key: &str, value: &str) -> Result<PutResponse,
             key: key.to_string(),
             value: value.to_string(),
             expected_revision: None,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
@@ -154,6 +140,7 @@ pub async fn delete(addr: &str, key: &str) -> Result<DeleteResponse, Status> {
             .delete(DeleteRequest {
                 key: key.to_string(),
                 expected_revision: None,
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())

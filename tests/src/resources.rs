@@ -6,23 +6,35 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use opsd_proto::json;
 use opsd_proto::v1::{
     ApplyKindRequest, CancelRequest, CreateResourceRequest, DoRequest, GetResourceRequest, GetRunRequest,
     HistoryRequest, KindInfo, LogsRequest, Resource, ResourceChange, Run, StatsRequest, TransitionStats,
 };
-use tonic::{Request, Status};
+use tonic::Status;
 
+pub use crate::client::PRINCIPAL;
 use crate::client::{connect, retry_unavailable};
 use crate::wait_until;
 
-/// The principal every scenario acts as.
-pub const PRINCIPAL: &str = "e2e-tester";
+/// A spec or outputs as the API returns them, as JSON (absent is `{}`).
+pub fn json_of(object: Option<&opsd_proto::prost_types::Struct>) -> serde_json::Value {
+    json::struct_value(object)
+}
 
-fn with_principal<T>(msg: T) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut()
-        .insert("x-opsd-principal", PRINCIPAL.parse().expect("ascii"));
-    req
+/// When a run finished, in milliseconds since the Unix epoch; 0 while it runs.
+pub fn finished_ms(run: &Run) -> i64 {
+    run.finished_at
+        .as_ref()
+        .map_or(0, |t| opsd_proto::time::timestamp_ms("finished_at", t).unwrap_or(0))
+}
+
+/// A JSON object as the API's Struct; anything but an object is a test bug.
+pub fn spec_struct(spec: serde_json::Value) -> opsd_proto::prost_types::Struct {
+    match spec {
+        serde_json::Value::Object(object) => json::to_struct(object),
+        other => panic!("a spec must be a JSON object, not {other}"),
+    }
 }
 
 /// Registers a kind from its TOML source.
@@ -43,13 +55,13 @@ pub async fn apply_kind(addr: &str, source: &str) -> Result<KindInfo, Status> {
 pub async fn create(addr: &str, kind: &str, name: &str, spec: serde_json::Value) -> Result<ResourceChange, Status> {
     connect(addr)
         .resources
-        .create(with_principal(CreateResourceRequest {
+        .create(CreateResourceRequest {
             kind: kind.into(),
             name: name.into(),
-            spec_json: spec.to_string(),
+            spec: Some(spec_struct(spec)),
             labels: HashMap::new(),
             reason: format!("create {name}"),
-        }))
+        })
         .await
         .map(|r| r.into_inner())
 }
@@ -65,13 +77,13 @@ pub async fn do_event(
 ) -> Result<ResourceChange, Status> {
     connect(addr)
         .resources
-        .r#do(with_principal(DoRequest {
+        .r#do(DoRequest {
             kind: kind.into(),
             name: name.into(),
             event: event.into(),
             args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             reason: reason.into(),
-        }))
+        })
         .await
         .map(|r| r.into_inner())
 }
@@ -159,10 +171,10 @@ pub async fn run(addr: &str, run_id: &str) -> Result<Run, Status> {
 pub async fn cancel(addr: &str, run_id: &str) -> Result<Run, Status> {
     connect(addr)
         .resources
-        .cancel(with_principal(CancelRequest {
+        .cancel(CancelRequest {
             run_id: run_id.into(),
             reason: "stop it".into(),
-        }))
+        })
         .await
         .map(|r| r.into_inner())
 }
@@ -191,7 +203,7 @@ pub async fn stats(addr: &str, kind: &str) -> Result<Vec<TransitionStats>, Statu
             .resources
             .stats(StatsRequest {
                 kind: kind.into(),
-                since_ms: 0,
+                since: None,
             })
             .await
             .map(|r| r.into_inner().transitions)
@@ -203,11 +215,11 @@ pub async fn stats(addr: &str, kind: &str) -> Result<Vec<TransitionStats>, Statu
 pub async fn delete(addr: &str, kind: &str, name: &str) -> Result<ResourceChange, Status> {
     connect(addr)
         .resources
-        .delete(with_principal(opsd_proto::v1::DeleteResourceRequest {
+        .delete(opsd_proto::v1::DeleteResourceRequest {
             kind: kind.into(),
             name: name.into(),
             reason: "done".into(),
-        }))
+        })
         .await
         .map(|r| r.into_inner())
 }

@@ -30,6 +30,7 @@ fn put(key: &str, value: &str, expected_revision: Option<u64>) -> PutRequest {
         key: key.into(),
         value: value.into(),
         expected_revision,
+        ..Default::default()
     }
 }
 
@@ -95,6 +96,7 @@ async fn bad_input_changes_nothing() {
             s.delete(DeleteRequest {
                 key: String::new(),
                 expected_revision: None,
+                ..Default::default()
             })
             .await,
             Code::InvalidArgument,
@@ -129,6 +131,7 @@ async fn bad_input_changes_nothing() {
             s.delete(DeleteRequest {
                 key: "app/kept".into(),
                 expected_revision: Some(kept.revision + 1000),
+                ..Default::default()
             })
             .await,
             Code::FailedPrecondition,
@@ -153,6 +156,7 @@ async fn bad_input_changes_nothing() {
             s.delete(DeleteRequest {
                 key: "app/missing".into(),
                 expected_revision: None,
+                ..Default::default()
             })
             .await,
             Code::NotFound,

@@ -90,7 +90,7 @@ async fn cancel_stops_a_long_step() {
         Duration::from_millis(20),
         || async {
             let r = res::run(&addr, &run.run_id).await.map_err(|e| e.to_string())?;
-            if r.outcome == "running" {
+            if r.outcome().label() == "running" {
                 return Err("still running".into());
             }
             Ok(r)
@@ -99,11 +99,11 @@ async fn cancel_stops_a_long_step() {
     .await;
     println!(
         "cancel → {} in {:?} (since the request: {:?})",
-        ended.outcome,
+        ended.outcome().label(),
         took,
         asked.elapsed()
     );
-    assert_eq!(ended.outcome, "cancelled");
+    assert_eq!(ended.outcome().label(), "cancelled");
     assert!(
         asked.elapsed() < Duration::from_secs(1),
         "cancelled within a second, took {:?}",
@@ -140,6 +140,6 @@ async fn cancel_stops_a_long_step() {
     let job = res::wait_resting(&addr, "slow", "job", Duration::from_secs(20)).await;
     assert_eq!(job.state, "broken");
     let run = res::run(&addr, &run.run_id).await.unwrap();
-    assert_eq!(run.outcome, "failed");
+    assert_eq!(run.outcome().label(), "failed");
     assert!(run.error.contains("timed out after 2s"), "{}", run.error);
 }

@@ -84,10 +84,10 @@ async fn exec_kind_runs_end_to_end() {
         .await
         .expect("create");
     let first = created.run.expect("creation starts a run");
-    assert_eq!((first.to.as_str(), first.outcome.as_str()), ("fetching", "running"));
+    assert_eq!((first.to.as_str(), first.outcome().label()), ("fetching", "running"));
     let web = res::wait_resting(&addr, "app", "web", WAIT).await;
     assert_eq!(web.state, "ready", "{web:?}");
-    let outputs: serde_json::Value = serde_json::from_str(&web.outputs_json).unwrap();
+    let outputs: serde_json::Value = opsd_tests::resources::json_of(web.outputs.as_ref());
     assert_eq!(outputs["fetched"], true);
     assert_eq!(outputs["version"], "1");
     assert!(
@@ -98,7 +98,7 @@ async fn exec_kind_runs_end_to_end() {
     let runs = res::history(&addr, "app", "web").await.unwrap();
     let chain: Vec<(&str, &str, &str)> = runs
         .iter()
-        .map(|r| (r.from.as_str(), r.to.as_str(), r.outcome.as_str()))
+        .map(|r| (r.from.as_str(), r.to.as_str(), r.outcome().label()))
         .collect();
     assert_eq!(
         chain,
@@ -114,7 +114,9 @@ async fn exec_kind_runs_end_to_end() {
             ("create", PRINCIPAL, "create web")
         );
         assert_eq!((r.attempt, r.node_id), (1, cluster.node(0).id()));
-        assert!(r.finished_at_ms >= r.started_at_ms);
+        let ms =
+            |t: Option<&opsd_proto::prost_types::Timestamp>| opsd_proto::time::timestamp_ms("t", t.unwrap()).unwrap();
+        assert!(ms(r.finished_at.as_ref()) >= ms(r.started_at.as_ref()));
     }
     let lines = res::log_lines(&addr, &runs[0].run_id).await.unwrap();
     assert!(
@@ -142,7 +144,7 @@ async fn exec_kind_runs_end_to_end() {
     let web = res::wait_resting(&addr, "app", "web", WAIT).await;
     assert_eq!(web.state, "failed");
     let bad = res::run(&addr, &bad.run_id).await.unwrap();
-    assert_eq!(bad.outcome, "failed");
+    assert_eq!(bad.outcome().label(), "failed");
     assert!(bad.error.contains("status 3"), "{}", bad.error);
     assert_eq!(
         (bad.reason.as_str(), bad.args["version"].as_str()),
@@ -160,7 +162,7 @@ async fn exec_kind_runs_end_to_end() {
         .expect("retry");
     let web = res::wait_resting(&addr, "app", "web", WAIT).await;
     assert_eq!(web.state, "ready");
-    let outputs: serde_json::Value = serde_json::from_str(&web.outputs_json).unwrap();
+    let outputs: serde_json::Value = opsd_tests::resources::json_of(web.outputs.as_ref());
     assert_eq!(outputs["version"], "3");
 
     // The stats count both.

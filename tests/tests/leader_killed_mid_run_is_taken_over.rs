@@ -70,10 +70,10 @@ async fn leader_killed_mid_run_is_taken_over() {
     assert_eq!(task.state, "done");
 
     let ended = res::run(&addr, &run.run_id).await.unwrap();
-    assert_eq!(ended.outcome, "succeeded");
+    assert_eq!(ended.outcome().label(), "succeeded");
     assert_eq!(ended.attempt, 2, "the takeover is recorded");
     assert_eq!(ended.node_id, cluster.node(new_leader).id());
-    let outputs: serde_json::Value = serde_json::from_str(&task.outputs_json).unwrap();
+    let outputs: serde_json::Value = opsd_tests::resources::json_of(task.outputs.as_ref());
     assert_eq!(outputs["attempt"], 2);
     assert_eq!(outputs["done_by"], cluster.node(new_leader).id());
     let lines = res::log_lines(&addr, &run.run_id).await.unwrap();
@@ -86,7 +86,7 @@ async fn leader_killed_mid_run_is_taken_over() {
     let running = client::connect(&addr)
         .resources
         .list_runs(ListRunsRequest {
-            outcome: "running".into(),
+            outcome: opsd_tests::api::RunOutcome::Running as i32,
             ..Default::default()
         })
         .await

@@ -54,8 +54,8 @@ async fn wait_refusing(port: u64) {
     .await;
 }
 
-fn machines(outputs_json: &str) -> Vec<Value> {
-    let outputs: Value = serde_json::from_str(outputs_json).unwrap();
+fn machines(outputs: Option<&opsd_proto::prost_types::Struct>) -> Vec<Value> {
+    let outputs = opsd_tests::resources::json_of(outputs);
     outputs["machines"].as_array().cloned().unwrap_or_default()
 }
 
@@ -82,7 +82,7 @@ async fn local_provider_runs_a_cluster_of_machines() {
     .expect("create the image");
     let image = res::wait_resting(&addr, "image", "site", WAIT).await;
     assert_eq!(image.state, "built", "{image:?}");
-    let outputs: Value = serde_json::from_str(&image.outputs_json).unwrap();
+    let outputs: Value = opsd_tests::resources::json_of(image.outputs.as_ref());
     let dir = std::path::PathBuf::from(outputs["dir"].as_str().expect("the image's dir"));
     assert!(dir.join("BUILT").exists() && dir.join("index.html").exists(), "{dir:?}");
 
@@ -92,7 +92,7 @@ async fn local_provider_runs_a_cluster_of_machines() {
         .expect("create the cluster");
     let web = res::wait_resting(&addr, "cluster", "web", WAIT).await;
     assert_eq!(web.state, "running", "{web:?}");
-    let ms = machines(&web.outputs_json);
+    let ms = machines(web.outputs.as_ref());
     assert_eq!(ms.len(), 2, "{ms:?}");
     let ports: Vec<u64> = ms.iter().map(|m| m["port"].as_u64().unwrap()).collect();
     assert_ne!(ports[0], ports[1]);
@@ -113,7 +113,7 @@ async fn local_provider_runs_a_cluster_of_machines() {
     cluster.wait_for_leader(&[], FORM_TIMEOUT).await;
     let web = res::wait_resting(&addr, "cluster", "web", WAIT).await;
     assert_eq!(
-        (web.state.as_str(), machines(&web.outputs_json)),
+        (web.state.as_str(), machines(web.outputs.as_ref())),
         ("running", ms.clone())
     );
 
@@ -131,7 +131,7 @@ async fn local_provider_runs_a_cluster_of_machines() {
         .expect("start");
     let web = res::wait_resting(&addr, "cluster", "web", WAIT).await;
     assert_eq!(web.state, "running");
-    let restarted: Vec<u64> = machines(&web.outputs_json)
+    let restarted: Vec<u64> = machines(web.outputs.as_ref())
         .iter()
         .map(|m| m["port"].as_u64().unwrap())
         .collect();
@@ -139,7 +139,7 @@ async fn local_provider_runs_a_cluster_of_machines() {
     for p in &ports {
         wait_answering(*p).await;
     }
-    let dirs: Vec<String> = machines(&web.outputs_json)
+    let dirs: Vec<String> = machines(web.outputs.as_ref())
         .iter()
         .map(|m| m["dir"].as_str().unwrap().to_string())
         .collect();

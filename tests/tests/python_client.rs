@@ -1,8 +1,10 @@
 //! The gRPC contract from a real non-Rust client: Python's `grpcio`, with
 //! stubs generated from `proto/` by `grpcio-tools` at test time, drives one
 //! real opsd node through `tests/python/opsd_client_check.py` (Cluster.Status,
-//! the Settings service including errors and Watch, the standard health
-//! service and server reflection).
+//! the Settings service including errors and Watch, the Resources service's
+//! typed fields read through protobuf's own canonical JSON — Struct specs and
+//! outputs, Timestamps, Durations, outcome enums — with a malformed Struct and
+//! Duration refused, the standard health service and server reflection).
 //!
 //! The Python libraries live in a virtualenv at `target/pyenv`, made by
 //! `.ci/python-deps` (which `make test` runs through `.ci/deps`). Without it

@@ -61,6 +61,7 @@ async fn removed_node_refuses_writes() {
                     key: "members/from-removed".into(),
                     value: "x".into(),
                     expected_revision: None,
+                    ..Default::default()
                 })
                 .await
             {

@@ -1,15 +1,17 @@
 //! Bad input to the Resources API gets a clear error naming what is wrong
 //! and changes nothing: broken kind files, kinds this node's providers
 //! refuse (an unknown provider among them), unknown kinds, resources, events
-//! and runs, specs the kind rejects, events in the wrong state; a step that
+//! and runs, malformed Structs and Durations, specs the kind rejects, events
+//! in the wrong state; a step that
 //! crashes or writes garbage outputs fails its run without harming the node.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use opsd_proto::prost_types::{value::Kind, Duration as ProtoDuration, Struct, Value as ProtoValue};
 use opsd_tests::api::{
     CreateResourceRequest, GetKindRequest, GetResourceRequest, GetRunRequest, HistoryRequest, ListResourcesRequest,
-    ListRunsRequest, LogsRequest, StatsRequest,
+    ListRunsRequest, LogsRequest, RunOutcome, StatsRequest,
 };
 use opsd_tests::resources as res;
 use opsd_tests::{client, Cluster, Options};
@@ -138,29 +140,54 @@ async fn resources_bad_input_changes_nothing() {
     );
 
     // Creation.
-    let create = |kind: &str, name: &str, spec: &str| CreateResourceRequest {
+    let create = |kind: &str, name: &str, spec: serde_json::Value| CreateResourceRequest {
         kind: kind.into(),
         name: name.into(),
-        spec_json: spec.into(),
+        spec: Some(res::spec_struct(spec)),
         labels: HashMap::new(),
         reason: String::new(),
     };
-    expect(c.create(create("nope", "x", "{}")).await, Code::NotFound, "kind");
+    let empty = || serde_json::json!({});
+    expect(c.create(create("nope", "x", empty())).await, Code::NotFound, "kind");
     expect(
-        c.create(create("job", "a b", "{}")).await,
+        c.create(create("job", "a b", empty())).await,
         Code::InvalidArgument,
         "name",
     );
-    expect(c.create(create("job", "", "{}")).await, Code::InvalidArgument, "name");
-    expect(c.create(create("job", "x", "[]")).await, Code::InvalidArgument, "spec");
     expect(
-        c.create(create("job", "x", "{\"a\":")).await,
+        c.create(create("job", "", empty())).await,
         Code::InvalidArgument,
-        "spec",
+        "name",
     );
-    expect(c.create(create("job", "x", "{}")).await, Code::InvalidArgument, "owner");
+    // Structs no JSON object can be: a Value with no kind, a NaN.
+    let with = |key: &str, kind: Option<Kind>| CreateResourceRequest {
+        spec: Some(Struct {
+            fields: [
+                (
+                    "owner".to_string(),
+                    ProtoValue {
+                        kind: Some(Kind::StringValue("ops".into())),
+                    },
+                ),
+                (key.to_string(), ProtoValue { kind }),
+            ]
+            .into(),
+        }),
+        ..create("job", "x", empty())
+    };
+    expect(c.create(with("hole", None)).await, Code::InvalidArgument, "spec.hole");
     expect(
-        c.create(create("job", "one", "{\"owner\": \"x\"}")).await,
+        c.create(with("n", Some(Kind::NumberValue(f64::NAN)))).await,
+        Code::InvalidArgument,
+        "spec.n",
+    );
+    expect(
+        c.create(create("job", "x", empty())).await,
+        Code::InvalidArgument,
+        "owner",
+    );
+    expect(
+        c.create(create("job", "one", serde_json::json!({"owner": "x"}))).await,
         Code::AlreadyExists,
         "job/one",
     );
@@ -227,17 +254,31 @@ async fn resources_bad_input_changes_nothing() {
     expect(
         c.stats(StatsRequest {
             kind: "nope".into(),
-            since_ms: 0,
+            since: None,
         })
         .await,
         Code::NotFound,
         "nope",
     );
     let runs = ListRunsRequest {
-        outcome: "maybe".into(),
+        outcome: 99,
         ..Default::default()
     };
     expect(c.list_runs(runs).await, Code::InvalidArgument, "outcome");
+    // Durations that are negative or malformed.
+    let runs = ListRunsRequest {
+        since: Some(ProtoDuration { seconds: -60, nanos: 0 }),
+        ..Default::default()
+    };
+    expect(c.list_runs(runs).await, Code::InvalidArgument, "since");
+    let stats = StatsRequest {
+        kind: "job".into(),
+        since: Some(ProtoDuration {
+            seconds: 1,
+            nanos: 2_000_000_000,
+        }),
+    };
+    expect(c.stats(stats).await, Code::InvalidArgument, "since");
     expect(
         c.list(ListResourcesRequest {
             kind: "nope".into(),
@@ -268,7 +309,7 @@ async fn resources_bad_input_changes_nothing() {
         .unwrap();
     res::wait_resting(&addr, "job", "one", Duration::from_secs(30)).await;
     let run = res::run(&addr, &run.run_id).await.unwrap();
-    assert_eq!(run.outcome, "failed");
+    assert_eq!(run.outcome(), RunOutcome::Failed);
     assert!(
         run.error.contains("OPSD_OUTPUTS") || run.error.contains("outputs"),
         "{}",
@@ -281,7 +322,7 @@ async fn resources_bad_input_changes_nothing() {
         .unwrap();
     res::wait_resting(&addr, "job", "one", Duration::from_secs(30)).await;
     let run = res::run(&addr, &run.run_id).await.unwrap();
-    assert_eq!(run.outcome, "failed");
+    assert_eq!(run.outcome(), RunOutcome::Failed);
     assert!(run.error.contains("signal"), "{}", run.error);
     assert!(cluster.node(0).is_running());
 }

@@ -65,8 +65,8 @@ async fn restarted_leader_takes_over_its_own_run() {
     let task = res::wait_resting(&addr, "long", "task", Duration::from_secs(60)).await;
     assert_eq!(task.state, "done");
     let ended = res::run(&addr, &run.run_id).await.unwrap();
-    assert_eq!((ended.outcome.as_str(), ended.attempt), ("succeeded", 2), "{ended:?}");
-    let outputs: serde_json::Value = serde_json::from_str(&task.outputs_json).unwrap();
+    assert_eq!((ended.outcome().label(), ended.attempt), ("succeeded", 2), "{ended:?}");
+    let outputs: serde_json::Value = opsd_tests::resources::json_of(task.outputs.as_ref());
     assert_eq!(outputs["attempt"], 2);
     let history = res::history(&addr, "long", "task").await.unwrap();
     assert_eq!(history.iter().filter(|r| r.event == "go").count(), 1);

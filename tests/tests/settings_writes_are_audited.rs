@@ -46,6 +46,7 @@ fn put(key: &str, value: &str) -> PutRequest {
         key: key.into(),
         value: value.into(),
         expected_revision: None,
+        ..Default::default()
     }
 }
 
@@ -80,7 +81,13 @@ async fn settings_writes_are_audited() {
     let mut c = client::connect(&follower_addr);
     let written = c
         .settings
-        .put(as_principal("alice", put("db/url", "postgres://db")))
+        .put(as_principal(
+            "alice",
+            PutRequest {
+                reason: "move to the new database".into(),
+                ..put("db/url", "postgres://db")
+            },
+        ))
         .await
         .unwrap_or_else(|e| panic!("put as alice: {}", client::describe(&e)))
         .into_inner();
@@ -93,10 +100,12 @@ async fn settings_writes_are_audited() {
         let s = setting_on(&addr, "db/url").await;
         assert_eq!(s.mod_revision, written.revision);
         assert_eq!(s.changed_by, "alice", "on {}: {s:?}", cluster.node(node).name());
+        assert_eq!(s.change_reason, "move to the new database");
+        let at = opsd_proto::time::timestamp_ms("changed_at", &s.changed_at.expect("changed_at is set"))
+            .expect("a valid changed_at");
         assert!(
-            (before..=after).contains(&s.changed_at_ms),
-            "changed at {} outside [{before}, {after}]",
-            s.changed_at_ms
+            (before..=after).contains(&at),
+            "changed at {at} outside [{before}, {after}]"
         );
     }
 
@@ -133,6 +142,7 @@ async fn settings_writes_are_audited() {
             DeleteRequest {
                 key: "db/pool".into(),
                 expected_revision: None,
+                ..Default::default()
             },
         ))
         .await
@@ -162,7 +172,7 @@ async fn settings_writes_are_audited() {
             CreateResourceRequest {
                 kind: "job".into(),
                 name: "nightly".into(),
-                spec_json: "{}".into(),
+                spec: Some(Default::default()),
                 labels: Default::default(),
                 reason: "the nightly job".into(),
             },
@@ -172,8 +182,8 @@ async fn settings_writes_are_audited() {
         .into_inner();
     let run = created.run.expect("creation starts a run");
     assert_eq!(
-        (run.principal.as_str(), run.reason.as_str(), run.source.as_str()),
-        ("dave", "the nightly job", "api")
+        (run.principal.as_str(), run.reason.as_str(), run.source()),
+        ("dave", "the nightly job", opsd_tests::api::TriggerSource::Api)
     );
     res::wait_resting(&leader_addr, "job", "nightly", Duration::from_secs(30)).await;
     let history = res::history(&leader_addr, "job", "nightly").await.expect("history");
@@ -199,7 +209,7 @@ async fn settings_writes_are_audited() {
                 CreateResourceRequest {
                     kind: "job".into(),
                     name: "never".into(),
-                    spec_json: "{}".into(),
+                    spec: Some(Default::default()),
                     labels: Default::default(),
                     reason: String::new(),
                 },

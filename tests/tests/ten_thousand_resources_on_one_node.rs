@@ -140,7 +140,7 @@ async fn ten_thousand_resources_on_one_node() {
     assert_eq!((go.count, go.succeeded), (COUNT as u64, COUNT as u64));
     for i in (0..COUNT).step_by(997) {
         let history = res::history(&addr, "noop", &format!("n{i:05}")).await.unwrap();
-        let outcomes: Vec<(&str, &str)> = history.iter().map(|r| (r.to.as_str(), r.outcome.as_str())).collect();
+        let outcomes: Vec<(&str, &str)> = history.iter().map(|r| (r.to.as_str(), r.outcome().label())).collect();
         assert_eq!(outcomes, vec![("idle", "succeeded"), ("going", "succeeded")]);
     }
 }

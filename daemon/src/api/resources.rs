@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 
 use opsd_cluster::{ClusterError, ClusterNode};
 use opsd_proto::v1::resources_server::Resources;
+use opsd_proto::v1::{self as proto, TriggerSource};
 use opsd_proto::v1::{
     resource_event, ApplyKindRequest, CancelRequest, CreateResourceRequest, DeleteResourceRequest, DoRequest,
     GetKindRequest, GetResourceRequest, GetRunRequest, HistoryRequest, KindInfo, ListKindsRequest, ListKindsResponse,
     ListResourcesRequest, ListResourcesResponse, ListRunsRequest, ListRunsResponse, LogLines, LogsRequest, Resource,
     ResourceChange, ResourceEvent, Run, StatsRequest, StatsResponse, TransitionStats, WatchResourceRequest,
 };
+use opsd_proto::{json, prost_types, time};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -116,15 +118,15 @@ pub fn resource_to_proto(r: ResourceRecord, kind: Option<&Kind>) -> Resource {
     Resource {
         working: state.is_some_and(|s| s.work),
         r#final: state.is_some_and(|s| s.is_final),
+        spec: Some(stored_object("spec", &r.spec_json)),
+        outputs: Some(stored_object("outputs", &r.outputs_json)),
         kind: r.kind,
         name: r.name,
         state: r.state,
         version: r.version,
-        spec_json: r.spec_json,
-        outputs_json: r.outputs_json,
         labels: r.labels.into_iter().collect(),
-        created_at_ms: r.created_at_ms,
-        updated_at_ms: r.updated_at_ms,
+        created_at: Some(time::timestamp(r.created_at_ms)),
+        updated_at: Some(time::timestamp(r.updated_at_ms)),
         active_run_id: r.active_run.map(domain::run_id).unwrap_or_default(),
     }
 }
@@ -133,30 +135,77 @@ pub fn resource_to_proto(r: ResourceRecord, kind: Option<&Kind>) -> Resource {
 pub fn run_to_proto(r: RunRecord) -> Run {
     Run {
         run_id: r.run_id(),
-        duration_ms: r.duration_ms().unwrap_or(0),
-        finished_at_ms: r.finished_at_ms.unwrap_or(0),
+        duration: r.duration_ms().map(time::duration),
+        finished_at: r.finished_at_ms.map(time::timestamp),
+        outputs: Some(stored_object("outputs", &r.outputs_json)),
         kind: r.kind,
         name: r.name,
         event: r.event,
         from: r.from,
         to: r.to,
-        outcome: r.outcome.as_str().into(),
+        outcome: outcome_to_proto(r.outcome) as i32,
         attempt: r.attempt,
         node_id: r.node_id,
         principal: r.trigger.principal,
         reason: r.trigger.reason,
-        source: r.trigger.source,
-        started_at_ms: r.trigger.at_ms,
+        source: TriggerSource::from_label(&r.trigger.source).unwrap_or(TriggerSource::Unspecified) as i32,
+        started_at: Some(time::timestamp(r.trigger.at_ms)),
         error: r.error,
-        outputs_json: r.outputs_json,
         args: r.args.into_iter().collect(),
         cancel_requested: r.cancel_requested,
         index: r.index,
     }
 }
 
-fn since_cutoff(since_ms: u64) -> Option<i64> {
-    (since_ms > 0).then(|| engine::now_ms().saturating_sub(since_ms.min(i64::MAX as u64) as i64))
+/// A stored JSON object (a spec or outputs) as a Struct. Apply stores only
+/// objects it parsed, so this cannot fail short of a damaged store; that is
+/// logged and shown as `{}` rather than failing every read of the resource.
+fn stored_object(field: &str, text: &str) -> prost_types::Struct {
+    json::text_to_struct(field, text).unwrap_or_else(|e| {
+        tracing::error!("a stored {field} is not a JSON object: {e}");
+        prost_types::Struct::default()
+    })
+}
+
+/// A run outcome as the API has it.
+fn outcome_to_proto(outcome: RunOutcome) -> proto::RunOutcome {
+    match outcome {
+        RunOutcome::Running => proto::RunOutcome::Running,
+        RunOutcome::Succeeded => proto::RunOutcome::Succeeded,
+        RunOutcome::Failed => proto::RunOutcome::Failed,
+        RunOutcome::Cancelled => proto::RunOutcome::Cancelled,
+        RunOutcome::Interrupted => proto::RunOutcome::Interrupted,
+    }
+}
+
+/// A `ListRunsRequest.outcome` filter: `None` for any outcome.
+fn outcome_filter(outcome: i32) -> Result<Option<RunOutcome>, Status> {
+    let outcome = proto::RunOutcome::try_from(outcome)
+        .map_err(|_| Status::invalid_argument(format!("outcome: {outcome} is not a RunOutcome this server knows")))?;
+    Ok(match outcome {
+        proto::RunOutcome::Unspecified => None,
+        proto::RunOutcome::Running => Some(RunOutcome::Running),
+        proto::RunOutcome::Succeeded => Some(RunOutcome::Succeeded),
+        proto::RunOutcome::Failed => Some(RunOutcome::Failed),
+        proto::RunOutcome::Cancelled => Some(RunOutcome::Cancelled),
+        proto::RunOutcome::Interrupted => Some(RunOutcome::Interrupted),
+    })
+}
+
+/// A request's spec: a JSON object as the domain stores it (text); absent is `{}`.
+fn spec_text(spec: Option<&prost_types::Struct>) -> Result<String, Status> {
+    let object = match spec {
+        Some(spec) => json::from_struct("spec", spec).map_err(Status::invalid_argument)?,
+        None => serde_json::Map::new(),
+    };
+    Ok(serde_json::Value::Object(object).to_string())
+}
+
+/// The time a request's `since` duration reaches back to: `None` (any time)
+/// when absent or zero.
+fn since_cutoff(since: Option<&prost_types::Duration>) -> Result<Option<i64>, Status> {
+    let since_ms = time::optional_duration_ms("since", since).map_err(Status::invalid_argument)?;
+    Ok((since_ms > 0).then(|| engine::now_ms().saturating_sub(since_ms.min(i64::MAX as u64) as i64)))
 }
 
 #[tonic::async_trait]
@@ -205,11 +254,11 @@ impl Resources for ResourcesService {
         let req = req.into_inner();
         require("kind", &req.kind)?;
         domain::validate_name(&req.name).map_err(Status::invalid_argument)?;
-        domain::parse_object("spec_json", &req.spec_json).map_err(Status::invalid_argument)?;
+        let spec_json = spec_text(req.spec.as_ref())?;
         let cmd = Command::CreateResource {
             kind: req.kind,
             name: req.name,
-            spec_json: req.spec_json,
+            spec_json,
             labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
             trigger,
         };
@@ -351,14 +400,8 @@ impl Resources for ResourcesService {
                 "kind and name: give both (one resource's runs) or neither",
             ));
         }
-        let outcome = match req.outcome.as_str() {
-            "" => None,
-            o => Some(RunOutcome::parse(o).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "outcome: {o:?} is not running, succeeded, failed, cancelled or interrupted"
-                ))
-            })?),
-        };
+        let outcome = outcome_filter(req.outcome)?;
+        let since = since_cutoff(req.since.as_ref())?;
         let limit = if req.limit == 0 {
             100
         } else {
@@ -366,7 +409,6 @@ impl Resources for ResourcesService {
         };
         barrier(&self.node, false).await?;
         let view = self.node.reader().view();
-        let since = since_cutoff(req.since_ms);
         let keep = |r: &RunRecord| {
             outcome.is_none_or(|o| r.outcome == o)
                 && (req.kind.is_empty() || (r.kind == req.kind && r.name == req.name))
@@ -498,12 +540,13 @@ impl Resources for ResourcesService {
 
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let req = req.into_inner();
+        let since = since_cutoff(req.since.as_ref())?;
         barrier(&self.node, false).await?;
         let view = self.node.reader().view();
         if !req.kind.is_empty() && domain::read_kind(&view, &req.kind).map_err(read_status)?.is_none() {
             return Err(Status::not_found(format!("kind {:?} not found", req.kind)));
         }
-        let rows = stats::query(&view, &req.kind, since_cutoff(req.since_ms)).map_err(read_status)?;
+        let rows = stats::query(&view, &req.kind, since).map_err(read_status)?;
         Ok(Response::new(StatsResponse {
             transitions: rows
                 .into_iter()
@@ -524,5 +567,93 @@ impl Resources for ResourcesService {
                 })
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opsd_proto::prost_types::value::Kind as ValueKind;
+    use opsd_proto::prost_types::{Duration, Struct, Value};
+    use tonic::Code;
+
+    use super::*;
+
+    fn refused<T: std::fmt::Debug>(result: Result<T, Status>, needle: &str) {
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{:?} names {needle:?}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn outcomes_map_both_ways_and_unknown_filters_are_refused() {
+        for outcome in [
+            RunOutcome::Running,
+            RunOutcome::Succeeded,
+            RunOutcome::Failed,
+            RunOutcome::Cancelled,
+            RunOutcome::Interrupted,
+        ] {
+            let proto = outcome_to_proto(outcome);
+            assert_eq!(proto.label(), outcome.as_str());
+            assert_eq!(outcome_filter(proto as i32).unwrap(), Some(outcome));
+        }
+        assert_eq!(outcome_filter(0).unwrap(), None);
+        refused(outcome_filter(99), "outcome");
+    }
+
+    #[test]
+    fn a_spec_struct_becomes_stored_json_and_a_bad_one_names_its_key() {
+        assert_eq!(spec_text(None).unwrap(), "{}");
+        let spec = json::text_to_struct("spec", r#"{"replicas":2,"image":{"tag":"v2"}}"#).unwrap();
+        assert_eq!(
+            spec_text(Some(&spec)).unwrap(),
+            r#"{"image":{"tag":"v2"},"replicas":2}"#
+        );
+        let bad = Struct {
+            fields: [("hole".to_string(), Value { kind: None })].into(),
+        };
+        refused(spec_text(Some(&bad)), "spec.hole");
+        let nan = Struct {
+            fields: [(
+                "n".to_string(),
+                Value {
+                    kind: Some(ValueKind::NumberValue(f64::INFINITY)),
+                },
+            )]
+            .into(),
+        };
+        refused(spec_text(Some(&nan)), "spec.n");
+    }
+
+    #[test]
+    fn since_reaches_back_from_now_and_a_bad_duration_names_the_field() {
+        assert_eq!(since_cutoff(None).unwrap(), None);
+        assert_eq!(since_cutoff(Some(&Duration::default())).unwrap(), None);
+        let hour = since_cutoff(Some(&Duration {
+            seconds: 3600,
+            nanos: 0,
+        }))
+        .unwrap()
+        .unwrap();
+        assert!((engine::now_ms() - hour - 3_600_000).abs() < 60_000);
+        refused(since_cutoff(Some(&Duration { seconds: -1, nanos: 0 })), "since");
+        refused(
+            since_cutoff(Some(&Duration {
+                seconds: 0,
+                nanos: 1_000_000_000,
+            })),
+            "since",
+        );
+    }
+
+    #[test]
+    fn stored_objects_become_structs() {
+        let s = stored_object("outputs", r#"{"url":"http://web"}"#);
+        assert_eq!(json::struct_value(Some(&s)), serde_json::json!({"url": "http://web"}));
+        assert_eq!(stored_object("outputs", ""), Struct::default());
     }
 }

@@ -37,7 +37,7 @@ fn to_proto(r: SettingRecord) -> Setting {
         version: r.version,
         changed_by: r.changed.principal,
         change_reason: r.changed.reason,
-        changed_at_ms: r.changed.at_ms,
+        changed_at: Some(opsd_proto::time::timestamp(r.changed.at_ms)),
     }
 }
 
@@ -48,7 +48,7 @@ fn invalid(e: String) -> Status {
 #[tonic::async_trait]
 impl Settings for SettingsService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let trigger = trigger_of(&req, String::new())?;
+        let trigger = trigger_of(&req, req.get_ref().reason.clone())?;
         let req = req.into_inner();
         domain::validate_key(&req.key).map_err(invalid)?;
         domain::validate_value(&req.value).map_err(invalid)?;
@@ -104,7 +104,7 @@ impl Settings for SettingsService {
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let trigger = trigger_of(&req, String::new())?;
+        let trigger = trigger_of(&req, req.get_ref().reason.clone())?;
         let req = req.into_inner();
         domain::validate_key(&req.key).map_err(invalid)?;
         let cmd = Command::DeleteSetting {

@@ -348,17 +348,8 @@ pub fn parse_object(field: &str, text: &str) -> Result<Map<String, Value>, Strin
     }
 }
 
-/// The JSON type of a value, for error messages.
-pub fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+/// The JSON type of a value, for error messages (shared with opsctl through the contract crate).
+pub use opsd_proto::json::json_type;
 
 /// Reads a kind: a registered one, else a built-in one.
 fn load_kind(get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, TxnError>, name: &str) -> Result<Option<Kind>, TxnError> {

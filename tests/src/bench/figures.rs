@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opsd_tests::api::resources_client::ResourcesClient;
-use opsd_tests::api::settings_client::SettingsClient;
 use opsd_tests::api::{
     resource_event, CreateResourceRequest, DoRequest, GetResourceRequest, PutRequest, WatchResourceRequest,
 };
@@ -181,7 +180,7 @@ pub async fn transitions(addr: &str, workers: usize, warmup: Duration, measure: 
                 .create(CreateResourceRequest {
                     kind: kind.into(),
                     name: name.clone(),
-                    spec_json: "{}".into(),
+                    spec: None,
                     labels: Default::default(),
                     reason: "bench".into(),
                 })
@@ -294,7 +293,7 @@ pub async fn failover(cluster: &Cluster, kills: usize) -> Vec<Duration> {
             .map(|i| cluster.node(i).client_addr())
             .collect();
         // Connect before the kill, so the measurement is of opsd, not of TCP set-up.
-        let clients: Vec<SettingsClient<Channel>> = survivors
+        let clients: Vec<opsd_client::SettingsApi> = survivors
             .iter()
             .flat_map(|a| [a.clone(), a.clone()])
             .map(|a| client::connect_with(&a, Some(Duration::from_secs(10))).settings)
@@ -323,6 +322,7 @@ pub async fn failover(cluster: &Cluster, kills: usize) -> Vec<Duration> {
                             key: format!("failover/k{n:06}"),
                             value: "x".into(),
                             expected_revision: None,
+                            ..Default::default()
                         })
                         .await;
                     if put.is_ok() {
@@ -482,7 +482,7 @@ pub async fn many_resources(target: u64, budget: Duration) -> Resources {
                         .create(CreateResourceRequest {
                             kind: "benchparked".into(),
                             name: format!("r{i:06}"),
-                            spec_json: r#"{"owner":"bench","size":"small"}"#.into(),
+                            spec: Some(res::spec_struct(serde_json::json!({"owner": "bench", "size": "small"}))),
                             labels: Default::default(),
                             reason: "bench".into(),
                         })

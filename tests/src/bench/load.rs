@@ -125,6 +125,7 @@ impl Client {
                     key,
                     value: value.to_string(),
                     expected_revision: None,
+                    ..Default::default()
                 })
                 .await
                 .map(drop)

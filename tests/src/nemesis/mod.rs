@@ -704,7 +704,12 @@ async fn state_of(addr: &str) -> Result<(Vec<String>, String), String> {
     lines.extend(resources.iter().map(|r| {
         format!(
             "resource {}/{} in {} v{} outputs {} run {:?}",
-            r.kind, r.name, r.state, r.version, r.outputs_json, r.active_run_id
+            r.kind,
+            r.name,
+            r.state,
+            r.version,
+            crate::resources::json_of(r.outputs.as_ref()),
+            r.active_run_id
         )
     }));
     let mut hash = 0xCBF2_9CE4_8422_2325u64;

@@ -10,13 +10,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 use super::history::{classify, describe, ErrorClass};
 use super::workload::{connect, Ctx};
 use crate::api::{
     ApplyKindRequest, CreateResourceRequest, DoRequest, GetResourceRequest, HistoryRequest, ListRunsRequest, Run,
+    RunOutcome,
 };
+use crate::resources::finished_ms;
 
 /// The kind every nemesis resource has: an event `go` runs two short work
 /// states in a chain (`a` then `b`) and comes back to rest in `idle`.
@@ -55,16 +57,6 @@ next = "idle"
 fail = "idle"
 "#;
 
-/// The principal the suite acts as.
-const PRINCIPAL: &str = "nemesis";
-
-fn principal<T>(msg: T) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut()
-        .insert("x-opsd-principal", PRINCIPAL.parse().expect("an ASCII principal"));
-    req
-}
-
 /// What an event (`Resources.Do`) was told.
 #[derive(Clone, Debug)]
 pub enum EventOutcome {
@@ -99,7 +91,12 @@ pub struct EventOp {
 type Ending = (String, i64, u32, u64);
 
 fn ending(run: &Run) -> Ending {
-    (run.outcome.clone(), run.finished_at_ms, run.attempt, run.node_id)
+    (
+        run.outcome().label().to_string(),
+        finished_ms(run),
+        run.attempt,
+        run.node_id,
+    )
 }
 
 /// What the driver recorded.
@@ -119,7 +116,7 @@ impl Records {
     fn observe(&mut self, resource: &str, runs: &[Run]) {
         for run in runs {
             let seen = self.endings.get(&run.run_id).map(|(e, _)| e.clone());
-            match (run.outcome.as_str(), seen) {
+            match (run.outcome().label(), seen) {
                 ("running", None) => {}
                 ("running", Some(first)) => self.anomalies.push(format!(
                     "run {} of {resource} was seen ended {first:?}, later running again (attempt {})",
@@ -162,13 +159,13 @@ pub async fn setup(addr: &str, count: usize, records: &Arc<Mutex<Records>>) -> R
         loop {
             let result = c
                 .resources
-                .create(principal(CreateResourceRequest {
+                .create(CreateResourceRequest {
                     kind: KIND_NAME.into(),
                     name: name.clone(),
-                    spec_json: "{}".into(),
+                    spec: None,
                     labels: Default::default(),
                     reason: reason.clone(),
-                }))
+                })
                 .await;
             match result {
                 Ok(_) => break,
@@ -223,7 +220,7 @@ pub async fn drive(ctx: Ctx, count: usize, records: Arc<Mutex<Records>>) {
                 continue;
             }
         };
-        let busy = runs.iter().any(|r| r.outcome == "running");
+        let busy = runs.iter().any(|r| r.outcome() == RunOutcome::Running);
         records.lock().unwrap_or_else(|e| e.into_inner()).observe(&name, &runs);
         if busy {
             tokio::time::sleep(rng.between(Duration::from_millis(50), Duration::from_millis(200))).await;
@@ -234,13 +231,13 @@ pub async fn drive(ctx: Ctx, count: usize, records: Arc<Mutex<Records>>) {
         let start = ctx.history.now();
         let result = c
             .resources
-            .r#do(principal(DoRequest {
+            .r#do(DoRequest {
                 kind: KIND_NAME.into(),
                 name: name.clone(),
                 event: "go".into(),
                 args: Default::default(),
                 reason: reason.clone(),
-            }))
+            })
             .await;
         let end = ctx.history.now();
         let outcome = match result {
@@ -346,7 +343,7 @@ pub async fn check(addr: &str, count: usize, records: &Records, settle: Duration
         async move {
             c.resources
                 .list_runs(ListRunsRequest {
-                    outcome: "running".into(),
+                    outcome: RunOutcome::Running as i32,
                     limit: 1000,
                     ..Default::default()
                 })
@@ -403,10 +400,12 @@ pub async fn check(addr: &str, count: usize, records: &Records, settle: Duration
                 f.anomalies
                     .push(format!("run {} appears twice in the history of {name}", run.run_id));
             }
-            if (run.outcome == "running" || run.finished_at_ms == 0) && !reported.contains(&run.run_id) {
+            if (run.outcome() == RunOutcome::Running || finished_ms(run) == 0) && !reported.contains(&run.run_id) {
                 f.anomalies.push(format!(
                     "run {} of {name} has not ended after healing: outcome {:?}, finished at {}",
-                    run.run_id, run.outcome, run.finished_at_ms
+                    run.run_id,
+                    run.outcome().label(),
+                    finished_ms(run)
                 ));
             }
             steps

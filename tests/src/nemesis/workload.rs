@@ -18,15 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use opsd_client::Credentials;
 use tokio::task::JoinHandle;
-use tonic::transport::Endpoint;
 use tonic::Code;
 
 use super::history::{self, Call, History, Outcome};
 use super::rng::Rng;
-use crate::api::cluster_client::ClusterClient;
-use crate::api::resources_client::ResourcesClient;
-use crate::api::settings_client::SettingsClient;
 use crate::api::{GetRequest, PutRequest};
 use crate::Clients;
 
@@ -45,11 +42,14 @@ pub const UNIQUE_PREFIX: &str = "u/";
 /// The key prefix of the shared compare-and-set keys.
 pub const SHARED_PREFIX: &str = "s/";
 
+/// The principal the suite acts as.
+const PRINCIPAL: &str = "nemesis";
+
 /// Clients of the node at `addr` for the nemesis: short connect timeout,
 /// [`OP_TIMEOUT`] per call, HTTP/2 keepalive so that a connection into a
 /// partition is noticed as broken within seconds, and large answers allowed.
 pub fn connect(addr: &str) -> Clients {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap_or_else(|e| panic!("{addr} is not a HOST:PORT address: {e}"))
         .connect_timeout(Duration::from_secs(1))
         .timeout(OP_TIMEOUT)
@@ -58,12 +58,10 @@ pub fn connect(addr: &str) -> Clients {
         .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true)
         .connect_lazy();
-    Clients {
-        addr: addr.to_string(),
-        cluster: ClusterClient::new(channel.clone()),
-        settings: SettingsClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
-        resources: ResourcesClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
-    }
+    let mut clients = Clients::from_channel(addr, channel, Credentials::principal(PRINCIPAL));
+    clients.settings = clients.settings.max_decoding_message_size(MAX_MESSAGE);
+    clients.resources = clients.resources.max_decoding_message_size(MAX_MESSAGE);
+    clients
 }
 
 /// The client addresses of the current members, which clients pick from;
@@ -208,6 +206,7 @@ async fn write(
             key: key.to_string(),
             value: value.clone(),
             expected_revision: expected,
+            ..Default::default()
         })
         .await;
     let end = ctx.history.now();

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::time::Duration;
 
-use opsd::domain::resources::json_type;
+use opsd_proto::json::json_type;
 use serde_json::{Map, Value};
 
 /// A resource named on the command line as `KIND/NAME`.

@@ -3,8 +3,8 @@
 //! speaks the public gRPC API (`proto/opsd/v1`) to any node, trying the given
 //! addresses in order until one answers.
 
-mod client;
 mod cluster;
+mod completion;
 mod kinds;
 mod render;
 mod resources;
@@ -18,9 +18,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use opsd_client::{Credentials, NodeAddr, Nodes, Timeouts};
 
-use crate::client::{NodeAddr, Nodes};
 use crate::cluster::ClusterCommand;
+use crate::completion::Shell;
 use crate::kinds::KindsCommand;
 use crate::render::{OutputFormat, Printer};
 use crate::resources::{CreateArgs, DeleteArgs, DoArgs, GetArgs, LsArgs};
@@ -225,6 +226,19 @@ enum Command {
         opsctl stats --since 7d\n  \
         opsctl --output json stats --kind app")]
     Stats(StatsArgs),
+    /// Print a completion script for SHELL on stdout.
+    ///
+    /// Load it in the current shell, or install it where the shell looks for
+    /// completions. Needs no running opsd.
+    #[command(after_long_help = "Examples:\n  \
+        source <(opsctl completion bash)\n  \
+        opsctl completion zsh > \"${fpath[1]}/_opsctl\"\n  \
+        opsctl completion fish > ~/.config/fish/completions/opsctl.fish")]
+    Completion {
+        /// The shell to print completions for.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -245,11 +259,14 @@ fn main() -> ExitCode {
 /// at a time (a wait reads one stream and, when it breaks, makes the calls
 /// that re-sync it in turn).
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Completion { shell } = cli.command {
+        return completion::print(shell, &mut io::stdout().lock()).context("printing completions");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let nodes = Nodes::new(cli.addr);
+    let nodes = Nodes::new(cli.addr, Timeouts::default(), Credentials::login_user());
     let printer = Printer::new(cli.output);
     runtime.block_on(async {
         match cli.command {
@@ -268,6 +285,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Cancel(args) => runs::cancel(args, &nodes, printer).await,
             Command::History(args) => runs::history(args, &nodes, printer).await,
             Command::Stats(args) => runs::stats(args, &nodes, printer).await,
+            Command::Completion { .. } => Ok(()),
         }
     })
 }

@@ -3,12 +3,12 @@
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
+use opsd_client::Nodes;
+use opsd_proto::json::to_struct;
 use opsd_proto::v1::{
     CreateResourceRequest, DeleteResourceRequest, DoRequest, GetResourceRequest, ListResourcesRequest, ResourceChange,
 };
-use serde_json::Value;
 
-use crate::client::{self, Nodes};
 use crate::render::Printer;
 use crate::spec::{self, KeyValue, ResourceRef, SetArg};
 use crate::wait;
@@ -126,14 +126,14 @@ pub async fn create(args: CreateArgs, nodes: &Nodes, printer: Printer) -> Result
     let request = CreateResourceRequest {
         kind: target.kind.clone(),
         name: target.name.clone(),
-        spec_json: Value::Object(spec).to_string(),
+        spec: Some(to_struct(spec)),
         labels,
         reason: args.reason,
     };
     let change = nodes
-        .call(|channel| {
+        .call(|mut api| {
             let request = request.clone();
-            async move { client::resources(channel).create(request).await }
+            async move { api.resources.create(request).await }
         })
         .await
         .with_context(|| format!("cannot create {target}"))?;
@@ -153,9 +153,9 @@ pub async fn ls(args: LsArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
         stale: args.stale,
     };
     let answer = nodes
-        .call(|channel| {
+        .call(|mut api| {
             let request = request.clone();
-            async move { client::resources(channel).list(request).await }
+            async move { api.resources.list(request).await }
         })
         .await?;
     printer.resources(&answer.resources)?;
@@ -170,9 +170,9 @@ pub async fn get(args: GetArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
         stale: args.stale,
     };
     let resource = nodes
-        .call(|channel| {
+        .call(|mut api| {
             let request = request.clone();
-            async move { client::resources(channel).get(request).await }
+            async move { api.resources.get(request).await }
         })
         .await?;
     printer.resource(&resource)?;
@@ -190,9 +190,9 @@ pub async fn delete(args: DeleteArgs, nodes: &Nodes, printer: Printer) -> Result
     };
     let send = || async {
         nodes
-            .call(|channel| {
+            .call(|mut api| {
                 let request = request.clone();
-                async move { client::resources(channel).delete(request).await }
+                async move { api.resources.delete(request).await }
             })
             .await
             .with_context(|| format!("cannot delete {target}"))
@@ -218,9 +218,9 @@ pub async fn event(args: DoArgs, nodes: &Nodes, printer: Printer) -> Result<()> 
     };
     let send = || async {
         nodes
-            .call(|channel| {
+            .call(|mut api| {
                 let request = request.clone();
-                async move { client::resources(channel).r#do(request).await }
+                async move { api.resources.r#do(request).await }
             })
             .await
             .with_context(|| format!("cannot do {} to {target}", request.event))

@@ -2,10 +2,9 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use opsd_proto::v1::cluster_client::ClusterClient;
+use opsd_client::Nodes;
 use opsd_proto::v1::{MembersRequest, RemoveRequest, StatusRequest};
 
-use crate::client::Nodes;
 use crate::render::Printer;
 
 /// Commands that show or change the cluster's membership.
@@ -31,7 +30,7 @@ pub enum ClusterCommand {
 /// `opsctl status`: the answering node's own view of the cluster.
 pub async fn status(nodes: &Nodes, printer: Printer) -> Result<()> {
     let status = nodes
-        .call(|channel| async move { ClusterClient::new(channel).status(StatusRequest {}).await })
+        .call(|mut api| async move { api.cluster.status(StatusRequest {}).await })
         .await?;
     printer.status(&status)?;
     Ok(())
@@ -42,13 +41,13 @@ pub async fn run(command: ClusterCommand, nodes: &Nodes, printer: Printer) -> Re
     let members = match command {
         ClusterCommand::Members => {
             nodes
-                .call(|channel| async move { ClusterClient::new(channel).members(MembersRequest {}).await })
+                .call(|mut api| async move { api.cluster.members(MembersRequest {}).await })
                 .await?
                 .members
         }
         ClusterCommand::Remove { node_id } => {
             nodes
-                .call(|channel| async move { ClusterClient::new(channel).remove(RemoveRequest { node_id }).await })
+                .call(|mut api| async move { api.cluster.remove(RemoveRequest { node_id }).await })
                 .await?
                 .members
         }

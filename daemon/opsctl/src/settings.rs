@@ -2,10 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use opsd_proto::v1::settings_client::SettingsClient;
-use opsd_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest, WatchRequest};
+use opsd_client::{Nodes, SettingsWatch, WatchItem};
+use opsd_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest};
 
-use crate::client::{CallError, Nodes};
 use crate::render::Printer;
 
 /// Commands on settings. Keys are 1 to 512 bytes of printable UTF-8 without
@@ -26,11 +25,15 @@ pub enum SettingsCommand {
         /// "failed precondition" and change nothing.
         #[arg(long, value_name = "N")]
         expected_revision: Option<u64>,
+        /// Why, kept with the setting as its change_reason (audit).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Print the value of KEY, and nothing else.
     ///
     /// With --output json, prints the whole setting: key, value,
-    /// create_revision, mod_revision, version. A missing key is an error
+    /// create_revision, mod_revision, version, and who made the last change,
+    /// why and when (changed_by, change_reason, changed_at). A missing key is an error
     /// (exit code 1).
     Get {
         /// The key to read.
@@ -64,6 +67,9 @@ pub enum SettingsCommand {
         /// is N; otherwise fail with "failed precondition" and change nothing.
         #[arg(long, value_name = "N")]
         expected_revision: Option<u64>,
+        /// Why, shown to watchers with the delete (audit).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Stream changes to keys starting with PREFIX (all keys by default), one line each.
     ///
@@ -72,9 +78,13 @@ pub enum SettingsCommand {
     /// "DELETE"), key, value (null for DELETE) and revision: this command
     /// prints a stream of JSON documents, the one exception to "one JSON
     /// document per command". Starts from the moment of the call and runs
-    /// until Ctrl-C (exit code 0) or the server ends the stream; if the
-    /// server ends it with an error (for example when this watcher fell too
-    /// far behind), the error goes to stderr and the exit code is 1.
+    /// until Ctrl-C (exit code 0) or the server ends the stream. If the
+    /// stream breaks (its node died, or this watcher fell too far behind),
+    /// the watch goes on through the next address after a note on stderr:
+    /// changes made meanwhile are printed once each, coalesced (the last
+    /// value of each key changed, then the keys deleted). If no node can
+    /// serve it for a minute, or the server refuses it, the error goes to
+    /// stderr and the exit code is 1.
     Watch {
         /// Only keys starting with this.
         #[arg(default_value = "")]
@@ -89,16 +99,18 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
             key,
             value,
             expected_revision,
+            reason,
         } => {
             let request = PutRequest {
                 key,
                 value,
                 expected_revision,
+                reason,
             };
             let answer = nodes
-                .call(|channel| {
+                .call(|mut api| {
                     let request = request.clone();
-                    async move { SettingsClient::new(channel).put(request).await }
+                    async move { api.settings.put(request).await }
                 })
                 .await?;
             printer.revision(answer.revision, answer.previous.as_ref())?;
@@ -106,9 +118,9 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
         SettingsCommand::Get { key, stale } => {
             let request = GetRequest { key, stale };
             let answer = nodes
-                .call(|channel| {
+                .call(|mut api| {
                     let request = request.clone();
-                    async move { SettingsClient::new(channel).get(request).await }
+                    async move { api.settings.get(request).await }
                 })
                 .await?;
             let setting = answer
@@ -119,19 +131,27 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
         SettingsCommand::Ls { prefix, stale } => {
             let request = ListRequest { prefix, stale };
             let answer = nodes
-                .call(|channel| {
+                .call(|mut api| {
                     let request = request.clone();
-                    async move { SettingsClient::new(channel).list(request).await }
+                    async move { api.settings.list(request).await }
                 })
                 .await?;
             printer.settings(&answer.settings)?;
         }
-        SettingsCommand::Rm { key, expected_revision } => {
-            let request = DeleteRequest { key, expected_revision };
+        SettingsCommand::Rm {
+            key,
+            expected_revision,
+            reason,
+        } => {
+            let request = DeleteRequest {
+                key,
+                expected_revision,
+                reason,
+            };
             let answer = nodes
-                .call(|channel| {
+                .call(|mut api| {
                     let request = request.clone();
-                    async move { SettingsClient::new(channel).delete(request).await }
+                    async move { api.settings.delete(request).await }
                 })
                 .await?;
             printer.revision(answer.revision, answer.previous.as_ref())?;
@@ -141,30 +161,27 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
     Ok(())
 }
 
-/// `opsctl settings watch`: prints events until Ctrl-C or the end of the stream.
+/// `opsctl settings watch`: prints events until Ctrl-C or the end of the
+/// stream, resuming through the next address when the stream breaks.
 async fn watch(prefix: String, nodes: &Nodes, printer: Printer) -> Result<()> {
-    let request = WatchRequest { prefix };
-    let mut events = nodes
-        .call(|channel| {
-            let request = request.clone();
-            async move { SettingsClient::new(channel).watch(request).await }
-        })
-        .await?;
+    let mut watch = SettingsWatch::open(nodes, &prefix).await?;
     // One future for the whole watch, so a Ctrl-C between two events is not lost.
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         let next = tokio::select! {
-            next = events.message() => next,
+            next = watch.next() => next,
             interrupted = &mut ctrl_c => {
                 interrupted.context("cannot listen for Ctrl-C")?;
                 return Ok(());
             }
         };
-        match next {
-            Ok(Some(event)) => printer.watch_event(&event)?,
-            Ok(None) => return Ok(()),
-            Err(status) => return Err(CallError::Status(status)).context("the watch ended"),
+        match next.context("the watch ended")? {
+            Some(WatchItem::Event(event)) => printer.watch_event(&event)?,
+            Some(WatchItem::Resumed { addr, why }) => {
+                eprintln!("note: the watch through {addr} broke ({why}); resumed through another node")
+            }
+            None => return Ok(()),
         }
     }
 }

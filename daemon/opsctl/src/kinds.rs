@@ -3,9 +3,9 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use opsd_client::Nodes;
 use opsd_proto::v1::{ApplyKindRequest, GetKindRequest, ListKindsRequest};
 
-use crate::client::{self, Nodes};
 use crate::render::Printer;
 use crate::spec::read_file_or_stdin;
 
@@ -52,9 +52,9 @@ pub async fn run(command: KindsCommand, nodes: &Nodes, printer: Printer) -> Resu
             let source = read_file_or_stdin(&file).with_context(|| format!("cannot read kind file {file}"))?;
             let request = ApplyKindRequest { source };
             let kind = nodes
-                .call(|channel| {
+                .call(|mut api| {
                     let request = request.clone();
-                    async move { client::resources(channel).apply_kind(request).await }
+                    async move { api.resources.apply_kind(request).await }
                 })
                 .await
                 .with_context(|| format!("kind file {file} was not applied"))?;
@@ -62,16 +62,16 @@ pub async fn run(command: KindsCommand, nodes: &Nodes, printer: Printer) -> Resu
         }
         KindsCommand::Ls => {
             let answer = nodes
-                .call(|channel| async move { client::resources(channel).list_kinds(ListKindsRequest {}).await })
+                .call(|mut api| async move { api.resources.list_kinds(ListKindsRequest {}).await })
                 .await?;
             printer.kinds(&answer.kinds)?;
         }
         KindsCommand::Show { kind } => {
             let request = GetKindRequest { name: kind };
             let kind = nodes
-                .call(|channel| {
+                .call(|mut api| {
                     let request = request.clone();
-                    async move { client::resources(channel).get_kind(request).await }
+                    async move { api.resources.get_kind(request).await }
                 })
                 .await?;
             printer.kind(&kind)?;

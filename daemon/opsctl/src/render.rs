@@ -7,9 +7,14 @@ use std::io::{self, Write};
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::ValueEnum;
+use opsd_proto::json::struct_value;
+use opsd_proto::prost_types::Timestamp;
+use opsd_proto::time;
 use opsd_proto::v1::watch_event::Type as WatchEventType;
-use opsd_proto::v1::{KindInfo, Member, Resource, Run, Setting, StatusResponse, TransitionStats, WatchEvent};
-use serde_json::{json, Map, Value};
+use opsd_proto::v1::{
+    KindInfo, Member, Resource, Run, RunOutcome, Setting, StatusResponse, TransitionStats, WatchEvent,
+};
+use serde_json::{json, Value};
 
 use crate::spec::ResourceRef;
 
@@ -236,7 +241,7 @@ impl Printer {
                 one_line(&resource.state, None),
                 resource.version.to_string(),
                 dash_if_empty(one_line(&resource.active_run_id, None)),
-                time_text(resource.updated_at_ms),
+                time_text(time_ms(resource.updated_at.as_ref())),
             ]);
         }
         table.write(&mut out)
@@ -256,12 +261,12 @@ impl Printer {
             ("version", resource.version.to_string()),
             ("labels", dash_if_empty(one_line(&map_text(&resource.labels), None))),
             ("active run", dash_if_empty(one_line(&resource.active_run_id, None))),
-            ("created", time_text(resource.created_at_ms)),
-            ("updated", time_text(resource.updated_at_ms)),
+            ("created", time_text(time_ms(resource.created_at.as_ref()))),
+            ("updated", time_text(time_ms(resource.updated_at.as_ref()))),
         ])
         .write_rows(&mut out)?;
-        write_json_section(&mut out, "spec", &object_json(&resource.spec_json))?;
-        write_json_section(&mut out, "outputs", &object_json(&resource.outputs_json))
+        write_json_section(&mut out, "spec", &struct_value(resource.spec.as_ref()))?;
+        write_json_section(&mut out, "outputs", &struct_value(resource.outputs.as_ref()))
     }
 
     /// `delete` of a resource in a final state: it is gone.
@@ -314,41 +319,27 @@ impl Printer {
         if self.format == OutputFormat::Json {
             return write_json(&mut out, &run_json(run));
         }
-        let finished = run.finished_at_ms > 0;
+        let duration = run_duration_ms(run);
         key_values(&[
             ("run", one_line(&run.run_id, None)),
             ("resource", one_line(&format!("{}/{}", run.kind, run.name), None)),
             ("event", one_line(&run.event, None)),
             ("transition", one_line(&transition_text(run, " -> "), None)),
-            ("outcome", one_line(&run.outcome, None)),
+            ("outcome", run.outcome().label().to_string()),
             ("attempt", run.attempt.to_string()),
             ("node", run.node_id.to_string()),
             ("principal", dash_if_empty(one_line(&run.principal, None))),
             ("reason", dash_if_empty(one_line(&run.reason, None))),
-            ("source", dash_if_empty(one_line(&run.source, None))),
+            ("source", run.source().label().to_string()),
             ("args", dash_if_empty(one_line(&map_text(&run.args), None))),
             ("index", run.index.to_string()),
-            ("started", time_text(run.started_at_ms)),
-            (
-                "finished",
-                if finished {
-                    time_text(run.finished_at_ms)
-                } else {
-                    "-".to_string()
-                },
-            ),
-            (
-                "duration",
-                if finished {
-                    duration_text(run.duration_ms)
-                } else {
-                    "-".to_string()
-                },
-            ),
+            ("started", time_text(time_ms(run.started_at.as_ref()))),
+            ("finished", time_text(time_ms(run.finished_at.as_ref()))),
+            ("duration", duration.map_or_else(|| "-".to_string(), duration_text)),
             ("cancel requested", yes_no(run.cancel_requested).to_string()),
         ])
         .write_rows(&mut out)?;
-        write_json_section(&mut out, "outputs", &object_json(&run.outputs_json))?;
+        write_json_section(&mut out, "outputs", &struct_value(run.outputs.as_ref()))?;
         if !run.error.is_empty() {
             writeln!(out)?;
             writeln!(out, "error:")?;
@@ -458,14 +449,14 @@ pub fn resource_json(resource: &Resource) -> Value {
         "name": resource.name,
         "state": resource.state,
         "version": resource.version,
-        "spec": object_json(&resource.spec_json),
-        "outputs": object_json(&resource.outputs_json),
+        "spec": struct_value(resource.spec.as_ref()),
+        "outputs": struct_value(resource.outputs.as_ref()),
         "labels": sorted_map_json(&resource.labels),
         "active_run_id": null_if_empty(&resource.active_run_id),
         "working": resource.working,
         "final": resource.r#final,
-        "created_at": time_json(resource.created_at_ms),
-        "updated_at": time_json(resource.updated_at_ms),
+        "created_at": time_json(time_ms(resource.created_at.as_ref())),
+        "updated_at": time_json(time_ms(resource.updated_at.as_ref())),
     })
 }
 
@@ -475,7 +466,6 @@ pub fn resource_json(resource: &Resource) -> Value {
 /// `duration_ms` are null while running), `error` (null if none), `outputs`
 /// (an object) and `cancel_requested`.
 pub fn run_json(run: &Run) -> Value {
-    let finished = run.finished_at_ms > 0;
     json!({
         "run_id": run.run_id,
         "kind": run.kind,
@@ -483,19 +473,19 @@ pub fn run_json(run: &Run) -> Value {
         "event": run.event,
         "from": run.from,
         "to": run.to,
-        "outcome": run.outcome,
+        "outcome": run.outcome().label(),
         "attempt": run.attempt,
         "node_id": run.node_id,
         "principal": run.principal,
         "reason": run.reason,
-        "source": run.source,
+        "source": run.source().label(),
         "args": sorted_map_json(&run.args),
         "index": run.index,
-        "started_at": time_json(run.started_at_ms),
-        "finished_at": if finished { time_json(run.finished_at_ms) } else { Value::Null },
-        "duration_ms": if finished { json!(run.duration_ms) } else { Value::Null },
+        "started_at": time_json(time_ms(run.started_at.as_ref())),
+        "finished_at": time_json(time_ms(run.finished_at.as_ref())),
+        "duration_ms": run_duration_ms(run),
         "error": null_if_empty(&run.error),
-        "outputs": object_json(&run.outputs_json),
+        "outputs": struct_value(run.outputs.as_ref()),
         "cancel_requested": run.cancel_requested,
     })
 }
@@ -519,14 +509,16 @@ fn stats_json(t: &TransitionStats) -> Value {
     })
 }
 
-/// A spec or outputs as sent by the server (JSON text) as a JSON value: empty
-/// text is `{}`; text that is not JSON (a server bug) is kept as a string
-/// rather than lost.
-fn object_json(text: &str) -> Value {
-    if text.trim().is_empty() {
-        return Value::Object(Map::new());
-    }
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+/// A time from the API as milliseconds since the Unix epoch: 0 (not set)
+/// when absent or malformed.
+fn time_ms(t: Option<&Timestamp>) -> i64 {
+    t.and_then(|t| time::timestamp_ms("time", t).ok()).unwrap_or(0)
+}
+
+/// How long a finished run took, in milliseconds; `None` while it runs.
+pub fn run_duration_ms(run: &Run) -> Option<u64> {
+    run.finished_at.as_ref()?;
+    Some(time::optional_duration_ms("duration", run.duration.as_ref()).unwrap_or(0))
 }
 
 /// A string map as a JSON object with its keys in order.
@@ -625,15 +617,11 @@ fn run_table(runs: &[Run]) -> Table {
         "ERROR",
     ]);
     for run in runs {
-        let duration = if run.finished_at_ms > 0 {
-            duration_text(run.duration_ms)
-        } else {
-            "-".to_string()
-        };
-        let outcome = if run.cancel_requested && run.outcome == "running" {
+        let duration = run_duration_ms(run).map_or_else(|| "-".to_string(), duration_text);
+        let outcome = if run.cancel_requested && run.outcome() == RunOutcome::Running {
             "running (cancelling)".to_string()
         } else {
-            one_line(&run.outcome, None)
+            run.outcome().label().to_string()
         };
         table.row(vec![
             one_line(&run.run_id, None),
@@ -644,7 +632,7 @@ fn run_table(runs: &[Run]) -> Table {
             run.attempt.to_string(),
             run.node_id.to_string(),
             duration,
-            time_text(run.started_at_ms),
+            time_text(time_ms(run.started_at.as_ref())),
             one_line(&run.error, Some(ERROR_COLUMN_WIDTH)),
         ]);
     }
@@ -730,6 +718,9 @@ fn setting_json(setting: &Setting) -> Value {
         "create_revision": setting.create_revision,
         "mod_revision": setting.mod_revision,
         "version": setting.version,
+        "changed_by": setting.changed_by,
+        "change_reason": setting.change_reason,
+        "changed_at": time_json(time_ms(setting.changed_at.as_ref())),
     })
 }
 
@@ -839,7 +830,18 @@ impl Table {
 
 #[cfg(test)]
 mod tests {
+    use opsd_proto::json::to_struct;
+    use opsd_proto::prost_types::Struct;
+    use opsd_proto::v1::TriggerSource;
+
     use super::*;
+
+    fn object(value: Value) -> Struct {
+        match value {
+            Value::Object(object) => to_struct(object),
+            _ => unreachable!("a test object"),
+        }
+    }
 
     #[test]
     fn one_line_escapes_control_characters() {
@@ -862,17 +864,17 @@ mod tests {
             event: "deploy".into(),
             from: "ready".into(),
             to: "deploying".into(),
-            outcome: "failed".into(),
+            outcome: RunOutcome::Failed as i32,
             attempt: 2,
             node_id: 3,
             principal: "alice".into(),
             reason: "release 2".into(),
-            source: "api".into(),
-            started_at_ms: 1_714_564_800_250,
-            finished_at_ms: 1_714_564_803_750,
-            duration_ms: 3_500,
+            source: TriggerSource::Api as i32,
+            started_at: Some(time::timestamp(1_714_564_800_250)),
+            finished_at: Some(time::timestamp(1_714_564_803_750)),
+            duration: Some(time::duration(3_500)),
             error: "exit status 1".into(),
-            outputs_json: r#"{"url":"http://web"}"#.into(),
+            outputs: Some(object(json!({"url": "http://web"}))),
             args: HashMap::from([("version".to_string(), "2".to_string())]),
             cancel_requested: false,
             index: 42,
@@ -899,11 +901,11 @@ mod tests {
     #[test]
     fn a_running_run_has_null_end_duration_and_error() {
         let mut run = finished_run();
-        run.outcome = "running".into();
-        run.finished_at_ms = 0;
-        run.duration_ms = 0;
+        run.outcome = RunOutcome::Running as i32;
+        run.finished_at = None;
+        run.duration = None;
         run.error = String::new();
-        run.outputs_json = String::new();
+        run.outputs = None;
         let value = run_json(&run);
         assert_eq!(value["finished_at"], Value::Null);
         assert_eq!(value["duration_ms"], Value::Null);
@@ -918,11 +920,11 @@ mod tests {
             name: "web".into(),
             state: "ready".into(),
             version: 12,
-            spec_json: r#"{"replicas":2,"image":{"tag":"v2"}}"#.into(),
-            outputs_json: String::new(),
+            spec: Some(object(json!({"replicas": 2, "image": {"tag": "v2"}}))),
+            outputs: None,
             labels: HashMap::from([("team".to_string(), "core".to_string())]),
-            created_at_ms: 1_000,
-            updated_at_ms: 1_714_564_800_000,
+            created_at: Some(time::timestamp(1_000)),
+            updated_at: Some(time::timestamp(1_714_564_800_000)),
             active_run_id: String::new(),
             working: false,
             r#final: false,
@@ -938,10 +940,10 @@ mod tests {
         );
         let mut busy = resource;
         busy.active_run_id = "r1".into();
-        busy.spec_json = "not json".into();
+        busy.spec = None;
         let value = resource_json(&busy);
         assert_eq!(value["active_run_id"], "r1");
-        assert_eq!(value["spec"], "not json");
+        assert_eq!(value["spec"], json!({}));
     }
 
     #[test]
@@ -981,8 +983,8 @@ mod tests {
     fn run_table_shows_one_line_per_run() {
         let mut running = finished_run();
         running.run_id = "r8".into();
-        running.outcome = "running".into();
-        running.finished_at_ms = 0;
+        running.outcome = RunOutcome::Running as i32;
+        running.finished_at = None;
         running.error = String::new();
         let mut out = Vec::new();
         run_table(&[finished_run(), running]).write(&mut out).unwrap();

@@ -3,21 +3,16 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use opsd_proto::v1::{CancelRequest, GetRunRequest, HistoryRequest, ListRunsRequest, LogsRequest, StatsRequest};
-use tokio::time::Instant;
+use opsd_client::{describe_status, is_stream_break, CallError, Nodes, Patience};
+use opsd_proto::time;
+use opsd_proto::v1::{
+    CancelRequest, GetRunRequest, HistoryRequest, ListRunsRequest, LogsRequest, RunOutcome, StatsRequest,
+};
 
-use crate::client::{self, describe_status, CallError, Nodes};
 use crate::render::Printer;
 use crate::spec::{self, ResourceRef};
-
-/// How long to keep trying to reopen a broken `logs --follow` stream while
-/// no node can serve it.
-const REOPEN_PATIENCE: Duration = Duration::from_secs(60);
-
-/// How long to wait between tries to reopen a log stream.
-const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 
 /// How many times in a row a log stream may break before `logs` gives up.
 const MAX_BREAKS: u32 = 10;
@@ -38,14 +33,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The outcome as the API names it.
-    fn as_str(self) -> &'static str {
+    /// The outcome as the API has it.
+    fn proto(self) -> RunOutcome {
         match self {
-            Outcome::Running => "running",
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Interrupted => "interrupted",
+            Outcome::Running => RunOutcome::Running,
+            Outcome::Succeeded => RunOutcome::Succeeded,
+            Outcome::Failed => RunOutcome::Failed,
+            Outcome::Cancelled => RunOutcome::Cancelled,
+            Outcome::Interrupted => RunOutcome::Interrupted,
         }
     }
 }
@@ -123,14 +118,14 @@ pub async fn runs(args: RunsArgs, nodes: &Nodes, printer: Printer) -> Result<()>
     let request = ListRunsRequest {
         kind,
         name,
-        outcome: args.outcome.map(|o| o.as_str().to_string()).unwrap_or_default(),
-        since_ms: args.since.map(spec::millis).unwrap_or(0),
+        outcome: args.outcome.map_or(RunOutcome::Unspecified, Outcome::proto) as i32,
+        since: args.since.map(|since| time::duration(spec::millis(since))),
         limit: args.limit.unwrap_or(0),
     };
     let answer = nodes
-        .call(|channel| {
+        .call(|mut api| {
             let request = request.clone();
-            async move { client::resources(channel).list_runs(request).await }
+            async move { api.resources.list_runs(request).await }
         })
         .await?;
     printer.runs(&answer.runs)?;
@@ -141,9 +136,9 @@ pub async fn runs(args: RunsArgs, nodes: &Nodes, printer: Printer) -> Result<()>
 pub async fn run(args: RunArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
     let request = GetRunRequest { run_id: args.run_id };
     let run = nodes
-        .call(|channel| {
+        .call(|mut api| {
             let request = request.clone();
-            async move { client::resources(channel).get_run(request).await }
+            async move { api.resources.get_run(request).await }
         })
         .await?;
     printer.run(&run)?;
@@ -157,9 +152,9 @@ pub async fn cancel(args: CancelArgs, nodes: &Nodes, printer: Printer) -> Result
         reason: args.reason,
     };
     let run = nodes
-        .call(|channel| {
+        .call(|mut api| {
             let request = request.clone();
-            async move { client::resources(channel).cancel(request).await }
+            async move { api.resources.cancel(request).await }
         })
         .await
         .with_context(|| format!("cannot cancel run {}", request.run_id))?;
@@ -174,9 +169,9 @@ pub async fn history(args: HistoryArgs, nodes: &Nodes, printer: Printer) -> Resu
         name: args.target.name,
     };
     let answer = nodes
-        .call(|channel| {
+        .call(|mut api| {
             let request = request.clone();
-            async move { client::resources(channel).history(request).await }
+            async move { api.resources.history(request).await }
         })
         .await?;
     printer.runs(&answer.runs)?;
@@ -187,12 +182,12 @@ pub async fn history(args: HistoryArgs, nodes: &Nodes, printer: Printer) -> Resu
 pub async fn stats(args: StatsArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
     let request = StatsRequest {
         kind: args.kind,
-        since_ms: args.since.map(spec::millis).unwrap_or(0),
+        since: args.since.map(|since| time::duration(spec::millis(since))),
     };
     let answer = nodes
-        .call(|channel| {
+        .call(|mut api| {
             let request = request.clone();
-            async move { client::resources(channel).stats(request).await }
+            async move { api.resources.stats(request).await }
         })
         .await?;
     printer.stats(&answer.transitions)?;
@@ -228,7 +223,7 @@ pub async fn logs(args: LogsArgs, nodes: &Nodes, printer: Printer) -> Result<()>
             let chunk = match message {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => return Ok(()),
-                Err(status) if args.follow && client::is_stream_break(&status) => {
+                Err(status) if args.follow && is_stream_break(&status) => {
                     breaks += 1;
                     if breaks > MAX_BREAKS {
                         return Err(CallError::Status(status))
@@ -266,31 +261,26 @@ pub async fn logs(args: LogsArgs, nodes: &Nodes, printer: Printer) -> Result<()>
     }
 }
 
-/// Opens a log stream from address position `first` on, trying for a while
-/// when no node can serve it.
+/// Opens a log stream from address position `first` on. Only a reopen
+/// (`first` > 0) waits while no node can serve it: a first try that finds no
+/// node fails at once, like every other command.
 async fn open_logs(
     nodes: &Nodes,
     first: usize,
     request: &LogsRequest,
 ) -> Result<(usize, tonic::codec::Streaming<opsd_proto::v1::LogLines>)> {
-    let deadline = Instant::now() + REOPEN_PATIENCE;
-    loop {
-        let opened = nodes
-            .call_from(first, |channel| {
-                let request = request.clone();
-                async move { client::resources(channel).logs(request).await }
-            })
-            .await;
-        match opened {
-            Ok(opened) => return Ok(opened),
-            Err(CallError::Unreachable(_)) if first != 0 && Instant::now() < deadline => {
-                // Only a reopen waits (first != 0): a first try that finds no
-                // node fails at once, like every other command.
-                tokio::time::sleep(REOPEN_PAUSE).await;
-            }
-            Err(error) => bail!("cannot read the log of run {}: {error}", request.run_id),
-        }
-    }
+    let patience = if first == 0 {
+        Patience::NONE
+    } else {
+        Patience::default()
+    };
+    nodes
+        .call_patiently(first, patience, |mut api| {
+            let request = request.clone();
+            async move { api.resources.logs(request).await }
+        })
+        .await
+        .with_context(|| format!("cannot read the log of run {}", request.run_id))
 }
 
 /// Of a chunk of lines starting at position `first`, the ones not printed
@@ -321,11 +311,11 @@ mod tests {
 
     #[test]
     fn outcomes_are_named_as_the_api_names_them() {
-        let names: Vec<&str> = Outcome::value_variants().iter().map(|o| o.as_str()).collect();
-        assert_eq!(names, ["running", "succeeded", "failed", "cancelled", "interrupted"]);
+        let outcomes: Vec<RunOutcome> = Outcome::value_variants().iter().map(|o| o.proto()).collect();
+        assert_eq!(outcomes, RunOutcome::ALL);
         for outcome in Outcome::value_variants() {
             let possible = outcome.to_possible_value().map(|p| p.get_name().to_string());
-            assert_eq!(possible.as_deref(), Some(outcome.as_str()));
+            assert_eq!(possible.as_deref(), Some(outcome.proto().label()));
         }
     }
 }

@@ -1,8 +1,8 @@
-//! How a node's two ports are served and dialled: the peer port (Raft,
-//! served by this crate) and the client port (the application's API). Every
-//! gRPC server and client endpoint of a node is built here, so that
-//! transport security (TLS for clients, mutual TLS for peers) is added in one
-//! place for both.
+//! How opsd's two ports are served and dialled: the peer port (Raft, served
+//! by the cluster crate) and the client port (the API, served by the daemon
+//! and dialled by the client library, opsctl and joining nodes). Every gRPC
+//! server and endpoint is built here, so that transport security (TLS for
+//! clients, mutual TLS for peers) is added in one place for both.
 
 use std::time::Duration;
 
@@ -26,9 +26,13 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
 /// algorithm off, giving up a connection attempt after `connect_timeout`.
 /// Its user adds request timeouts and connects, lazily or at once.
 pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true))
+    Ok(dial(Endpoint::from_shared(format!("http://{addr}"))?, connect_timeout))
+}
+
+/// Sets how an already parsed endpoint dials: Nagle's algorithm off, giving
+/// up a connection attempt after `connect_timeout`.
+pub fn dial(endpoint: Endpoint, connect_timeout: Duration) -> Endpoint {
+    endpoint.connect_timeout(connect_timeout).tcp_nodelay(true)
 }
 
 #[cfg(test)]

@@ -12,30 +12,28 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use opsd_client::{describe_status, is_stream_break, CallError, Nodes, Patience};
 use opsd_proto::v1::resource_event::Event;
-use opsd_proto::v1::{HistoryRequest, LogLines, Resource, ResourceChange, ResourceEvent, Run, WatchResourceRequest};
+use opsd_proto::v1::{
+    HistoryRequest, LogLines, Resource, ResourceChange, ResourceEvent, Run, RunOutcome, WatchResourceRequest,
+};
 use tokio::time::Instant;
 use tonic::codec::Streaming;
 use tonic::Code;
 
-use crate::client::{self, describe_status, CallError, Nodes};
-use crate::render::{duration_text, transition_text, Printer};
+use crate::render::{duration_text, run_duration_ms, transition_text, Printer};
 use crate::spec::ResourceRef;
 
 /// The outcome of a run that ended well.
-const SUCCEEDED: &str = "succeeded";
+const SUCCEEDED: RunOutcome = RunOutcome::Succeeded;
 
 /// The outcome of a run in flight.
-const RUNNING: &str = "running";
+const RUNNING: RunOutcome = RunOutcome::Running;
 
 /// How long a watch's first message may take (the server sends it at once).
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long to keep trying to reopen a broken watch (or read the history)
-/// while no node can serve it, e.g. during a leader election.
-const REOPEN_PATIENCE: Duration = Duration::from_secs(60);
-
-/// How long to wait between tries to reopen a watch.
+/// How long to wait before reopening a watch that broke soon after it opened.
 const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 
 /// A watch that lived less than this before breaking counts as a quick break.
@@ -112,9 +110,9 @@ impl Note {
                 run.node_id
             )],
             Note::RunEnded(run) => {
-                let took = if run.finished_at_ms > 0 {
-                    let preposition = if run.outcome == SUCCEEDED { "in" } else { "after" };
-                    format!(" {preposition} {}", duration_text(run.duration_ms))
+                let took = if let Some(duration) = run_duration_ms(run) {
+                    let preposition = if run.outcome() == SUCCEEDED { "in" } else { "after" };
+                    format!(" {preposition} {}", duration_text(duration))
                 } else {
                     String::new()
                 };
@@ -126,7 +124,7 @@ impl Note {
                 vec![format!(
                     "{target}: run {} {}{took} ({}){error}",
                     run.run_id,
-                    run.outcome,
+                    run.outcome().label(),
                     transition_text(run, " -> ")
                 )]
             }
@@ -242,7 +240,7 @@ impl Tracker {
     /// Records a run of the change, new or updated, and says what changed.
     fn track_run(&mut self, run: &Run) -> Vec<Note> {
         let Some(position) = self.runs.iter().position(|r| r.run_id == run.run_id) else {
-            let note = if run.outcome == RUNNING {
+            let note = if run.outcome() == RUNNING {
                 Note::RunStarted(run.clone())
             } else {
                 Note::RunEnded(run.clone())
@@ -255,15 +253,15 @@ impl Tracker {
         };
         let old = &self.runs[position];
         let retaken = run.attempt > old.attempt;
-        let newer = retaken || (run.attempt == old.attempt && old.outcome == RUNNING);
+        let newer = retaken || (run.attempt == old.attempt && old.outcome() == RUNNING);
         if !newer {
             return Vec::new();
         }
         let mut notes = Vec::new();
-        if retaken && run.outcome == RUNNING {
+        if retaken && run.outcome() == RUNNING {
             notes.push(Note::RunStarted(run.clone()));
         }
-        if (retaken || old.outcome == RUNNING) && run.outcome != RUNNING {
+        if (retaken || old.outcome() == RUNNING) && run.outcome() != RUNNING {
             notes.push(Note::RunEnded(run.clone()));
         }
         self.runs[position] = run.clone();
@@ -310,7 +308,7 @@ impl Tracker {
     pub fn status(&self) -> Status {
         if !(self.rested || self.deleted) {
             Status::Waiting
-        } else if self.runs.iter().any(|r| r.outcome == RUNNING) {
+        } else if self.runs.iter().any(|r| r.outcome() == RUNNING) {
             Status::Settling
         } else {
             Status::Done
@@ -335,7 +333,7 @@ impl Tracker {
     /// The change's runs that did not succeed (including any still shown
     /// running when the wait ended).
     pub fn failures(&self) -> Vec<&Run> {
-        self.runs.iter().filter(|r| r.outcome != SUCCEEDED).collect()
+        self.runs.iter().filter(|r| r.outcome() != SUCCEEDED).collect()
     }
 }
 
@@ -343,10 +341,10 @@ impl Tracker {
 /// transition, outcome and error.
 pub fn failure_message(target: &str, failures: &[&Run]) -> String {
     let describe = |run: &Run| {
-        let outcome = if run.outcome == RUNNING {
+        let outcome = if run.outcome() == RUNNING {
             "is still running".to_string()
         } else {
-            run.outcome.clone()
+            run.outcome().label().to_string()
         };
         let error = if run.error.is_empty() {
             String::new()
@@ -380,7 +378,7 @@ pub struct Watch {
 /// first message, the resource as it is, so every event of the change will
 /// be seen.
 pub async fn watch_before_change(nodes: &Nodes, target: &ResourceRef) -> Result<(Watch, Option<ResourceEvent>)> {
-    let mut watch = open_watch(nodes, 0, target)
+    let mut watch = open_watch(nodes, 0, Patience::NONE, target)
         .await
         .with_context(|| format!("cannot watch {target}"))?;
     let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, watch.stream.message()).await {
@@ -395,16 +393,17 @@ pub async fn watch_before_change(nodes: &Nodes, target: &ResourceRef) -> Result<
     Ok((watch, first))
 }
 
-/// Opens the watch of `target`, trying addresses from position `first` on.
-async fn open_watch(nodes: &Nodes, first: usize, target: &ResourceRef) -> Result<Watch, CallError> {
+/// Opens the watch of `target`, trying addresses from position `first` on,
+/// with `patience` while no node can serve it.
+async fn open_watch(nodes: &Nodes, first: usize, patience: Patience, target: &ResourceRef) -> Result<Watch, CallError> {
     let request = WatchResourceRequest {
         kind: target.kind.clone(),
         name: target.name.clone(),
     };
     let (served, stream) = nodes
-        .call_from(first, |channel| {
+        .call_patiently(first, patience, |mut api| {
             let request = request.clone();
-            async move { client::resources(channel).watch(request).await }
+            async move { api.resources.watch(request).await }
         })
         .await?;
     Ok(Watch {
@@ -480,7 +479,7 @@ pub async fn wait_for_change(
                         None
                     }
                     Ok(None) => Some("the server ended the stream".to_string()),
-                    Err(status) if client::is_stream_break(&status) => Some(describe_status(&status)),
+                    Err(status) if is_stream_break(&status) => Some(describe_status(&status)),
                     Err(status) => {
                         return Err(CallError::Status(status)).with_context(|| format!("watching {target}"));
                     }
@@ -548,22 +547,16 @@ async fn reopen(
     tracker: &mut Tracker,
     show: &impl Fn(Vec<Note>),
 ) -> Result<Option<Watch>> {
-    let deadline = Instant::now() + REOPEN_PATIENCE;
-    let watch = loop {
-        match open_watch(nodes, first, target).await {
-            Ok(watch) => break Some(watch),
-            Err(CallError::Status(status)) if status.code() == Code::NotFound => {
-                show(tracker.deleted(None));
-                break None;
-            }
-            Err(error @ (CallError::Unreachable(_) | CallError::Timeout { .. })) => {
-                if Instant::now() >= deadline {
-                    return Err(error).with_context(|| format!("cannot watch {target} again"));
-                }
-                tokio::time::sleep(REOPEN_PAUSE).await;
-            }
-            Err(error) => return Err(error).with_context(|| format!("cannot watch {target}")),
+    let watch = match open_watch(nodes, first, Patience::default(), target).await {
+        Ok(watch) => Some(watch),
+        Err(CallError::Status(status)) if status.code() == Code::NotFound => {
+            show(tracker.deleted(None));
+            None
         }
+        Err(error @ (CallError::Unreachable(_) | CallError::Timeout { .. })) => {
+            return Err(error).with_context(|| format!("cannot watch {target} again"));
+        }
+        Err(error) => return Err(error).with_context(|| format!("cannot watch {target}")),
     };
     show(catch_up(nodes, target, tracker).await?);
     Ok(watch)
@@ -577,26 +570,14 @@ async fn catch_up(nodes: &Nodes, target: &ResourceRef, tracker: &mut Tracker) ->
         kind: target.kind.clone(),
         name: target.name.clone(),
     };
-    let deadline = Instant::now() + REOPEN_PATIENCE;
-    let runs = loop {
-        let answer = nodes
-            .call(|channel| {
-                let request = request.clone();
-                async move { client::resources(channel).history(request).await }
-            })
-            .await;
-        match answer {
-            Ok(answer) => break answer.runs,
-            Err(error @ (CallError::Unreachable(_) | CallError::Timeout { .. })) => {
-                if Instant::now() >= deadline {
-                    return Err(error).with_context(|| format!("cannot read the history of {target}"));
-                }
-                tokio::time::sleep(REOPEN_PAUSE).await;
-            }
-            Err(error) => return Err(error).with_context(|| format!("cannot read the history of {target}")),
-        }
-    };
-    Ok(runs.iter().flat_map(|run| tracker.run(run)).collect())
+    let (_, answer) = nodes
+        .call_patiently(0, Patience::default(), |mut api| {
+            let request = request.clone();
+            async move { api.resources.history(request).await }
+        })
+        .await
+        .with_context(|| format!("cannot read the history of {target}"))?;
+    Ok(answer.runs.iter().flat_map(|run| tracker.run(run)).collect())
 }
 
 #[cfg(test)]
@@ -623,7 +604,7 @@ mod tests {
             event: "deploy".into(),
             from: from.into(),
             to: to.into(),
-            outcome: outcome.into(),
+            outcome: RunOutcome::from_label(outcome).expect("an outcome") as i32,
             attempt: 1,
             node_id: 1,
             index,
@@ -678,8 +659,8 @@ mod tests {
         tracker.event(&event(Event::Resource(resource("deploying", 11, true, "r1"))));
         assert_eq!(tracker.status(), Status::Waiting);
         let mut finished = run("r1", 11, "ready", "deploying", "succeeded");
-        finished.finished_at_ms = 2_000;
-        finished.duration_ms = 1_500;
+        finished.finished_at = Some(opsd_proto::time::timestamp(2_000));
+        finished.duration = Some(opsd_proto::time::duration(1_500));
         assert_eq!(
             tracker.event(&event(Event::Run(finished.clone()))),
             vec![Note::RunEnded(finished.clone())]
@@ -796,7 +777,7 @@ mod tests {
         // The history after a reconnect repeats both: nothing changes.
         assert!(tracker.run(&running).is_empty());
         assert!(tracker.run(&done).is_empty());
-        assert_eq!(tracker.runs()[0].outcome, "succeeded");
+        assert_eq!(tracker.runs()[0].outcome(), RunOutcome::Succeeded);
 
         // A run interrupted by a leader change and taken over by attempt 2.
         let mut tracker = Tracker::new(10);
@@ -902,16 +883,16 @@ mod tests {
             ["app/web: run r1 started: ready -> deploying (event deploy, attempt 1, node 1)"]
         );
         let mut failed = run("r1", 11, "ready", "deploying", "failed");
-        failed.finished_at_ms = 5_000;
-        failed.duration_ms = 2_500;
+        failed.finished_at = Some(opsd_proto::time::timestamp(5_000));
+        failed.duration = Some(opsd_proto::time::duration(2_500));
         failed.error = "boom\n".into();
         assert_eq!(
             Note::RunEnded(failed).text("app/web"),
             ["app/web: run r1 failed after 2.5s (ready -> deploying): boom"]
         );
         let mut succeeded = run("r1", 11, "ready", "deploying", "succeeded");
-        succeeded.finished_at_ms = 5_000;
-        succeeded.duration_ms = 300;
+        succeeded.finished_at = Some(opsd_proto::time::timestamp(5_000));
+        succeeded.duration = Some(opsd_proto::time::duration(300));
         assert_eq!(
             Note::RunEnded(succeeded).text("app/web"),
             ["app/web: run r1 succeeded in 300ms (ready -> deploying)"]

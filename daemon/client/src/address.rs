@@ -1,0 +1,86 @@
+//! A node's client address, checked once when parsed so a typo is a usage
+//! error rather than a connection failure.
+
+use std::fmt;
+
+use tonic::transport::Endpoint;
+
+use crate::Timeouts;
+
+/// One node's client address, `HOST:PORT`.
+#[derive(Debug, Clone)]
+pub struct NodeAddr {
+    /// The address as given, for messages.
+    text: String,
+    /// The endpoint to connect to, without timeouts.
+    endpoint: Endpoint,
+}
+
+impl NodeAddr {
+    /// Parses `HOST:PORT` (an `http://` prefix is accepted). The error says
+    /// what is wrong, for a usage message (opsctl's `--addr`, opsd's `--join`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("empty address (expected HOST:PORT)".to_string());
+        }
+        let url = match text.split_once("://") {
+            None => format!("http://{text}"),
+            Some(("http", _)) => text.to_string(),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "unsupported scheme {scheme:?} in {text:?} (expected HOST:PORT)"
+                ))
+            }
+        };
+        let endpoint =
+            Endpoint::from_shared(url).map_err(|e| format!("invalid address {text:?}: {e} (expected HOST:PORT)"))?;
+        if endpoint.uri().port_u16().is_none() {
+            return Err(format!("address {text:?} has no port (expected HOST:PORT)"));
+        }
+        if !matches!(endpoint.uri().path(), "" | "/") {
+            return Err(format!("address {text:?} has a path (expected HOST:PORT)"));
+        }
+        Ok(Self {
+            text: text.to_string(),
+            endpoint,
+        })
+    }
+
+    /// The endpoint of this address with `timeouts` and Nagle's algorithm off
+    /// (a small request would otherwise wait for a delayed ACK). The one place
+    /// a client endpoint is built (TLS would go here).
+    pub(crate) fn endpoint(&self, timeouts: Timeouts) -> Endpoint {
+        let endpoint = opsd_proto::transport::dial(self.endpoint.clone(), timeouts.connect);
+        match timeouts.request {
+            Some(t) => endpoint.timeout(t),
+            None => endpoint,
+        }
+    }
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_checked_when_parsed() {
+        assert_eq!(
+            NodeAddr::parse(" 127.0.0.1:7700 ").unwrap().to_string(),
+            "127.0.0.1:7700"
+        );
+        assert!(NodeAddr::parse("http://localhost:7700").is_ok());
+        assert!(NodeAddr::parse("").unwrap_err().contains("empty"));
+        assert!(NodeAddr::parse("localhost").unwrap_err().contains("no port"));
+        assert!(NodeAddr::parse("https://h:1")
+            .unwrap_err()
+            .contains("unsupported scheme"));
+        assert!(NodeAddr::parse("h:1/x").unwrap_err().contains("has a path"));
+    }
+}

@@ -1,0 +1,359 @@
+//! A request to a cluster given several node addresses: it goes to the first
+//! address that answers, so a client keeps working while some nodes are down
+//! or without quorum; and the errors, described for people.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tonic::{Code, Response, Status};
+
+use crate::{Api, Credentials, NodeAddr};
+
+/// How long a client waits for a node: to accept a connection, and to answer
+/// a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long to wait for one node to accept a connection before giving up
+    /// on it (and, with [`Nodes`], trying the next).
+    pub connect: Duration,
+    /// How long a connected node may take to answer a request; for a stream,
+    /// to start it (its length is not bounded). `None`: no limit.
+    pub request: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    /// 2 s to connect, 15 s to answer: longer than the daemon's own write
+    /// timeout (5 s), so a client sees the daemon's error rather than its own.
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            request: Some(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// How long a patient call ([`Nodes::call_patiently`]) keeps trying while no
+/// node can serve it, e.g. while a leader is elected or a node restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patience {
+    /// Give up once this long has passed since the first try.
+    pub limit: Duration,
+    /// Wait this long between two rounds over the addresses.
+    pub pause: Duration,
+}
+
+impl Patience {
+    /// One round over the addresses, as [`Nodes::call_from`].
+    pub const NONE: Patience = Patience {
+        limit: Duration::ZERO,
+        pause: Duration::ZERO,
+    };
+}
+
+impl Default for Patience {
+    /// A minute, a round a second: longer than an election or a restart.
+    fn default() -> Self {
+        Self {
+            limit: Duration::from_secs(60),
+            pause: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// A node answered with an error that another node would answer the same
+    /// way (not found, invalid argument, stale revision, ...).
+    #[error("{}", describe_status(.0))]
+    Status(Status),
+    /// A node accepted the request but did not answer in time. Not retried
+    /// elsewhere: a write may still commit.
+    #[error("no answer from {addr} within {}s; a write may still have been applied", .after.as_secs())]
+    Timeout {
+        /// The node that was asked.
+        addr: String,
+        /// How long the client waited.
+        after: Duration,
+    },
+    /// Every address failed to connect or answered UNAVAILABLE.
+    #[error("{}", describe_unreachable(.0))]
+    Unreachable(Vec<Failure>),
+}
+
+/// Why one address could not serve a request.
+#[derive(Debug)]
+pub struct Failure {
+    /// The address tried.
+    pub addr: String,
+    /// What went wrong there.
+    pub why: String,
+    /// True if the node answered (UNAVAILABLE), false if it could not be reached.
+    pub answered: bool,
+}
+
+/// The cluster as reachable through some node addresses, tried in order,
+/// with the same timeouts and credentials for every request.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    addrs: Vec<NodeAddr>,
+    timeouts: Timeouts,
+    credentials: Credentials,
+}
+
+impl Nodes {
+    /// Nodes to try in the given order (at least one address).
+    pub fn new(addrs: Vec<NodeAddr>, timeouts: Timeouts, credentials: Credentials) -> Self {
+        Self {
+            addrs,
+            timeouts,
+            credentials,
+        }
+    }
+
+    /// Runs one request with address failover: tries each address in order,
+    /// moving on when connecting fails or the node answers UNAVAILABLE (no
+    /// leader or no quorum, which the API documents as safe to retry), and
+    /// returns the first other answer, success or error.
+    pub async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, CallError>
+    where
+        F: FnMut(Api) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call_from(0, rpc).await.map(|(_, answer)| answer)
+    }
+
+    /// Like [`Nodes::call`], but starts at the address at position `first`
+    /// (modulo their number) and goes round, and also says which address
+    /// answered. A stream that broke is reopened with `first` one past the
+    /// address that served it, so the next try goes to another node.
+    pub async fn call_from<T, F, Fut>(&self, first: usize, mut rpc: F) -> Result<(usize, T), CallError>
+    where
+        F: FnMut(Api) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let count = self.addrs.len();
+        let mut failures = Vec::with_capacity(count);
+        // The request timeout bounds the call below, not the channel: a
+        // stream must outlive it.
+        let connect_only = Timeouts {
+            request: None,
+            ..self.timeouts
+        };
+        for position in (0..count).map(|i| (first + i) % count) {
+            let addr = &self.addrs[position];
+            let failure = |why: String, answered: bool| Failure {
+                addr: addr.to_string(),
+                why,
+                answered,
+            };
+            let connecting = Api::connect(addr, connect_only, self.credentials.clone());
+            let api = match tokio::time::timeout(self.timeouts.connect, connecting).await {
+                Ok(Ok(api)) => api,
+                Ok(Err(e)) => {
+                    failures.push(failure(format!("cannot connect: {}", error_chain(&e)), false));
+                    continue;
+                }
+                Err(_) => {
+                    let why = format!("no connection within {}s", self.timeouts.connect.as_secs());
+                    failures.push(failure(why, false));
+                    continue;
+                }
+            };
+            let answer = match self.timeouts.request {
+                Some(limit) => match tokio::time::timeout(limit, rpc(api)).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        return Err(CallError::Timeout {
+                            addr: addr.to_string(),
+                            after: limit,
+                        })
+                    }
+                },
+                None => rpc(api).await,
+            };
+            match answer {
+                Ok(response) => return Ok((position, response.into_inner())),
+                Err(status) if status.code() == Code::Unavailable => {
+                    failures.push(failure(describe_status(&status), true));
+                }
+                Err(status) => return Err(CallError::Status(status)),
+            }
+        }
+        Err(CallError::Unreachable(failures))
+    }
+
+    /// Like [`Nodes::call_from`], but while no address can serve the request
+    /// (every one unreachable or UNAVAILABLE, or the one that accepted it did
+    /// not answer in time) it goes round again after `patience.pause`, until
+    /// `patience.limit` has passed, then returns the last error. This is how
+    /// a stream that broke is resumed through the next node, and how what
+    /// was missed meanwhile is re-read; use it only for requests that are
+    /// safe to repeat (reads, watches).
+    pub async fn call_patiently<T, F, Fut>(
+        &self,
+        first: usize,
+        patience: Patience,
+        mut rpc: F,
+    ) -> Result<(usize, T), CallError>
+    where
+        F: FnMut(Api) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + patience.limit;
+        loop {
+            match self.call_from(first, &mut rpc).await {
+                Err(CallError::Unreachable(_) | CallError::Timeout { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(patience.pause).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// The address at `position` (modulo their number), for messages.
+    pub fn addr(&self, position: usize) -> &NodeAddr {
+        &self.addrs[position % self.addrs.len()]
+    }
+}
+
+/// True if a stream ended with an error that says the connection or the
+/// serving node went away (or the server dropped a watcher that fell behind)
+/// rather than that the request itself is wrong: reopening the stream,
+/// through another node if need be, may succeed.
+pub fn is_stream_break(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+/// A gRPC error for humans: the server's message followed by what its code means.
+pub fn describe_status(status: &Status) -> String {
+    let code = code_text(status.code());
+    let message = status.message().trim();
+    if message.is_empty() {
+        code.to_string()
+    } else {
+        format!("{message} ({code})")
+    }
+}
+
+/// What a gRPC code means for someone at a terminal, following the meanings
+/// `proto/opsd/v1/cluster.proto` gives them.
+fn code_text(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded; the change may still be applied",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "not implemented by this server",
+        Code::Internal => "internal server error",
+        Code::Unavailable => "unavailable; safe to retry",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "not authenticated",
+    }
+}
+
+/// The message for "no address could serve the request": one line per
+/// address and why, under a headline that says whether any node was reached.
+fn describe_unreachable(failures: &[Failure]) -> String {
+    let mut text = if failures.iter().any(|f| f.answered) {
+        String::from("no opsd node could serve the request; tried:")
+    } else {
+        String::from("cannot reach opsd (is it running? set --addr or OPSD_ADDR); tried:")
+    };
+    for failure in failures {
+        text.push_str(&format!("\n  {}: {}", failure.addr, failure.why));
+    }
+    text
+}
+
+/// An error with its causes, `outer: inner: root`, since transport errors say
+/// little at the top ("transport error") and the cause is in the chain.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_as_message_then_meaning() {
+        assert_eq!(
+            describe_status(&Status::not_found("key \"a\" not found")),
+            "key \"a\" not found (not found)"
+        );
+        assert_eq!(describe_status(&Status::unavailable("")), "unavailable; safe to retry");
+    }
+
+    #[tokio::test]
+    async fn a_patient_call_goes_round_until_its_patience_runs_out() {
+        let nodes = Nodes::new(
+            vec![NodeAddr::parse("127.0.0.1:1").unwrap()],
+            Timeouts::default(),
+            Credentials::anonymous(),
+        );
+        let patience = Patience {
+            limit: Duration::from_millis(300),
+            pause: Duration::from_millis(50),
+        };
+        let started = Instant::now();
+        let error = nodes
+            .call_patiently(0, patience, |mut api| async move {
+                api.cluster.status(opsd_proto::v1::StatusRequest {}).await
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CallError::Unreachable(_)), "{error}");
+        // One round to a refused port takes a millisecond: it went round until the limit.
+        assert!(started.elapsed() >= patience.limit, "{:?}", started.elapsed());
+        let started = Instant::now();
+        let once = nodes
+            .call_patiently(0, Patience::NONE, |mut api| async move {
+                api.cluster.status(opsd_proto::v1::StatusRequest {}).await
+            })
+            .await;
+        assert!(once.is_err());
+        assert!(started.elapsed() < patience.limit);
+    }
+
+    #[tokio::test]
+    async fn every_unreachable_address_is_named() {
+        // Port 1 on loopback: nothing listens there, the connection is refused.
+        let addrs = vec![
+            NodeAddr::parse("127.0.0.1:1").unwrap(),
+            NodeAddr::parse("127.0.0.1:2").unwrap(),
+        ];
+        let nodes = Nodes::new(addrs, Timeouts::default(), Credentials::anonymous());
+        let error = nodes
+            .call(|mut api| async move { api.cluster.status(opsd_proto::v1::StatusRequest {}).await })
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("cannot reach opsd"), "{text}");
+        assert!(
+            text.contains("127.0.0.1:1: cannot connect") && text.contains("127.0.0.1:2: "),
+            "{text}"
+        );
+    }
+}
