@@ -132,7 +132,7 @@ fn kind_to_proto(kind: &Kind, record: Option<&domain::KindRecord>) -> KindInfo {
     KindInfo {
         name: kind.name.clone(),
         source,
-        builtin: record.is_none(),
+        builtin: record.is_none_or(|r| r.builtin),
         version: record.map(|r| r.version).unwrap_or(0),
         initial: kind.initial.clone(),
         provider: kind.provider.clone(),
@@ -200,10 +200,18 @@ impl Resources for ResourcesService {
                 source.len()
             )));
         }
-        // Checked here for a quick answer; apply checks again.
-        let kind = Kind::parse(&source).map_err(Status::invalid_argument)?;
-        let (version, _) = propose(&self.node, Command::PutKind { source: source.clone() }).await?;
-        let record = domain::KindRecord { source, version };
+        // Compiled here, by the leader's rules; apply stores what the command carries.
+        let kind = domain::compile_kind(&source).map_err(rejection_status)?;
+        let put = Command::PutKind {
+            source: source.clone(),
+            kind: kind.clone(),
+        };
+        let (version, _) = propose(&self.node, put).await?;
+        let record = domain::KindRecord {
+            source,
+            version,
+            builtin: false,
+        };
         Ok(Response::new(kind_to_proto(&kind, Some(&record))))
     }
 

@@ -352,13 +352,12 @@ mod tests {
     }
 
     #[test]
-    fn undecodable_commands_are_rejected_not_applied() {
+    fn undecodable_commands_stop_the_node_not_applied() {
         let mut s = State::new();
-        for bytes in [&b""[..], &[9u8, 1, 2][..], &[1u8, 200, 200][..]] {
-            let (outcome, events) = s.apply_raw(bytes);
-            assert!(matches!(outcome, Outcome::Rejected(Rejection::InvalidArgument(_))));
-            assert!(events.is_empty());
+        for bytes in [&b""[..], &[9u8, 0, 2][..], &[1u8, 200, 200][..]] {
+            assert!(s.try_apply_raw(bytes).is_err(), "{bytes:?}");
         }
+        assert!(s.get("a").is_none());
     }
 
     #[test]
