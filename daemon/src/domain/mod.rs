@@ -283,7 +283,7 @@ pub enum Decoded {
     /// Apply this.
     Apply(Command),
     /// Answer this; nothing changes.
-    Answer(Outcome),
+    Answer(Box<Outcome>),
 }
 
 /// The bincode options of format 2: as `bincode::serialize`, but decoding
@@ -313,7 +313,7 @@ impl Command {
         use bincode::Options;
         let unreadable = |flags: u8, what: String| {
             if flags & FLAG_IGNORABLE != 0 {
-                Ok(Decoded::Answer(Outcome::Skipped))
+                Ok(Decoded::Answer(Box::new(Outcome::Skipped)))
             } else {
                 Err(what)
             }
@@ -377,7 +377,7 @@ impl StateMachineApp for Domain {
                     entry.index
                 )))
             }
-            Ok(Decoded::Answer(outcome)) => outcome,
+            Ok(Decoded::Answer(outcome)) => *outcome,
             Ok(Decoded::Apply(command)) => apply_command(txn, entry, command)?,
         };
         bincode::serialize(&outcome).map_err(|e| TxnError(format!("encoding the outcome: {e}")))
@@ -519,15 +519,18 @@ mod legacy {
             }
             Command::PutKind { source } => match Kind::parse(&source) {
                 Ok(kind) if BUILTIN_NAMES.contains(&kind.name.as_str()) => {
-                    return Ok(Decoded::Answer(Outcome::Rejected(Rejection::FailedPrecondition(
-                        format!(
-                            "kind {:?} is built in and cannot be replaced; choose another name",
-                            kind.name
-                        ),
-                    ))))
+                    let refused = Rejection::FailedPrecondition(format!(
+                        "kind {:?} is built in and cannot be replaced; choose another name",
+                        kind.name
+                    ));
+                    return Ok(Decoded::Answer(Box::new(Outcome::Rejected(refused))));
                 }
                 Ok(kind) => super::Command::PutKind { source, kind },
-                Err(e) => return Ok(Decoded::Answer(Outcome::Rejected(Rejection::InvalidArgument(e)))),
+                Err(e) => {
+                    return Ok(Decoded::Answer(Box::new(Outcome::Rejected(
+                        Rejection::InvalidArgument(e),
+                    ))))
+                }
             },
             Command::CreateResource {
                 kind,

@@ -494,11 +494,14 @@ fn decode_stored_kind(name: &str, bytes: &[u8]) -> Result<StoredKind, String> {
     }
 }
 
+/// A stored kind decoded, or why this build cannot read it.
+type DecodedKind = Result<Arc<StoredKind>, String>;
+
 /// Stored kinds already decoded, by their stored bytes: apply, steps and
 /// reads decode a kind once, not on every use. The bytes identify the
 /// definition exactly (they hold its version), so the cache is never stale.
-fn cached_kind(name: &str, bytes: &[u8]) -> Result<Arc<StoredKind>, String> {
-    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, Result<Arc<StoredKind>, String>>>> = OnceLock::new();
+fn cached_kind(name: &str, bytes: &[u8]) -> DecodedKind {
+    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, DecodedKind>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(bytes) {
         return hit.clone();
@@ -515,21 +518,30 @@ fn cached_kind(name: &str, bytes: &[u8]) -> Result<Arc<StoredKind>, String> {
 /// The most decoded kinds kept; past it the cache starts over.
 const KIND_CACHE_SIZE: usize = 1024;
 
+/// Where a kind was found.
+enum Found {
+    /// In the replicated kinds.
+    Stored(Arc<StoredKind>),
+    /// Only in this build: a built-in kind the leader has not installed yet.
+    Embedded(Arc<StoredKind>),
+    /// In the replicated kinds, in a form this build cannot read: why.
+    Unreadable(String),
+}
+
 /// Reads a kind through `get` (a transaction or a view): the stored one, or
 /// a built-in one this build embeds while none is stored (a cluster whose
-/// leader has not installed its built-in kinds yet). `Err(message)` when
-/// the stored kind cannot be read by this build.
-fn load_kind(
-    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, TxnError>,
-    name: &str,
-) -> Result<Option<Result<(Arc<StoredKind>, bool), String>>, TxnError> {
+/// leader has not installed its built-in kinds yet).
+fn load_kind(get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, TxnError>, name: &str) -> Result<Option<Found>, TxnError> {
     if let Some(bytes) = get(name.as_bytes())? {
-        return Ok(Some(cached_kind(name, &bytes).map(|k| (k, true))));
+        return Ok(Some(match cached_kind(name, &bytes) {
+            Ok(stored) => Found::Stored(stored),
+            Err(why) => Found::Unreadable(why),
+        }));
     }
     Ok(embedded_builtins()
         .iter()
         .find(|b| b.kind.name == name)
-        .map(|b| Ok((b.clone(), false))))
+        .map(|b| Found::Embedded(b.clone())))
 }
 
 /// The kind apply uses: `None` if there is none; one this build cannot read
@@ -538,8 +550,8 @@ fn load_kind(
 fn txn_kind(txn: &Txn<'_>, name: &str) -> Result<Option<Arc<StoredKind>>, ApplyError> {
     match load_kind(|k| txn.get(KINDS, k), name)? {
         None => Ok(None),
-        Some(Ok((stored, _))) => Ok(Some(stored)),
-        Some(Err(e)) => reject(precondition(e)),
+        Some(Found::Stored(stored) | Found::Embedded(stored)) => Ok(Some(stored)),
+        Some(Found::Unreadable(why)) => reject(precondition(why)),
     }
 }
 
@@ -1119,8 +1131,9 @@ pub fn append_log(txn: &mut Txn<'_>, index: u64, attempt: u32, lines: Vec<String
 pub fn read_kind(view: &ReadView<'_>, name: &str) -> Result<Option<(Kind, Option<KindRecord>)>, TxnError> {
     match load_kind(|k| view.get(KINDS, k), name)? {
         None => Ok(None),
-        Some(Err(e)) => Err(TxnError(e)),
-        Some(Ok((stored, in_table))) => Ok(Some(kind_and_record(&stored, in_table))),
+        Some(Found::Unreadable(why)) => Err(TxnError(why)),
+        Some(Found::Stored(stored)) => Ok(Some(kind_and_record(&stored, true))),
+        Some(Found::Embedded(stored)) => Ok(Some(kind_and_record(&stored, false))),
     }
 }
 
