@@ -63,3 +63,71 @@ pub fn spawn_builtin_kind_installer(node: ClusterNode) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use opsd_cluster::{new_cluster_id, ClusterConfig, DataDir, NodeInfo};
+
+    use super::*;
+    use crate::domain::{Domain, OLDER_THAN_CLUSTER, TABLES};
+
+    async fn single_node(dir: &std::path::Path) -> ClusterNode {
+        let mut data_dir = DataDir::open(dir).unwrap();
+        data_dir.set_cluster_id(&new_cluster_id()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = listener.local_addr().unwrap().to_string();
+        let config = ClusterConfig {
+            advertise: NodeInfo {
+                addr: peer.clone(),
+                peer_addr: peer,
+            },
+            heartbeat: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(150),
+            snapshot_threshold: 1000,
+            max_voters: 3,
+            request_timeout: Duration::from_secs(5),
+            tables: TABLES.iter().map(|t| t.to_string()).collect(),
+        };
+        let node = ClusterNode::start(config, data_dir, listener, Arc::new(Domain))
+            .await
+            .unwrap();
+        node.initialize().await.unwrap();
+        node
+    }
+
+    #[tokio::test]
+    async fn built_in_kinds_are_installed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = single_node(dir.path()).await;
+        assert_eq!(install_builtin_kinds(&node).await.unwrap(), 2);
+        assert_eq!(install_builtin_kinds(&node).await.unwrap(), 0);
+        let view = node.reader().view();
+        let (_, record) = resources::read_kind(&view, "image").unwrap().unwrap();
+        assert!(record.unwrap().builtin);
+        drop(view);
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_command_this_build_cannot_read_stops_the_node_saying_to_upgrade_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = single_node(dir.path()).await;
+        let put = Command::PutSetting {
+            key: "a".into(),
+            value: "1".into(),
+            expected_revision: None,
+        };
+        replicate(&node, &put).await.unwrap();
+        // A command of a format a newer build writes.
+        let _ = node.write(vec![9, 0, 1, 2, 3]).await;
+        let why = tokio::time::timeout(Duration::from_secs(5), node.failed())
+            .await
+            .expect("the node stops");
+        assert!(why.contains(OLDER_THAN_CLUSTER), "{why}");
+        assert!(replicate(&node, &put).await.is_err());
+        node.shutdown().await;
+    }
+}
