@@ -308,6 +308,26 @@ mod tests {
     }
 
     #[test]
+    fn absurd_durations_saturate_instead_of_panicking() {
+        // Durations come from the proposer's clock, through apply.
+        let mut b = Bucket::default();
+        for outcome in [
+            RunOutcome::Succeeded,
+            RunOutcome::Succeeded,
+            RunOutcome::Failed,
+            RunOutcome::Failed,
+        ] {
+            b.add_run(outcome, u64::MAX);
+        }
+        b.add_run(RunOutcome::Running, 5);
+        assert_eq!((b.count, b.ok_sum_ms, b.fail_sum_ms), (4, u64::MAX, u64::MAX));
+        let mut total = b.clone();
+        total.merge(&b);
+        assert_eq!((total.count, total.ok_sum_ms), (8, u64::MAX));
+        assert!(total.quantile(0.5) > 0.0);
+    }
+
+    #[test]
     fn quantiles_are_close_to_exact_ones() {
         let mut b = Bucket::default();
         for ms in 1..=1000 {
