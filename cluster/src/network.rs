@@ -173,10 +173,20 @@ impl PeerChannels {
     }
 }
 
-/// Whether a failed call certainly never reached the peer's handler.
+/// Whether a failed call certainly never reached the peer: the connection
+/// could not be made, so the request was never written. Decided from the
+/// error's kind (tonic's [`tonic::ConnectError`], somewhere in its source
+/// chain), not its text: "connection reset" after the request went out is
+/// not a failure to connect, and retrying it could apply a write twice.
 fn not_sent(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && status.message().contains("connect")
-        || status.code() == tonic::Code::InvalidArgument && status.message().starts_with("bad peer address")
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Makes a connection per target for openraft.
@@ -260,5 +270,123 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         self.raft_call(PeerMethod::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_that_cannot_be_reached_was_not_sent_to() {
+        // A port nothing listens on: bound, then released.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let channels = PeerChannels::new("c", 1);
+        let r = channels
+            .call::<u64, u64>(&addr, PeerMethod::Vote, &7, Duration::from_secs(5))
+            .await;
+        assert!(matches!(r, Err(CallError::NotSent(_))), "{r:?}");
+    }
+
+    /// A peer behind a proxy that took the request and answers, as Envoy
+    /// does, that its upstream broke: the message says "connect", but the
+    /// request went out and may have been served.
+    struct Proxy;
+
+    #[tonic::async_trait]
+    impl opsd_proto::peer::peer_server::Peer for Proxy {
+        async fn append_entries(
+            &self,
+            _: tonic::Request<PeerMessage>,
+        ) -> Result<tonic::Response<PeerMessage>, tonic::Status> {
+            Err(Self::upstream())
+        }
+        async fn vote(&self, _: tonic::Request<PeerMessage>) -> Result<tonic::Response<PeerMessage>, tonic::Status> {
+            Err(Self::upstream())
+        }
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<PeerMessage>,
+        ) -> Result<tonic::Response<PeerMessage>, tonic::Status> {
+            Err(Self::upstream())
+        }
+        async fn leader(&self, _: tonic::Request<PeerMessage>) -> Result<tonic::Response<PeerMessage>, tonic::Status> {
+            Err(Self::upstream())
+        }
+        async fn removed(&self, _: tonic::Request<PeerMessage>) -> Result<tonic::Response<PeerMessage>, tonic::Status> {
+            Err(Self::upstream())
+        }
+    }
+
+    impl Proxy {
+        fn upstream() -> tonic::Status {
+            tonic::Status::unavailable("upstream connect error or disconnect/reset before headers")
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_answer_that_mentions_connect_may_have_been_served() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(opsd_proto::peer::peer_server::PeerServer::new(Proxy))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let channels = PeerChannels::new("c", 1);
+        let r = channels
+            .call::<u64, u64>(&addr.to_string(), PeerMethod::Leader, &7, Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(&r, Err(CallError::Failed(s)) if s.message().contains("connect")),
+            "{r:?}"
+        );
+        let forwarded = channels
+            .call_leader::<u64, u64>(
+                2,
+                &NodeInfo {
+                    addr: String::new(),
+                    peer_addr: addr.to_string(),
+                },
+                &7,
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(
+            matches!(forwarded, Err(ClusterError::Interrupted { .. })),
+            "{forwarded:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_after_the_request_went_out_may_have_been_sent() {
+        // A peer that takes the connection and the request, then hangs up
+        // without answering: the error mentions the connection, but the
+        // request was written, so it may have been served.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        });
+        let channels = PeerChannels::new("c", 1);
+        let r = channels
+            .call::<u64, u64>(&addr, PeerMethod::Vote, &7, Duration::from_secs(5))
+            .await;
+        assert!(matches!(r, Err(CallError::Failed(_))), "{r:?}");
     }
 }

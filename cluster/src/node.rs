@@ -13,7 +13,7 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use opsd_proto::peer::peer_server::PeerServer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::data_dir::DataDir;
 use crate::error::ClusterError;
@@ -162,6 +162,9 @@ pub(crate) struct NodeInner {
     max_voters: usize,
     shutdown: watch::Sender<bool>,
     shared_writes: mpsc::UnboundedSender<SharedWrite>,
+    /// Why Raft stopped by itself (the application's apply or the storage
+    /// failed), once it has.
+    failure: watch::Sender<Option<String>>,
 }
 
 /// A running node. Cheap to clone.
@@ -234,6 +237,7 @@ impl ClusterNode {
             .map_err(|e| internal(format!("cannot start raft: {e}")))?;
         let (shutdown, _) = watch::channel(false);
         let (shared_writes, waiting) = mpsc::unbounded_channel();
+        let (failure, _) = watch::channel(None);
         let inner = Arc::new(NodeInner {
             id: identity.node_id,
             cluster_id,
@@ -249,6 +253,7 @@ impl ClusterNode {
             max_voters: config.max_voters.max(1),
             shutdown,
             shared_writes,
+            failure,
         });
         let node = ClusterNode { inner };
         let peer = peer_listener.local_addr().ok();
@@ -256,6 +261,7 @@ impl ClusterNode {
         node.spawn_promoter();
         node.spawn_role_logger();
         node.spawn_write_batcher(waiting);
+        node.spawn_failure_watch();
         info!(node_id = node.inner.id, cluster_id = %node.inner.cluster_id, peer = ?peer, "raft started");
         Ok(node)
     }
@@ -367,6 +373,56 @@ impl ClusterNode {
                 }
             }
         });
+    }
+
+    /// Watches for Raft stopping by itself: apply or the storage failed, and
+    /// this node can no longer follow the log. It is logged at error level
+    /// and published to [`ClusterNode::failed`], so the process stops rather
+    /// than serve a state that no longer moves.
+    fn spawn_failure_watch(&self) {
+        let node = self.clone();
+        let mut metrics = self.inner.raft.metrics();
+        tokio::spawn(async move {
+            let why = loop {
+                let running = metrics.borrow_and_update().running_state.clone();
+                match running {
+                    Ok(()) => {}
+                    Err(openraft::error::Fatal::Stopped) => return,
+                    Err(e) => break e.to_string(),
+                }
+                if metrics.changed().await.is_err() {
+                    let last = metrics.borrow().running_state.clone();
+                    match last {
+                        Err(openraft::error::Fatal::Stopped) => return,
+                        Err(e) => break e.to_string(),
+                        // The core's task ended without saying why: a panic, unless we stopped it.
+                        Ok(()) if *node.inner.shutdown.borrow() || node.is_removed() => return,
+                        Ok(()) => break "raft stopped unexpectedly".to_string(),
+                    }
+                }
+            };
+            error!(
+                node_id = node.inner.id,
+                "raft stopped: {why}; this node can no longer apply the log and stops"
+            );
+            node.inner.failure.send_replace(Some(why));
+        });
+    }
+
+    /// Waits until Raft stops by itself (not by [`ClusterNode::shutdown`] or a
+    /// removal) and returns why: the node can no longer apply the log, and
+    /// the process should exit with an error.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.inner.failure.subscribe();
+        let why = match failure.wait_for(|f| f.is_some()).await {
+            Ok(why) => why.clone(),
+            // The node is gone; nothing failed that anyone waits for.
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
     }
 
     /// Logs each change of leader or term, since openraft's own logs are off
@@ -904,5 +960,56 @@ fn fatal<E: std::fmt::Display>(e: RaftError<NodeId, E>) -> ClusterError {
     match e {
         RaftError::Fatal(openraft::error::Fatal::Stopped) => ClusterError::ShuttingDown,
         e => ClusterError::Internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::{EntryInfo, Txn, TxnError};
+
+    /// Applies anything but `stop`, which it cannot.
+    struct Picky;
+
+    impl StateMachineApp for Picky {
+        fn apply(&self, _: &mut Txn<'_>, _: EntryInfo, command: &[u8]) -> Result<Vec<u8>, TxnError> {
+            if command == b"stop" {
+                return Err(TxnError("cannot apply this command".into()));
+            }
+            Ok(command.to_vec())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_apply_cannot_take_stops_the_node_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data_dir = DataDir::open(dir.path()).unwrap();
+        data_dir.set_cluster_id(&new_cluster_id()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = listener.local_addr().unwrap().to_string();
+        let config = ClusterConfig {
+            advertise: NodeInfo {
+                addr: peer.clone(),
+                peer_addr: peer,
+            },
+            heartbeat: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(150),
+            snapshot_threshold: 1000,
+            max_voters: 3,
+            request_timeout: Duration::from_secs(5),
+            tables: vec![],
+        };
+        let node = ClusterNode::start(config, data_dir, listener, Arc::new(Picky))
+            .await
+            .unwrap();
+        node.initialize().await.unwrap();
+        assert_eq!(node.write(b"fine".to_vec()).await.unwrap().1, b"fine");
+        let _ = node.write(b"stop".to_vec()).await;
+        let why = tokio::time::timeout(Duration::from_secs(5), node.failed())
+            .await
+            .expect("the node reports that it stopped");
+        assert!(why.contains("cannot apply this command"), "{why}");
+        assert!(node.write(b"fine".to_vec()).await.is_err());
+        node.shutdown().await;
     }
 }

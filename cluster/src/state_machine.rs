@@ -52,8 +52,11 @@ fn app_table<'s>(store: &'s Store, table: &str) -> Result<&'s rocksdb::ColumnFam
 pub trait StateMachineApp: Send + Sync + 'static {
     /// Applies the command committed as `entry` and returns the answer for
     /// the client that proposed it. A command that is invalid for the current
-    /// state is answered with a rejection, not an error: an `Err` means the
-    /// storage failed and stops the node.
+    /// state is answered with a rejection, not an error: an `Err` means this
+    /// node cannot apply the entry (the storage failed, or its build cannot
+    /// read the command) and stops it: Raft stops, the error is logged, and
+    /// [`ClusterNode::failed`](crate::ClusterNode::failed) returns it. The
+    /// entry stays unapplied, so a restarted (or upgraded) node retries it.
     fn apply(&self, txn: &mut Txn<'_>, entry: EntryInfo, command: &[u8]) -> Result<Vec<u8>, TxnError>;
 }
 

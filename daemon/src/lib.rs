@@ -1,11 +1,12 @@
 //! opsd, the operations daemon: the product built on the `opsd-cluster`
 //! consensus crate. `domain` holds the replicated state and its apply
-//! function, `api` the gRPC services, `config` and `server` the `opsd`
-//! binary's start-up.
+//! function, `propose` sends its commands through the cluster, `api` the
+//! gRPC services, `config` and `server` the `opsd` binary's start-up.
 
 pub mod api;
 pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod ops;
+pub mod propose;
 pub mod server;

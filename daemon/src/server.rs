@@ -111,9 +111,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    crate::propose::spawn_builtin_kind_installer(node.clone());
     let engine = start_engine(&node, &config.data_dir)?;
-    serve(listener, node.clone(), engine).await?;
+    let served = serve(listener, node.clone(), engine).await;
     node.shutdown().await;
+    served?;
     info!("stopped");
     Ok(())
 }
@@ -140,7 +142,8 @@ fn start_engine(node: &ClusterNode, data_dir: &std::path::Path) -> anyhow::Resul
     Engine::start(node.clone(), providers, data_dir.join("work")).context("starting the engine")
 }
 
-/// Serves the client API until SIGTERM or SIGINT.
+/// Serves the client API until SIGTERM or SIGINT, or until the node can no
+/// longer apply the log (an error: the process exits non-zero).
 async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ClusterServer<ClusterService>>().await;
@@ -157,6 +160,9 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyh
     // Streams (watches) never end by themselves, so they are told to stop
     // too; otherwise a graceful shutdown would wait for every watcher.
     let (stopping, stop) = tokio::sync::watch::channel(false);
+    let failure = Arc::new(std::sync::Mutex::new(None));
+    let failed = failure.clone();
+    let watched = node.clone();
     // Every service, health and reflection included, learns its caller in
     // one layer before any handler runs.
     transport::server()
@@ -170,11 +176,17 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyh
             tokio::select! {
                 _ = term.recv() => info!("SIGTERM: shutting down"),
                 _ = int.recv() => info!("SIGINT: shutting down"),
+                why = watched.failed() => {
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                }
             }
             let _ = stopping.send(true);
         })
         .await
         .context("client API server")?;
+    if let Some(why) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        bail!("this node stopped: {why}");
+    }
     Ok(())
 }
 

@@ -48,7 +48,7 @@ pub fn read_status(e: opsd_cluster::TxnError) -> Status {
 /// Proposes a command and returns its log index and outcome; a rejection
 /// becomes the matching gRPC error.
 pub async fn propose(node: &ClusterNode, cmd: Command) -> Result<(u64, Outcome), Status> {
-    let (index, answer) = cmd.replicate(node).await.map_err(cluster_status)?;
+    let (index, answer) = crate::propose::replicate(node, &cmd).await.map_err(cluster_status)?;
     match decode_outcome(&answer).map_err(Status::internal)? {
         Outcome::Rejected(r) => Err(rejection_status(r)),
         outcome => Ok((index, outcome)),

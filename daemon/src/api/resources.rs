@@ -104,7 +104,7 @@ fn kind_to_proto(kind: &Kind, record: Option<&domain::KindRecord>) -> KindInfo {
     KindInfo {
         name: kind.name.clone(),
         source,
-        builtin: record.is_none(),
+        builtin: record.is_none_or(|r| r.builtin),
         version: record.map(|r| r.version).unwrap_or(0),
         initial: kind.initial.clone(),
         provider: kind.provider.clone(),
@@ -219,12 +219,20 @@ impl Resources for ResourcesService {
                 source.len()
             )));
         }
-        // Checked here for a quick answer; apply checks again.
-        let kind = Kind::parse(&source).map_err(Status::invalid_argument)?;
+        // Compiled here, by this node's rules; apply stores what the command carries.
+        let kind = domain::compile_kind(&source).map_err(rejection_status)?;
         // Only here: which providers exist is this node's business, not apply's.
         self.engine.providers().check(&kind).map_err(Status::invalid_argument)?;
-        let (version, _) = propose(&self.node, Command::PutKind { source: source.clone() }).await?;
-        let record = domain::KindRecord { source, version };
+        let put = Command::PutKind {
+            source: source.clone(),
+            kind: kind.clone(),
+        };
+        let (version, _) = propose(&self.node, put).await?;
+        let record = domain::KindRecord {
+            source,
+            version,
+            builtin: false,
+        };
         Ok(Response::new(kind_to_proto(&kind, Some(&record))))
     }
 

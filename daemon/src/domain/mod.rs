@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use opsd_cluster::{EntryInfo, StateMachineApp, Txn, TxnError};
 use serde::{Deserialize, Serialize};
 
+use kind::Kind;
 use resources::{settle, ResourceRecord, RunEnd, RunRecord};
 
 /// The tables the domain keeps, one rocksdb column family each.
@@ -30,12 +31,26 @@ pub const TABLES: &[&str] = &[
     stats::BUCKETS,
 ];
 
-/// Version of the command encoding; the first byte of every encoded command.
-/// An unknown version is rejected by apply, never guessed at.
-const COMMAND_VERSION: u8 = 1;
+/// The format of an encoded command: its first byte. Format 1 is the bare
+/// bincode of [`legacy::Command`], written by builds before this envelope
+/// and still read. Format 2 is a flags byte, then the bincode of [`Command`]
+/// with nothing after it. Every later format keeps the flags byte second, so
+/// that a build which cannot read a format can still tell whether it may
+/// skip the command.
+const FORMAT_LEGACY: u8 = 1;
+const FORMAT: u8 = 2;
+
+/// Flags bit: a node that cannot decode this command skips it (answering
+/// [`Outcome::Skipped`]) rather than stopping. Other bits are reserved.
+const FLAG_IGNORABLE: u8 = 0x01;
+
+/// Part of the message of a node that stops on a command it cannot decode,
+/// so an operator (and a test) can find it in the logs.
+pub const OLDER_THAN_CLUSTER: &str = "this node is older than the cluster";
 
 /// Every replicated change. New variants go at the end (the encoding numbers
-/// variants in order).
+/// variants in order), and a new variant or field may be proposed only once
+/// every node of the cluster decodes it (docs/cluster.md, "Upgrading").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Set a setting, optionally only if its revision is as expected.
@@ -58,10 +73,14 @@ pub enum Command {
         /// Who asked, why, and when; published with the delete.
         trigger: Trigger,
     },
-    /// Register or update a kind from its TOML source.
+    /// Register or update a kind: its source, and the kind the leader
+    /// compiled from it ([`resources::compile_kind`]), which apply stores
+    /// as it is, so no node's parser decides.
     PutKind {
         /// The kind file.
         source: String,
+        /// The kind compiled from it.
+        kind: Kind,
     },
     /// Create a resource in its kind's initial state.
     CreateResource {
@@ -131,6 +150,19 @@ pub enum Command {
         /// The lines.
         lines: Vec<String>,
     },
+    /// Install a built-in kind (compiled into the proposing build) into the
+    /// replicated kinds, so every node applies the same definition whatever
+    /// its own build embeds. Proposed by a leader whose built-in kinds are of
+    /// a newer revision than the stored ones.
+    PutBuiltinKind {
+        /// The kind file, as embedded.
+        source: String,
+        /// The kind compiled from it.
+        kind: Kind,
+        /// The proposer's [`resources::BUILTIN_REVISION`]: apply keeps the
+        /// newest, so an older leader never brings an old definition back.
+        revision: u64,
+    },
 }
 
 /// Who asked for a change, why, from where, and when (by the proposer's clock).
@@ -144,6 +176,19 @@ pub struct Trigger {
     pub source: String,
     /// Milliseconds since the Unix epoch.
     pub at_ms: i64,
+}
+
+impl Trigger {
+    /// The trigger of a change made by a build that recorded none (settings
+    /// written before settings were audited): empty, the same on every node.
+    pub fn unrecorded() -> Trigger {
+        Trigger {
+            principal: String::new(),
+            reason: String::new(),
+            source: String::new(),
+            at_ms: 0,
+        }
+    }
 }
 
 /// Something that changed, published to the engine and to watchers once it
@@ -242,26 +287,77 @@ pub enum Outcome {
     },
     /// Nothing changed, for this reason.
     Rejected(Rejection),
+    /// Nothing changed: the command was flagged ignorable and this node
+    /// cannot decode it.
+    Skipped,
+}
+
+/// What decoding a command gives: the command to apply, or an answer
+/// decided without applying (a skipped ignorable command; a legacy kind
+/// that does not compile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// Apply this.
+    Apply(Command),
+    /// Answer this; nothing changes.
+    Answer(Box<Outcome>),
+}
+
+/// The bincode options of format 2: as `bincode::serialize`, but decoding
+/// refuses bytes left over (a field this build does not know).
+fn strict() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
 }
 
 impl Command {
-    /// Encodes the command for the log.
+    /// Encodes the command for the log (format 2).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![COMMAND_VERSION];
+        use bincode::Options;
+        let flags = if self.ignorable() { FLAG_IGNORABLE } else { 0 };
+        let mut out = vec![FORMAT, flags];
         // Encoding owned strings and integers into a Vec cannot fail.
-        out.extend(bincode::serialize(self).unwrap_or_default());
+        out.extend(strict().serialize(self).unwrap_or_default());
         out
     }
 
-    /// Decodes a command from the log.
-    pub fn decode(bytes: &[u8]) -> Result<Command, String> {
-        match bytes.split_first() {
-            Some((&COMMAND_VERSION, rest)) => bincode::deserialize(rest).map_err(|e| format!("undecodable command: {e}")),
-            Some((v, _)) => Err(format!(
-                "command encoding version {v} is unknown to this opsd (it understands {COMMAND_VERSION}); upgrade this node"
-            )),
-            None => Err("empty command".into()),
+    /// Decodes a command from the log. An error means this build cannot
+    /// read a command it may not skip: the node must stop (see
+    /// [`OLDER_THAN_CLUSTER`]); the message says what it could not read.
+    pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
+        use bincode::Options;
+        let unreadable = |flags: u8, what: String| {
+            if flags & FLAG_IGNORABLE != 0 {
+                Ok(Decoded::Answer(Box::new(Outcome::Skipped)))
+            } else {
+                Err(what)
+            }
+        };
+        match bytes {
+            [] => Err("an empty command".into()),
+            [FORMAT_LEGACY, body @ ..] => legacy::decode(body),
+            [FORMAT, flags, body @ ..] if flags & !FLAG_IGNORABLE == 0 => match strict().deserialize(body) {
+                Ok(command) => Ok(Decoded::Apply(command)),
+                Err(e) => unreadable(*flags, format!("a command of format {FORMAT} it does not know: {e}")),
+            },
+            [format, flags, ..] => unreadable(
+                *flags,
+                format!(
+                    "a command of format {format} with flags {flags:#04x}; this build reads formats 1 and {FORMAT}"
+                ),
+            ),
+            [format] => Err(format!("a command of format {format} without flags")),
         }
+    }
+
+    /// Whether a node that cannot decode this command may skip it: only a
+    /// command whose effect an older node may miss without deciding later
+    /// commands differently. None is, yet; a future one (a hint, a cache
+    /// warm-up) would say so here.
+    pub fn ignorable(&self) -> bool {
+        false
     }
 }
 
@@ -275,19 +371,6 @@ impl Command {
             Command::PutSetting { .. } | Command::DeleteSetting { .. } | Command::AppendRunLog { .. }
         )
     }
-
-    /// Replicates the command through `node`; returns its log index and the
-    /// encoded apply answer.
-    pub async fn replicate(
-        &self,
-        node: &opsd_cluster::ClusterNode,
-    ) -> Result<(u64, Vec<u8>), opsd_cluster::ClusterError> {
-        if self.may_share_entry() {
-            node.write_shared(self.encode()).await
-        } else {
-            node.write(self.encode()).await
-        }
-    }
 }
 
 /// Decodes an apply answer.
@@ -299,50 +382,261 @@ pub fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
 pub struct Domain;
 
 impl StateMachineApp for Domain {
+    /// Applies one command. A command this build cannot decode (and may not
+    /// skip) is an `Err`, which stops the node: answering it with a
+    /// rejection here while newer nodes apply it would split the cluster.
     fn apply(&self, txn: &mut Txn<'_>, entry: EntryInfo, command: &[u8]) -> Result<Vec<u8>, TxnError> {
-        let index = entry.index;
         let outcome = match Command::decode(command) {
-            Err(reason) => Outcome::Rejected(Rejection::InvalidArgument(reason)),
-            Ok(Command::PutSetting {
+            Err(what) => {
+                return Err(TxnError(format!(
+                    "{OLDER_THAN_CLUSTER}: the entry at index {} holds {what}; upgrade this node to the build the \
+                     other nodes run",
+                    entry.index
+                )))
+            }
+            Ok(Decoded::Answer(outcome)) => *outcome,
+            Ok(Decoded::Apply(command)) => apply_command(txn, entry, command)?,
+        };
+        bincode::serialize(&outcome).map_err(|e| TxnError(format!("encoding the outcome: {e}")))
+    }
+}
+
+/// Applies one decoded command: its outcome (a rejection too), or the
+/// storage failing.
+fn apply_command(txn: &mut Txn<'_>, entry: EntryInfo, command: Command) -> Result<Outcome, TxnError> {
+    match command {
+        Command::PutSetting {
+            key,
+            value,
+            expected_revision,
+            trigger,
+        } => settings::apply_put(txn, &key, &value, expected_revision, trigger),
+        Command::DeleteSetting {
+            key,
+            expected_revision,
+            trigger,
+        } => settings::apply_delete(txn, &key, expected_revision, trigger),
+        Command::PutKind { source, kind } => settle(resources::put_kind(txn, entry.index, source, kind)),
+        Command::PutBuiltinKind { source, kind, revision } => {
+            settle(resources::put_builtin_kind(txn, entry.index, source, kind, revision))
+        }
+        Command::CreateResource {
+            kind,
+            name,
+            spec_json,
+            labels,
+            trigger,
+        } => settle(resources::create(txn, entry, &kind, &name, &spec_json, labels, trigger)),
+        Command::DoEvent {
+            kind,
+            name,
+            event,
+            args,
+            trigger,
+        } => settle(resources::do_event(txn, entry, &kind, &name, &event, args, trigger)),
+        Command::DeleteResource { kind, name } => settle(resources::delete(txn, &kind, &name)),
+        Command::FinishRun {
+            run,
+            attempt,
+            end,
+            at_ms,
+        } => settle(resources::finish_run(txn, entry, run, attempt, end, at_ms)),
+        Command::TakeOverRun { run, attempt } => settle(resources::take_over(txn, entry, run, attempt)),
+        Command::CancelRun { run, trigger } => settle(resources::cancel(txn, run, trigger)),
+        Command::AppendRunLog { run, attempt, lines } => settle(resources::append_log(txn, run, attempt, lines)),
+    }
+}
+
+/// Format 1: the command enum of the builds that wrote it, frozen, so their
+/// log entries (a follower upgraded before the leader, an entry not yet
+/// applied when the node was upgraded) still apply as those builds applied
+/// them. It shares [`RunEnd`] and [`Trigger`] with [`Command`]: a change to
+/// either needs a frozen copy here first.
+mod legacy {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::kind::Kind;
+    use super::resources::RunEnd;
+    use super::{Decoded, Outcome, Rejection, Trigger};
+
+    /// The commands of format 1, variant for variant and field for field.
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    pub(super) enum Command {
+        PutSetting {
+            key: String,
+            value: String,
+            expected_revision: Option<u64>,
+        },
+        DeleteSetting {
+            key: String,
+            expected_revision: Option<u64>,
+        },
+        PutKind {
+            source: String,
+        },
+        CreateResource {
+            kind: String,
+            name: String,
+            spec_json: String,
+            labels: BTreeMap<String, String>,
+            trigger: Trigger,
+        },
+        DoEvent {
+            kind: String,
+            name: String,
+            event: String,
+            args: BTreeMap<String, String>,
+            trigger: Trigger,
+        },
+        DeleteResource {
+            kind: String,
+            name: String,
+        },
+        FinishRun {
+            run: u64,
+            attempt: u32,
+            end: RunEnd,
+            at_ms: i64,
+        },
+        TakeOverRun {
+            run: u64,
+            attempt: u32,
+        },
+        CancelRun {
+            run: u64,
+            trigger: Trigger,
+        },
+        AppendRunLog {
+            run: u64,
+            attempt: u32,
+            lines: Vec<String>,
+        },
+    }
+
+    /// The built-in kinds of the builds that wrote format 1: their apply
+    /// refused to register kinds of these names.
+    const BUILTIN_NAMES: &[&str] = &["image", "cluster"];
+
+    /// The rules those builds' apply checked that kind files no longer meet
+    /// in apply (the providers check them at the API now): only their two
+    /// providers, a script on every work state of an exec kind and nowhere
+    /// else, and no `step` key (they refused keys they did not know).
+    fn format_1_rules(kind: &Kind) -> Result<(), String> {
+        let at =
+            |state: &str, key: &str, msg: &str| Err(format!("kind {:?}: state {state:?}: {key}: {msg}", kind.name));
+        if !["exec", "local"].contains(&kind.provider.as_str()) {
+            return Err(format!(
+                "kind {:?}: provider: unknown provider {:?} (known: exec, local)",
+                kind.name, kind.provider
+            ));
+        }
+        for (name, state) in &kind.states {
+            match (&state.run, kind.provider.as_str()) {
+                (Some(_), "local") => return at(name, "run", "only the exec provider runs scripts"),
+                (None, "exec") if state.work => {
+                    return at(name, "run", "missing: a work state of an exec kind must have a script")
+                }
+                _ => {}
+            }
+            if state.step.is_some() {
+                return at(name, "step", "unknown key");
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a format 1 body (leniently, as those builds did) into today's
+    /// command. Their `PutKind` carried only the source, compiled by apply:
+    /// it is compiled here, and refused as those builds refused it.
+    pub(super) fn decode(body: &[u8]) -> Result<Decoded, String> {
+        let old: Command =
+            bincode::deserialize(body).map_err(|e| format!("a command of format 1 it cannot read: {e}"))?;
+        Ok(Decoded::Apply(match old {
+            Command::PutSetting {
                 key,
                 value,
                 expected_revision,
-                trigger,
-            }) => settings::apply_put(txn, &key, &value, expected_revision, trigger)?,
-            Ok(Command::DeleteSetting {
+            } => super::Command::PutSetting {
+                key,
+                value,
+                expected_revision,
+                trigger: Trigger::unrecorded(),
+            },
+            Command::DeleteSetting { key, expected_revision } => super::Command::DeleteSetting {
                 key,
                 expected_revision,
-                trigger,
-            }) => settings::apply_delete(txn, &key, expected_revision, trigger)?,
-            Ok(Command::PutKind { source }) => settle(resources::put_kind(txn, index, &source))?,
-            Ok(Command::CreateResource {
+                trigger: Trigger::unrecorded(),
+            },
+            Command::PutKind { source } => {
+                match Kind::parse(&source).and_then(|kind| format_1_rules(&kind).map(|()| kind)) {
+                    Ok(kind) if BUILTIN_NAMES.contains(&kind.name.as_str()) => {
+                        let refused = Rejection::FailedPrecondition(format!(
+                            "kind {:?} is built in and cannot be replaced; choose another name",
+                            kind.name
+                        ));
+                        return Ok(Decoded::Answer(Box::new(Outcome::Rejected(refused))));
+                    }
+                    Ok(kind) => super::Command::PutKind { source, kind },
+                    Err(e) => {
+                        return Ok(Decoded::Answer(Box::new(Outcome::Rejected(
+                            Rejection::InvalidArgument(e),
+                        ))))
+                    }
+                }
+            }
+            Command::CreateResource {
                 kind,
                 name,
                 spec_json,
                 labels,
                 trigger,
-            }) => settle(resources::create(txn, entry, &kind, &name, &spec_json, labels, trigger))?,
-            Ok(Command::DoEvent {
+            } => super::Command::CreateResource {
+                kind,
+                name,
+                spec_json,
+                labels,
+                trigger,
+            },
+            Command::DoEvent {
                 kind,
                 name,
                 event,
                 args,
                 trigger,
-            }) => settle(resources::do_event(txn, entry, &kind, &name, &event, args, trigger))?,
-            Ok(Command::DeleteResource { kind, name }) => settle(resources::delete(txn, &kind, &name))?,
-            Ok(Command::FinishRun {
+            } => super::Command::DoEvent {
+                kind,
+                name,
+                event,
+                args,
+                trigger,
+            },
+            Command::DeleteResource { kind, name } => super::Command::DeleteResource { kind, name },
+            Command::FinishRun {
                 run,
                 attempt,
                 end,
                 at_ms,
-            }) => settle(resources::finish_run(txn, entry, run, attempt, end, at_ms))?,
-            Ok(Command::TakeOverRun { run, attempt }) => settle(resources::take_over(txn, entry, run, attempt))?,
-            Ok(Command::CancelRun { run, trigger }) => settle(resources::cancel(txn, run, trigger))?,
-            Ok(Command::AppendRunLog { run, attempt, lines }) => {
-                settle(resources::append_log(txn, run, attempt, lines))?
-            }
-        };
-        bincode::serialize(&outcome).map_err(|e| TxnError(format!("encoding the outcome: {e}")))
+            } => super::Command::FinishRun {
+                run,
+                attempt,
+                end,
+                at_ms,
+            },
+            Command::TakeOverRun { run, attempt } => super::Command::TakeOverRun { run, attempt },
+            Command::CancelRun { run, trigger } => super::Command::CancelRun { run, trigger },
+            Command::AppendRunLog { run, attempt, lines } => super::Command::AppendRunLog { run, attempt, lines },
+        }))
+    }
+
+    /// Encodes a command as format 1, as those builds did, for tests.
+    #[cfg(test)]
+    pub(super) fn encode(command: &Command) -> Vec<u8> {
+        let mut out = vec![super::FORMAT_LEGACY];
+        out.extend(bincode::serialize(command).unwrap_or_default());
+        out
     }
 }
 
@@ -402,15 +696,239 @@ pub(crate) mod testing {
 
         /// Applies raw command bytes at the next index.
         pub fn apply_raw(&mut self, bytes: &[u8]) -> (Outcome, Vec<DomainEvent>) {
+            self.try_apply_raw(bytes).unwrap()
+        }
+
+        /// Applies raw command bytes at the next index; an `Err` is what
+        /// would stop the node.
+        pub fn try_apply_raw(&mut self, bytes: &[u8]) -> Result<(Outcome, Vec<DomainEvent>), TxnError> {
             self.index += 1;
             let entry = EntryInfo {
                 index: self.index,
                 leader: self.leader,
                 term: self.term,
             };
-            let (answer, events) = self.state.apply(entry, bytes).unwrap();
+            let (answer, events) = self.state.apply(entry, bytes)?;
             let events = events.iter().map(|e| DomainEvent::decode(e).unwrap()).collect();
-            (decode_outcome(&answer).unwrap(), events)
+            Ok((decode_outcome(&answer).unwrap(), events))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestState;
+    use super::*;
+
+    fn trigger() -> Trigger {
+        Trigger {
+            principal: "alice".into(),
+            reason: String::new(),
+            source: "api".into(),
+            at_ms: 1000,
+        }
+    }
+
+    fn put(key: &str) -> Command {
+        Command::PutSetting {
+            key: key.into(),
+            value: "v".into(),
+            expected_revision: None,
+            trigger: trigger(),
+        }
+    }
+
+    /// A command of every variant.
+    fn every_command() -> Vec<Command> {
+        let kind = resources::embedded_kind("image");
+        vec![
+            put("a"),
+            Command::DeleteSetting {
+                key: "a".into(),
+                expected_revision: Some(3),
+                trigger: trigger(),
+            },
+            Command::PutKind {
+                source: "kind = \"x\"".into(),
+                kind: kind.clone(),
+            },
+            Command::CreateResource {
+                kind: "image".into(),
+                name: "web".into(),
+                spec_json: "{}".into(),
+                labels: BTreeMap::from([("team".into(), "ops".into())]),
+                trigger: trigger(),
+            },
+            Command::DoEvent {
+                kind: "image".into(),
+                name: "web".into(),
+                event: "rebuild".into(),
+                args: BTreeMap::new(),
+                trigger: trigger(),
+            },
+            Command::DeleteResource {
+                kind: "image".into(),
+                name: "web".into(),
+            },
+            Command::FinishRun {
+                run: 2,
+                attempt: 1,
+                end: RunEnd::Failed {
+                    error: "e".into(),
+                    outputs_json: "{}".into(),
+                },
+                at_ms: 5,
+            },
+            Command::TakeOverRun { run: 2, attempt: 2 },
+            Command::CancelRun {
+                run: 2,
+                trigger: trigger(),
+            },
+            Command::AppendRunLog {
+                run: 2,
+                attempt: 1,
+                lines: vec!["x".into()],
+            },
+            Command::PutBuiltinKind {
+                source: "s".into(),
+                kind,
+                revision: 7,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_command_survives_its_encoding() {
+        for command in every_command() {
+            let bytes = command.encode();
+            assert_eq!(bytes[..2], [FORMAT, 0], "{command:?}");
+            assert_eq!(Command::decode(&bytes), Ok(Decoded::Apply(command)));
+        }
+    }
+
+    fn stops(s: &mut TestState, bytes: &[u8]) -> String {
+        match s.try_apply_raw(bytes) {
+            Err(e) => e.0,
+            Ok(answer) => panic!("applied {bytes:?}: {answer:?}"),
+        }
+    }
+
+    #[test]
+    fn a_command_this_build_cannot_decode_stops_the_node_and_changes_nothing() {
+        let mut s = TestState::new();
+        let mut unknown_variant = vec![FORMAT, 0];
+        unknown_variant.extend(999u32.to_le_bytes());
+        let mut new_field = put("a").encode();
+        new_field.extend(b"a field this build does not know");
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("an unknown command", unknown_variant),
+            ("a known command with a new field", new_field),
+            ("a later format", vec![9, 0, 1, 2, 3]),
+            ("unknown flags", vec![FORMAT, 0x80, 0, 0, 0, 0]),
+            ("a format without flags", vec![9]),
+            ("nothing", vec![]),
+            ("a format 1 command it cannot read", vec![FORMAT_LEGACY, 99, 0, 0, 0]),
+        ];
+        for (what, bytes) in cases {
+            let e = stops(&mut s, &bytes);
+            assert!(e.contains(OLDER_THAN_CLUSTER), "{what}: {e}");
+            assert!(e.contains("upgrade this node"), "{what}: {e}");
+        }
+        // Nothing was written: the first write still gets the first revision.
+        let (out, _) = s.apply(put("a"));
+        assert!(matches!(out, Outcome::SettingPut { revision: 1, .. }), "{out:?}");
+    }
+
+    #[test]
+    fn an_ignorable_command_this_build_cannot_decode_is_skipped() {
+        let mut s = TestState::new();
+        let mut unknown_variant = vec![FORMAT, FLAG_IGNORABLE];
+        unknown_variant.extend(999u32.to_le_bytes());
+        for bytes in [
+            unknown_variant,
+            vec![9, FLAG_IGNORABLE, 1, 2],
+            vec![9, 0x80 | FLAG_IGNORABLE],
+        ] {
+            let (out, events) = s.apply_raw(&bytes);
+            assert_eq!(out, Outcome::Skipped, "{bytes:?}");
+            assert!(events.is_empty());
+        }
+        // A command it can decode applies, flag or not.
+        let mut flagged = put("a").encode();
+        flagged[1] = FLAG_IGNORABLE;
+        assert!(matches!(
+            s.apply_raw(&flagged).0,
+            Outcome::SettingPut { revision: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn commands_written_by_earlier_builds_still_apply() {
+        let mut s = TestState::new();
+        let old_put = legacy::encode(&legacy::Command::PutSetting {
+            key: "a".into(),
+            value: "1".into(),
+            expected_revision: None,
+        });
+        // As those builds wrote it: bincode of the enum after the format byte.
+        let mut by_hand = vec![FORMAT_LEGACY];
+        by_hand.extend(bincode::serialize(&(0u32, "a", "1", None::<u64>)).unwrap());
+        assert_eq!(old_put, by_hand);
+        assert!(matches!(
+            s.apply_raw(&old_put).0,
+            Outcome::SettingPut { revision: 1, .. }
+        ));
+
+        let app = "kind = \"app\"\ninitial = \"on\"\nprovider = \"local\"\n[states.on]\nfinal = true\n";
+        let old_kind = legacy::encode(&legacy::Command::PutKind { source: app.into() });
+        assert!(matches!(s.apply_raw(&old_kind).0, Outcome::KindPut { .. }));
+        let (stored, record) = resources::read_kind(&s.state.view(), "app").unwrap().unwrap();
+        assert_eq!((stored.initial.as_str(), record.unwrap().source.as_str()), ("on", app));
+        // Refused as those builds refused them.
+        let broken = legacy::encode(&legacy::Command::PutKind {
+            source: "kind = [".into(),
+        });
+        assert!(matches!(
+            s.apply_raw(&broken).0,
+            Outcome::Rejected(Rejection::InvalidArgument(_))
+        ));
+        let image = legacy::encode(&legacy::Command::PutKind {
+            source: app.replace("\"app\"", "\"image\""),
+        });
+        assert!(matches!(
+            s.apply_raw(&image).0,
+            Outcome::Rejected(Rejection::FailedPrecondition(m)) if m.contains("built in")
+        ));
+        // Their apply checked providers and scripts, and knew no `step` key.
+        for (key, source) in [
+            ("provider: unknown provider", app.replace("\"local\"", "\"docker\"")),
+            (
+                "step: unknown key",
+                app.replace("[states.on]\nfinal = true", "[states.on]\nwork = true\nnext = \"on\"\nfail = \"on\"\nstep = \"x\""),
+            ),
+            (
+                "run: missing",
+                "kind = \"e\"\ninitial = \"w\"\nprovider = \"exec\"\n[states.w]\nwork = true\nnext = \"d\"\nfail = \"d\"\n[states.d]\nfinal = true\n".into(),
+            ),
+        ] {
+            let refused = legacy::encode(&legacy::Command::PutKind { source });
+            let answer = s.apply_raw(&refused).0;
+            assert!(
+                matches!(&answer, Outcome::Rejected(Rejection::InvalidArgument(m)) if m.contains(key)),
+                "{answer:?}"
+            );
+        }
+        let create = legacy::encode(&legacy::Command::CreateResource {
+            kind: "app".into(),
+            name: "one".into(),
+            spec_json: "{}".into(),
+            labels: BTreeMap::new(),
+            trigger: trigger(),
+        });
+        let (out, _) = s.apply_raw(&create);
+        assert!(
+            matches!(out, Outcome::ResourceChanged { ref resource, .. } if resource.state == "on"),
+            "{out:?}"
+        );
     }
 }

@@ -9,7 +9,8 @@
 //! re-checked here against the stored state, so a stale proposal (a deposed
 //! leader's late finish, an event that lost a race) is rejected, not applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use opsd_cluster::{EntryInfo, ReadView, Txn, TxnError};
 use serde::{Deserialize, Serialize};
@@ -48,13 +49,41 @@ pub const MAX_TEXT: usize = 4096;
 /// The most labels or event arguments.
 pub const MAX_ENTRIES: usize = 64;
 
-/// A registered kind: its source, as applied.
+/// A stored kind, as the API shows it: its source and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KindRecord {
     /// The kind file.
     pub source: String,
     /// The log index of the last apply.
     pub version: u64,
+    /// Installed from a build's built-in kinds, not registered by a user.
+    pub builtin: bool,
+}
+
+/// The revision of the built-in kinds this build embeds (`daemon/kinds/`).
+/// Bump it whenever a built-in kind file changes: a leader installs its
+/// built-in kinds only over older revisions (a test pins the files to it).
+pub const BUILTIN_REVISION: u64 = 1;
+
+/// A kind as stored in [`KINDS`], as JSON so that a later build reads it
+/// (new fields of [`Kind`] need a serde default): the compiled kind apply
+/// uses, never re-parsed from the source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredKind {
+    source: String,
+    version: u64,
+    /// The [`BUILTIN_REVISION`] of the build that installed it; `None` for a
+    /// kind a user registered.
+    builtin_revision: Option<u64>,
+    kind: Kind,
+}
+
+/// A kind as builds before [`StoredKind`] stored it (bincode): only the
+/// source, compiled when read.
+#[derive(Deserialize)]
+struct LegacyKindRecord {
+    source: String,
+    version: u64,
 }
 
 /// A resource.
@@ -351,21 +380,170 @@ pub fn parse_object(field: &str, text: &str) -> Result<Map<String, Value>, Strin
 /// The JSON type of a value, for error messages (shared with opsctl through the contract crate).
 pub use opsd_proto::json::json_type;
 
-/// Reads a kind: a registered one, else a built-in one.
-fn load_kind(get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, TxnError>, name: &str) -> Result<Option<Kind>, TxnError> {
-    if let Some(bytes) = get(name.as_bytes())? {
-        let record: KindRecord = decode(&bytes, "kind record")?;
-        // Stored sources were validated when applied; a parse failure here
-        // means this binary is older than the kind file.
-        return Kind::parse(&record.source)
-            .map(Some)
-            .map_err(|e| TxnError(format!("stored kind {name} no longer parses: {e}")));
+/// Compiles a kind file into the kind that [`Command::PutKind`] carries:
+/// parsed and validated by the rules of this build, and not named as one
+/// of its built-in kinds. The leader calls it (the API) before proposing;
+/// apply never parses, so a later build with other rules cannot decide
+/// differently about a kind already in the log. Which providers exist is
+/// the API's check too, not this one.
+///
+/// [`Command::PutKind`]: super::Command::PutKind
+pub fn compile_kind(source: &str) -> Result<Kind, Rejection> {
+    let kind = Kind::parse(source).map_err(invalid)?;
+    if kind::BUILTIN.iter().any(|(name, _)| *name == kind.name) {
+        return Err(precondition(format!(
+            "kind {:?} is built in and cannot be replaced; choose another name",
+            kind.name
+        )));
     }
-    Ok(kind::builtin(name))
+    Ok(kind)
 }
 
-fn txn_kind(txn: &Txn<'_>, name: &str) -> Result<Option<Kind>, TxnError> {
-    load_kind(|k| txn.get(KINDS, k), name)
+/// The built-in kinds this build embeds, compiled once, as they would be
+/// stored. A built-in kind that does not compile is a defect of the build
+/// (a unit test compiles them all); it is left out.
+fn embedded_builtins() -> &'static [Arc<StoredKind>] {
+    static BUILTINS: OnceLock<Vec<Arc<StoredKind>>> = OnceLock::new();
+    BUILTINS.get_or_init(|| {
+        kind::BUILTIN
+            .iter()
+            .filter_map(|(_, source)| {
+                let kind = Kind::parse(source).ok()?;
+                Some(Arc::new(StoredKind {
+                    source: source.to_string(),
+                    version: 0,
+                    builtin_revision: Some(BUILTIN_REVISION),
+                    kind,
+                }))
+            })
+            .collect()
+    })
+}
+
+/// A built-in kind of this build, compiled, for tests.
+#[cfg(test)]
+pub(crate) fn embedded_kind(name: &str) -> Kind {
+    embedded_builtins()
+        .iter()
+        .find(|b| b.kind.name == name)
+        .map(|b| b.kind.clone())
+        .unwrap_or_else(|| panic!("no built-in kind {name}"))
+}
+
+/// The commands that install this build's built-in kinds where the stored
+/// ones are missing or of an older revision; the leader proposes them.
+pub fn builtin_kind_updates(view: &ReadView<'_>) -> Result<Vec<super::Command>, TxnError> {
+    let mut out = Vec::new();
+    for builtin in embedded_builtins() {
+        let kind = &builtin.kind;
+        let stored = match view.get(KINDS, kind.name.as_bytes())? {
+            Some(bytes) => decode_stored_kind(&kind.name, &bytes).ok(),
+            None => None,
+        };
+        let newer = match stored {
+            Some(s) => s.builtin_revision.is_some_and(|r| r < BUILTIN_REVISION),
+            None => true,
+        };
+        if newer {
+            out.push(super::Command::PutBuiltinKind {
+                source: builtin.source.clone(),
+                kind: kind.clone(),
+                revision: BUILTIN_REVISION,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a stored kind: JSON, or a legacy record compiled by this build.
+fn decode_stored_kind(name: &str, bytes: &[u8]) -> Result<StoredKind, String> {
+    let json_error = match serde_json::from_slice::<StoredKind>(bytes) {
+        Ok(stored) => return Ok(stored),
+        Err(e) => e,
+    };
+    // A legacy record is never JSON: its first eight bytes are a length
+    // whose last byte is zero.
+    match bincode::deserialize::<LegacyKindRecord>(bytes) {
+        Ok(legacy) => {
+            let kind = Kind::parse(&legacy.source).map_err(|e| {
+                format!(
+                    "kind {name:?} was stored by an earlier build and no longer compiles under this one ({e}); \
+                     apply its kind file again, corrected"
+                )
+            })?;
+            Ok(StoredKind {
+                source: legacy.source,
+                version: legacy.version,
+                builtin_revision: None,
+                kind,
+            })
+        }
+        Err(_) => Err(format!(
+            "kind {name:?} is stored in a form this build cannot read ({json_error}); it was written by a newer \
+             build: upgrade this node"
+        )),
+    }
+}
+
+/// A stored kind decoded, or why this build cannot read it.
+type DecodedKind = Result<Arc<StoredKind>, String>;
+
+/// Stored kinds already decoded, by their stored bytes: apply, steps and
+/// reads decode a kind once, not on every use. The bytes identify the
+/// definition exactly (they hold its version), so the cache is never stale.
+fn cached_kind(name: &str, bytes: &[u8]) -> DecodedKind {
+    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, DecodedKind>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(bytes) {
+        return hit.clone();
+    }
+    let decoded = decode_stored_kind(name, bytes).map(Arc::new);
+    let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= KIND_CACHE_SIZE {
+        map.clear();
+    }
+    map.insert(bytes.to_vec(), decoded.clone());
+    decoded
+}
+
+/// The most decoded kinds kept; past it the cache starts over.
+const KIND_CACHE_SIZE: usize = 1024;
+
+/// Where a kind was found.
+enum Found {
+    /// In the replicated kinds.
+    Stored(Arc<StoredKind>),
+    /// Only in this build: a built-in kind the leader has not installed yet.
+    Embedded(Arc<StoredKind>),
+    /// In the replicated kinds, in a form this build cannot read: why.
+    Unreadable(String),
+}
+
+/// Reads a kind through `get` (a transaction or a view): the stored one, or
+/// a built-in one this build embeds while none is stored (a cluster whose
+/// leader has not installed its built-in kinds yet).
+fn load_kind(get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, TxnError>, name: &str) -> Result<Option<Found>, TxnError> {
+    if let Some(bytes) = get(name.as_bytes())? {
+        return Ok(Some(match cached_kind(name, &bytes) {
+            Ok(stored) => Found::Stored(stored),
+            Err(why) => Found::Unreadable(why),
+        }));
+    }
+    Ok(embedded_builtins()
+        .iter()
+        .find(|b| b.kind.name == name)
+        .map(|b| Found::Embedded(b.clone())))
+}
+
+/// The kind apply uses: `None` if there is none; one this build cannot read
+/// is a rejection naming the problem (every node of this build rejects
+/// alike), not a stop.
+fn txn_kind(txn: &Txn<'_>, name: &str) -> Result<Option<Arc<StoredKind>>, ApplyError> {
+    match load_kind(|k| txn.get(KINDS, k), name)? {
+        None => Ok(None),
+        Some(Found::Stored(stored) | Found::Embedded(stored)) => Ok(Some(stored)),
+        Some(Found::Unreadable(why)) => reject(precondition(why)),
+    }
 }
 
 fn txn_resource(txn: &Txn<'_>, kind: &str, name: &str) -> Result<Option<ResourceRecord>, TxnError> {
@@ -511,46 +689,86 @@ fn enter_state(
     Ok(Some(run))
 }
 
-/// Applies `PutKind`: registers or updates a kind. An update may not remove
-/// a state that a resource is in.
-pub fn put_kind(txn: &mut Txn<'_>, index: u64, source: &str) -> Applied {
-    let kind = match Kind::parse(source) {
-        Ok(k) => k,
-        Err(e) => return reject(invalid(e)),
-    };
-    if kind::builtin(&kind.name).is_some() {
-        return reject(precondition(format!(
-            "kind {:?} is built in and cannot be replaced; choose another name",
-            kind.name
-        )));
+/// Applies `PutKind`: registers or updates a kind, as the leader compiled
+/// it. Apply checks only what depends on the stored state: a built-in kind
+/// is not replaced, and an update may not remove a state a resource is in.
+pub fn put_kind(txn: &mut Txn<'_>, index: u64, source: String, kind: Kind) -> Applied {
+    if let Some(old) = stored_kind(txn, &kind.name)? {
+        if old.builtin_revision.is_some() {
+            return reject(precondition(format!(
+                "kind {:?} is built in and cannot be replaced; choose another name",
+                kind.name
+            )));
+        }
+        check_removed_states(txn, &old.kind, &kind)?;
     }
-    if let Some(old) = txn_kind(txn, &kind.name)? {
-        for state in old.states.keys().filter(|s| kind.state(s).is_none()) {
-            let count = txn
-                .get(STATE_COUNTS, &state_count_key(&kind.name, state))?
-                .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
-                .unwrap_or(0);
-            if count > 0 {
+    store_kind(txn, index, source, kind, None)
+}
+
+/// Applies `PutBuiltinKind`: installs a built-in kind of a newer revision
+/// than the stored one. A kind a user registered under the name stays.
+pub fn put_builtin_kind(txn: &mut Txn<'_>, index: u64, source: String, kind: Kind, revision: u64) -> Applied {
+    if let Some(old) = stored_kind(txn, &kind.name)? {
+        match old.builtin_revision {
+            None => {
                 return reject(precondition(format!(
-                    "kind {:?}: the update removes state {state:?}, which {count} resource(s) are in; \
-                     move or delete them first",
+                    "built-in kind {:?} not installed: a registered kind has the name",
                     kind.name
-                )));
+                )))
             }
+            Some(stored) if stored >= revision => {
+                return reject(precondition(format!(
+                    "built-in kind {:?} not installed: revision {stored} is stored, not older than {revision}",
+                    kind.name
+                )))
+            }
+            Some(_) => check_removed_states(txn, &old.kind, &kind)?,
         }
     }
-    let record = KindRecord {
-        source: source.to_string(),
+    store_kind(txn, index, source, kind, Some(revision))
+}
+
+/// The kind stored under `name`, if any (not a built-in kind only embedded).
+fn stored_kind(txn: &Txn<'_>, name: &str) -> Result<Option<Arc<StoredKind>>, ApplyError> {
+    match txn.get(KINDS, name.as_bytes())? {
+        None => Ok(None),
+        Some(bytes) => match cached_kind(name, &bytes) {
+            Ok(stored) => Ok(Some(stored)),
+            Err(e) => reject(precondition(e)),
+        },
+    }
+}
+
+/// Refuses an update of `old` to `new` that removes a state some resource is in.
+fn check_removed_states(txn: &Txn<'_>, old: &Kind, new: &Kind) -> Result<(), ApplyError> {
+    for state in old.states.keys().filter(|s| new.state(s).is_none()) {
+        let count = txn
+            .get(STATE_COUNTS, &state_count_key(&new.name, state))?
+            .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        if count > 0 {
+            return reject(precondition(format!(
+                "kind {:?}: the update removes state {state:?}, which {count} resource(s) are in; \
+                 move or delete them first",
+                new.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn store_kind(txn: &mut Txn<'_>, index: u64, source: String, kind: Kind, builtin_revision: Option<u64>) -> Applied {
+    let name = kind.name.clone();
+    let stored = StoredKind {
+        source,
         version: index,
+        builtin_revision,
+        kind,
     };
-    txn.put(KINDS, kind.name.as_bytes(), &encode(&record)?)?;
-    txn.emit(encode(&DomainEvent::Kind {
-        name: kind.name.clone(),
-    })?);
-    Ok(Outcome::KindPut {
-        name: kind.name,
-        version: index,
-    })
+    let bytes = serde_json::to_vec(&stored).map_err(|e| TxnError(format!("encoding kind {name}: {e}")))?;
+    txn.put(KINDS, name.as_bytes(), &bytes)?;
+    txn.emit(encode(&DomainEvent::Kind { name: name.clone() })?);
+    Ok(Outcome::KindPut { name, version: index })
 }
 
 /// Applies `CreateResource`: the resource enters its kind's initial state.
@@ -563,9 +781,10 @@ pub fn create(
     labels: BTreeMap<String, String>,
     trigger: Trigger,
 ) -> Applied {
-    let Some(kind) = txn_kind(txn, kind_name)? else {
+    let Some(stored) = txn_kind(txn, kind_name)? else {
         return reject(not_found(format!("kind: no kind {kind_name:?}")));
     };
+    let kind = &stored.kind;
     if let Err(e) = validate_name(name)
         .and_then(|_| validate_entries("labels", &labels))
         .and_then(|_| validate_trigger(&trigger))
@@ -610,10 +829,15 @@ pub fn create(
         active_run: None,
     };
     let initial = kind.initial.clone();
+    if kind.state(&initial).is_none() {
+        return reject(precondition(format!(
+            "kind {kind_name:?} has no state {initial:?}, its initial state"
+        )));
+    }
     let run = enter_state(
         txn,
         entry,
-        &kind,
+        kind,
         &mut resource,
         "",
         &initial,
@@ -638,7 +862,12 @@ pub fn refuse_event(kind: &Kind, resource: &ResourceRecord, event: &str) -> Opti
             run_id(run)
         )));
     }
-    let state = kind.state(&resource.state)?;
+    let Some(state) = kind.state(&resource.state) else {
+        return Some(precondition(format!(
+            "{who} is in state {:?}, which kind {:?} does not have; it takes no events",
+            resource.state, kind.name
+        )));
+    };
     if state.on.contains_key(event) {
         return None;
     }
@@ -670,18 +899,30 @@ pub fn do_event(
     if let Err(e) = validate_entries("args", &args).and_then(|_| validate_trigger(&trigger)) {
         return reject(invalid(e));
     }
-    let Some(kind) = txn_kind(txn, kind_name)? else {
+    let Some(stored) = txn_kind(txn, kind_name)? else {
         return reject(not_found(format!("kind: no kind {kind_name:?}")));
     };
-    if let Some(r) = refuse_event(&kind, &resource, event) {
+    let kind = &stored.kind;
+    if let Some(r) = refuse_event(kind, &resource, event) {
         return reject(r);
     }
     let from = resource.state.clone();
-    let target = kind.states[&from].on[event].clone();
+    // refuse_event found the state and its event; looked up again without
+    // indexing, so a mistake there is a rejection, never a panic.
+    let Some(target) = kind.state(&from).and_then(|s| s.on.get(event)).cloned() else {
+        return reject(precondition(format!(
+            "{kind_name}/{name} is in state {from:?}, which does not take event {event:?}"
+        )));
+    };
+    if kind.state(&target).is_none() {
+        return reject(precondition(format!(
+            "kind {kind_name:?}: event {event:?} leads to {target:?}, which is not a state"
+        )));
+    }
     let run = enter_state(
         txn,
         entry,
-        &kind,
+        kind,
         &mut resource,
         &from,
         &target,
@@ -701,7 +942,7 @@ pub fn delete(txn: &mut Txn<'_>, kind_name: &str, name: &str) -> Applied {
         return reject(not_found(format!("resource {kind_name}/{name} not found")));
     };
     let is_final = txn_kind(txn, kind_name)?
-        .and_then(|k| k.state(&resource.state).map(|s| s.is_final))
+        .and_then(|k| k.kind.state(&resource.state).map(|s| s.is_final))
         .unwrap_or(false);
     if !is_final {
         return reject(precondition(format!(
@@ -766,7 +1007,8 @@ pub fn finish_run(txn: &mut Txn<'_>, entry: EntryInfo, index: u64, attempt: u32,
             run.name
         ))));
     };
-    let kind = txn_kind(txn, &run.kind)?.ok_or_else(|| TxnError(format!("kind {} is missing", run.kind)))?;
+    let stored = txn_kind(txn, &run.kind)?.ok_or_else(|| TxnError(format!("kind {} is missing", run.kind)))?;
+    let kind = &stored.kind;
     let state = kind
         .state(&run.to)
         .ok_or_else(|| TxnError(format!("kind {} has no state {}", kind.name, run.to)))?;
@@ -801,7 +1043,7 @@ pub fn finish_run(txn: &mut Txn<'_>, entry: EntryInfo, index: u64, attempt: u32,
     let next = enter_state(
         txn,
         entry,
-        &kind,
+        kind,
         &mut resource,
         &from,
         &target,
@@ -829,7 +1071,7 @@ pub fn take_over(txn: &mut Txn<'_>, entry: EntryInfo, index: u64, attempt: u32) 
         vec![format!(
             "opsd: run taken over by node {} (attempt {attempt}; node {before} ran attempt {})",
             entry.leader,
-            attempt - 1
+            attempt.saturating_sub(1)
         )],
     )?;
     put_run(txn, &run)?;
@@ -874,29 +1116,57 @@ pub fn append_log(txn: &mut Txn<'_>, index: u64, attempt: u32, lines: Vec<String
 
 // ---- reads ----
 
-/// A kind by name, registered or built in, with its record (`None` for a
-/// built-in kind).
+/// A kind by name, stored or (not yet installed) built in, with its record
+/// (`None` for a built-in kind only this build embeds). A stored kind this
+/// build cannot read is an error that names it and says what to do.
 pub fn read_kind(view: &ReadView<'_>, name: &str) -> Result<Option<(Kind, Option<KindRecord>)>, TxnError> {
-    let record: Option<KindRecord> = view
-        .get(KINDS, name.as_bytes())?
-        .map(|b| decode(&b, "kind record"))
-        .transpose()?;
-    let kind = load_kind(|k| view.get(KINDS, k), name)?;
-    Ok(kind.map(|k| (k, record)))
+    match load_kind(|k| view.get(KINDS, k), name)? {
+        None => Ok(None),
+        Some(Found::Unreadable(why)) => Err(TxnError(why)),
+        Some(Found::Stored(stored)) => Ok(Some(kind_and_record(&stored, true))),
+        Some(Found::Embedded(stored)) => Ok(Some(kind_and_record(&stored, false))),
+    }
 }
 
-/// Every kind: built-in ones first, then registered ones by name.
+fn kind_and_record(stored: &StoredKind, in_table: bool) -> (Kind, Option<KindRecord>) {
+    let record = in_table.then(|| KindRecord {
+        source: stored.source.clone(),
+        version: stored.version,
+        builtin: stored.builtin_revision.is_some(),
+    });
+    (stored.kind.clone(), record)
+}
+
+/// Every kind: built-in ones first (stored, else as this build embeds
+/// them), then registered ones, each by name. One this build cannot read
+/// fails the list with a message naming it.
 pub fn list_kinds(view: &ReadView<'_>) -> Result<Vec<(Kind, Option<KindRecord>)>, TxnError> {
-    let mut out: Vec<(Kind, Option<KindRecord>)> = kind::BUILTIN
-        .iter()
-        .filter_map(|(name, _)| kind::builtin(name).map(|k| (k, None)))
-        .collect();
-    for (_, v) in view.scan_prefix(KINDS, b"")? {
-        let record: KindRecord = decode(&v, "kind record")?;
-        let kind = Kind::parse(&record.source).map_err(|e| TxnError(format!("stored kind no longer parses: {e}")))?;
-        out.push((kind, Some(record)));
+    let mut builtin = Vec::new();
+    let mut registered = Vec::new();
+    for (k, v) in view.scan_prefix(KINDS, b"")? {
+        let name = String::from_utf8_lossy(&k);
+        let stored = cached_kind(&name, &v).map_err(TxnError)?;
+        let (kind, record) = kind_and_record(&stored, true);
+        if stored.builtin_revision.is_some() {
+            builtin.push((kind, record));
+        } else {
+            registered.push((kind, record));
+        }
     }
-    Ok(out)
+    for embedded in embedded_builtins() {
+        let name = &embedded.kind.name;
+        let taken = builtin.iter().chain(&registered).any(|(k, _)| &k.name == name);
+        if !taken {
+            builtin.push(kind_and_record(embedded, false));
+        }
+    }
+    // In the order this build lists them; others (a newer build's) after, by name.
+    builtin.sort_by_key(|(k, _)| {
+        let position = kind::BUILTIN.iter().position(|(n, _)| *n == k.name);
+        (position.unwrap_or(usize::MAX), k.name.clone())
+    });
+    builtin.extend(registered);
+    Ok(builtin)
 }
 
 /// One resource.

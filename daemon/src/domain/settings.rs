@@ -110,12 +110,7 @@ fn decode_record(bytes: &[u8]) -> Result<SettingRecord, TxnError> {
             create_revision: old.create_revision,
             mod_revision: old.mod_revision,
             version: old.version,
-            changed: Trigger {
-                principal: String::new(),
-                reason: String::new(),
-                source: String::new(),
-                at_ms: 0,
-            },
+            changed: Trigger::unrecorded(),
         })
     })
 }
@@ -405,13 +400,12 @@ mod tests {
     }
 
     #[test]
-    fn undecodable_commands_are_rejected_not_applied() {
+    fn undecodable_commands_stop_the_node_not_applied() {
         let mut s = State::new();
-        for bytes in [&b""[..], &[9u8, 1, 2][..], &[1u8, 200, 200][..]] {
-            let (outcome, events) = s.apply_raw(bytes);
-            assert!(matches!(outcome, Outcome::Rejected(Rejection::InvalidArgument(_))));
-            assert!(events.is_empty());
+        for bytes in [&b""[..], &[9u8, 0, 2][..], &[1u8, 200, 200][..]] {
+            assert!(s.try_apply_raw(bytes).is_err(), "{bytes:?}");
         }
+        assert!(s.get("a").is_none());
     }
 
     #[test]

@@ -65,36 +65,40 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// Counts a run. Apply calls it with proposer-chosen durations, so the
+    /// sums saturate rather than overflow (a panic in a debug build).
     fn add_run(&mut self, outcome: RunOutcome, duration_ms: u64) {
-        self.count += 1;
+        let add = |field: &mut u64, n: u64| *field = field.saturating_add(n);
         match outcome {
             RunOutcome::Succeeded => {
-                self.succeeded += 1;
-                self.ok_sum_ms += duration_ms;
+                add(&mut self.succeeded, 1);
+                add(&mut self.ok_sum_ms, duration_ms);
                 self.ok_max_ms = self.ok_max_ms.max(duration_ms);
-                *self.hist.entry(slot(duration_ms)).or_default() += 1;
+                add(self.hist.entry(slot(duration_ms)).or_default(), 1);
             }
             RunOutcome::Failed => {
-                self.failed += 1;
-                self.fail_sum_ms += duration_ms;
+                add(&mut self.failed, 1);
+                add(&mut self.fail_sum_ms, duration_ms);
             }
-            RunOutcome::Cancelled => self.cancelled += 1,
-            RunOutcome::Interrupted => self.interrupted += 1,
-            RunOutcome::Running => self.count -= 1,
+            RunOutcome::Cancelled => add(&mut self.cancelled, 1),
+            RunOutcome::Interrupted => add(&mut self.interrupted, 1),
+            RunOutcome::Running => return,
         }
+        add(&mut self.count, 1);
     }
 
     fn merge(&mut self, other: &Bucket) {
-        self.count += other.count;
-        self.succeeded += other.succeeded;
-        self.failed += other.failed;
-        self.cancelled += other.cancelled;
-        self.interrupted += other.interrupted;
-        self.ok_sum_ms += other.ok_sum_ms;
+        let add = |field: &mut u64, n: u64| *field = field.saturating_add(n);
+        add(&mut self.count, other.count);
+        add(&mut self.succeeded, other.succeeded);
+        add(&mut self.failed, other.failed);
+        add(&mut self.cancelled, other.cancelled);
+        add(&mut self.interrupted, other.interrupted);
+        add(&mut self.ok_sum_ms, other.ok_sum_ms);
         self.ok_max_ms = self.ok_max_ms.max(other.ok_max_ms);
-        self.fail_sum_ms += other.fail_sum_ms;
+        add(&mut self.fail_sum_ms, other.fail_sum_ms);
         for (s, c) in &other.hist {
-            *self.hist.entry(*s).or_default() += c;
+            add(self.hist.entry(*s).or_default(), *c);
         }
     }
 
@@ -110,7 +114,7 @@ impl Bucket {
             seen += c;
             if seen >= rank {
                 let (lo, hi) = slot_range(*s);
-                return ((lo + hi) as f64 / 2.0).min(self.ok_max_ms as f64);
+                return ((lo as f64 + hi as f64) / 2.0).min(self.ok_max_ms as f64);
             }
         }
         self.ok_max_ms as f64
@@ -137,7 +141,7 @@ fn slot_range(s: u16) -> (u64, u64) {
     let e = (s - 32) / 16 + 5;
     let m = (s - 32) % 16;
     let lo = (16 + m) << (e - 4);
-    (lo, lo + (1 << (e - 4)))
+    (lo, lo.saturating_add(1 << (e - 4)))
 }
 
 fn bucket_key(kind: &str, from: &str, to: &str, hour: i64) -> Vec<u8> {
@@ -301,6 +305,26 @@ mod tests {
                 "slot of {ms} is narrow"
             );
         }
+    }
+
+    #[test]
+    fn absurd_durations_saturate_instead_of_panicking() {
+        // Durations come from the proposer's clock, through apply.
+        let mut b = Bucket::default();
+        for outcome in [
+            RunOutcome::Succeeded,
+            RunOutcome::Succeeded,
+            RunOutcome::Failed,
+            RunOutcome::Failed,
+        ] {
+            b.add_run(outcome, u64::MAX);
+        }
+        b.add_run(RunOutcome::Running, 5);
+        assert_eq!((b.count, b.ok_sum_ms, b.fail_sum_ms), (4, u64::MAX, u64::MAX));
+        let mut total = b.clone();
+        total.merge(&b);
+        assert_eq!((total.count, total.ok_sum_ms), (8, u64::MAX));
+        assert!(total.quantile(0.5) > 0.0);
     }
 
     #[test]

@@ -80,7 +80,9 @@ impl EngineCtx {
     /// Proposes a command on the daemon's runtime; a rejection is an error.
     pub fn propose(&self, cmd: Command) -> impl std::future::Future<Output = Committed> + 'static {
         let node = self.node.clone();
-        let task = self.runtime.spawn(async move { cmd.replicate(&node).await });
+        let task = self
+            .runtime
+            .spawn(async move { crate::propose::replicate(&node, &cmd).await });
         async move {
             let (index, answer) = task
                 .await

@@ -56,9 +56,17 @@ fn trigger(at_ms: i64) -> Trigger {
     }
 }
 
+/// The command registering `source`, compiled as the API compiles it.
+fn put_kind(source: &str) -> Command {
+    Command::PutKind {
+        source: source.into(),
+        kind: compile_kind(source).unwrap(),
+    }
+}
+
 fn state_with_app() -> TestState {
     let mut s = TestState::new();
-    let (out, _) = s.apply(Command::PutKind { source: APP.into() });
+    let (out, _) = s.apply(put_kind(APP));
     assert!(matches!(out, Outcome::KindPut { .. }), "{out:?}");
     s
 }
@@ -453,38 +461,206 @@ fn a_kind_update_may_not_strand_resources() {
     let without_paused = APP
         .replace("pause = \"paused\", ", "")
         .replace("[states.paused]\non = { resume = \"ready\" }", "");
-    let m = message(rejection(
-        s.apply(Command::PutKind {
-            source: without_paused.clone(),
-        })
-        .0,
-    ));
+    let m = message(rejection(s.apply(put_kind(&without_paused)).0));
     assert!(
         m.contains("removes state \"paused\"") && m.contains("1 resource"),
         "{m}"
     );
     do_event(&mut s, "web", "resume");
+    assert!(matches!(s.apply(put_kind(&without_paused)).0, Outcome::KindPut { .. }));
+}
+
+#[test]
+fn compiling_a_kind_refuses_bad_sources_and_built_in_names() {
+    let invalid = |source: &str| match compile_kind(source) {
+        Err(Rejection::InvalidArgument(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert!(!invalid("kind = \"image\"\n").is_empty());
+    assert!(invalid("kind = [").contains("line"));
+    let builtin = kind::BUILTIN[0].1;
+    let Err(Rejection::FailedPrecondition(m)) = compile_kind(builtin) else {
+        panic!("a built-in kind's name was accepted");
+    };
+    assert!(m.contains("built in"), "{m}");
+    assert_eq!(compile_kind(APP).unwrap().name, "app");
+}
+
+#[test]
+fn apply_stores_the_kind_the_command_carries_without_parsing() {
+    let mut s = TestState::new();
+    // A source that does not parse, with the kind the leader compiled: apply
+    // stores what it is given (reads show the source as given).
+    let put = Command::PutKind {
+        source: "not a kind file".into(),
+        kind: compile_kind(APP).unwrap(),
+    };
+    assert!(matches!(s.apply(put).0, Outcome::KindPut { .. }));
+    let (k, record) = read_kind(&s.state.view(), "app").unwrap().unwrap();
+    assert_eq!(k, compile_kind(APP).unwrap());
+    assert_eq!(record.unwrap().source, "not a kind file");
+    assert!(matches!(create(&mut s, "web").0, Outcome::ResourceChanged { .. }));
+}
+
+#[test]
+fn an_event_in_a_state_the_kind_lacks_is_refused_not_a_panic() {
+    let mut s = state_with_app();
+    create_ready(&mut s, "web");
+    // A resource in a state its kind does not have: prevented by the kind
+    // update rule, so written directly here.
+    let mut r = resource(&s, "web");
+    r.state = "limbo".into();
+    s.state
+        .with_txn(|txn| txn.put(RESOURCES, &resource_key("app", "web"), &encode(&r)?))
+        .unwrap();
+    let m = message(rejection(do_event(&mut s, "web", "deploy")));
+    assert!(m.contains("\"limbo\"") && m.contains("does not have"), "{m}");
+    let del = s.apply(Command::DeleteResource {
+        kind: "app".into(),
+        name: "web".into(),
+    });
+    assert!(matches!(rejection(del.0), Rejection::FailedPrecondition(_)));
+    assert_eq!(resource(&s, "web").state, "limbo");
+}
+
+#[test]
+fn built_in_kinds_travel_through_the_log_and_only_forward() {
+    let mut s = TestState::new();
+    // Before the leader installs them, this build's own are used.
+    let (image, record) = read_kind(&s.state.view(), "image").unwrap().unwrap();
+    assert_eq!(image, embedded_kind("image"));
+    assert!(record.is_none());
+    let names =
+        |kinds: Vec<(Kind, Option<KindRecord>)>| -> Vec<String> { kinds.into_iter().map(|k| k.0.name).collect() };
+    assert_eq!(names(list_kinds(&s.state.view()).unwrap()), ["image", "cluster"]);
+
+    let updates = builtin_kind_updates(&s.state.view()).unwrap();
+    assert_eq!(updates.len(), kind::BUILTIN.len());
+    for update in updates {
+        assert!(matches!(s.apply(update).0, Outcome::KindPut { .. }));
+    }
+    assert!(builtin_kind_updates(&s.state.view()).unwrap().is_empty());
+    let (_, record) = read_kind(&s.state.view(), "image").unwrap().unwrap();
+    let record = record.unwrap();
+    assert!(record.builtin && record.version > 0);
+    assert_eq!(names(list_kinds(&s.state.view()).unwrap()), ["image", "cluster"]);
+
+    // Apply uses the stored definition, whatever this build embeds: a newer
+    // build's image kind, with one more state, is what a create enters.
+    let mut newer = embedded_kind("image");
+    newer.initial = "queued".into();
+    newer.states.insert(
+        "queued".into(),
+        kind::State {
+            on: BTreeMap::from([("go".to_string(), "pending".to_string())]),
+            ..Default::default()
+        },
+    );
+    let install = |kind: Kind, revision: u64| Command::PutBuiltinKind {
+        source: "newer".into(),
+        kind,
+        revision,
+    };
+    let m = message(rejection(s.apply(install(newer.clone(), BUILTIN_REVISION)).0));
+    assert!(m.contains("not older"), "{m}");
     assert!(matches!(
-        s.apply(Command::PutKind { source: without_paused }).0,
+        s.apply(install(newer.clone(), BUILTIN_REVISION + 1)).0,
         Outcome::KindPut { .. }
     ));
-    let m = message(rejection(
-        s.apply(Command::PutKind {
-            source: "kind = \"image\"\n".into(),
-        })
-        .0,
-    ));
-    assert!(!m.is_empty());
-    let builtin = kind::BUILTIN[0].1.to_string();
-    let m = message(rejection(s.apply(Command::PutKind { source: builtin }).0));
-    assert!(m.contains("built in"), "{m}");
-    let m = message(rejection(
-        s.apply(Command::PutKind {
-            source: "kind = [".into(),
-        })
-        .0,
-    ));
-    assert!(m.contains("line"), "{m}");
+    let created = s.apply(Command::CreateResource {
+        kind: "image".into(),
+        name: "base".into(),
+        spec_json: r#"{"source": "x"}"#.into(),
+        labels: BTreeMap::new(),
+        trigger: trigger(1),
+    });
+    let Outcome::ResourceChanged { resource: r, .. } = created.0 else {
+        panic!("{created:?}")
+    };
+    assert_eq!(r.state, "queued");
+    // This (older) build does not bring its own back.
+    assert!(builtin_kind_updates(&s.state.view()).unwrap().is_empty());
+    let older = install(embedded_kind("image"), BUILTIN_REVISION);
+    assert!(matches!(s.apply(older).0, Outcome::Rejected(_)));
+    // Nor may a user replace a stored built-in kind, whatever the API checked.
+    let user = Command::PutKind {
+        source: String::new(),
+        kind: embedded_kind("image"),
+    };
+    assert!(message(rejection(s.apply(user).0)).contains("built in"));
+}
+
+#[test]
+fn a_built_in_kind_does_not_replace_a_registered_kind_of_its_name() {
+    let mut s = TestState::new();
+    let mut theirs = compile_kind(APP).unwrap();
+    theirs.name = "cluster".into();
+    let put = Command::PutKind {
+        source: "theirs".into(),
+        kind: theirs.clone(),
+    };
+    assert!(matches!(s.apply(put).0, Outcome::KindPut { .. }));
+    let updates = builtin_kind_updates(&s.state.view()).unwrap();
+    for update in updates {
+        s.apply(update);
+    }
+    let (cluster, record) = read_kind(&s.state.view(), "cluster").unwrap().unwrap();
+    assert_eq!((cluster, record.unwrap().builtin), (theirs, false));
+}
+
+#[test]
+fn the_built_in_kinds_are_pinned_to_their_revision() {
+    // FNV-1a of the built-in kind files. When a file changes, this fails:
+    // bump BUILTIN_REVISION (so leaders install the new definitions) and
+    // pin the new fingerprint here.
+    const PINNED: (u64, u64) = (1, 0x5654_2efc_d680_f062);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, source) in kind::BUILTIN {
+        for b in name.bytes().chain([0]).chain(source.bytes()).chain([0]) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    assert_eq!(
+        (BUILTIN_REVISION, hash),
+        PINNED,
+        "a built-in kind changed: bump BUILTIN_REVISION to {} and pin ({}, {hash:#x})",
+        PINNED.0 + 1,
+        PINNED.0 + 1
+    );
+}
+
+#[test]
+fn a_stored_kind_this_build_cannot_read_is_refused_and_reads_say_why() {
+    let mut s = TestState::new();
+    let cases: [(&str, Vec<u8>); 2] = [
+        // A newer build's record, in a form this one does not know.
+        ("newer build", br#"{"source": "x", "shape": "unknown"}"#.to_vec()),
+        // An earlier build's record whose source this build no longer compiles.
+        (
+            "no longer compiles",
+            bincode::serialize(&("kind = [".to_string(), 3u64)).unwrap(),
+        ),
+    ];
+    for (why, bytes) in cases {
+        s.state.with_txn(|txn| txn.put(KINDS, b"app", &bytes)).unwrap();
+        let m = message(rejection(create(&mut s, "web").0));
+        assert!(m.contains("\"app\"") && m.contains(why), "{m}");
+        let e = read_kind(&s.state.view(), "app").unwrap_err().0;
+        assert!(e.contains("\"app\"") && e.contains(why), "{e}");
+        let e = list_kinds(&s.state.view()).unwrap_err().0;
+        assert!(e.contains(why), "{e}");
+    }
+}
+
+#[test]
+fn a_kind_stored_by_an_earlier_build_is_compiled_when_read() {
+    let mut s = TestState::new();
+    let legacy = bincode::serialize(&(APP.to_string(), 3u64)).unwrap();
+    s.state.with_txn(|txn| txn.put(KINDS, b"app", &legacy)).unwrap();
+    let (k, record) = read_kind(&s.state.view(), "app").unwrap().unwrap();
+    assert_eq!(k, compile_kind(APP).unwrap());
+    assert_eq!(record.unwrap().version, 3);
+    assert!(matches!(create(&mut s, "web").0, Outcome::ResourceChanged { .. }));
 }
 
 #[test]
