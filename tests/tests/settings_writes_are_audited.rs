@@ -35,6 +35,17 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
+/// Clients sending no principal of their own (the harness's clients act as
+/// [`client::PRINCIPAL`]), so each request can name its own.
+fn anonymous(addr: &str) -> client::Clients {
+    let node = opsd_client::NodeAddr::parse(addr).expect("a HOST:PORT address");
+    let timeouts = opsd_client::Timeouts {
+        connect: Duration::from_secs(2),
+        request: Some(client::REQUEST_TIMEOUT),
+    };
+    opsd_client::Api::lazy(&node, timeouts, opsd_client::Credentials::anonymous())
+}
+
 fn as_principal<T>(principal: &str, msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut().insert(HEADER, principal.parse().expect("ascii"));
@@ -78,7 +89,7 @@ async fn settings_writes_are_audited() {
 
     // A write through a follower is forwarded; who asked travels with it.
     let before = now_ms();
-    let mut c = client::connect(&follower_addr);
+    let mut c = anonymous(&follower_addr);
     let written = c
         .settings
         .put(as_principal(
@@ -120,11 +131,13 @@ async fn settings_writes_are_audited() {
     assert_eq!(rewritten.previous.expect("a previous setting").changed_by, "alice");
     assert_eq!(setting_on(&leader_addr, "db/url").await.changed_by, "bob");
 
-    // No header: anonymous.
-    client::put(&leader_addr, "db/pool", "8")
-        .await
-        .expect("put without a header");
+    // No header: anonymous. The client library's credentials: its principal.
+    c.settings.put(put("db/pool", "8")).await.expect("put without a header");
     assert_eq!(setting_on(&leader_addr, "db/pool").await.changed_by, "anonymous");
+    client::put(&leader_addr, "db/user", "ops")
+        .await
+        .expect("put through the harness's client");
+    assert_eq!(setting_on(&leader_addr, "db/user").await.changed_by, client::PRINCIPAL);
 
     // A watcher sees who deleted a setting.
     let mut w = client::connect_streaming(&follower_addr);
