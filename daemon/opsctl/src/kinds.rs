@@ -30,7 +30,8 @@ pub enum KindsCommand {
         file: String,
     },
     /// List the kinds: name, provider, initial state, states, built-in or not,
-    /// version (the log index of the last apply; 0 for built-in kinds).
+    /// version (the log index of the last apply, or of the built-in kinds'
+    /// install; 0 for a built-in kind not installed yet).
     ///
     /// With --output json, an array of kinds, each as `kinds show` prints it.
     Ls,
