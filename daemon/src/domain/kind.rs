@@ -448,55 +448,7 @@ pub fn builtin(name: &str) -> Option<Kind> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The example of the design document.
-    const DESIGN_EXAMPLE: &str = r#"
-kind = "image"
-initial = "pending"
-provider = "local"            # default provider for resources of this kind
-
-[states.pending]              # a work state: its provider step runs on entry
-work = true
-next = "building"             # on success
-fail = "failed"               # on failure (also on cancel unless `cancel` says otherwise)
-
-[states.building]
-work = true
-next = "built"
-fail = "failed"
-
-[states.built]                # a stable state: waits for an event
-on = { destroy = "destroying", rebuild = "pending" }
-
-[states.failed]
-on = { retry = "pending", destroy = "destroying" }
-
-[states.destroying]
-work = true
-next = "destroyed"
-fail = "failed"
-
-[states.destroyed]
-final = true
-"#;
-
-    /// A small valid kind, edited by the rule tests.
-    const APP: &str = r#"
-kind = "app"
-initial = "building"
-provider = "local"
-
-[states.building]
-work = true
-next = "built"
-fail = "failed"
-
-[states.built]
-on = { rebuild = "building" }
-
-[states.failed]
-on = { retry = "building" }
-"#;
+    use crate::domain::test_kinds::{DB_BACKUP, DESIGN_EXAMPLE, SMALL_APP as APP};
 
     fn err(source: &str) -> String {
         match Kind::parse(source) {
@@ -563,46 +515,7 @@ on = { retry = "building" }
 
     #[test]
     fn a_valid_exec_kind_with_three_work_states_parses() {
-        let kind = Kind::parse(
-            r#"
-kind = "db-backup"
-description = "Dumps a database to a bucket."
-initial = "dumping"
-provider = "exec"
-required = ["database", "bucket"]
-
-[states.dumping]
-work = true
-next = "uploading"
-fail = "failed"
-timeout = 600
-run = "pg_dump \"$DB\" > dump.sql"
-
-[states.uploading]
-work = true
-next = "done"
-fail = "failed"
-cancel = "cleaning"
-timeout = 604800
-run = """
-set -e
-upload dump.sql
-"""
-
-[states.cleaning]
-work = true
-next = "failed"
-fail = "failed"
-run = "rm -f dump.sql"
-
-[states.done]
-on = { again = "dumping", clean_up = "cleaning" }
-
-[states.failed]
-on = { retry = "dumping" }
-"#,
-        )
-        .unwrap();
+        let kind = Kind::parse(DB_BACKUP).unwrap();
         assert_eq!(kind.provider, "exec");
         assert_eq!(kind.required, ["database", "bucket"]);
         let uploading = kind.state("uploading").unwrap();

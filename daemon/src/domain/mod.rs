@@ -7,6 +7,8 @@ pub mod kind;
 pub mod resources;
 pub mod settings;
 pub mod stats;
+#[cfg(test)]
+pub(crate) mod test_kinds;
 
 use std::collections::BTreeMap;
 

@@ -200,6 +200,7 @@ mod tests {
 
     use tokio::sync::mpsc;
 
+    use crate::domain::test_kinds::small_app;
     use crate::ops::process::{group_gone, MAX_LINE_BYTES};
 
     fn request(dir: &Path, script: &str) -> StepRequest {
@@ -469,23 +470,9 @@ mod tests {
     }
 
     /// A small exec kind, edited by the check tests.
-    const APP: &str = r#"
-kind = "app"
-initial = "building"
-provider = "exec"
-
-[states.building]
-work = true
-next = "built"
-fail = "failed"
-run = "make"
-
-[states.built]
-on = { rebuild = "building" }
-
-[states.failed]
-on = { retry = "building" }
-"#;
+    fn app() -> String {
+        small_app("exec", "run = \"make\"\n")
+    }
 
     fn check(source: &str) -> Result<(), String> {
         ExecProvider::new(Duration::from_secs(1)).check_kind(&Kind::parse(source).unwrap())
@@ -493,16 +480,16 @@ on = { retry = "building" }
 
     #[test]
     fn an_exec_work_state_needs_a_script() {
-        check(APP).unwrap();
-        let e = check(&APP.replace("run = \"make\"\n", "")).unwrap_err();
+        check(&app()).unwrap();
+        let e = check(&app().replace("run = \"make\"\n", "")).unwrap_err();
         assert!(e.starts_with("kind \"app\": state \"building\": run: missing"), "{e}");
-        let e = check(&APP.replace("run = \"make\"", "run = \"  \"")).unwrap_err();
+        let e = check(&app().replace("run = \"make\"", "run = \"  \"")).unwrap_err();
         assert_eq!(e, "kind \"app\": state \"building\": run: empty script");
     }
 
     #[test]
     fn an_exec_kind_names_no_step() {
-        let e = check(&APP.replace("run = \"make\"", "run = \"make\"\nstep = \"build_image\"")).unwrap_err();
+        let e = check(&app().replace("run = \"make\"", "run = \"make\"\nstep = \"build_image\"")).unwrap_err();
         assert!(
             e.starts_with("kind \"app\": state \"building\": step: the exec provider has no named steps"),
             "{e}"

@@ -235,6 +235,7 @@ pub fn refuse_run(kind: &Kind) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::test_kinds::small_app;
 
     struct Named(&'static str);
 
@@ -251,22 +252,8 @@ mod tests {
         }
     }
 
-    const KIND: &str = r#"
-kind = "app"
-initial = "building"
-provider = "PROVIDER"
-
-[states.building]
-work = true
-next = "built"
-fail = "built"
-
-[states.built]
-final = true
-"#;
-
     fn kind(provider: &str) -> Kind {
-        Kind::parse(&KIND.replace("PROVIDER", provider)).unwrap()
+        Kind::parse(&small_app(provider, "")).unwrap()
     }
 
     #[test]
@@ -285,12 +272,7 @@ final = true
     #[test]
     fn a_known_provider_checks_the_kind() {
         let providers = Providers::new([Arc::new(Named("local")) as Arc<dyn Provider>]);
-        let with_run = Kind::parse(
-            &KIND
-                .replace("PROVIDER", "local")
-                .replace("fail = \"built\"\n", "fail = \"built\"\nrun = \"make\"\n"),
-        )
-        .unwrap();
+        let with_run = Kind::parse(&small_app("local", "run = \"make\"\n")).unwrap();
         let e = providers.check(&with_run).unwrap_err();
         assert!(
             e.starts_with("kind \"app\": state \"building\": run: only the exec provider"),

@@ -1,51 +1,12 @@
 //! Apply of every resource command, on real storage, without a cluster.
 
 use super::*;
+use crate::domain::test_kinds::APP_LIFECYCLE;
 use crate::domain::testing::TestState;
 use crate::domain::{Command, DomainEvent, Outcome, Rejection};
 
-const APP: &str = r#"
-kind = "app"
-initial = "pending"
-provider = "exec"
-
-[states.pending]
-work = true
-run = "echo fetch"
-next = "building"
-fail = "failed"
-
-[states.building]
-work = true
-run = "echo build"
-next = "deploying"
-fail = "failed"
-
-[states.deploying]
-work = true
-run = "echo deploy"
-next = "ready"
-fail = "failed"
-cancel = "ready"
-
-[states.ready]
-on = { deploy = "deploying", pause = "paused", destroy = "destroying" }
-
-[states.paused]
-on = { resume = "ready" }
-
-[states.failed]
-on = { retry = "pending", destroy = "destroying" }
-
-[states.destroying]
-work = true
-run = "echo bye"
-next = "gone"
-fail = "failed"
-
-[states.gone]
-final = true
-"#;
+/// The kind most tests drive.
+const APP: &str = APP_LIFECYCLE;
 
 fn trigger(at_ms: i64) -> Trigger {
     Trigger {

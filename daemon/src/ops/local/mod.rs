@@ -209,6 +209,7 @@ mod tests {
     use super::fixture::*;
     use super::*;
     use crate::domain::kind::{builtin, BUILTIN};
+    use crate::domain::test_kinds::small_app;
     use serde_json::json;
 
     #[test]
@@ -224,23 +225,9 @@ mod tests {
     }
 
     /// A small local kind, edited by the check tests.
-    const APP: &str = r#"
-kind = "app"
-initial = "building"
-provider = "local"
-
-[states.building]
-work = true
-next = "built"
-fail = "failed"
-step = "build_image"
-
-[states.built]
-on = { rebuild = "building" }
-
-[states.failed]
-on = { retry = "building" }
-"#;
+    fn app() -> String {
+        small_app("local", "step = \"build_image\"\n")
+    }
 
     fn check(source: &str) -> Result<(), String> {
         fixture().provider.check_kind(&Kind::parse(source).unwrap())
@@ -248,11 +235,11 @@ on = { retry = "building" }
 
     #[test]
     fn a_local_work_state_names_a_step_it_has() {
-        check(APP).unwrap();
-        let e = check(&APP.replace("step = \"build_image\"\n", "")).unwrap_err();
+        check(&app()).unwrap();
+        let e = check(&app().replace("step = \"build_image\"\n", "")).unwrap_err();
         assert!(e.starts_with("kind \"app\": state \"building\": step: missing"), "{e}");
         assert!(e.contains("copy_source"), "{e}");
-        let e = check(&APP.replace("build_image", "bake")).unwrap_err();
+        let e = check(&app().replace("build_image", "bake")).unwrap_err();
         assert!(
             e.starts_with("kind \"app\": state \"building\": step: unknown step \"bake\" (the local provider has: "),
             "{e}"
@@ -261,7 +248,7 @@ on = { retry = "building" }
 
     #[test]
     fn run_needs_the_exec_provider() {
-        let e = check(&APP.replace("fail = \"failed\"\n", "fail = \"failed\"\nrun = \"make\"\n")).unwrap_err();
+        let e = check(&app().replace("fail = \"failed\"\n", "fail = \"failed\"\nrun = \"make\"\n")).unwrap_err();
         assert!(e.starts_with("kind \"app\": state \"building\": run: "), "{e}");
         assert!(e.contains("exec"), "{e}");
     }
