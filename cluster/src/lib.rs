@@ -23,6 +23,8 @@ pub mod state_machine;
 mod storage;
 #[cfg(test)]
 mod store_tests;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod types;
 mod wire;
 

@@ -983,26 +983,9 @@ mod tests {
     #[tokio::test]
     async fn a_command_apply_cannot_take_stops_the_node_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
-        let mut data_dir = DataDir::open(dir.path()).unwrap();
-        data_dir.set_cluster_id(&new_cluster_id()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = listener.local_addr().unwrap().to_string();
-        let config = ClusterConfig {
-            advertise: NodeInfo {
-                addr: peer.clone(),
-                peer_addr: peer,
-            },
-            heartbeat: Duration::from_millis(50),
-            election_timeout: Duration::from_millis(150),
-            snapshot_threshold: 1000,
-            max_voters: 3,
-            request_timeout: Duration::from_secs(5),
-            tables: vec![],
-        };
-        let node = ClusterNode::start(config, data_dir, listener, Arc::new(Picky))
+        let node = crate::testing::start_single_node(dir.path(), vec![], Arc::new(Picky))
             .await
             .unwrap();
-        node.initialize().await.unwrap();
         assert_eq!(node.write(b"fine".to_vec()).await.unwrap().1, b"fine");
         let _ = node.write(b"stop".to_vec()).await;
         let why = tokio::time::timeout(Duration::from_secs(5), node.failed())

@@ -69,33 +69,14 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use opsd_cluster::{new_cluster_id, ClusterConfig, DataDir, NodeInfo};
+    use opsd_cluster::testing::start_single_node;
 
     use super::*;
     use crate::domain::{Domain, OLDER_THAN_CLUSTER, TABLES};
 
     async fn single_node(dir: &std::path::Path) -> ClusterNode {
-        let mut data_dir = DataDir::open(dir).unwrap();
-        data_dir.set_cluster_id(&new_cluster_id()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = listener.local_addr().unwrap().to_string();
-        let config = ClusterConfig {
-            advertise: NodeInfo {
-                addr: peer.clone(),
-                peer_addr: peer,
-            },
-            heartbeat: Duration::from_millis(50),
-            election_timeout: Duration::from_millis(150),
-            snapshot_threshold: 1000,
-            max_voters: 3,
-            request_timeout: Duration::from_secs(5),
-            tables: TABLES.iter().map(|t| t.to_string()).collect(),
-        };
-        let node = ClusterNode::start(config, data_dir, listener, Arc::new(Domain))
-            .await
-            .unwrap();
-        node.initialize().await.unwrap();
-        node
+        let tables = TABLES.iter().map(|t| t.to_string()).collect();
+        start_single_node(dir, tables, Arc::new(Domain)).await.unwrap()
     }
 
     #[tokio::test]
