@@ -621,9 +621,40 @@ fn cut_line(mut line: String) -> String {
     line
 }
 
+/// [`enter_state`], then writes the resource and answers with it and the run
+/// started: the end of a create, of an event and of a finished step.
+#[allow(clippy::too_many_arguments)]
+fn move_to(
+    txn: &mut Txn<'_>,
+    entry: EntryInfo,
+    kind: &Kind,
+    mut resource: ResourceRecord,
+    from: &str,
+    target: &str,
+    event: &str,
+    args: &BTreeMap<String, String>,
+    trigger: &Trigger,
+    record_stable: bool,
+) -> Applied {
+    let run = enter_state(
+        txn,
+        entry,
+        kind,
+        &mut resource,
+        from,
+        target,
+        event,
+        args,
+        trigger,
+        record_stable,
+    )?;
+    put_resource(txn, &resource)?;
+    Ok(Outcome::ResourceChanged { resource, run })
+}
+
 /// Moves `resource` into `target` and, if it is a work state, starts its run
 /// (owned by the entry's leader). `event`, `args` and `trigger` are those of
-/// the chain. The caller writes the resource.
+/// the chain. The caller writes the resource ([`move_to`]).
 #[allow(clippy::too_many_arguments)]
 fn enter_state(
     txn: &mut Txn<'_>,
@@ -816,7 +847,7 @@ pub fn create(
     if txn_resource(txn, kind_name, name)?.is_some() {
         return reject(Rejection::AlreadyExists(format!("{kind_name}/{name} already exists")));
     }
-    let mut resource = ResourceRecord {
+    let resource = ResourceRecord {
         kind: kind_name.to_string(),
         name: name.to_string(),
         state: String::new(),
@@ -834,20 +865,18 @@ pub fn create(
             "kind {kind_name:?} has no state {initial:?}, its initial state"
         )));
     }
-    let run = enter_state(
+    move_to(
         txn,
         entry,
         kind,
-        &mut resource,
+        resource,
         "",
         &initial,
         "create",
         &BTreeMap::new(),
         &trigger,
         true,
-    )?;
-    put_resource(txn, &resource)?;
-    Ok(Outcome::ResourceChanged { resource, run })
+    )
 }
 
 /// Why `event` cannot be done to `resource` now, if it cannot: a run in
@@ -893,7 +922,7 @@ pub fn do_event(
     args: BTreeMap<String, String>,
     trigger: Trigger,
 ) -> Applied {
-    let Some(mut resource) = txn_resource(txn, kind_name, name)? else {
+    let Some(resource) = txn_resource(txn, kind_name, name)? else {
         return reject(not_found(format!("resource {kind_name}/{name} not found")));
     };
     if let Err(e) = validate_entries("args", &args).and_then(|_| validate_trigger(&trigger)) {
@@ -919,20 +948,7 @@ pub fn do_event(
             "kind {kind_name:?}: event {event:?} leads to {target:?}, which is not a state"
         )));
     }
-    let run = enter_state(
-        txn,
-        entry,
-        kind,
-        &mut resource,
-        &from,
-        &target,
-        event,
-        &args,
-        &trigger,
-        true,
-    )?;
-    put_resource(txn, &resource)?;
-    Ok(Outcome::ResourceChanged { resource, run })
+    move_to(txn, entry, kind, resource, &from, &target, event, &args, &trigger, true)
 }
 
 /// Applies `DeleteResource`: only a resource resting in a final state is
@@ -1040,20 +1056,9 @@ pub fn finish_run(txn: &mut Txn<'_>, entry: EntryInfo, index: u64, attempt: u32,
         ..run.trigger.clone()
     };
     let from = run.to.clone();
-    let next = enter_state(
-        txn,
-        entry,
-        kind,
-        &mut resource,
-        &from,
-        &target,
-        &run.event,
-        &run.args,
-        &trigger,
-        false,
-    )?;
-    put_resource(txn, &resource)?;
-    Ok(Outcome::ResourceChanged { resource, run: next })
+    move_to(
+        txn, entry, kind, resource, &from, &target, &run.event, &run.args, &trigger, false,
+    )
 }
 
 /// Applies `TakeOverRun`: the entry's leader becomes the run's executor, at
