@@ -123,6 +123,17 @@ impl Nodes {
         self.call_from(0, rpc).await.map(|(_, answer)| answer)
     }
 
+    /// [`Nodes::call`] of one request message, given to `rpc` with each try
+    /// (a copy: a request that met an unavailable node is sent again).
+    pub async fn call_with<R, T, F, Fut>(&self, request: &R, mut rpc: F) -> Result<T, CallError>
+    where
+        R: Clone,
+        F: FnMut(Api, R) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call(|api| rpc(api, request.clone())).await
+    }
+
     /// Like [`Nodes::call`], but starts at the address at position `first`
     /// (modulo their number) and goes round, and also says which address
     /// answered. A stream that broke is reopened with `first` one past the

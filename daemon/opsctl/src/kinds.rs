@@ -53,9 +53,8 @@ pub async fn run(command: KindsCommand, nodes: &Nodes, printer: Printer) -> Resu
             let source = read_file_or_stdin(&file).with_context(|| format!("cannot read kind file {file}"))?;
             let request = ApplyKindRequest { source };
             let kind = nodes
-                .call(|mut api| {
-                    let request = request.clone();
-                    async move { api.resources.apply_kind(request).await }
+                .call_with(&request, |mut api, request| async move {
+                    api.resources.apply_kind(request).await
                 })
                 .await
                 .with_context(|| format!("kind file {file} was not applied"))?;
@@ -70,9 +69,8 @@ pub async fn run(command: KindsCommand, nodes: &Nodes, printer: Printer) -> Resu
         KindsCommand::Show { kind } => {
             let request = GetKindRequest { name: kind };
             let kind = nodes
-                .call(|mut api| {
-                    let request = request.clone();
-                    async move { api.resources.get_kind(request).await }
+                .call_with(&request, |mut api, request| async move {
+                    api.resources.get_kind(request).await
                 })
                 .await?;
             printer.kind(&kind)?;

@@ -131,9 +131,8 @@ pub async fn create(args: CreateArgs, nodes: &Nodes, printer: Printer) -> Result
         reason: args.reason,
     };
     let change = nodes
-        .call(|mut api| {
-            let request = request.clone();
-            async move { api.resources.create(request).await }
+        .call_with(&request, |mut api, request| async move {
+            api.resources.create(request).await
         })
         .await
         .with_context(|| format!("cannot create {target}"))?;
@@ -153,10 +152,10 @@ pub async fn ls(args: LsArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
         stale: args.stale,
     };
     let answer = nodes
-        .call(|mut api| {
-            let request = request.clone();
-            async move { api.resources.list(request).await }
-        })
+        .call_with(
+            &request,
+            |mut api, request| async move { api.resources.list(request).await },
+        )
         .await?;
     printer.resources(&answer.resources)?;
     Ok(())
@@ -170,10 +169,10 @@ pub async fn get(args: GetArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
         stale: args.stale,
     };
     let resource = nodes
-        .call(|mut api| {
-            let request = request.clone();
-            async move { api.resources.get(request).await }
-        })
+        .call_with(
+            &request,
+            |mut api, request| async move { api.resources.get(request).await },
+        )
         .await?;
     printer.resource(&resource)?;
     Ok(())
@@ -190,9 +189,8 @@ pub async fn delete(args: DeleteArgs, nodes: &Nodes, printer: Printer) -> Result
     };
     let send = || async {
         nodes
-            .call(|mut api| {
-                let request = request.clone();
-                async move { api.resources.delete(request).await }
+            .call_with(&request, |mut api, request| async move {
+                api.resources.delete(request).await
             })
             .await
             .with_context(|| format!("cannot delete {target}"))
@@ -218,10 +216,10 @@ pub async fn event(args: DoArgs, nodes: &Nodes, printer: Printer) -> Result<()> 
     };
     let send = || async {
         nodes
-            .call(|mut api| {
-                let request = request.clone();
-                async move { api.resources.r#do(request).await }
-            })
+            .call_with(
+                &request,
+                |mut api, request| async move { api.resources.r#do(request).await },
+            )
             .await
             .with_context(|| format!("cannot do {} to {target}", request.event))
     };

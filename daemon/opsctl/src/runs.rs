@@ -123,9 +123,8 @@ pub async fn runs(args: RunsArgs, nodes: &Nodes, printer: Printer) -> Result<()>
         limit: args.limit.unwrap_or(0),
     };
     let answer = nodes
-        .call(|mut api| {
-            let request = request.clone();
-            async move { api.resources.list_runs(request).await }
+        .call_with(&request, |mut api, request| async move {
+            api.resources.list_runs(request).await
         })
         .await?;
     printer.runs(&answer.runs)?;
@@ -136,9 +135,8 @@ pub async fn runs(args: RunsArgs, nodes: &Nodes, printer: Printer) -> Result<()>
 pub async fn run(args: RunArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
     let request = GetRunRequest { run_id: args.run_id };
     let run = nodes
-        .call(|mut api| {
-            let request = request.clone();
-            async move { api.resources.get_run(request).await }
+        .call_with(&request, |mut api, request| async move {
+            api.resources.get_run(request).await
         })
         .await?;
     printer.run(&run)?;
@@ -152,9 +150,8 @@ pub async fn cancel(args: CancelArgs, nodes: &Nodes, printer: Printer) -> Result
         reason: args.reason,
     };
     let run = nodes
-        .call(|mut api| {
-            let request = request.clone();
-            async move { api.resources.cancel(request).await }
+        .call_with(&request, |mut api, request| async move {
+            api.resources.cancel(request).await
         })
         .await
         .with_context(|| format!("cannot cancel run {}", request.run_id))?;
@@ -169,9 +166,8 @@ pub async fn history(args: HistoryArgs, nodes: &Nodes, printer: Printer) -> Resu
         name: args.target.name,
     };
     let answer = nodes
-        .call(|mut api| {
-            let request = request.clone();
-            async move { api.resources.history(request).await }
+        .call_with(&request, |mut api, request| async move {
+            api.resources.history(request).await
         })
         .await?;
     printer.runs(&answer.runs)?;
@@ -185,9 +181,8 @@ pub async fn stats(args: StatsArgs, nodes: &Nodes, printer: Printer) -> Result<(
         since: args.since.map(|since| time::duration(spec::millis(since))),
     };
     let answer = nodes
-        .call(|mut api| {
-            let request = request.clone();
-            async move { api.resources.stats(request).await }
+        .call_with(&request, |mut api, request| async move {
+            api.resources.stats(request).await
         })
         .await?;
     printer.stats(&answer.transitions)?;
