@@ -39,22 +39,10 @@ import grpc
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROTO_FILES = ["opsd/v1/cluster.proto", "opsd/v1/settings.proto", "opsd/v1/resources.proto"]
 
-# A kind with one work state whose step reports outputs: enough to see every
-# typed field of a run filled in.
-PYCHECK_KIND = """
-kind = "pycheck"
-initial = "idle"
-provider = "exec"
-
-[states.idle]
-on = { go = "going" }
-
-[states.going]
-work = true
-run = 'echo "{\\"answer\\": 42, \\"tags\\": [\\"a\\"]}" > "$OPSD_OUTPUTS"'
-next = "idle"
-fail = "idle"
-"""
+# The kind of the resource checks (tests/kinds/pycheck.toml): one work state
+# whose step reports outputs, enough to see every typed field of a run.
+with open(os.path.join(REPO, "tests", "kinds", "pycheck.toml"), encoding="utf-8") as kind_file:
+    PYCHECK_KIND = kind_file.read()
 
 
 class CheckFailed(Exception):

@@ -230,6 +230,19 @@ impl Node {
             .map(|c| c.id())
     }
 
+    /// The resident set size of the process in MiB, from `/proc/PID/status`;
+    /// 0 if no process runs or it is unreadable (memory is printed, not asserted).
+    pub fn rss_mb(&self) -> f64 {
+        let Some(pid) = self.pid() else { return 0.0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    }
+
     /// True while the process exists and has not exited (paused counts as running).
     pub fn is_running(&self) -> bool {
         let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());

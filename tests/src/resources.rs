@@ -15,7 +15,7 @@ use tonic::Status;
 
 pub use crate::client::PRINCIPAL;
 use crate::client::{connect, retry_unavailable};
-use crate::wait_until;
+use crate::{kinds, wait_until};
 
 /// A spec or outputs as the API returns them, as JSON (absent is `{}`).
 pub fn json_of(object: Option<&opsd_proto::prost_types::Struct>) -> serde_json::Value {
@@ -106,36 +106,35 @@ pub async fn get(addr: &str, kind: &str, name: &str) -> Result<Resource, Status>
 
 /// Waits until the resource rests in a stable state (no run in flight).
 pub async fn wait_resting(addr: &str, kind: &str, name: &str, timeout: Duration) -> Resource {
-    wait_until(
-        &format!("{kind}/{name} to rest in a stable state"),
-        timeout,
-        Duration::from_millis(50),
-        || async {
-            let r = get(addr, kind, name).await.map_err(|e| e.to_string())?;
-            if r.working || !r.active_run_id.is_empty() {
-                return Err(format!("in {} (run {})", r.state, r.active_run_id));
-            }
-            Ok(r)
-        },
-    )
+    let what = format!("{kind}/{name} to rest in a stable state");
+    wait_for(addr, kind, name, &what, timeout, |r| {
+        !r.working && r.active_run_id.is_empty()
+    })
     .await
-    .0
 }
 
 /// Waits until the resource is in `state`.
 pub async fn wait_state(addr: &str, kind: &str, name: &str, state: &str, timeout: Duration) -> Resource {
-    wait_until(
-        &format!("{kind}/{name} to be {state}"),
-        timeout,
-        Duration::from_millis(50),
-        || async {
-            let r = get(addr, kind, name).await.map_err(|e| e.to_string())?;
-            if r.state != state {
-                return Err(format!("in {} (run {})", r.state, r.active_run_id));
-            }
-            Ok(r)
-        },
-    )
+    let what = format!("{kind}/{name} to be {state}");
+    wait_for(addr, kind, name, &what, timeout, |r| r.state == state).await
+}
+
+/// Waits until the resource is as `done` wants it; `what` names the wait.
+async fn wait_for(
+    addr: &str,
+    kind: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Resource) -> bool,
+) -> Resource {
+    wait_until(what, timeout, Duration::from_millis(50), || async {
+        let r = get(addr, kind, name).await.map_err(|e| e.to_string())?;
+        if !done(&r) {
+            return Err(format!("in {} (run {})", r.state, r.active_run_id));
+        }
+        Ok(r)
+    })
     .await
     .0
 }
@@ -194,6 +193,36 @@ pub async fn log_lines(addr: &str, run_id: &str) -> Result<Vec<String>, Status> 
         lines.extend(msg.lines);
     }
     Ok(lines)
+}
+
+/// Defines [`kinds::LONG_STEP`], creates `long/task` and does `go` with
+/// `reason`; returns the run once its step has logged its first line, so
+/// that the node executing it can be killed in the middle of it.
+pub async fn start_long_step(addr: &str, reason: &str) -> Run {
+    apply_kind(addr, kinds::LONG_STEP).await.expect("apply the kind");
+    create(addr, "long", "task", serde_json::json!({}))
+        .await
+        .expect("create");
+    let run = do_event(addr, "long", "task", "go", &[], reason)
+        .await
+        .expect("go")
+        .run
+        .expect("a run");
+    wait_until(
+        "the step's first log line",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            let lines = log_lines(addr, &run.run_id).await.map_err(|e| e.to_string())?;
+            lines
+                .iter()
+                .any(|l| l.contains("attempt 1"))
+                .then_some(())
+                .ok_or(format!("{lines:?}"))
+        },
+    )
+    .await;
+    run
 }
 
 /// Stats of a kind.

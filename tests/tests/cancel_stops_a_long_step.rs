@@ -9,40 +9,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use opsd_tests::resources as res;
-use opsd_tests::{wait_until, Cluster, Options};
+use opsd_tests::{kinds, wait_until, Cluster, Options};
 use tonic::Code;
-
-const SLOW: &str = r#"
-kind = "slow"
-initial = "idle"
-provider = "exec"
-
-[states.idle]
-on = { work = "working", hang = "hanging" }
-
-[states.working]
-work = true
-# The script and its child (sleep) share the step's process group.
-run = '''
-echo $$ > pgid
-echo "working"
-sleep 60 &
-wait
-'''
-next = "idle"
-fail = "broken"
-cancel = "idle"
-
-[states.hanging]
-work = true
-timeout = 2
-run = "sleep 60"
-next = "idle"
-fail = "broken"
-
-[states.broken]
-on = { repair = "idle" }
-"#;
 
 fn group_alive(pgid: i32) -> bool {
     kill(Pid::from_raw(-pgid), None).is_ok()
@@ -52,7 +20,9 @@ fn group_alive(pgid: i32) -> bool {
 async fn cancel_stops_a_long_step() {
     let cluster = Cluster::start(1, Options::default()).await;
     let addr = cluster.node(0).client_addr();
-    res::apply_kind(&addr, SLOW).await.expect("apply the kind");
+    res::apply_kind(&addr, kinds::SLOW_AND_HANGING)
+        .await
+        .expect("apply the kind");
     res::create(&addr, "slow", "job", serde_json::json!({}))
         .await
         .expect("create");

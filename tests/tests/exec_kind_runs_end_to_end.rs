@@ -6,68 +6,8 @@
 use std::time::Duration;
 
 use opsd_tests::resources::{self as res, PRINCIPAL};
-use opsd_tests::{Cluster, Options};
+use opsd_tests::{kinds, Cluster, Options};
 use tonic::Code;
-
-const APP: &str = r#"
-kind = "app"
-initial = "fetching"
-provider = "exec"
-
-[states.fetching]
-work = true
-run = '''
-echo "fetching $OPSD_NAME for $OPSD_EVENT (run $OPSD_RUN_ID attempt $OPSD_ATTEMPT)"
-echo '{"fetched": true}' > "$OPSD_OUTPUTS"
-'''
-next = "building"
-fail = "failed"
-
-[states.building]
-work = true
-run = '''
-python3 -c '
-import json, os, sys
-r = json.load(sys.stdin)
-print("building", r["name"], "with", r["spec"]["replicas"], "replicas; fetched:", r["outputs"]["fetched"])
-json.dump({"built": os.environ["OPSD_RUN_ID"]}, open(os.environ["OPSD_OUTPUTS"], "w"))
-'
-'''
-next = "deploying"
-fail = "failed"
-
-[states.deploying]
-work = true
-run = '''
-python3 -c '
-import json, os, sys
-r = json.load(sys.stdin)
-version = r["args"].get("version", "1")
-if version == "bad":
-    print("cannot deploy version bad", file=sys.stderr)
-    sys.exit(3)
-print("deployed version", version)
-json.dump({"version": version}, open(os.environ["OPSD_OUTPUTS"], "w"))
-'
-'''
-next = "ready"
-fail = "failed"
-
-[states.ready]
-on = { deploy = "deploying", destroy = "destroying" }
-
-[states.failed]
-on = { retry = "deploying", destroy = "destroying" }
-
-[states.destroying]
-work = true
-run = "echo bye"
-next = "destroyed"
-fail = "failed"
-
-[states.destroyed]
-final = true
-"#;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -76,7 +16,9 @@ async fn exec_kind_runs_end_to_end() {
     let cluster = Cluster::start(1, Options::default()).await;
     let addr = cluster.node(0).client_addr();
 
-    let kind = res::apply_kind(&addr, APP).await.expect("apply the kind");
+    let kind = res::apply_kind(&addr, kinds::THREE_STEP_APP)
+        .await
+        .expect("apply the kind");
     assert_eq!((kind.name.as_str(), kind.provider.as_str()), ("app", "exec"));
 
     // Creation runs the three work states, one run each.

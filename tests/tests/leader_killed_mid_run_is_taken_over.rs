@@ -6,29 +6,7 @@ use std::time::Duration;
 
 use opsd_tests::api::ListRunsRequest;
 use opsd_tests::resources as res;
-use opsd_tests::{client, wait_until, Cluster, Options, FORM_TIMEOUT};
-
-const LONG: &str = r#"
-kind = "long"
-initial = "idle"
-provider = "exec"
-
-[states.idle]
-on = { go = "working" }
-
-[states.working]
-work = true
-run = '''
-echo "attempt $OPSD_ATTEMPT on node $OPSD_NODE_ID"
-sleep 3
-echo "{\"done_by\": $OPSD_NODE_ID, \"attempt\": $OPSD_ATTEMPT}" > "$OPSD_OUTPUTS"
-'''
-next = "done"
-fail = "idle"
-
-[states.done]
-on = { go = "working" }
-"#;
+use opsd_tests::{client, Cluster, Options, FORM_TIMEOUT};
 
 #[tokio::test]
 async fn leader_killed_mid_run_is_taken_over() {
@@ -36,32 +14,9 @@ async fn leader_killed_mid_run_is_taken_over() {
     let leader = cluster.leader().await;
     let follower = cluster.followers().await[0];
     let addr = cluster.node(follower).client_addr();
-    res::apply_kind(&addr, LONG).await.expect("apply the kind");
-    res::create(&addr, "long", "task", serde_json::json!({}))
-        .await
-        .expect("create");
-
     // Started through a follower; executed by the leader.
-    let run = res::do_event(&addr, "long", "task", "go", &[], "takeover test")
-        .await
-        .expect("go")
-        .run
-        .expect("a run");
+    let run = res::start_long_step(&addr, "takeover test").await;
     assert_eq!(run.node_id, cluster.node(leader).id());
-    wait_until(
-        "the step's first log line",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || async {
-            let lines = res::log_lines(&addr, &run.run_id).await.map_err(|e| e.to_string())?;
-            lines
-                .iter()
-                .any(|l| l.contains("attempt 1"))
-                .then_some(())
-                .ok_or(format!("{lines:?}"))
-        },
-    )
-    .await;
 
     cluster.node(leader).kill9();
     let new_leader = cluster.wait_for_leader(&[leader], FORM_TIMEOUT).await;

@@ -5,46 +5,8 @@
 
 use std::time::Duration;
 
-use opsd_tests::{wait_until, Cluster, Opsctl, Options};
+use opsd_tests::{kinds, wait_until, Cluster, Opsctl, Options};
 use serde_json::Value;
-
-const APP: &str = r#"
-kind = "app"
-initial = "building"
-provider = "exec"
-
-[states.building]
-work = true
-run = 'echo "building $OPSD_NAME"; echo "{\"image\": \"$OPSD_NAME:$OPSD_RUN_ID\"}" > "$OPSD_OUTPUTS"'
-next = "ready"
-fail = "failed"
-
-[states.deploying]
-work = true
-run = '''
-python3 -c '
-import json, sys, time
-args = json.load(sys.stdin)["args"]
-if args.get("version") == "bad":
-    print("bad version", file=sys.stderr)
-    sys.exit(4)
-print("deploying", args.get("version"))
-time.sleep(float(args.get("sleep", "0")))
-'
-'''
-next = "ready"
-fail = "failed"
-cancel = "ready"
-
-[states.ready]
-on = { deploy = "deploying", destroy = "destroyed" }
-
-[states.failed]
-on = { retry = "building", destroy = "destroyed" }
-
-[states.destroyed]
-final = true
-"#;
 
 const RUN_KEYS: &[&str] = &[
     "run_id",
@@ -78,8 +40,7 @@ async fn opsctl_drives_resources() {
         addr: cluster.node(0).client_addr(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let kind_file = dir.path().join("app.toml");
-    std::fs::write(&kind_file, APP).unwrap();
+    let kind_file = kinds::path("deployable_app.toml");
     let spec_file = dir.path().join("web.json");
     std::fs::write(&spec_file, r#"{"replicas": 1, "region": "eu"}"#).unwrap();
 

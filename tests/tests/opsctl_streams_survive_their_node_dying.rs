@@ -10,40 +10,22 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use opsd_tests::opsctl::RUN_TIMEOUT;
-use opsd_tests::{Cluster, Opsctl, Options};
+use opsd_tests::{kinds, Cluster, Opsctl, Options};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-
-/// A kind whose one work state takes a few seconds: long enough to kill a
-/// node in the middle of it.
-const SLOW: &str = r#"
-kind = "slow"
-initial = "ready"
-provider = "exec"
-
-[states.ready]
-on = { go = "going" }
-
-[states.going]
-work = true
-run = 'sleep 3; echo done'
-next = "ready"
-fail = "ready"
-"#;
 
 #[tokio::test]
 async fn opsctl_wait_survives_its_node_dying() {
     let cluster = Cluster::start(3, Options::default()).await;
     // The doomed follower serves the watch; the leader executes the step.
     let (doomed, opsctl) = two_followers(&cluster).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kind_file = dir.path().join("slow.toml");
-    std::fs::write(&kind_file, SLOW).unwrap();
+    // The long step takes 3 s: long enough to kill a node in the middle of it.
+    let kind_file = kinds::path("long_step.toml");
     opsctl.json(&["kinds", "apply", kind_file.to_str().unwrap()]).await;
-    opsctl.json(&["create", "slow", "s"]).await;
+    opsctl.json(&["create", "long", "s"]).await;
 
     let mut waiting = opsctl
-        .command(&["--output", "json", "do", "slow/s", "go", "--wait"])
+        .command(&["--output", "json", "do", "long/s", "go", "--wait"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -52,7 +34,7 @@ async fn opsctl_wait_survives_its_node_dying() {
     // run takes 3 s): the request itself is not what this test is about.
     let mut progress = BufReader::new(waiting.stderr.take().unwrap()).lines();
     let mut stderr = String::new();
-    while !stderr.contains("ready -> going") {
+    while !stderr.contains("idle -> working") {
         let line = tokio::time::timeout(RUN_TIMEOUT, progress.next_line())
             .await
             .expect("progress in time")
@@ -83,7 +65,7 @@ async fn opsctl_wait_survives_its_node_dying() {
     let run: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON run");
     assert_eq!(
         (run["outcome"].as_str(), run["to"].as_str()),
-        (Some("succeeded"), Some("going")),
+        (Some("succeeded"), Some("working")),
         "{run}"
     );
 }

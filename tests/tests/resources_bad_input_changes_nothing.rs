@@ -13,31 +13,10 @@ use opsd_tests::api::{
     CreateResourceRequest, GetKindRequest, GetResourceRequest, GetRunRequest, HistoryRequest, ListResourcesRequest,
     ListRunsRequest, LogsRequest, RunOutcome, StatsRequest,
 };
+use opsd_tests::kinds::MISBEHAVING_JOB as JOB;
 use opsd_tests::resources as res;
 use opsd_tests::{client, Cluster, Options};
 use tonic::Code;
-
-const JOB: &str = r#"
-kind = "job"
-initial = "idle"
-provider = "exec"
-required = ["owner"]
-
-[states.idle]
-on = { garbage = "garbling", crash = "crashing" }
-
-[states.garbling]
-work = true
-run = 'echo "not json" > "$OPSD_OUTPUTS"'
-next = "idle"
-fail = "idle"
-
-[states.crashing]
-work = true
-run = 'kill -SEGV $$'
-next = "idle"
-fail = "idle"
-"#;
 
 fn expect(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, needle: &str) {
     let err = result.expect_err("an error");
@@ -85,30 +64,25 @@ async fn resources_bad_input_changes_nothing() {
         .await
         .unwrap()
         .applied_index;
-    let docker = JOB
-        .replace("kind = \"job\"", "kind = \"job-docker\"")
-        .replace("provider = \"exec\"", "provider = \"docker\"");
-    expect(
-        res::apply_kind(&addr, &docker).await,
-        Code::InvalidArgument,
-        "provider: unknown provider \"docker\" (this node has: exec, local)",
-    );
-    let no_script = JOB
-        .replace("kind = \"job\"", "kind = \"job-docker\"")
-        .replace("run = 'kill -SEGV $$'\n", "");
-    expect(
-        res::apply_kind(&addr, &no_script).await,
-        Code::InvalidArgument,
-        "state \"crashing\": run: missing",
-    );
-    let local_script = JOB
-        .replace("kind = \"job\"", "kind = \"job-docker\"")
-        .replace("provider = \"exec\"", "provider = \"local\"");
-    expect(
-        res::apply_kind(&addr, &local_script).await,
-        Code::InvalidArgument,
-        "run: only the exec provider runs scripts",
-    );
+    let refused = [
+        (
+            "provider = \"exec\"",
+            "provider = \"docker\"",
+            "provider: unknown provider \"docker\" (this node has: exec, local)",
+        ),
+        ("run = 'kill -SEGV $$'\n", "", "state \"crashing\": run: missing"),
+        (
+            "provider = \"exec\"",
+            "provider = \"local\"",
+            "run: only the exec provider runs scripts",
+        ),
+    ];
+    for (line, edited, error) in refused {
+        let source = JOB
+            .replace("kind = \"job\"", "kind = \"job-docker\"")
+            .replace(line, edited);
+        expect(res::apply_kind(&addr, &source).await, Code::InvalidArgument, error);
+    }
     assert_eq!(
         client::status(&addr, Duration::from_secs(5))
             .await

@@ -6,58 +6,14 @@
 use std::time::Duration;
 
 use opsd_tests::resources as res;
-use opsd_tests::{wait_until, Cluster, Options, FORM_TIMEOUT};
-
-const LONG: &str = r#"
-kind = "long"
-initial = "idle"
-provider = "exec"
-
-[states.idle]
-on = { go = "working" }
-
-[states.working]
-work = true
-run = '''
-echo "attempt $OPSD_ATTEMPT"
-sleep 2
-echo "{\"attempt\": $OPSD_ATTEMPT}" > "$OPSD_OUTPUTS"
-'''
-next = "done"
-fail = "idle"
-
-[states.done]
-on = { go = "working" }
-"#;
+use opsd_tests::{Cluster, Options, FORM_TIMEOUT};
 
 #[tokio::test]
 async fn restarted_leader_takes_over_its_own_run() {
     let cluster = Cluster::start(1, Options::default()).await;
     let node = cluster.node(0);
     let addr = node.client_addr();
-    res::apply_kind(&addr, LONG).await.expect("apply the kind");
-    res::create(&addr, "long", "task", serde_json::json!({}))
-        .await
-        .expect("create");
-    let run = res::do_event(&addr, "long", "task", "go", &[], "restart test")
-        .await
-        .expect("go")
-        .run
-        .expect("a run");
-    wait_until(
-        "the step to start",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || async {
-            let lines = res::log_lines(&addr, &run.run_id).await.map_err(|e| e.to_string())?;
-            lines
-                .iter()
-                .any(|l| l.contains("attempt 1"))
-                .then_some(())
-                .ok_or(format!("{lines:?}"))
-        },
-    )
-    .await;
+    let run = res::start_long_step(&addr, "restart test").await;
 
     node.kill9();
     node.restart();

@@ -11,25 +11,10 @@ use opsd_tests::api::{
     CreateResourceRequest, DeleteRequest, GetRequest, PutRequest, Setting, StatusRequest, WatchRequest,
 };
 use opsd_tests::resources as res;
-use opsd_tests::{client, Cluster, Options};
+use opsd_tests::{client, kinds, Cluster, Options};
 use tonic::{Code, Request};
 
 const HEADER: &str = "x-opsd-principal";
-
-const JOB: &str = r#"
-kind = "job"
-initial = "running"
-provider = "exec"
-
-[states.running]
-work = true
-run = "echo done"
-next = "done"
-fail = "done"
-
-[states.done]
-final = true
-"#;
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
@@ -177,7 +162,9 @@ async fn settings_writes_are_audited() {
     );
 
     // The principal reaches a run's trigger too, through a follower.
-    res::apply_kind(&leader_addr, JOB).await.expect("apply the kind");
+    res::apply_kind(&leader_addr, kinds::ONE_STEP_JOB)
+        .await
+        .expect("apply the kind");
     let created = c
         .resources
         .create(as_principal(

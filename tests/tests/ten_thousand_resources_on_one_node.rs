@@ -8,39 +8,11 @@ use std::time::{Duration, Instant};
 
 use opsd_tests::api::ListResourcesRequest;
 use opsd_tests::resources as res;
-use opsd_tests::{client, wait_until, Cluster, Options};
+use opsd_tests::{client, kinds, wait_until, Cluster, Options};
 use tokio::sync::Semaphore;
-
-const NOOP: &str = r#"
-kind = "noop"
-initial = "idle"
-provider = "exec"
-
-[states.idle]
-on = { go = "going" }
-
-[states.going]
-work = true
-run = "true"
-next = "done"
-fail = "idle"
-
-[states.done]
-on = { go = "going" }
-"#;
 
 const COUNT: usize = 10_000;
 const CONCURRENCY: usize = 64;
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
 
 /// Runs `op(i)` for every i in 0..COUNT, CONCURRENCY at a time; panics on the first error.
 async fn for_each<F, Fut>(op: F)
@@ -82,9 +54,9 @@ async fn count_in(addr: &str, state: &str) -> Result<usize, String> {
 async fn ten_thousand_resources_on_one_node() {
     let cluster = Cluster::start(1, Options::default()).await;
     let addr = cluster.node(0).client_addr();
-    let pid = cluster.node(0).pid().unwrap();
-    res::apply_kind(&addr, NOOP).await.expect("apply the kind");
-    let idle_rss = rss_mb(pid);
+    let node = cluster.node(0);
+    res::apply_kind(&addr, kinds::NOOP).await.expect("apply the kind");
+    let idle_rss = node.rss_mb();
 
     let started = Instant::now();
     let a = addr.clone();
@@ -124,7 +96,7 @@ async fn ten_thousand_resources_on_one_node() {
     )
     .await;
     let driven = driving.elapsed();
-    let rss = rss_mb(pid);
+    let rss = node.rss_mb();
     println!(
         "SCALE {COUNT} resources: created in {created:.1?} ({:.0}/s); driven through one transition in {driven:.1?} \
          ({:.0}/s); RSS idle {idle_rss:.0} MiB, after {rss:.0} MiB",

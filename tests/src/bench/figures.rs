@@ -12,57 +12,11 @@ use opsd_tests::api::{
     resource_event, CreateResourceRequest, DoRequest, GetResourceRequest, PutRequest, WatchResourceRequest,
 };
 use opsd_tests::resources as res;
-use opsd_tests::{client, Cluster, Options, FORM_TIMEOUT};
+use opsd_tests::{client, kinds, Cluster, Options, FORM_TIMEOUT};
 use tonic::transport::Channel;
 use tonic::Code;
 
 use super::load::{self, percentile_ms, System};
-
-/// A kind whose one work state succeeds at once: `idle` or `done` -go->
-/// `going` (runs `true`) -> `done`. One transition is one Do of `go` until
-/// the resource rests in `done` again.
-pub const NOOP_KIND: &str = r#"
-kind = "benchnoop"
-initial = "idle"
-provider = "exec"
-
-[states.idle]
-on = { go = "going" }
-
-[states.going]
-work = true
-run = "true"
-next = "done"
-fail = "idle"
-
-[states.done]
-on = { go = "going" }
-"#;
-
-/// A kind whose initial state is stable: creating a resource runs nothing,
-/// so creating many measures the store, not the provider.
-pub const PARKED_KIND: &str = r#"
-kind = "benchparked"
-initial = "idle"
-provider = "exec"
-
-[states.idle]
-on = { start = "busy" }
-
-[states.busy]
-on = { stop = "idle" }
-"#;
-
-/// The resident set size of a process in MiB, from `/proc/PID/status`; 0 if unreadable.
-pub fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
 
 /// What the transition run measured.
 #[derive(Debug, Default)]
@@ -153,7 +107,9 @@ async fn rests_after(
 /// shows it at rest in `done` again. Completions per second and the latency
 /// from Do to rest are measured after `warmup`, for `measure`.
 pub async fn transitions(addr: &str, workers: usize, warmup: Duration, measure: Duration) -> Transitions {
-    res::apply_kind(addr, NOOP_KIND).await.expect("applying the no-op kind");
+    res::apply_kind(addr, kinds::NOOP)
+        .await
+        .expect("applying the no-op kind");
     let sock: std::net::SocketAddr = addr.parse().expect("a node's client address is HOST:PORT");
     let conns = workers.div_ceil(load::CLIENTS_PER_CONN).max(1);
     let calls: Vec<Channel> = (0..conns).map(|_| load::channel(sock)).collect();
@@ -173,7 +129,7 @@ pub async fn transitions(addr: &str, workers: usize, warmup: Duration, measure: 
         let mut c = ResourcesClient::new(calls[w % conns].clone());
         let mut s = ResourcesClient::new(streams[w % conns].clone());
         tasks.push(tokio::spawn(async move {
-            let (kind, name) = ("benchnoop", format!("t{w:04}"));
+            let (kind, name) = ("noop", format!("t{w:04}"));
             let mut latencies: Vec<u32> = Vec::new();
             let (mut errors, mut first_error, mut refused) = (0u64, None::<String>, 0u64);
             let created = c
@@ -450,10 +406,10 @@ pub async fn many_resources(target: u64, budget: Duration) -> Resources {
     let addr = node.client_addr();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut out = Resources {
-        idle_rss_mb: rss_mb(node.pid().expect("the node runs")),
+        idle_rss_mb: node.rss_mb(),
         ..Default::default()
     };
-    res::apply_kind(&addr, PARKED_KIND)
+    res::apply_kind(&addr, kinds::PARKED)
         .await
         .expect("applying the parked kind");
 
@@ -480,7 +436,7 @@ pub async fn many_resources(target: u64, budget: Duration) -> Resources {
                 loop {
                     let r = c
                         .create(CreateResourceRequest {
-                            kind: "benchparked".into(),
+                            kind: "parked".into(),
                             name: format!("r{i:06}"),
                             spec: Some(res::spec_struct(serde_json::json!({"owner": "bench", "size": "small"}))),
                             labels: Default::default(),
@@ -529,7 +485,7 @@ pub async fn many_resources(target: u64, budget: Duration) -> Resources {
         out.created as f64 / out.create_time.as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    out.rss_after_create_mb = rss_mb(node.pid().expect("the node runs"));
+    out.rss_after_create_mb = node.rss_mb();
 
     let exit = node.terminate(Duration::from_secs(120)).await;
     assert!(
@@ -544,7 +500,7 @@ pub async fn many_resources(target: u64, budget: Duration) -> Resources {
         let mut c = client::connect_with(&addr, Some(Duration::from_secs(5))).resources;
         let got = c
             .get(GetResourceRequest {
-                kind: "benchparked".into(),
+                kind: "parked".into(),
                 name: probe.clone(),
                 stale: false,
             })
@@ -565,6 +521,6 @@ pub async fn many_resources(target: u64, budget: Duration) -> Resources {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    out.rss_after_restart_mb = rss_mb(node.pid().expect("the node runs"));
+    out.rss_after_restart_mb = node.rss_mb();
     out
 }

@@ -18,44 +18,13 @@ use crate::api::{
     ApplyKindRequest, CreateResourceRequest, DoRequest, GetResourceRequest, HistoryRequest, ListRunsRequest, Run,
     RunOutcome,
 };
+use crate::kinds;
 use crate::resources::finished_ms;
 
-/// The kind every nemesis resource has: an event `go` runs two short work
-/// states in a chain (`a` then `b`) and comes back to rest in `idle`.
+/// The kind every nemesis resource has ([`kinds::NEMESIS`]): an event `go`
+/// runs two short work states in a chain (`a` then `b`) and comes back to
+/// rest in `idle`.
 pub const KIND_NAME: &str = "nemesis";
-
-/// The kind's source (see [`KIND_NAME`]). The steps are short, so that many
-/// runs are under way when a fault hits, and idempotent, as docs/kinds.md
-/// asks, since a taken-over step runs again.
-pub const KIND: &str = r#"
-kind = "nemesis"
-initial = "idle"
-provider = "exec"
-description = "Resources the fault suite drives while it injects faults."
-
-[states.idle]
-on = { go = "a" }
-
-[states.a]
-work = true
-timeout = 60
-run = '''
-echo "step a of $OPSD_NAME, run $OPSD_RUN_ID attempt $OPSD_ATTEMPT on node $OPSD_NODE_ID"
-sleep 0.3
-'''
-next = "b"
-fail = "idle"
-
-[states.b]
-work = true
-timeout = 60
-run = '''
-sleep 0.2
-echo "{\"last_run\": \"$OPSD_RUN_ID\", \"node\": $OPSD_NODE_ID}" > "$OPSD_OUTPUTS"
-'''
-next = "idle"
-fail = "idle"
-"#;
 
 /// What an event (`Resources.Do`) was told.
 #[derive(Clone, Debug)]
@@ -144,7 +113,13 @@ pub async fn setup(addr: &str, count: usize, records: &Arc<Mutex<Records>>) -> R
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut c = connect(addr);
     loop {
-        match c.resources.apply_kind(ApplyKindRequest { source: KIND.into() }).await {
+        match c
+            .resources
+            .apply_kind(ApplyKindRequest {
+                source: kinds::NEMESIS.into(),
+            })
+            .await
+        {
             Ok(_) => break,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("[nemesis] applying kind {KIND_NAME}: {} (retrying)", describe(&e));
