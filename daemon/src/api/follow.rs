@@ -112,6 +112,26 @@ where
     Box::pin(ReceiverStream::new(rx))
 }
 
+/// How a watch ends on what is not an event (skipped): ABORTED when the
+/// feed ended and the client must re-read before watching again (`last`,
+/// the last revision it was sent, if the watch has revisions), UNAVAILABLE
+/// when the node stops.
+pub fn end_of_watch<T>(seen: Applied, last: Option<u64>) -> Next<T> {
+    match seen {
+        Applied::Event(_) => Next::Skip,
+        Applied::SnapshotInstalled { index } => Next::Fail(Status::aborted(format!(
+            "this node's state was replaced by a snapshot at log index {index}; re-read and watch again"
+        ))),
+        Applied::Lagged { missed } => {
+            let after = last.map(|r| format!(" after revision {r}")).unwrap_or_default();
+            Next::Fail(Status::aborted(format!(
+                "the watcher fell {missed} changes behind{after}; re-read and watch again"
+            )))
+        }
+        Applied::Stopping => Next::Fail(Status::unavailable("the node is shutting down")),
+    }
+}
+
 /// A stream of just `first`: what a follower sends when there is nothing
 /// left to follow.
 pub fn just<T: Send + 'static>(first: T) -> AnswerStream<T> {

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::caller::trigger_of;
-use super::follow::{follow, just, AnswerStream, Applied, Next};
+use super::follow::{end_of_watch, follow, just, AnswerStream, Applied, Next};
 use super::{barrier, cluster_status, propose, read_status, refuse_if_removed, rejection_status};
 use crate::domain::kind::Kind;
 use crate::domain::resources::{self as domain, parse_run_id, ResourceRecord, RunOutcome, RunRecord};
@@ -388,14 +388,7 @@ impl Resources for ResourcesService {
                     lines,
                     dropped: 0,
                 }))),
-                Applied::Event(_) => Next::Skip,
-                Applied::SnapshotInstalled { index } => Next::Fail(Status::aborted(format!(
-                    "this node's state was replaced by a snapshot at index {index}; read and watch again"
-                ))),
-                Applied::Lagged { missed } => Next::Fail(Status::aborted(format!(
-                    "the watcher fell {missed} changes behind; read and watch again"
-                ))),
-                Applied::Stopping => Next::Fail(Status::unavailable("the node is shutting down")),
+                other => end_of_watch(other, None),
             }
         });
         Ok(Response::new(stream))

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::caller::trigger_of;
-use super::follow::{follow, AnswerStream, Applied, Next};
+use super::follow::{end_of_watch, follow, AnswerStream, Applied, Next};
 use super::{barrier, propose, read_status, refuse_if_removed};
 use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
 use crate::domain::{Command, DomainEvent, Outcome};
@@ -143,14 +143,7 @@ impl Settings for SettingsService {
                     last = ev.record().mod_revision;
                     Next::Send(watch_event_of(ev))
                 }
-                Applied::Event(_) => Next::Skip,
-                Applied::SnapshotInstalled { index } => Next::Fail(Status::aborted(format!(
-                    "this node's state was replaced by a snapshot at log index {index}; re-read and watch again"
-                ))),
-                Applied::Lagged { missed } => Next::Fail(Status::aborted(format!(
-                    "the watcher fell {missed} changes behind after revision {last}; re-read and watch again"
-                ))),
-                Applied::Stopping => Next::Fail(Status::unavailable("the node is shutting down")),
+                other => end_of_watch(other, Some(last)),
             },
         );
         Ok(Response::new(stream))
