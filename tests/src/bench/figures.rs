@@ -16,7 +16,7 @@ use opsd_tests::{client, kinds, Cluster, Options, FORM_TIMEOUT};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::load::{self, percentile_ms, System};
+use super::load::{self, System, Tally};
 
 /// What the transition run measured.
 #[derive(Debug, Default)]
@@ -130,8 +130,7 @@ pub async fn transitions(addr: &str, workers: usize, warmup: Duration, measure: 
         let mut s = ResourcesClient::new(streams[w % conns].clone());
         tasks.push(tokio::spawn(async move {
             let (kind, name) = ("noop", format!("t{w:04}"));
-            let mut latencies: Vec<u32> = Vec::new();
-            let (mut errors, mut first_error, mut refused) = (0u64, None::<String>, 0u64);
+            let (mut tally, mut refused) = (Tally::default(), 0u64);
             let created = c
                 .create(CreateResourceRequest {
                     kind: kind.into(),
@@ -142,11 +141,11 @@ pub async fn transitions(addr: &str, workers: usize, warmup: Duration, measure: 
                 })
                 .await;
             if let Err(e) = created {
-                return (latencies, 1, Some(format!("create {kind}/{name}: {e}")), 0);
+                return (Tally::failed(format!("create {kind}/{name}: {e}")), 0);
             }
             let mut watch = match open_watch(&mut s, kind, &name).await {
                 Ok(w) => w,
-                Err(e) => return (latencies, 1, Some(e), 0),
+                Err(e) => return (Tally::failed(e), 0),
             };
             loop {
                 let sent = Instant::now();
@@ -196,40 +195,29 @@ pub async fn transitions(addr: &str, workers: usize, warmup: Duration, measure: 
                         outcome.map(drop)
                     }
                 };
-                let done = Instant::now();
-                let counted = sent >= start && done <= end;
-                match outcome {
-                    Ok(()) if counted => latencies.push((done - sent).as_micros().min(u32::MAX as u128) as u32),
-                    Ok(()) => {}
-                    Err(e) => {
-                        if counted {
-                            errors += 1;
-                        }
-                        first_error.get_or_insert(e);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                if tally.record((start, end), sent, outcome) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
-            (latencies, errors, first_error, refused)
+            (tally, refused)
         }));
     }
-    let mut all = Vec::new();
-    let mut out = Transitions::default();
+    let (mut all, mut refused) = (Tally::default(), 0);
     for t in tasks {
-        let (lat, errors, first, refused) = t.await.expect("a transition worker panicked");
-        all.extend(lat);
-        out.errors += errors;
-        out.refused += refused;
-        if out.first_error.is_none() {
-            out.first_error = first;
-        }
+        let (tally, worker_refused) = t.await.expect("a transition worker panicked");
+        all.merge(tally);
+        refused += worker_refused;
     }
-    all.sort_unstable();
-    out.completed = all.len() as u64;
-    out.per_s = all.len() as f64 / measure.as_secs_f64();
-    out.p50_ms = percentile_ms(&all, 0.50);
-    out.p99_ms = percentile_ms(&all, 0.99);
-    out
+    let row = all.into_row(measure);
+    Transitions {
+        completed: row.ok,
+        per_s: row.ops_per_s,
+        p50_ms: row.p50_ms,
+        p99_ms: row.p99_ms,
+        errors: row.errors,
+        refused,
+        first_error: row.first_error,
+    }
 }
 
 /// Kills the leader with SIGKILL `kills` times; each time measures from the

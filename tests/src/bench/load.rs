@@ -67,6 +67,73 @@ pub struct RowResult {
     pub p99_ms: f64,
 }
 
+/// What one closed-loop worker (or all of them, merged) saw: the latencies
+/// of calls sent and answered within the measured window, the failures
+/// within it, and the first failure seen at all, to say what went wrong.
+#[derive(Debug, Default)]
+pub struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    /// Records a call sent at `sent` and answered now with `outcome`; it
+    /// counts if both ends fall within `start..=end`. Returns the failure's
+    /// presence, so that the worker can pause instead of hammering a failing
+    /// system in a tight loop.
+    pub fn record(&mut self, (start, end): (Instant, Instant), sent: Instant, outcome: Result<(), String>) -> bool {
+        let done = Instant::now();
+        let counted = sent >= start && done <= end;
+        match outcome {
+            Ok(()) => {
+                if counted {
+                    self.latencies_us
+                        .push((done - sent).as_micros().min(u32::MAX as u128) as u32);
+                }
+                false
+            }
+            Err(e) => {
+                self.errors += u64::from(counted);
+                self.first_error.get_or_insert(e);
+                true
+            }
+        }
+    }
+
+    /// A worker that failed before its first call: one error, saying why.
+    pub fn failed(why: String) -> Tally {
+        Tally {
+            errors: 1,
+            first_error: Some(why),
+            ..Tally::default()
+        }
+    }
+
+    /// Adds another worker's tally to this one.
+    pub fn merge(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    /// The figures of a window `measure` long.
+    pub fn into_row(mut self, measure: Duration) -> RowResult {
+        self.latencies_us.sort_unstable();
+        let all = &self.latencies_us;
+        RowResult {
+            ok: all.len() as u64,
+            errors: self.errors,
+            ops_per_s: all.len() as f64 / measure.as_secs_f64(),
+            p50_ms: percentile_ms(all, 0.50),
+            p99_ms: percentile_ms(all, 0.99),
+            first_error: self.first_error,
+        }
+    }
+}
+
 /// A per-worker random number generator (xorshift64*): cheap, and enough to spread keys.
 pub struct Rng(u64);
 
@@ -207,8 +274,7 @@ pub async fn run_row(
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(w as u64 + 1 + (keyspace << 20));
             let value = value(w as u64);
-            let mut latencies: Vec<u32> = Vec::new();
-            let (mut errors, mut first_error) = (0u64, None::<String>);
+            let mut tally = Tally::default();
             loop {
                 let sent = Instant::now();
                 if sent >= end {
@@ -216,40 +282,19 @@ pub async fn run_row(
                 }
                 let k = key(rng.next() % keyspace);
                 let outcome = client.call(workload, k, &value).await;
-                let done = Instant::now();
-                let counted = sent >= start && done <= end;
-                match outcome {
-                    Ok(()) if counted => latencies.push((done - sent).as_micros().min(u32::MAX as u128) as u32),
-                    Ok(()) => {}
-                    Err(e) => {
-                        if counted {
-                            errors += 1;
-                        }
-                        first_error.get_or_insert(e);
-                        // A failing system is not hammered in a tight loop.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                if tally.record((start, end), sent, outcome) {
+                    // A failing system is not hammered in a tight loop.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            (latencies, errors, first_error)
+            tally
         }));
     }
-    let mut all = Vec::new();
-    let mut result = RowResult::default();
+    let mut all = Tally::default();
     for t in tasks {
-        let (lat, errors, first) = t.await.expect("a load worker panicked");
-        all.extend(lat);
-        result.errors += errors;
-        if result.first_error.is_none() {
-            result.first_error = first;
-        }
+        all.merge(t.await.expect("a load worker panicked"));
     }
-    all.sort_unstable();
-    result.ok = all.len() as u64;
-    result.ops_per_s = all.len() as f64 / measure.as_secs_f64();
-    result.p50_ms = percentile_ms(&all, 0.50);
-    result.p99_ms = percentile_ms(&all, 0.99);
-    result
+    all.into_row(measure)
 }
 
 /// Writes keys `0..count` (named by `key_of`) once each, `workers` at a time,
