@@ -12,7 +12,7 @@ use opsd_proto::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest, PutResponse,
     StatusRequest, StatusResponse,
 };
-use tonic::{Code, Status};
+use tonic::{Code, Response, Status};
 
 /// How long one request may take before the client gives up on it. Longer than
 /// the daemon's default write timeout (5 s), so a test sees the daemon's own
@@ -103,49 +103,37 @@ pub async fn put(addr: &str, key: &str, value: &str) -> Result<PutResponse, Stat
 /// `Settings.Get` through the node at `addr` (linearizable unless `stale`),
 /// retried while UNAVAILABLE.
 pub async fn get(addr: &str, key: &str, stale: bool) -> Result<GetResponse, Status> {
-    retry_unavailable(|| async {
-        let mut c = connect(addr);
-        c.settings
-            .get(GetRequest {
-                key: key.to_string(),
-                stale,
-            })
-            .await
-            .map(|r| r.into_inner())
-    })
-    .await
+    let request = GetRequest {
+        key: key.to_string(),
+        stale,
+    };
+    retry_unavailable(|| async { connect(addr).settings.get(request.clone()).await })
+        .await
+        .map(Response::into_inner)
 }
 
 /// `Settings.List` of a prefix through the node at `addr` (linearizable unless
 /// `stale`), retried while UNAVAILABLE.
 pub async fn list(addr: &str, prefix: &str, stale: bool) -> Result<ListResponse, Status> {
-    retry_unavailable(|| async {
-        let mut c = connect(addr);
-        c.settings
-            .list(ListRequest {
-                prefix: prefix.to_string(),
-                stale,
-            })
-            .await
-            .map(|r| r.into_inner())
-    })
-    .await
+    let request = ListRequest {
+        prefix: prefix.to_string(),
+        stale,
+    };
+    retry_unavailable(|| async { connect(addr).settings.list(request.clone()).await })
+        .await
+        .map(Response::into_inner)
 }
 
 /// `Settings.Delete` through the node at `addr`, retried while UNAVAILABLE.
 pub async fn delete(addr: &str, key: &str) -> Result<DeleteResponse, Status> {
-    retry_unavailable(|| async {
-        let mut c = connect(addr);
-        c.settings
-            .delete(DeleteRequest {
-                key: key.to_string(),
-                expected_revision: None,
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner())
-    })
-    .await
+    let request = DeleteRequest {
+        key: key.to_string(),
+        expected_revision: None,
+        ..Default::default()
+    };
+    retry_unavailable(|| async { connect(addr).settings.delete(request.clone()).await })
+        .await
+        .map(Response::into_inner)
 }
 
 /// A one-line description of a gRPC error for assertion messages.

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use opsd_tests::api::{JoinRequest, MembersRequest};
-use opsd_tests::{client, Cluster, Node, NodeConfig, Options};
+use opsd_tests::{client, Cluster, Exit, Node, NodeConfig, Options};
 use tonic::Code;
 
 /// How long a refused start may take before the test calls it a hang.
@@ -30,6 +30,31 @@ async fn member_ids(cluster: &Cluster) -> Vec<u64> {
     ids
 }
 
+/// Waits for `node` to exit, which must be a refusal (a non-zero exit);
+/// `what` names the start. Returns the exit, to check what it says.
+async fn refused(node: &Node, what: &str) -> Exit {
+    let exit = node.wait_exit(EXIT_BOUND).await;
+    eprintln!("{what}: {:?} after {:?}", exit.status, exit.ran_for);
+    assert!(!exit.status.success(), "opsd started: {what}:\n{}", exit.output);
+    exit
+}
+
+/// Asserts a refusal's `output` contains `needle`; `what` says what it
+/// should do ("name the address").
+fn assert_says(output: &str, needle: &str, what: &str) {
+    assert!(output.contains(needle), "the refusal does not {what}:\n{output}");
+}
+
+/// Asserts a SIGTERM ended the node with exit 0.
+fn assert_clean_exit(exit: Exit) {
+    assert!(
+        exit.status.success(),
+        "SIGTERM should exit 0, got {:?}:\n{}",
+        exit.status,
+        exit.output
+    );
+}
+
 #[tokio::test]
 async fn bad_startup_is_refused() {
     let cluster = Cluster::start(1, Options::default()).await;
@@ -41,28 +66,15 @@ async fn bad_startup_is_refused() {
     // 1. A second opsd on a data dir in use.
     let mut config = NodeConfig::new("second-on-same-dir", cluster.dir(), Options::default());
     config.data_dir = member.data_dir().to_path_buf();
-    let second = Node::spawn(config);
-    let exit = second.wait_exit(EXIT_BOUND).await;
-    eprintln!(
-        "second opsd on a data dir in use: {:?} after {:?}",
-        exit.status, exit.ran_for
-    );
-    assert!(
-        !exit.status.success(),
-        "a second opsd ran on a data dir in use:\n{}",
-        exit.output
-    );
+    let exit = refused(&Node::spawn(config), "a second opsd on a data dir in use").await;
     let out = exit.output.to_lowercase();
     assert!(
         out.contains("lock") || out.contains("in use"),
         "the refusal does not say the data dir is in use:\n{}",
         exit.output
     );
-    assert!(
-        out.contains(&member.data_dir().display().to_string().to_lowercase()),
-        "the refusal does not name the data dir:\n{}",
-        exit.output
-    );
+    let data_dir = member.data_dir().display().to_string().to_lowercase();
+    assert_says(&out, &data_dir, "name the data dir");
     let got = cluster
         .get(0, "startup/kept", false)
         .await
@@ -76,23 +88,13 @@ async fn bad_startup_is_refused() {
     let future = r#"{"format_version":99,"node_id":12345,"cluster_id":"from-the-future"}"#;
     std::fs::write(&node_json, future).expect("writing node.json");
     let node = Node::spawn(config);
-    let exit = node.wait_exit(EXIT_BOUND).await;
-    eprintln!("format_version 99: {:?} after {:?}", exit.status, exit.ran_for);
-    assert!(
-        !exit.status.success(),
-        "opsd started on a data dir of format 99:\n{}",
-        exit.output
+    let exit = refused(&node, "a data dir of format_version 99").await;
+    assert_says(
+        &exit.output.to_lowercase(),
+        "format version",
+        "mention the format version",
     );
-    assert!(
-        exit.output.to_lowercase().contains("format version"),
-        "the refusal does not mention the format version:\n{}",
-        exit.output
-    );
-    assert!(
-        exit.output.contains("99"),
-        "the refusal does not say which version it found:\n{}",
-        exit.output
-    );
+    assert_says(&exit.output, "99", "say which version it found");
     assert_eq!(
         std::fs::read_to_string(&node_json).expect("node.json"),
         future,
@@ -126,38 +128,14 @@ async fn bad_startup_is_refused() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{}", client::describe(&err));
     assert!(err.message().contains("cluster"), "{}", client::describe(&err));
     // SIGTERM stops it cleanly.
-    let exit = foreign.terminate(Duration::from_secs(30)).await;
-    assert!(
-        exit.status.success(),
-        "SIGTERM should exit 0, got {:?}:\n{}",
-        exit.status,
-        exit.output
-    );
+    assert_clean_exit(foreign.terminate(Duration::from_secs(30)).await);
     // Restarted from its own data dir with --join to this cluster: refused.
     let mut config = foreign_config;
     config.join = vec![member.client_addr()];
     drop(foreign);
-    let foreign = Node::spawn(config);
-    let exit = foreign.wait_exit(EXIT_BOUND).await;
-    eprintln!(
-        "data dir of another cluster with --join: {:?} after {:?}",
-        exit.status, exit.ran_for
-    );
-    assert!(
-        !exit.status.success(),
-        "a node of another cluster started with --join:\n{}",
-        exit.output
-    );
-    assert!(
-        exit.output.contains("cluster"),
-        "the refusal does not mention the cluster:\n{}",
-        exit.output
-    );
-    assert!(
-        exit.output.contains(&foreign_status.cluster_id),
-        "the refusal does not name the data dir's cluster:\n{}",
-        exit.output
-    );
+    let exit = refused(&Node::spawn(config), "a data dir of another cluster with --join").await;
+    assert_says(&exit.output, "cluster", "mention the cluster");
+    assert_says(&exit.output, &foreign_status.cluster_id, "name the data dir's cluster");
     assert_eq!(
         member_ids(&cluster).await,
         members,
@@ -175,18 +153,9 @@ async fn bad_startup_is_refused() {
         },
     );
     config.join = vec![nobody.clone()];
-    let lonely = Node::spawn(config);
-    let exit = lonely.wait_exit(EXIT_BOUND).await;
-    eprintln!(
-        "--join {nobody} (nobody there) with --join-timeout-ms 3000: {:?} after {:?}",
-        exit.status, exit.ran_for
-    );
-    assert!(!exit.status.success(), "opsd joined nobody:\n{}", exit.output);
-    assert!(
-        exit.output.contains(&nobody),
-        "the error does not name the address:\n{}",
-        exit.output
-    );
+    let what = format!("--join {nobody} (nobody there) with --join-timeout-ms 3000");
+    let exit = refused(&Node::spawn(config), &what).await;
+    assert_says(&exit.output, &nobody, "name the address");
     let gave_up_after = exit.ran_for;
     assert!(
         exit.status.code().is_some(),
@@ -198,13 +167,7 @@ async fn bad_startup_is_refused() {
     assert_eq!(member_ids(&cluster).await, members);
     let got = cluster.get(0, "startup/kept", false).await.expect("still serving");
     assert_eq!(got.setting.expect("a setting").value, "yes");
-    let exit = member.terminate(Duration::from_secs(30)).await;
-    assert!(
-        exit.status.success(),
-        "SIGTERM should exit 0, got {:?}:\n{}",
-        exit.status,
-        exit.output
-    );
+    assert_clean_exit(member.terminate(Duration::from_secs(30)).await);
 
     // Last, so the checks above run even if this one fails: it kept retrying
     // for (about) the join timeout, not giving up early.

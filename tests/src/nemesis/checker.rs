@@ -520,6 +520,14 @@ mod tests {
     fn unknown() -> Outcome {
         Outcome::Unknown { why: "timeout".into() }
     }
+    fn refused() -> Outcome {
+        Outcome::Refused { why: "x".into() }
+    }
+    /// Asserts the history shows no anomaly and loses nothing.
+    fn assert_clean(h: &[Op]) {
+        let f = check(h, 1_000_000);
+        assert!(f.anomalies.is_empty() && f.lost.is_empty(), "{f:?}");
+    }
     fn fin(mut o: Op) -> Op {
         o.client = FINAL_CLIENT;
         o
@@ -531,11 +539,10 @@ mod tests {
             op(0, "k", cas(0, "a"), 0, 10, ok(5, None)),
             op(1, "k", Call::Read, 11, 12, read(Some(("a", 5)))),
             op(2, "k", cas(5, "b"), 13, 20, ok(7, Some(("a", 5)))),
-            op(3, "k", cas(5, "c"), 21, 22, Outcome::Refused { why: "x".into() }),
+            op(3, "k", cas(5, "c"), 21, 22, refused()),
             fin(op(4, "k", Call::Read, 30, 31, read(Some(("b", 7))))),
         ];
-        let f = check(&h, 1_000_000);
-        assert!(f.anomalies.is_empty() && f.lost.is_empty(), "{f:?}");
+        assert_clean(&h);
     }
 
     #[test]
@@ -548,8 +555,7 @@ mod tests {
             op(3, "k", Call::Read, 12, 13, read(Some(("b", 8)))),
             fin(op(4, "k", Call::Read, 40, 41, read(Some(("b", 8))))),
         ];
-        let f = check(&h, 1_000_000);
-        assert!(f.anomalies.is_empty() && f.lost.is_empty(), "{f:?}");
+        assert_clean(&h);
     }
 
     #[test]
@@ -586,19 +592,17 @@ mod tests {
             fin(op(1, "u/1", Call::Read, 40, 41, read(None))),
         ];
         for h in [seen, unseen] {
-            let f = check(&h, 1_000_000);
-            assert!(f.anomalies.is_empty() && f.lost.is_empty(), "{f:?}");
+            assert_clean(&h);
         }
         // A CAS of unknown outcome that took effect explains a refused CAS
         // and the value read later, even though its answer never came.
         let h = vec![
             op(0, "k", cas(0, "a"), 0, 10, ok(5, None)),
             op(1, "k", cas(5, "b"), 11, 12, unknown()),
-            op(2, "k", cas(5, "c"), 20, 21, Outcome::Refused { why: "x".into() }),
+            op(2, "k", cas(5, "c"), 20, 21, refused()),
             fin(op(3, "k", Call::Read, 40, 41, read(Some(("b", 9))))),
         ];
-        let f = check(&h, 1_000_000);
-        assert!(f.anomalies.is_empty() && f.lost.is_empty(), "{f:?}");
+        assert_clean(&h);
     }
 
     #[test]
@@ -657,7 +661,7 @@ mod tests {
     fn a_refused_cas_whose_condition_held_is_an_anomaly() {
         let h = vec![
             op(0, "k", cas(0, "a"), 0, 10, ok(5, None)),
-            op(1, "k", cas(5, "b"), 20, 21, Outcome::Refused { why: "x".into() }),
+            op(1, "k", cas(5, "b"), 20, 21, refused()),
             fin(op(2, "k", Call::Read, 40, 41, read(Some(("a", 5))))),
         ];
         let f = check(&h, 1_000_000);
