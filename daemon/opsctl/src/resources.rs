@@ -131,9 +131,7 @@ pub async fn create(args: CreateArgs, nodes: &Nodes, printer: Printer) -> Result
         reason: args.reason,
     };
     let change = nodes
-        .call_with(&request, |mut api, request| async move {
-            api.resources.create(request).await
-        })
+        .call_with(&request, |mut api, r| async move { api.resources.create(r).await })
         .await
         .with_context(|| format!("cannot create {target}"))?;
     if args.wait {
@@ -152,10 +150,7 @@ pub async fn ls(args: LsArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
         stale: args.stale,
     };
     let answer = nodes
-        .call_with(
-            &request,
-            |mut api, request| async move { api.resources.list(request).await },
-        )
+        .call_with(&request, |mut api, r| async move { api.resources.list(r).await })
         .await?;
     printer.resources(&answer.resources)?;
     Ok(())
@@ -169,10 +164,7 @@ pub async fn get(args: GetArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
         stale: args.stale,
     };
     let resource = nodes
-        .call_with(
-            &request,
-            |mut api, request| async move { api.resources.get(request).await },
-        )
+        .call_with(&request, |mut api, r| async move { api.resources.get(r).await })
         .await?;
     printer.resource(&resource)?;
     Ok(())
@@ -189,9 +181,7 @@ pub async fn delete(args: DeleteArgs, nodes: &Nodes, printer: Printer) -> Result
     };
     let send = || async {
         nodes
-            .call_with(&request, |mut api, request| async move {
-                api.resources.delete(request).await
-            })
+            .call_with(&request, |mut api, r| async move { api.resources.delete(r).await })
             .await
             .with_context(|| format!("cannot delete {target}"))
     };
@@ -216,10 +206,7 @@ pub async fn event(args: DoArgs, nodes: &Nodes, printer: Printer) -> Result<()> 
     };
     let send = || async {
         nodes
-            .call_with(
-                &request,
-                |mut api, request| async move { api.resources.r#do(request).await },
-            )
+            .call_with(&request, |mut api, r| async move { api.resources.r#do(r).await })
             .await
             .with_context(|| format!("cannot do {} to {target}", request.event))
     };

@@ -123,9 +123,7 @@ pub async fn runs(args: RunsArgs, nodes: &Nodes, printer: Printer) -> Result<()>
         limit: args.limit.unwrap_or(0),
     };
     let answer = nodes
-        .call_with(&request, |mut api, request| async move {
-            api.resources.list_runs(request).await
-        })
+        .call_with(&request, |mut api, r| async move { api.resources.list_runs(r).await })
         .await?;
     printer.runs(&answer.runs)?;
     Ok(())
@@ -135,9 +133,7 @@ pub async fn runs(args: RunsArgs, nodes: &Nodes, printer: Printer) -> Result<()>
 pub async fn run(args: RunArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
     let request = GetRunRequest { run_id: args.run_id };
     let run = nodes
-        .call_with(&request, |mut api, request| async move {
-            api.resources.get_run(request).await
-        })
+        .call_with(&request, |mut api, r| async move { api.resources.get_run(r).await })
         .await?;
     printer.run(&run)?;
     Ok(())
@@ -150,9 +146,7 @@ pub async fn cancel(args: CancelArgs, nodes: &Nodes, printer: Printer) -> Result
         reason: args.reason,
     };
     let run = nodes
-        .call_with(&request, |mut api, request| async move {
-            api.resources.cancel(request).await
-        })
+        .call_with(&request, |mut api, r| async move { api.resources.cancel(r).await })
         .await
         .with_context(|| format!("cannot cancel run {}", request.run_id))?;
     printer.run_summary(&run)?;
@@ -166,9 +160,7 @@ pub async fn history(args: HistoryArgs, nodes: &Nodes, printer: Printer) -> Resu
         name: args.target.name,
     };
     let answer = nodes
-        .call_with(&request, |mut api, request| async move {
-            api.resources.history(request).await
-        })
+        .call_with(&request, |mut api, r| async move { api.resources.history(r).await })
         .await?;
     printer.runs(&answer.runs)?;
     Ok(())
@@ -181,9 +173,7 @@ pub async fn stats(args: StatsArgs, nodes: &Nodes, printer: Printer) -> Result<(
         since: args.since.map(|since| time::duration(spec::millis(since))),
     };
     let answer = nodes
-        .call_with(&request, |mut api, request| async move {
-            api.resources.stats(request).await
-        })
+        .call_with(&request, |mut api, r| async move { api.resources.stats(r).await })
         .await?;
     printer.stats(&answer.transitions)?;
     Ok(())

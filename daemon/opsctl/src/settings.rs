@@ -108,20 +108,14 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
                 reason,
             };
             let answer = nodes
-                .call_with(
-                    &request,
-                    |mut api, request| async move { api.settings.put(request).await },
-                )
+                .call_with(&request, |mut api, r| async move { api.settings.put(r).await })
                 .await?;
             printer.revision(answer.revision, answer.previous.as_ref())?;
         }
         SettingsCommand::Get { key, stale } => {
             let request = GetRequest { key, stale };
             let answer = nodes
-                .call_with(
-                    &request,
-                    |mut api, request| async move { api.settings.get(request).await },
-                )
+                .call_with(&request, |mut api, r| async move { api.settings.get(r).await })
                 .await?;
             let setting = answer
                 .setting
@@ -131,10 +125,7 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
         SettingsCommand::Ls { prefix, stale } => {
             let request = ListRequest { prefix, stale };
             let answer = nodes
-                .call_with(
-                    &request,
-                    |mut api, request| async move { api.settings.list(request).await },
-                )
+                .call_with(&request, |mut api, r| async move { api.settings.list(r).await })
                 .await?;
             printer.settings(&answer.settings)?;
         }
@@ -149,9 +140,7 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
                 reason,
             };
             let answer = nodes
-                .call_with(&request, |mut api, request| async move {
-                    api.settings.delete(request).await
-                })
+                .call_with(&request, |mut api, r| async move { api.settings.delete(r).await })
                 .await?;
             printer.revision(answer.revision, answer.previous.as_ref())?;
         }
