@@ -26,6 +26,18 @@ impl SettingsService {
     pub fn new(node: ClusterNode, stop: watch::Receiver<bool>) -> Self {
         SettingsService { node, stop }
     }
+
+    /// Proposes a put or delete; answers with the revision it made and the
+    /// setting it replaced.
+    async fn write(&self, cmd: Command) -> Result<(u64, Option<Setting>), Status> {
+        match propose(&self.node, cmd).await? {
+            (_, Outcome::SettingPut { previous, revision }) => Ok((revision, previous.map(to_proto))),
+            (_, Outcome::SettingDeleted { previous, revision }) => Ok((revision, Some(to_proto(previous)))),
+            (_, other) => Err(Status::internal(format!(
+                "unexpected outcome of a settings write: {other:?}"
+            ))),
+        }
+    }
 }
 
 fn to_proto(r: SettingRecord) -> Setting {
@@ -58,13 +70,8 @@ impl Settings for SettingsService {
             expected_revision: req.expected_revision,
             trigger,
         };
-        match propose(&self.node, cmd).await? {
-            (_, Outcome::SettingPut { previous, revision }) => Ok(Response::new(PutResponse {
-                revision,
-                previous: previous.map(to_proto),
-            })),
-            (_, other) => Err(Status::internal(format!("unexpected outcome of a put: {other:?}"))),
-        }
+        let (revision, previous) = self.write(cmd).await?;
+        Ok(Response::new(PutResponse { revision, previous }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -112,13 +119,8 @@ impl Settings for SettingsService {
             expected_revision: req.expected_revision,
             trigger,
         };
-        match propose(&self.node, cmd).await? {
-            (_, Outcome::SettingDeleted { previous, revision }) => Ok(Response::new(DeleteResponse {
-                revision,
-                previous: Some(to_proto(previous)),
-            })),
-            (_, other) => Err(Status::internal(format!("unexpected outcome of a delete: {other:?}"))),
-        }
+        let (revision, previous) = self.write(cmd).await?;
+        Ok(Response::new(DeleteResponse { revision, previous }))
     }
 
     type WatchStream = AnswerStream<WatchEvent>;
