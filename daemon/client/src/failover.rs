@@ -76,6 +76,15 @@ pub enum CallError {
         /// How long the client waited.
         after: Duration,
     },
+    /// The connection to the node broke after a write was sent: it may have
+    /// been applied, so it was not sent to another node.
+    #[error("the connection to {addr} broke after the request was sent ({why}); it may have been applied: check before retrying")]
+    Broken {
+        /// The node that was asked.
+        addr: String,
+        /// The transport's error.
+        why: String,
+    },
     /// Every address failed to connect or answered UNAVAILABLE.
     #[error("{}", describe_unreachable(.0))]
     Unreachable(Vec<Failure>),
@@ -111,16 +120,33 @@ impl Nodes {
         }
     }
 
-    /// Runs one request with address failover: tries each address in order,
-    /// moving on when connecting fails or the node answers UNAVAILABLE (no
-    /// leader or no quorum, which the API documents as safe to retry), and
-    /// returns the first other answer, success or error.
+    /// Runs one request that is safe to repeat (a read) with address
+    /// failover: tries each address in order, moving on when connecting
+    /// fails, the node answers UNAVAILABLE (no leader or no quorum, which the
+    /// API documents as safe to retry) or the connection breaks, and returns
+    /// the first other answer, success or error.
     pub async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, CallError>
     where
         F: FnMut(Api) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.call_from(0, rpc).await.map(|(_, answer)| answer)
+        self.try_in_turn(0, Repeat::Safe, rpc).await.map(|(_, answer)| answer)
+    }
+
+    /// Runs one write with address failover, moving on to the next address
+    /// only when the write certainly did not take effect: the connection
+    /// could not be made, or the node itself answered UNAVAILABLE. A
+    /// connection that broke after the request went out is not retried (the
+    /// write may have been applied): its error says so.
+    pub async fn write_with<R, T, F, Fut>(&self, request: &R, mut rpc: F) -> Result<T, CallError>
+    where
+        R: Clone,
+        F: FnMut(Api, R) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.try_in_turn(0, Repeat::IfNotSent, |api| rpc(api, request.clone()))
+            .await
+            .map(|(_, answer)| answer)
     }
 
     /// [`Nodes::call`] of one request message, given to `rpc` with each try
@@ -138,7 +164,17 @@ impl Nodes {
     /// (modulo their number) and goes round, and also says which address
     /// answered. A stream that broke is reopened with `first` one past the
     /// address that served it, so the next try goes to another node.
-    pub async fn call_from<T, F, Fut>(&self, first: usize, mut rpc: F) -> Result<(usize, T), CallError>
+    pub async fn call_from<T, F, Fut>(&self, first: usize, rpc: F) -> Result<(usize, T), CallError>
+    where
+        F: FnMut(Api) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.try_in_turn(first, Repeat::Safe, rpc).await
+    }
+
+    /// Tries each address from `first` on, moving on from one whose answer
+    /// `repeat` says another node may be asked instead.
+    async fn try_in_turn<T, F, Fut>(&self, first: usize, repeat: Repeat, mut rpc: F) -> Result<(usize, T), CallError>
     where
         F: FnMut(Api) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -185,8 +221,14 @@ impl Nodes {
             };
             match answer {
                 Ok(response) => return Ok((position, response.into_inner())),
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if repeat.may_ask_another(&status) => {
                     failures.push(failure(describe_status(&status), true));
+                }
+                Err(status) if status.code() == Code::Unavailable => {
+                    return Err(CallError::Broken {
+                        addr: addr.to_string(),
+                        why: describe_status(&status),
+                    })
                 }
                 Err(status) => return Err(CallError::Status(status)),
             }
@@ -226,6 +268,41 @@ impl Nodes {
     pub fn addr(&self, position: usize) -> &NodeAddr {
         &self.addrs[position % self.addrs.len()]
     }
+}
+
+/// Whether a failed request may be sent to another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// It is safe to repeat (a read): on any UNAVAILABLE.
+    Safe,
+    /// Only if it certainly did not take effect (a write).
+    IfNotSent,
+}
+
+impl Repeat {
+    fn may_ask_another(self, status: &Status) -> bool {
+        status.code() == Code::Unavailable && (self == Repeat::Safe || certainly_not_applied(status))
+    }
+}
+
+/// Whether an UNAVAILABLE answer means the request took no effect: the node
+/// itself said so (a status read off the wire has no local cause), or the
+/// connection could not be made (tonic's [`tonic::ConnectError`] in the
+/// cause chain, so the request was never written). Decided from the error's
+/// kind, never its text: a connection that broke after the request went out
+/// is neither.
+fn certainly_not_applied(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    if source.is_none() {
+        return true;
+    }
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// True if a stream ended with an error that says the connection or the
@@ -315,6 +392,25 @@ mod tests {
             "key \"a\" not found (not found)"
         );
         assert_eq!(describe_status(&Status::unavailable("")), "unavailable; safe to retry");
+    }
+
+    #[test]
+    fn a_write_goes_to_another_node_only_if_it_certainly_took_no_effect() {
+        use std::sync::Arc;
+        let answered = Status::unavailable("no leader");
+        let mut broken = Status::unavailable("transport error");
+        broken.set_source(Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        let mut refused = Status::unavailable("transport error");
+        let cause: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        refused.set_source(Arc::new(tonic::ConnectError(cause)));
+        assert!(Repeat::IfNotSent.may_ask_another(&answered));
+        assert!(Repeat::IfNotSent.may_ask_another(&refused));
+        assert!(!Repeat::IfNotSent.may_ask_another(&broken));
+        assert!(!Repeat::IfNotSent.may_ask_another(&Status::internal("x")));
+        // A read may be asked again anywhere.
+        assert!(Repeat::Safe.may_ask_another(&broken));
+        assert!(!Repeat::Safe.may_ask_another(&Status::not_found("x")));
     }
 
     #[tokio::test]

@@ -47,7 +47,9 @@ pub async fn run(command: ClusterCommand, nodes: &Nodes, printer: Printer) -> Re
         }
         ClusterCommand::Remove { node_id } => {
             nodes
-                .call(|mut api| async move { api.cluster.remove(RemoveRequest { node_id }).await })
+                .write_with(&RemoveRequest { node_id }, |mut api, r| async move {
+                    api.cluster.remove(r).await
+                })
                 .await?
                 .members
         }

@@ -53,7 +53,7 @@ pub async fn run(command: KindsCommand, nodes: &Nodes, printer: Printer) -> Resu
             let source = read_file_or_stdin(&file).with_context(|| format!("cannot read kind file {file}"))?;
             let request = ApplyKindRequest { source };
             let kind = nodes
-                .call_with(&request, |mut api, r| async move { api.resources.apply_kind(r).await })
+                .write_with(&request, |mut api, r| async move { api.resources.apply_kind(r).await })
                 .await
                 .with_context(|| format!("kind file {file} was not applied"))?;
             printer.kind_applied(&kind)?;

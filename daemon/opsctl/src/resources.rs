@@ -131,7 +131,7 @@ pub async fn create(args: CreateArgs, nodes: &Nodes, printer: Printer) -> Result
         reason: args.reason,
     };
     let change = nodes
-        .call_with(&request, |mut api, r| async move { api.resources.create(r).await })
+        .write_with(&request, |mut api, r| async move { api.resources.create(r).await })
         .await
         .with_context(|| format!("cannot create {target}"))?;
     if args.wait {
@@ -181,7 +181,7 @@ pub async fn delete(args: DeleteArgs, nodes: &Nodes, printer: Printer) -> Result
     };
     let send = || async {
         nodes
-            .call_with(&request, |mut api, r| async move { api.resources.delete(r).await })
+            .write_with(&request, |mut api, r| async move { api.resources.delete(r).await })
             .await
             .with_context(|| format!("cannot delete {target}"))
     };
@@ -206,7 +206,7 @@ pub async fn event(args: DoArgs, nodes: &Nodes, printer: Printer) -> Result<()> 
     };
     let send = || async {
         nodes
-            .call_with(&request, |mut api, r| async move { api.resources.r#do(r).await })
+            .write_with(&request, |mut api, r| async move { api.resources.r#do(r).await })
             .await
             .with_context(|| format!("cannot do {} to {target}", request.event))
     };

@@ -146,7 +146,7 @@ pub async fn cancel(args: CancelArgs, nodes: &Nodes, printer: Printer) -> Result
         reason: args.reason,
     };
     let run = nodes
-        .call_with(&request, |mut api, r| async move { api.resources.cancel(r).await })
+        .write_with(&request, |mut api, r| async move { api.resources.cancel(r).await })
         .await
         .with_context(|| format!("cannot cancel run {}", request.run_id))?;
     printer.run_summary(&run)?;

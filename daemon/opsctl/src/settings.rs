@@ -108,7 +108,7 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
                 reason,
             };
             let answer = nodes
-                .call_with(&request, |mut api, r| async move { api.settings.put(r).await })
+                .write_with(&request, |mut api, r| async move { api.settings.put(r).await })
                 .await?;
             printer.revision(answer.revision, answer.previous.as_ref())?;
         }
@@ -140,7 +140,7 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
                 reason,
             };
             let answer = nodes
-                .call_with(&request, |mut api, r| async move { api.settings.delete(r).await })
+                .write_with(&request, |mut api, r| async move { api.settings.delete(r).await })
                 .await?;
             printer.revision(answer.revision, answer.previous.as_ref())?;
         }
