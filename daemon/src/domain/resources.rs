@@ -621,8 +621,10 @@ fn cut_line(mut line: String) -> String {
     line
 }
 
-/// [`enter_state`], then writes the resource and answers with it and the run
-/// started: the end of a create, of an event and of a finished step.
+/// Moves `resource` into `target` and, if it is a work state, starts its run
+/// (owned by the entry's leader); writes the resource and answers with it and
+/// the run started. `event`, `args` and `trigger` are those of the chain: the
+/// end of a create, of an event and of a finished step.
 #[allow(clippy::too_many_arguments)]
 fn move_to(
     txn: &mut Txn<'_>,
@@ -636,38 +638,6 @@ fn move_to(
     trigger: &Trigger,
     record_stable: bool,
 ) -> Applied {
-    let run = enter_state(
-        txn,
-        entry,
-        kind,
-        &mut resource,
-        from,
-        target,
-        event,
-        args,
-        trigger,
-        record_stable,
-    )?;
-    put_resource(txn, &resource)?;
-    Ok(Outcome::ResourceChanged { resource, run })
-}
-
-/// Moves `resource` into `target` and, if it is a work state, starts its run
-/// (owned by the entry's leader). `event`, `args` and `trigger` are those of
-/// the chain. The caller writes the resource ([`move_to`]).
-#[allow(clippy::too_many_arguments)]
-fn enter_state(
-    txn: &mut Txn<'_>,
-    entry: EntryInfo,
-    kind: &Kind,
-    resource: &mut ResourceRecord,
-    from: &str,
-    target: &str,
-    event: &str,
-    args: &BTreeMap<String, String>,
-    trigger: &Trigger,
-    record_stable: bool,
-) -> Result<Option<RunRecord>, TxnError> {
     let state = kind
         .state(target)
         .ok_or_else(|| TxnError(format!("kind {} has no state {target}", kind.name)))?;
@@ -680,7 +650,8 @@ fn enter_state(
     resource.updated_at_ms = trigger.at_ms;
     resource.active_run = None;
     if !state.work && !record_stable {
-        return Ok(None);
+        put_resource(txn, &resource)?;
+        return Ok(Outcome::ResourceChanged { resource, run: None });
     }
     let mut run = RunRecord {
         index: entry.index,
@@ -717,7 +688,11 @@ fn enter_state(
         stats::record(txn, &run)?;
     }
     put_run(txn, &run)?;
-    Ok(Some(run))
+    put_resource(txn, &resource)?;
+    Ok(Outcome::ResourceChanged {
+        resource,
+        run: Some(run),
+    })
 }
 
 /// Applies `PutKind`: registers or updates a kind, as the leader compiled
