@@ -179,19 +179,13 @@ pub async fn delete(args: DeleteArgs, nodes: &Nodes, printer: Printer) -> Result
         name: target.name.clone(),
         reason: args.reason,
     };
-    let send = || async {
+    let send = async {
         nodes
             .write_with(&request, |mut api, r| async move { api.resources.delete(r).await })
             .await
             .with_context(|| format!("cannot delete {target}"))
     };
-    if args.wait {
-        let opened = wait::watch_before_change(nodes, &target).await?;
-        let change = send().await?;
-        wait::wait_for_change(nodes, &target, &change, Some(opened), printer).await
-    } else {
-        print_change(&target, &send().await?, printer)
-    }
+    change_existing(nodes, &target, args.wait, printer, send).await
 }
 
 /// `opsctl do`: does an event to a resource.
@@ -204,18 +198,31 @@ pub async fn event(args: DoArgs, nodes: &Nodes, printer: Printer) -> Result<()> 
         args: spec::key_values(args.args, "--arg").map_err(|e| anyhow!(e))?,
         reason: args.reason,
     };
-    let send = || async {
+    let send = async {
         nodes
             .write_with(&request, |mut api, r| async move { api.resources.r#do(r).await })
             .await
             .with_context(|| format!("cannot do {} to {target}", request.event))
     };
-    if args.wait {
-        let opened = wait::watch_before_change(nodes, &target).await?;
-        let change = send().await?;
-        wait::wait_for_change(nodes, &target, &change, Some(opened), printer).await
+    change_existing(nodes, &target, args.wait, printer, send).await
+}
+
+/// Makes a change to an existing resource (`send`) and prints it, or with
+/// `wait` waits for the resource to rest, watching from before the change so
+/// that nothing it starts is missed.
+async fn change_existing(
+    nodes: &Nodes,
+    target: &ResourceRef,
+    wait: bool,
+    printer: Printer,
+    send: impl std::future::Future<Output = Result<ResourceChange>>,
+) -> Result<()> {
+    if wait {
+        let opened = wait::watch_before_change(nodes, target).await?;
+        let change = send.await?;
+        wait::wait_for_change(nodes, target, &change, Some(opened), printer).await
     } else {
-        print_change(&target, &send().await?, printer)
+        print_change(target, &send.await?, printer)
     }
 }
 
