@@ -14,8 +14,8 @@ use crate::domain::resources::MAX_TEXT;
 use crate::domain::Trigger;
 use crate::engine;
 
-/// The metadata key naming the principal a request acts as.
-pub const PRINCIPAL_HEADER: &str = "x-opsd-principal";
+/// The metadata key naming the principal a request acts as (the contract's).
+pub use opsd_proto::PRINCIPAL_KEY as PRINCIPAL_HEADER;
 /// The principal of a request that names none.
 pub const ANONYMOUS: &str = "anonymous";
 /// The longest principal, in bytes.
