@@ -113,7 +113,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     crate::propose::spawn_builtin_kind_installer(node.clone());
     let engine = start_engine(&node, &config.data_dir)?;
-    let served = serve(listener, node.clone(), engine).await;
+    let served = serve(listener, node.clone(), engine.clone()).await;
+    engine.stop().await;
     node.shutdown().await;
     served?;
     info!("stopped");

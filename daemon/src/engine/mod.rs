@@ -100,6 +100,9 @@ impl EngineCtx {
 pub struct Engine {
     registry: Addr<Registry>,
     ctx: Arc<EngineCtx>,
+    /// The actor system and its thread, for [`Engine::stop`].
+    system: actix::System,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<std::io::Result<()>>>>>,
 }
 
 impl Engine {
@@ -120,19 +123,36 @@ impl Engine {
         let events = node.subscribe();
         let (tx, rx) = std::sync::mpsc::channel();
         let system_ctx = ctx.clone();
-        std::thread::Builder::new().name("opsd-engine".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name("opsd-engine".into()).spawn(move || {
             let system = actix::System::new();
             system.block_on(async move {
-                let _ = tx.send(Registry::new(system_ctx).start());
+                let _ = tx.send((Registry::new(system_ctx).start(), actix::System::current()));
             });
             system.run()
         })?;
-        let registry = rx
+        let (registry, system) = rx
             .recv()
             .map_err(|_| std::io::Error::other("the engine's actor system did not start"))?;
         tokio::spawn(pump_events(events, registry.clone()));
         tokio::spawn(follow_leadership(ctx.leadership.clone(), registry.clone()));
-        Ok(Engine { registry, ctx })
+        Ok(Engine {
+            registry,
+            ctx,
+            system,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Stops the actors and waits for their thread to end, so that nothing
+    /// reads the database while the process exits (rocksdb aborts when a
+    /// thread uses it during the library's teardown). Steps in flight are
+    /// abandoned, as when this node loses the leadership.
+    pub async fn stop(&self) {
+        self.system.stop();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 
     /// The actor of a resource, if the resource exists.
