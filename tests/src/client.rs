@@ -52,6 +52,7 @@ pub fn connect_with(addr: &str, request_timeout: Option<Duration>) -> Clients {
     let timeouts = Timeouts {
         connect: Duration::from_secs(2),
         request: request_timeout,
+        ..Timeouts::default()
     };
     Api::lazy(&node, timeouts, Credentials::principal(PRINCIPAL))
 }

@@ -27,6 +27,7 @@ fn anonymous(addr: &str) -> client::Clients {
     let timeouts = opsd_client::Timeouts {
         connect: Duration::from_secs(2),
         request: Some(client::REQUEST_TIMEOUT),
+        ..opsd_client::Timeouts::default()
     };
     opsd_client::Api::lazy(&node, timeouts, opsd_client::Credentials::anonymous())
 }

@@ -19,15 +19,26 @@ pub struct Timeouts {
     /// How long a connected node may take to answer a request; for a stream,
     /// to start it (its length is not bounded). `None`: no limit.
     pub request: Option<Duration>,
+    /// How long [`Nodes`] waits for a node's answer to a read before moving
+    /// on to the next address. A stopped or wedged node still accepts
+    /// connections (its kernel does), so only a short wait for the answer
+    /// gets past it. Writes never use it: a write that got no answer may
+    /// still commit, so it is not sent elsewhere, and a healthy leader may
+    /// take the daemon's whole write timeout to answer it; writes wait
+    /// `request`. Nor does the last address tried: with no other node to
+    /// move on to, the read waits `request` there.
+    pub answer: Duration,
 }
 
 impl Default for Timeouts {
     /// 2 s to connect, 15 s to answer: longer than the daemon's own write
-    /// timeout (5 s), so a client sees the daemon's error rather than its own.
+    /// timeout (5 s), so a client sees the daemon's error rather than its own;
+    /// 2 s for a read's answer before trying the next address.
     fn default() -> Self {
         Self {
             connect: Duration::from_secs(2),
             request: Some(Duration::from_secs(15)),
+            answer: Duration::from_secs(2),
         }
     }
 }
@@ -67,9 +78,11 @@ pub enum CallError {
     /// way (not found, invalid argument, stale revision, ...).
     #[error("{}", describe_status(.0))]
     Status(Status),
-    /// A node accepted the request but did not answer in time. Not retried
-    /// elsewhere: a write may still commit.
-    #[error("no answer from {addr} within {}s; a write may still have been applied", .after.as_secs())]
+    /// A node accepted a write but did not answer in time. Not retried
+    /// elsewhere: the write may still commit. Only writes end this way: a
+    /// read that got no answer moves on to the next address, and when none
+    /// is left ends as [`CallError::Unreachable`].
+    #[error("no answer from {addr} within {}; the write's outcome is unknown (it may still be applied): check before retrying", seconds(*.after))]
     Timeout {
         /// The node that was asked.
         addr: String,
@@ -85,7 +98,8 @@ pub enum CallError {
         /// The transport's error.
         why: String,
     },
-    /// Every address failed to connect or answered UNAVAILABLE.
+    /// Every address failed: could not be connected to, answered
+    /// UNAVAILABLE, or (for a read) gave no answer in time.
     #[error("{}", describe_unreachable(.0))]
     Unreachable(Vec<Failure>),
 }
@@ -97,8 +111,9 @@ pub struct Failure {
     pub addr: String,
     /// What went wrong there.
     pub why: String,
-    /// True if the node answered (UNAVAILABLE), false if it could not be reached.
-    pub answered: bool,
+    /// True if a connection was made (the node answered UNAVAILABLE, or
+    /// gave no answer in time), false if the node could not be reached.
+    pub reached: bool,
 }
 
 /// The cluster as reachable through some node addresses, tried in order,
@@ -123,8 +138,10 @@ impl Nodes {
     /// Runs one request that is safe to repeat (a read) with address
     /// failover: tries each address in order, moving on when connecting
     /// fails, the node answers UNAVAILABLE (no leader or no quorum, which the
-    /// API documents as safe to retry) or the connection breaks, and returns
-    /// the first other answer, success or error.
+    /// API documents as safe to retry), the connection breaks or the node
+    /// gives no answer within [`Timeouts::answer`] (a stopped node), and
+    /// returns the first other answer, success or error. If every address
+    /// fails, the error names each one and what it did.
     pub async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, CallError>
     where
         F: FnMut(Api) -> Fut,
@@ -136,8 +153,9 @@ impl Nodes {
     /// Runs one write with address failover, moving on to the next address
     /// only when the write certainly did not take effect: the connection
     /// could not be made, or the node itself answered UNAVAILABLE. A
-    /// connection that broke after the request went out is not retried (the
-    /// write may have been applied): its error says so.
+    /// connection that broke after the request went out, or a node that did
+    /// not answer within the request timeout, is not retried (the write may
+    /// have been applied): its error says so.
     pub async fn write_with<R, T, F, Fut>(&self, request: &R, mut rpc: F) -> Result<T, CallError>
     where
         R: Clone,
@@ -187,12 +205,12 @@ impl Nodes {
             request: None,
             ..self.timeouts
         };
-        for position in (0..count).map(|i| (first + i) % count) {
+        for (tried, position) in (0..count).map(|i| (i, (first + i) % count)) {
             let addr = &self.addrs[position];
-            let failure = |why: String, answered: bool| Failure {
+            let failure = |why: String, reached: bool| Failure {
                 addr: addr.to_string(),
                 why,
-                answered,
+                reached,
             };
             let connecting = Api::connect(addr, connect_only, self.credentials.clone());
             let api = match tokio::time::timeout(self.timeouts.connect, connecting).await {
@@ -207,9 +225,14 @@ impl Nodes {
                     continue;
                 }
             };
-            let answer = match self.timeouts.request {
+            let another_left = tried + 1 < count;
+            let answer = match self.answer_limit(repeat, another_left) {
                 Some(limit) => match tokio::time::timeout(limit, rpc(api)).await {
                     Ok(answer) => answer,
+                    Err(_) if repeat == Repeat::Safe => {
+                        failures.push(failure(format!("no answer within {}", seconds(limit)), true));
+                        continue;
+                    }
                     Err(_) => {
                         return Err(CallError::Timeout {
                             addr: addr.to_string(),
@@ -234,6 +257,18 @@ impl Nodes {
             }
         }
         Err(CallError::Unreachable(failures))
+    }
+
+    /// How long a connected node may take to answer: a read with another
+    /// address left to try waits [`Timeouts::answer`] (at most the request
+    /// timeout), anything else the request timeout (see [`Timeouts::answer`]).
+    fn answer_limit(&self, repeat: Repeat, another_left: bool) -> Option<Duration> {
+        let request = self.timeouts.request;
+        if repeat == Repeat::Safe && another_left {
+            Some(request.map_or(self.timeouts.answer, |r| r.min(self.timeouts.answer)))
+        } else {
+            request
+        }
     }
 
     /// Like [`Nodes::call_from`], but while no address can serve the request
@@ -354,7 +389,7 @@ fn code_text(code: Code) -> &'static str {
 /// The message for "no address could serve the request": one line per
 /// address and why, under a headline that says whether any node was reached.
 fn describe_unreachable(failures: &[Failure]) -> String {
-    let mut text = if failures.iter().any(|f| f.answered) {
+    let mut text = if failures.iter().any(|f| f.reached) {
         String::from("no opsd node could serve the request; tried:")
     } else {
         String::from("cannot reach opsd (is it running? set --addr or OPSD_ADDR); tried:")
@@ -363,6 +398,15 @@ fn describe_unreachable(failures: &[Failure]) -> String {
         text.push_str(&format!("\n  {}: {}", failure.addr, failure.why));
     }
     text
+}
+
+/// A duration for messages: whole seconds as `2s`, anything finer in ms.
+fn seconds(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
 }
 
 /// An error with its causes, `outer: inner: root`, since transport errors say
@@ -442,6 +486,107 @@ mod tests {
             .await;
         assert!(once.is_err());
         assert!(started.elapsed() < patience.limit);
+    }
+
+    /// A node that accepts connections but never answers, as a stopped
+    /// process does: its kernel completes the handshake, nobody reads.
+    fn silent_node() -> (std::net::TcpListener, NodeAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = NodeAddr::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+        (listener, addr)
+    }
+
+    fn short_timeouts() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            request: Some(Duration::from_millis(1500)),
+            answer: Duration::from_millis(200),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_moves_past_a_silent_node_and_names_it() {
+        let (_listener, silent) = silent_node();
+        let refused = NodeAddr::parse("127.0.0.1:1").unwrap();
+        let nodes = Nodes::new(
+            vec![silent.clone(), refused],
+            short_timeouts(),
+            Credentials::anonymous(),
+        );
+        let started = Instant::now();
+        let error = nodes
+            .call(|mut api| async move { api.cluster.status(opsd_proto::v1::StatusRequest {}).await })
+            .await
+            .unwrap_err();
+        // It waited the answer timeout on the silent node, not the request timeout.
+        assert!(
+            started.elapsed() < Duration::from_millis(1200),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(matches!(error, CallError::Unreachable(_)), "{error}");
+        let text = error.to_string();
+        assert!(text.starts_with("no opsd node could serve the request"), "{text}");
+        assert!(text.contains(&format!("{silent}: no answer within 200ms")), "{text}");
+        assert!(text.contains("127.0.0.1:1: cannot connect"), "{text}");
+        assert!(!text.contains("write"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_the_request_timeout_on_the_last_address() {
+        let (_listener, silent) = silent_node();
+        let refused = NodeAddr::parse("127.0.0.1:1").unwrap();
+        let nodes = Nodes::new(
+            vec![refused, silent.clone()],
+            short_timeouts(),
+            Credentials::anonymous(),
+        );
+        let started = Instant::now();
+        let error = nodes
+            .call(|mut api| async move { api.cluster.status(opsd_proto::v1::StatusRequest {}).await })
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        let text = error.to_string();
+        assert!(text.contains("127.0.0.1:1: cannot connect"), "{text}");
+        assert!(text.contains(&format!("{silent}: no answer within 1500ms")), "{text}");
+        assert!(!text.contains("write"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_got_no_answer_is_not_sent_elsewhere() {
+        let (_listener, silent) = silent_node();
+        // A second silent node: had the write been sent there, it would have
+        // been accepted; the elapsed time shows it was not.
+        let (_other, second) = silent_node();
+        let nodes = Nodes::new(
+            vec![silent.clone(), second.clone()],
+            short_timeouts(),
+            Credentials::anonymous(),
+        );
+        let request = opsd_proto::v1::StatusRequest {};
+        let started = Instant::now();
+        let error = nodes
+            .write_with(&request, |mut api, r| async move { api.cluster.status(r).await })
+            .await
+            .unwrap_err();
+        let elapsed = started.elapsed();
+        // It waited the request timeout, not the answer timeout, and only once.
+        assert!(
+            elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_millis(2900),
+            "{elapsed:?}"
+        );
+        match &error {
+            CallError::Timeout { addr, .. } => assert_eq!(addr, &silent.to_string()),
+            other => panic!("expected a timeout, got {other}"),
+        }
+        let text = error.to_string();
+        assert!(text.contains("outcome is unknown"), "{text}");
+        assert!(!text.contains(&second.to_string()), "{text}");
     }
 
     #[tokio::test]

@@ -46,9 +46,13 @@ use crate::settings::SettingsCommand;
     after_long_help = "Addresses: each request goes to the first address in --addr \
         that answers. opsctl moves on to the next address when a node cannot be \
         reached within 2 seconds or answers \"unavailable\" (no leader or no \
-        quorum); if every address fails, the error lists each one and why. A \
-        node that accepted a request must answer within 15 seconds (a watch \
-        may then run forever).\n\n\
+        quorum), and for a read also when a node gives no answer within 2 \
+        seconds (a stopped node); if every address fails, the error lists each \
+        one and what it did. The last address tried has 15 seconds to answer a \
+        read. A write is sent to another node only if it certainly was not \
+        applied: a node that accepted a write has 15 seconds to answer, after \
+        which opsctl stops and says the write's outcome is unknown. A watch, once \
+        started, may run forever.\n\n\
         Output: --output table (the default) is for people. --output json \
         prints exactly one JSON document on stdout (an object, or an array for \
         listings) and nothing else; `settings watch` and `logs` are the \
