@@ -3,13 +3,14 @@
 //! about (application tables, snapshots of them, read-your-writes in apply).
 
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder};
 use tokio::sync::broadcast;
 
+use crate::data_dir::DataDir;
 use crate::log_store::LogStore;
 use crate::state_machine::{AppliedEvent, StateMachineApp, StateMachineStore, Txn, TxnError};
 use crate::storage::Store;
@@ -48,7 +49,8 @@ fn open(dir: &tempfile::TempDir) -> (LogStore, StateMachineStore) {
     let (events, _) = broadcast::channel(1024);
     let sm = StateMachineStore::open(store.clone(), Arc::new(KvApp), events, dir.path().join("snapshot.bin"))
         .expect("open state machine");
-    (LogStore::new(store).unwrap(), sm)
+    let data_dir = DataDir::open(&dir.path().join("identity")).expect("open data dir");
+    (LogStore::new(store, Arc::new(Mutex::new(data_dir))).unwrap(), sm)
 }
 
 fn normal(term: u64, index: u64, cmd: &str) -> Entry<TypeConfig> {
