@@ -186,7 +186,11 @@ pub struct ClusterNode {
 /// anything from the leader, hold no promise to anyone. A data dir written
 /// before `raft_state` existed gains it here, at its first start that finds
 /// Raft state.
-fn check_raft_state(log: &LogStore, data_dir: &Mutex<DataDir>, cluster_id: &str) -> Result<(), ClusterError> {
+pub(crate) fn check_raft_state(
+    log: &LogStore,
+    data_dir: &Mutex<DataDir>,
+    cluster_id: &str,
+) -> Result<(), ClusterError> {
     let has_state = log
         .has_raft_state()
         .map_err(|e| ClusterError::Internal(format!("cannot read the Raft state: {e}")))?;

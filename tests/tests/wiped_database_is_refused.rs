@@ -53,3 +53,38 @@ async fn wiped_database_is_refused() {
         }
     }
 }
+
+/// In a three-node cluster a follower started with `--join` (its restart
+/// keeps its flags) is refused the same way, and the two others go on.
+#[tokio::test]
+async fn wiped_follower_is_refused_and_the_cluster_goes_on() {
+    let cluster = Cluster::start(3, Options::default()).await;
+    let leader = cluster.leader().await;
+    cluster.put(leader, "wiped/before", "v").await.expect("a write");
+    let victim = cluster.followers().await[0];
+    let node = cluster.node(victim);
+    node.kill9();
+    std::fs::remove_dir_all(node.data_dir().join("db")).expect("wipe db/");
+
+    node.restart();
+    let exit = node.wait_exit(Duration::from_secs(30)).await;
+    eprintln!("refused: {}", exit.output.trim_end().lines().last().unwrap_or(""));
+    assert!(
+        !exit.status.success(),
+        "a follower resumed with a wiped database:\n{}",
+        exit.output
+    );
+    let expected = format!("node {} of cluster", node.id());
+    assert!(
+        exit.output.contains(&expected) && exit.output.contains("has lost its Raft state"),
+        "the refusal does not say node {} lost its Raft state:\n{}",
+        node.id(),
+        exit.output
+    );
+    let others = cluster.serving();
+    assert_eq!(others.len(), 2);
+    cluster
+        .put(others[0], "wiped/after", "v")
+        .await
+        .expect("a write after the refusal");
+}
