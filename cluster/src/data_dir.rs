@@ -31,6 +31,13 @@ pub struct NodeIdentity {
     /// serves again, so a stale node cannot come back and confuse anyone.
     #[serde(default)]
     pub removed: bool,
+    /// Set (before the write) the first time this node's database takes a
+    /// Raft vote or log entry, and at any start that finds one: from then
+    /// on a database without either has lost a promise this node made to
+    /// its cluster, so the node must not start. Data dirs written before
+    /// this field read as `false` and gain it at their next start.
+    #[serde(default)]
+    pub raft_state: bool,
 }
 
 /// An open, locked data directory. The lock is held until this is dropped.
@@ -83,6 +90,7 @@ impl DataDir {
                     node_id: new_node_id(),
                     cluster_id: None,
                     removed: false,
+                    raft_state: false,
                 }
             }
             Err(e) => return Err(io(&format!("cannot read {IDENTITY_FILE}"), e)),
@@ -125,6 +133,16 @@ impl DataDir {
     /// Records that this node was removed from its cluster.
     pub fn mark_removed(&mut self) -> Result<(), ClusterError> {
         self.identity.removed = true;
+        self.save()
+    }
+
+    /// Records that the database holds Raft state (a vote or a log entry),
+    /// once: see [`NodeIdentity::raft_state`].
+    pub fn mark_raft_state(&mut self) -> Result<(), ClusterError> {
+        if self.identity.raft_state {
+            return Ok(());
+        }
+        self.identity.raft_state = true;
         self.save()
     }
 
@@ -225,9 +243,24 @@ mod tests {
             let mut d = DataDir::open(dir.path()).unwrap();
             d.set_cluster_id("c1").unwrap();
             d.mark_removed().unwrap();
+            d.mark_raft_state().unwrap();
         }
         let d = DataDir::open(dir.path()).unwrap();
         assert_eq!(d.identity().cluster_id.as_deref(), Some("c1"));
         assert!(d.identity().removed);
+        assert!(d.identity().raft_state);
+    }
+
+    #[test]
+    fn an_identity_written_before_raft_state_was_recorded_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(IDENTITY_FILE),
+            r#"{"format_version": 1, "node_id": 5, "cluster_id": "c1", "removed": false}"#,
+        )
+        .unwrap();
+        let d = DataDir::open(dir.path()).unwrap();
+        assert_eq!(d.identity().node_id, 5);
+        assert!(!d.identity().raft_state);
     }
 }

@@ -12,13 +12,14 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
+use crate::data_dir::DataDir;
 use crate::storage::{Store, CF_LOG, CF_META};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::wire::{decode, encode, index_key, key_index};
@@ -32,10 +33,15 @@ const KEY_PURGED: &[u8] = b"last_purged";
 pub struct LogStore {
     store: Arc<Store>,
     syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// The data dir, to record there (once, before the write) that the
+    /// database took a vote or a log entry: see `NodeIdentity::raft_state`.
+    data_dir: Arc<Mutex<DataDir>>,
+    raft_state_recorded: Arc<AtomicBool>,
 }
 
 impl LogStore {
-    pub(crate) fn new(store: Arc<Store>) -> std::io::Result<Self> {
+    pub(crate) fn new(store: Arc<Store>, data_dir: Arc<Mutex<DataDir>>) -> std::io::Result<Self> {
+        let recorded = data_dir.lock().unwrap_or_else(|p| p.into_inner()).identity().raft_state;
         let (syncer, pending) = mpsc::channel();
         // The thread ends when the last clone of this log store is dropped;
         // it holds no strong reference, so it never keeps the database open.
@@ -43,7 +49,34 @@ impl LogStore {
         std::thread::Builder::new()
             .name("opsd-wal-sync".into())
             .spawn(move || sync_appends(&wal, pending))?;
-        Ok(LogStore { store, syncer })
+        Ok(LogStore {
+            store,
+            syncer,
+            data_dir,
+            raft_state_recorded: Arc::new(AtomicBool::new(recorded)),
+        })
+    }
+
+    /// Whether the database holds a vote or any log entry (or a purge point,
+    /// which only a log that had entries leaves).
+    pub(crate) fn has_raft_state(&self) -> Result<bool, StorageError> {
+        let vote: Option<Vote<NodeId>> = self.get_meta(KEY_VOTE)?;
+        Ok(vote.is_some() || self.log_state()?.last_log_id.is_some())
+    }
+
+    /// Records in the data dir that the database holds Raft state, the first
+    /// time this is called; `write` says what for, in the error.
+    fn record_raft_state(&self, write: fn(&AnyErr) -> StorageIOError<NodeId>) -> Result<(), StorageError> {
+        if self.raft_state_recorded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.data_dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mark_raft_state()
+            .map_err(|e| write(&AnyErr(e.to_string())))?;
+        self.raft_state_recorded.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Writes entries in one batch; with `sync`, fsynced before returning.
@@ -152,6 +185,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.record_raft_state(|e| StorageIOError::write_vote(e))?;
         let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&AnyErr(e)))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.store.cf(CF_META)?, KEY_VOTE, bytes);
@@ -182,6 +216,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Err(e) = self.record_raft_state(|e| StorageIOError::write_logs(e)) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(e);
+        }
         match self.write_entries(entries, false) {
             Ok(()) => {
                 if let Err(mpsc::SendError(callback)) = self.syncer.send(callback) {

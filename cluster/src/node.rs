@@ -153,7 +153,7 @@ pub(crate) struct NodeInner {
     pub(crate) info: NodeInfo,
     pub(crate) raft: Raft,
     pub(crate) channels: PeerChannels,
-    data_dir: Mutex<DataDir>,
+    data_dir: Arc<Mutex<DataDir>>,
     removed: AtomicBool,
     reader: StateReader,
     log: LogStore,
@@ -171,6 +171,45 @@ pub(crate) struct NodeInner {
 #[derive(Clone)]
 pub struct ClusterNode {
     inner: Arc<NodeInner>,
+}
+
+/// Refuses a node that has lost the Raft state its data dir says it had:
+/// node.json records (`raft_state`) that the database once held a vote or a
+/// log entry, but now it holds neither (`db/` wiped or replaced). Resuming
+/// would let it vote again in a term it already voted in, or count towards a
+/// quorum for entries it no longer has, which breaks Raft's safety.
+///
+/// Legitimately empty databases are not refused, because `raft_state` is set
+/// only before the first vote or append is written: a node that crashed
+/// after recording its cluster id at bootstrap but before `initialize`
+/// wrote the first entry, and a joining learner that has not yet received
+/// anything from the leader, hold no promise to anyone. A data dir written
+/// before `raft_state` existed gains it here, at its first start that finds
+/// Raft state.
+pub(crate) fn check_raft_state(
+    log: &LogStore,
+    data_dir: &Mutex<DataDir>,
+    cluster_id: &str,
+) -> Result<(), ClusterError> {
+    let has_state = log
+        .has_raft_state()
+        .map_err(|e| ClusterError::Internal(format!("cannot read the Raft state: {e}")))?;
+    let mut data_dir = data_dir.lock().unwrap_or_else(|p| p.into_inner());
+    if has_state {
+        return data_dir.mark_raft_state();
+    }
+    if data_dir.identity().raft_state {
+        let node_id = data_dir.identity().node_id;
+        return Err(ClusterError::DataDir {
+            path: data_dir.path().display().to_string(),
+            reason: format!(
+                "node {node_id} of cluster {cluster_id} has lost its Raft state (no vote, no log): it cannot rejoin \
+                 under its old id; remove it from the cluster (`opsctl cluster remove {node_id}`) and start it with \
+                 an empty data dir to join as a new member"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A fresh cluster id: 16 hex digits.
@@ -200,16 +239,33 @@ impl ClusterNode {
             });
         }
         let internal = |e: String| ClusterError::Internal(e);
-        let store = Store::open(&data_dir.db_path(), &config.tables).map_err(|e| ClusterError::DataDir {
-            path: data_dir.db_path().display().to_string(),
-            reason: format!("cannot open the database: {e}"),
+        let store = Store::open(&data_dir.db_path(), &config.tables).map_err(|e| {
+            if e.kind() == rocksdb::ErrorKind::Corruption {
+                ClusterError::DataDir {
+                    path: data_dir.path().display().to_string(),
+                    reason: format!(
+                        "the database of node {} of cluster {cluster_id} is damaged ({e}): acknowledged writes may be lost, \
+                         so it cannot serve again; remove it from the cluster (`opsctl cluster remove {}`) and start it \
+                         with an empty data dir to join as a new member",
+                        identity.node_id, identity.node_id
+                    ),
+                }
+            } else {
+                ClusterError::DataDir {
+                    path: data_dir.db_path().display().to_string(),
+                    reason: format!("cannot open the database: {e}"),
+                }
+            }
         })?;
         let store = Arc::new(store);
         let (events, _) = broadcast::channel(4096);
         let sm = StateMachineStore::open(store.clone(), app, events.clone(), data_dir.snapshot_path())
             .map_err(|e| internal(e.to_string()))?;
         let reader = sm.reader();
-        let log = LogStore::new(store).map_err(|e| internal(format!("cannot start the log's sync thread: {e}")))?;
+        let data_dir = Arc::new(Mutex::new(data_dir));
+        let log = LogStore::new(store, data_dir.clone())
+            .map_err(|e| internal(format!("cannot start the log's sync thread: {e}")))?;
+        check_raft_state(&log, &data_dir, &cluster_id)?;
         let log_for_reads = log.clone();
 
         let heartbeat = config.heartbeat.as_millis().max(1) as u64;
@@ -244,7 +300,7 @@ impl ClusterNode {
             info: config.advertise.clone(),
             raft,
             channels,
-            data_dir: Mutex::new(data_dir),
+            data_dir,
             removed: AtomicBool::new(false),
             reader,
             log: log_for_reads,

@@ -3,13 +3,14 @@
 //! about (application tables, snapshots of them, read-your-writes in apply).
 
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder};
 use tokio::sync::broadcast;
 
+use crate::data_dir::DataDir;
 use crate::log_store::LogStore;
 use crate::state_machine::{AppliedEvent, StateMachineApp, StateMachineStore, Txn, TxnError};
 use crate::storage::Store;
@@ -48,7 +49,8 @@ fn open(dir: &tempfile::TempDir) -> (LogStore, StateMachineStore) {
     let (events, _) = broadcast::channel(1024);
     let sm = StateMachineStore::open(store.clone(), Arc::new(KvApp), events, dir.path().join("snapshot.bin"))
         .expect("open state machine");
-    (LogStore::new(store).unwrap(), sm)
+    let data_dir = DataDir::open(&dir.path().join("identity")).expect("open data dir");
+    (LogStore::new(store, Arc::new(Mutex::new(data_dir))).unwrap(), sm)
 }
 
 fn normal(term: u64, index: u64, cmd: &str) -> Entry<TypeConfig> {
@@ -193,4 +195,50 @@ fn membership_entries_encode_round_trip() {
     let bytes = crate::wire::encode(&e).unwrap();
     let back: Entry<TypeConfig> = crate::wire::decode(&bytes).unwrap();
     assert_eq!(format!("{e:?}"), format!("{back:?}"));
+}
+
+#[tokio::test]
+async fn the_first_vote_is_recorded_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _) = open(&dir);
+        assert!(!log.has_raft_state().unwrap());
+        log.save_vote(&openraft::Vote::new(1, 1)).await.unwrap();
+        assert!(log.has_raft_state().unwrap());
+    }
+    let data_dir = DataDir::open(&dir.path().join("identity")).unwrap();
+    assert!(data_dir.identity().raft_state);
+}
+
+/// An empty database is refused only when node.json says it held Raft state;
+/// a node that never wrote any (a bootstrap or join interrupted before the
+/// first vote or entry) starts, and an older data dir with Raft state gains
+/// the mark at its start.
+#[test]
+fn an_empty_database_is_refused_only_after_raft_state_was_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_log = |db: &str| {
+        let mut data_dir = DataDir::open(&dir.path().join("identity")).unwrap();
+        data_dir.set_cluster_id("c1").unwrap();
+        let data_dir = Arc::new(Mutex::new(data_dir));
+        let store = Arc::new(Store::open(&dir.path().join(db), &[]).unwrap());
+        (LogStore::new(store, data_dir.clone()).unwrap(), data_dir)
+    };
+    {
+        let (log, data_dir) = open_log("db");
+        crate::node::check_raft_state(&log, &data_dir, "c1").expect("a node that wrote nothing starts");
+        assert!(!data_dir.lock().unwrap().identity().raft_state);
+        // Raft state written by an older build, which did not mark it.
+        log.write_entries([normal(1, 1, "a=1")], true).unwrap();
+        crate::node::check_raft_state(&log, &data_dir, "c1").unwrap();
+        assert!(data_dir.lock().unwrap().identity().raft_state);
+    }
+    let (log, data_dir) = open_log("wiped-db");
+    let err = crate::node::check_raft_state(&log, &data_dir, "c1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("of cluster c1 has lost its Raft state (no vote, no log)"),
+        "{err}"
+    );
 }

@@ -211,6 +211,20 @@ impl Node {
         &self.config.data_dir
     }
 
+    /// The live rocksdb write-ahead log under the data dir (`db/*.log`, the
+    /// largest if several), which holds every write since the last flush; to
+    /// damage it the way a failing disk would. Panics if there is none.
+    pub fn live_wal(&self) -> PathBuf {
+        let db = self.config.data_dir.join("db");
+        let entries = std::fs::read_dir(&db).unwrap_or_else(|e| panic!("{}: reading {db:?}: {e}", self.config.name));
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .map(|e| e.path())
+            .unwrap_or_else(|| panic!("{}: no *.log file in {db:?}", self.config.name))
+    }
+
     /// The file holding the node's stdout and stderr, across restarts.
     pub fn log_path(&self) -> &Path {
         &self.config.log_path
