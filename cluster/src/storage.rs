@@ -117,6 +117,10 @@ mod tests {
         wal
     }
 
+    fn cut_to(wal: &Path, len: u64) {
+        fs::File::options().write(true).open(wal).unwrap().set_len(len).unwrap();
+    }
+
     fn count_keys(path: &Path) -> Result<usize, rocksdb::Error> {
         let store = Store::open(path, &[])?;
         let cf = store.cf(CF_LOG).unwrap();
@@ -127,13 +131,7 @@ mod tests {
     fn a_torn_wal_tail_opens_with_every_whole_record() {
         let dir = tempfile::tempdir().unwrap();
         let wal = write_keys(dir.path());
-        let len = fs::metadata(&wal).unwrap().len();
-        fs::File::options()
-            .write(true)
-            .open(&wal)
-            .unwrap()
-            .set_len(len - 5)
-            .unwrap();
+        cut_to(&wal, fs::metadata(&wal).unwrap().len() - 5);
         // The torn last record is the only one lost.
         assert_eq!(count_keys(dir.path()).unwrap(), KEYS - 1);
     }
@@ -159,13 +157,7 @@ mod tests {
     fn a_wal_cut_in_half_looks_like_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let wal = write_keys(dir.path());
-        let len = fs::metadata(&wal).unwrap().len();
-        fs::File::options()
-            .write(true)
-            .open(&wal)
-            .unwrap()
-            .set_len(len / 2)
-            .unwrap();
+        cut_to(&wal, fs::metadata(&wal).unwrap().len() / 2);
         let got = count_keys(dir.path()).unwrap();
         assert!(got < KEYS / 2 + 10, "opened with {got} of {KEYS} keys");
     }
