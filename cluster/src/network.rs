@@ -134,7 +134,7 @@ impl PeerChannels {
         };
         match result {
             Ok(resp) => decode(&resp.into_inner().data).map_err(CallError::Garbled),
-            Err(status) if not_sent(&status) => Err(CallError::NotSent(status)),
+            Err(status) if opsd_proto::transport::never_sent(&status) => Err(CallError::NotSent(status)),
             Err(status) => Err(CallError::Failed(status)),
         }
     }
@@ -171,22 +171,6 @@ impl PeerChannels {
             }),
         }
     }
-}
-
-/// Whether a failed call certainly never reached the peer: the connection
-/// could not be made, so the request was never written. Decided from the
-/// error's kind (tonic's [`tonic::ConnectError`], somewhere in its source
-/// chain), not its text: "connection reset" after the request went out is
-/// not a failure to connect, and retrying it could apply a write twice.
-fn not_sent(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.is::<tonic::ConnectError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// Makes a connection per target for openraft.

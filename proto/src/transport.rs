@@ -35,6 +35,23 @@ pub fn dial(endpoint: Endpoint, connect_timeout: Duration) -> Endpoint {
     endpoint.connect_timeout(connect_timeout).tcp_nodelay(true)
 }
 
+/// Whether a failed call certainly never reached the other side: the
+/// connection could not be made, so the request was never written. Decided
+/// from the error's kind (tonic's [`tonic::ConnectError`] somewhere in its
+/// cause chain), never its text: a connection that broke after the request
+/// went out is not a failure to connect, and retrying it could apply a write
+/// twice.
+pub fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

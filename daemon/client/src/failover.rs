@@ -327,17 +327,7 @@ impl Repeat {
 /// kind, never its text: a connection that broke after the request went out
 /// is neither.
 fn certainly_not_applied(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    if source.is_none() {
-        return true;
-    }
-    while let Some(e) = source {
-        if e.is::<tonic::ConnectError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    std::error::Error::source(status).is_none() || opsd_proto::transport::never_sent(status)
 }
 
 /// True if a stream ended with an error that says the connection or the
