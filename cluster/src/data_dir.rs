@@ -52,11 +52,32 @@ impl DataDir {
     /// Opens (creating if needed) and locks the data dir, reading the node's
     /// identity or creating a new one.
     pub fn open(path: &Path) -> Result<DataDir, ClusterError> {
+        let dir = DataDir::open_as(path, true)?;
+        dir.save()?;
+        Ok(dir)
+    }
+
+    /// Locks an existing data dir and reads its identity, writing nothing:
+    /// for offline checks and repairs. Refused if the dir or its `node.json`
+    /// is missing, or an opsd runs on it.
+    pub fn inspect(path: &Path) -> Result<DataDir, ClusterError> {
+        if !path.join(IDENTITY_FILE).exists() {
+            return Err(ClusterError::DataDir {
+                path: path.display().to_string(),
+                reason: format!("it has no {IDENTITY_FILE}: it is not an opsd data dir, or has never been started"),
+            });
+        }
+        DataDir::open_as(path, false)
+    }
+
+    fn open_as(path: &Path, create: bool) -> Result<DataDir, ClusterError> {
         let io = |what: &str, e: std::io::Error| ClusterError::DataDir {
             path: path.display().to_string(),
             reason: format!("{what}: {e}"),
         };
-        fs::create_dir_all(path).map_err(|e| io("cannot create it", e))?;
+        if create {
+            fs::create_dir_all(path).map_err(|e| io("cannot create it", e))?;
+        }
         let lock_path = path.join(LOCK_FILE);
         let lock = File::options()
             .create(true)
@@ -95,13 +116,11 @@ impl DataDir {
             }
             Err(e) => return Err(io(&format!("cannot read {IDENTITY_FILE}"), e)),
         };
-        let dir = DataDir {
+        Ok(DataDir {
             path: path.to_path_buf(),
             identity,
             _lock: lock,
-        };
-        dir.save()?;
-        Ok(dir)
+        })
     }
 
     /// The directory.
@@ -117,6 +136,41 @@ impl DataDir {
     /// Where the latest snapshot is kept.
     pub fn snapshot_path(&self) -> PathBuf {
         self.path.join("snapshot.bin")
+    }
+
+    /// Where the log mark is kept (see [`crate::log_mark`]).
+    pub fn mark_path(&self) -> PathBuf {
+        self.path.join(crate::log_mark::MARK_FILE)
+    }
+
+    /// Starts this data dir anew under a fresh node id, in no cluster yet,
+    /// after moving its state (the database, the snapshot, the log mark and
+    /// the old `node.json`) into `aside`, a new directory inside it. Returns
+    /// the new id. The damaged node's files are kept for inspection; the
+    /// node joins again as a new member and never under its old id.
+    pub fn start_anew(&mut self, aside: &Path) -> Result<NodeId, ClusterError> {
+        let err = |what: String| ClusterError::DataDir {
+            path: self.path.display().to_string(),
+            reason: what,
+        };
+        fs::create_dir(aside).map_err(|e| err(format!("cannot create {}: {e}", aside.display())))?;
+        for name in ["db", "snapshot.bin", crate::log_mark::MARK_FILE, IDENTITY_FILE] {
+            let from = self.path.join(name);
+            if !from.exists() {
+                continue;
+            }
+            fs::rename(&from, aside.join(name))
+                .map_err(|e| err(format!("cannot move {} to {}: {e}", from.display(), aside.display())))?;
+        }
+        self.identity = NodeIdentity {
+            format_version: FORMAT_VERSION,
+            node_id: new_node_id(),
+            cluster_id: None,
+            removed: false,
+            raft_state: false,
+        };
+        self.save()?;
+        Ok(self.identity.node_id)
     }
 
     /// The node's identity.

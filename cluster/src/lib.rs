@@ -13,8 +13,10 @@
 // function here that feeds them returns it too.
 #![allow(clippy::result_large_err)]
 
+pub mod check;
 pub mod data_dir;
 pub mod error;
+pub mod log_mark;
 mod log_store;
 mod network;
 pub mod node;

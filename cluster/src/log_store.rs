@@ -20,13 +20,14 @@ use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use crate::data_dir::DataDir;
+use crate::log_mark::LogMark;
 use crate::storage::{Store, CF_LOG, CF_META};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::wire::{decode, encode, index_key, key_index};
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_PURGED: &[u8] = b"last_purged";
 
 /// The log store; cheap to clone (it shares the database and the syncer).
 #[derive(Clone)]
@@ -37,24 +38,45 @@ pub struct LogStore {
     /// database took a vote or a log entry: see `NodeIdentity::raft_state`.
     data_dir: Arc<Mutex<DataDir>>,
     raft_state_recorded: Arc<AtomicBool>,
+    /// The highest index known to be on disk: see `log_mark`.
+    mark: Arc<LogMark>,
 }
 
 impl LogStore {
-    pub(crate) fn new(store: Arc<Store>, data_dir: Arc<Mutex<DataDir>>) -> std::io::Result<Self> {
-        let recorded = data_dir.lock().unwrap_or_else(|p| p.into_inner()).identity().raft_state;
+    /// Opens the log store on the database and its data dir (where the log
+    /// mark is kept); fails naming the file if the mark cannot be read, or if
+    /// the sync thread cannot start.
+    pub(crate) fn new(store: Arc<Store>, data_dir: Arc<Mutex<DataDir>>) -> Result<Self, String> {
+        let (recorded, mark) = {
+            let dir = data_dir.lock().unwrap_or_else(|p| p.into_inner());
+            (dir.identity().raft_state, LogMark::open(dir.path())?)
+        };
+        let mark = Arc::new(mark);
         let (syncer, pending) = mpsc::channel();
         // The thread ends when the last clone of this log store is dropped;
         // it holds no strong reference, so it never keeps the database open.
         let wal = Arc::downgrade(&store);
+        let sync_mark = mark.clone();
         std::thread::Builder::new()
             .name("opsd-wal-sync".into())
-            .spawn(move || sync_appends(&wal, pending))?;
+            .spawn(move || sync_appends(&wal, &sync_mark, pending))
+            .map_err(|e| format!("cannot start the log's sync thread: {e}"))?;
         Ok(LogStore {
             store,
             syncer,
             data_dir,
             raft_state_recorded: Arc::new(AtomicBool::new(recorded)),
+            mark,
         })
+    }
+
+    /// The log's last index and the mark, if the log ends before the mark:
+    /// entries that were fsynced (and acknowledged) are gone, because the
+    /// write-ahead log was cut short or lost its tail.
+    pub(crate) fn ends_before_mark(&self) -> Result<Option<(u64, u64)>, StorageError> {
+        let last = self.log_state()?.last_log_id.map(|l| l.index).unwrap_or(0);
+        let mark = self.mark.get();
+        Ok((last < mark).then_some((last, mark)))
     }
 
     /// Whether the database holds a vote or any log entry (or a purge point,
@@ -87,13 +109,27 @@ impl LogStore {
     ) -> Result<(), StorageError> {
         let cf = self.store.cf(CF_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut last = None;
         for entry in entries {
             let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(&AnyErr(e)))?;
             batch.put_cf(cf, index_key(entry.log_id.index), bytes);
+            last = Some(entry.log_id.index);
         }
         self.store
-            .write(batch, sync)
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+            .write(batch, false)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        if let Some(last) = last {
+            self.mark.written(last);
+        }
+        if sync {
+            sync_wal(&self.store, &self.mark).map_err(|e| StorageIOError::write_logs(&AnyErr(e)))?;
+        }
+        Ok(())
+    }
+
+    /// The first damage a read of the database met, once one has.
+    pub(crate) fn damage(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.store.damage()
     }
 
     /// Stops the database's background flushes and compactions, waiting for
@@ -107,7 +143,7 @@ impl LogStore {
         let cf = self.store.cf(CF_LOG)?;
         let last = match self.store.db.iterator_cf(cf, IteratorMode::End).next() {
             Some(item) => {
-                let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                let (_, v) = self.store.checked(item).map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(
                     decode::<Entry>(&v)
                         .map_err(|e| StorageIOError::read_logs(&AnyErr(e)))?
@@ -126,8 +162,7 @@ impl LogStore {
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let raw = self
             .store
-            .db
-            .get_cf(self.store.cf(CF_META)?, key)
+            .checked(self.store.db.get_cf(self.store.cf(CF_META)?, key))
             .map_err(|e| StorageIOError::read(&e))?;
         raw.map(|b| decode(&b).map_err(|e| StorageIOError::read(&AnyErr(e)).into()))
             .transpose()
@@ -161,7 +196,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .db
             .iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward))
         {
-            let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let (k, v) = self.store.checked(item).map_err(|e| StorageIOError::read_logs(&e))?;
             let index =
                 key_index(&k).ok_or_else(|| StorageIOError::read_logs(&AnyErr("log key is not 8 bytes".into())))?;
             if !range.contains(&index) {
@@ -235,6 +270,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.mark.before_truncate(log_id.index).map_err(|e| {
+            StorageIOError::write_logs(&AnyErr(format!("cannot lower the log mark before a truncation: {e}")))
+        })?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.store.cf(CF_LOG)?, index_key(log_id.index), index_key(u64::MAX));
         self.store
@@ -260,16 +298,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// Acknowledges appends once the write-ahead log holding them is on disk:
 /// waits for one, takes every other already waiting, fsyncs once, and
 /// acknowledges them all, in order.
-fn sync_appends(store: &std::sync::Weak<Store>, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn sync_appends(store: &std::sync::Weak<Store>, mark: &LogMark, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
         batch.extend(pending.try_iter());
         let synced = match store.upgrade() {
-            Some(store) => store.db.flush_wal(true).map_err(|e| e.to_string()),
+            Some(store) => sync_wal(&store, mark),
             None => Err("the database is closed".to_string()),
         };
         for callback in batch {
             callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
         }
     }
+}
+
+/// Fsyncs the write-ahead log, then raises the log mark to what was written
+/// before the fsync began. A mark that cannot be written is logged, not
+/// failed: the entries are on disk, and a mark left behind only catches less.
+fn sync_wal(store: &Store, mark: &LogMark) -> Result<(), String> {
+    let ticket = mark.before_sync();
+    store.db.flush_wal(true).map_err(|e| e.to_string())?;
+    if let Err(e) = mark.after_sync(ticket) {
+        tracing::warn!("cannot update the log mark {}: {e}", crate::log_mark::MARK_FILE);
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
+use crate::check;
 use crate::data_dir::DataDir;
 use crate::error::ClusterError;
 use crate::log_store::LogStore;
@@ -204,8 +205,8 @@ pub(crate) fn check_raft_state(
             path: data_dir.path().display().to_string(),
             reason: format!(
                 "node {node_id} of cluster {cluster_id} has lost its Raft state (no vote, no log): it cannot rejoin \
-                 under its old id; remove it from the cluster (`opsctl cluster remove {node_id}`) and start it with \
-                 an empty data dir to join as a new member"
+                 under its old id; {}",
+                crate::check::way_back(data_dir.path(), node_id)
             ),
         });
     }
@@ -239,33 +240,44 @@ impl ClusterNode {
             });
         }
         let internal = |e: String| ClusterError::Internal(e);
-        let store = Store::open(&data_dir.db_path(), &config.tables).map_err(|e| {
-            if e.kind() == rocksdb::ErrorKind::Corruption {
-                ClusterError::DataDir {
-                    path: data_dir.path().display().to_string(),
-                    reason: format!(
-                        "the database of node {} of cluster {cluster_id} is damaged ({e}): acknowledged writes may be lost, \
-                         so it cannot serve again; remove it from the cluster (`opsctl cluster remove {}`) and start it \
-                         with an empty data dir to join as a new member",
-                        identity.node_id, identity.node_id
-                    ),
+        let damaged = |what: &str| check::damaged(data_dir.path(), identity.node_id, &cluster_id, what);
+        let store = Store::open(&data_dir.db_path(), &config.tables)
+            .and_then(|store| check::verify_raft_families(&store).map(|()| store))
+            .map_err(|e| {
+                if e.kind() == rocksdb::ErrorKind::Corruption {
+                    damaged(&e.to_string())
+                } else {
+                    ClusterError::DataDir {
+                        path: data_dir.db_path().display().to_string(),
+                        reason: format!("cannot open the database: {e}"),
+                    }
                 }
-            } else {
-                ClusterError::DataDir {
-                    path: data_dir.db_path().display().to_string(),
-                    reason: format!("cannot open the database: {e}"),
-                }
-            }
-        })?;
+            })?;
         let store = Arc::new(store);
         let (events, _) = broadcast::channel(4096);
         let sm = StateMachineStore::open(store.clone(), app, events.clone(), data_dir.snapshot_path())
             .map_err(|e| internal(e.to_string()))?;
         let reader = sm.reader();
+        let identity_path = data_dir.path().display().to_string();
         let data_dir = Arc::new(Mutex::new(data_dir));
-        let log = LogStore::new(store, data_dir.clone())
-            .map_err(|e| internal(format!("cannot start the log's sync thread: {e}")))?;
+        let log = LogStore::new(store, data_dir.clone()).map_err(|reason| ClusterError::DataDir {
+            path: identity_path.clone(),
+            reason,
+        })?;
         check_raft_state(&log, &data_dir, &cluster_id)?;
+        // Entries fsynced (and so acknowledged) are missing: the WAL was cut.
+        if let Some((last, mark)) = log
+            .ends_before_mark()
+            .map_err(|e| internal(format!("cannot read the Raft log: {e}")))?
+        {
+            let dir = data_dir.lock().unwrap_or_else(|p| p.into_inner());
+            return Err(check::damaged(
+                dir.path(),
+                identity.node_id,
+                &cluster_id,
+                &check::cut_short(last, mark),
+            ));
+        }
         let log_for_reads = log.clone();
 
         let heartbeat = config.heartbeat.as_millis().max(1) as u64;
@@ -436,6 +448,7 @@ impl ClusterNode {
     /// and published to [`ClusterNode::failed`], so the process stops rather
     /// than serve a state that no longer moves.
     fn spawn_failure_watch(&self) {
+        self.spawn_damage_watch();
         let node = self.clone();
         let mut metrics = self.inner.raft.metrics();
         tokio::spawn(async move {
@@ -462,6 +475,36 @@ impl ClusterNode {
                 "raft stopped: {why}; this node can no longer apply the log and stops"
             );
             node.inner.failure.send_replace(Some(why));
+        });
+    }
+
+    /// Watches for damage met by a read of the database (a failed block
+    /// checksum in a table, say): the node stops, as when Raft stops, rather
+    /// than lead or serve while every read of the damaged part fails.
+    fn spawn_damage_watch(&self) {
+        let node = self.clone();
+        let mut damage = self.inner.log.damage();
+        let mut stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            let what = tokio::select! {
+                d = damage.wait_for(|d| d.is_some()) => match d {
+                    Ok(d) => d.clone().unwrap_or_default(),
+                    Err(_) => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let why = {
+                let dir = node.inner.data_dir.lock().unwrap_or_else(|p| p.into_inner());
+                check::damaged(dir.path(), node.inner.id, &node.inner.cluster_id, &what).to_string()
+            };
+            error!(node_id = node.inner.id, "{why}");
+            node.inner.failure.send_if_modified(|f| {
+                if f.is_some() {
+                    return false;
+                }
+                *f = Some(why);
+                true
+            });
         });
     }
 

@@ -19,7 +19,7 @@ use crate::data_dir::write_atomically;
 use crate::log_store::AnyErr;
 use crate::storage::{Store, CF_SM};
 use crate::types::{CommandResponse, Entry, LogId, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::wire::{decode, encode};
+use crate::wire::{decode, encode, seal, unseal};
 
 const KEY_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"last_membership";
@@ -126,8 +126,7 @@ impl<'a> Txn<'a> {
             return Ok(v.clone());
         }
         self.store
-            .db
-            .get_cf(cf, key)
+            .checked(self.store.db.get_cf(cf, key))
             .map_err(|e| TxnError(format!("reading table {table}: {e}")))
     }
 
@@ -164,15 +163,15 @@ impl ReadView<'_> {
     /// The index of the last entry this view covers (0 before any).
     pub fn applied_index(&self) -> Result<u64, TxnError> {
         let cf = self.store.cf(CF_SM).map_err(|e| TxnError(e.to_string()))?;
-        let (applied, _) = read_applied_state(|k| self.snap.get_cf(cf, k)).map_err(TxnError)?;
+        let (applied, _) = read_applied_state(|k| self.store.checked(self.snap.get_cf(cf, k))).map_err(TxnError)?;
         Ok(applied.map(|l| l.index).unwrap_or(0))
     }
 
     /// Reads one key.
     pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
         let cf = app_table(self.store, table)?;
-        self.snap
-            .get_cf(cf, key)
+        self.store
+            .checked(self.snap.get_cf(cf, key))
             .map_err(|e| TxnError(format!("reading table {table}: {e}")))
     }
 
@@ -184,7 +183,10 @@ impl ReadView<'_> {
             .snap
             .iterator_cf(cf, IteratorMode::From(prefix, rocksdb::Direction::Forward));
         for item in iter {
-            let (k, v) = item.map_err(|e| TxnError(format!("reading table {table}: {e}")))?;
+            let (k, v) = self
+                .store
+                .checked(item)
+                .map_err(|e| TxnError(format!("reading table {table}: {e}")))?;
             if !k.starts_with(prefix) {
                 break;
             }
@@ -215,7 +217,10 @@ impl ReadView<'_> {
         };
         let mut out = Vec::new();
         for item in self.store.db.iterator_cf_opt(cf, opts, mode).take(limit) {
-            let (k, v) = item.map_err(|e| TxnError(format!("reading table {table}: {e}")))?;
+            let (k, v) = self
+                .store
+                .checked(item)
+                .map_err(|e| TxnError(format!("reading table {table}: {e}")))?;
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
@@ -249,6 +254,19 @@ struct StoredSnapshot {
 #[derive(Serialize, Deserialize)]
 struct SnapshotTables {
     tables: Vec<(String, Rows)>,
+}
+
+/// Reads and verifies a snapshot file whole (its checksum, its tables):
+/// the last log index it covers, or `None` if there is no file.
+pub(crate) fn read_snapshot_file(path: &std::path::Path) -> Result<Option<u64>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let stored: StoredSnapshot = decode(&bytes)?;
+    let _: SnapshotTables = decode(unseal(&stored.data)?)?;
+    Ok(Some(stored.meta.last_log_id.map(|l| l.index).unwrap_or(0)))
 }
 
 /// The state machine openraft drives.
@@ -339,12 +357,12 @@ fn build_snapshot_blocking(
             .ok_or_else(|| err(format!("table {name} is missing")))?;
         let mut rows = Vec::new();
         for item in snap.iterator_cf(cf, IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| err(e.to_string()))?;
+            let (k, v) = store.checked(item).map_err(|e| err(e.to_string()))?;
             rows.push((k.to_vec(), v.to_vec()));
         }
         tables.push((name.clone(), rows));
     }
-    let data = encode(&SnapshotTables { tables }).map_err(err)?;
+    let data = seal(encode(&SnapshotTables { tables }).map_err(err)?);
     let snapshot_id = match last_applied {
         Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
         None => format!("0-0-{seq}"),
@@ -447,7 +465,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let sig = Some(meta.signature());
         let err = |e: String| -> StorageError { StorageIOError::write_snapshot(sig.clone(), &AnyErr(e)).into() };
-        let tables: SnapshotTables = decode(&data).map_err(err)?;
+        // Verified whole before anything is written: a damaged snapshot
+        // changes nothing and fails the install.
+        let tables: SnapshotTables = decode(unseal(&data).map_err(err)?).map_err(err)?;
         let mut batch = WriteBatch::default();
         for name in &self.store.tables {
             let cf = self
@@ -455,7 +475,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .table(name)
                 .ok_or_else(|| err(format!("table {name} is missing")))?;
             for item in self.store.db.iterator_cf(cf, IteratorMode::Start) {
-                let (k, _) = item.map_err(|e| err(e.to_string()))?;
+                let (k, _) = self.store.checked(item).map_err(|e| err(e.to_string()))?;
                 batch.delete_cf(cf, k);
             }
         }
@@ -489,6 +509,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
         };
         let stored: StoredSnapshot = decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &AnyErr(e)))?;
+        // A damaged file is never sent to another node.
+        unseal(&stored.data).map_err(|e| {
+            StorageIOError::read_snapshot(None, &AnyErr(format!("{}: {e}", self.snapshot_path.display())))
+        })?;
         Ok(Some(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),

@@ -2,10 +2,14 @@
 //! and the state (an fsynced log append also makes every state write before it
 //! durable), with a column family per concern and one per application table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use openraft::StorageIOError;
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+    DB,
+};
+use tokio::sync::watch;
 
 use crate::log_store::AnyErr;
 use crate::types::StorageError;
@@ -24,12 +28,25 @@ const TABLE_PREFIX: &str = "t.";
 pub(crate) struct Store {
     pub(crate) db: DB,
     pub(crate) tables: Vec<String>,
+    path: PathBuf,
+    /// The first damage a read met (a failed checksum), once one has.
+    damage: watch::Sender<Option<String>>,
 }
 
 impl Store {
     /// Opens (or creates) the database with the cluster's column families and
     /// one per application table.
     pub(crate) fn open(path: &Path, tables: &[String]) -> Result<Store, rocksdb::Error> {
+        Store::open_as(path, tables, false)
+    }
+
+    /// Opens an existing database without writing to it (for `opsd check`):
+    /// the write-ahead log is replayed in memory only.
+    pub(crate) fn open_read_only(path: &Path, tables: &[String]) -> Result<Store, rocksdb::Error> {
+        Store::open_as(path, tables, true)
+    }
+
+    fn open_as(path: &Path, tables: &[String], read_only: bool) -> Result<Store, rocksdb::Error> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -42,6 +59,10 @@ impl Store {
         // rocksdb's default, kept explicit: a failed checksum fails the open
         // (and later reads) instead of being skipped.
         opts.set_paranoid_checks(true);
+        // The manifest records each closed WAL's size, and the open checks
+        // it: a closed WAL cut short or missing fails the open. The live WAL
+        // is covered by the log mark (see `log_mark`).
+        opts.set_track_and_verify_wals_in_manifest(true);
         let mut names: Vec<String> = [CF_LOG, CF_META, CF_SM].iter().map(|s| s.to_string()).collect();
         names.extend(tables.iter().map(|t| format!("{TABLE_PREFIX}{t}")));
         // Column families left by an earlier version are opened too: rocksdb
@@ -53,12 +74,67 @@ impl Store {
                 }
             }
         }
-        let cfs = names.iter().map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let db = if read_only {
+            DB::open_cf_for_read_only(&opts, path, &names, false)?
+        } else {
+            let cfs = names.iter().map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            DB::open_cf_descriptors(&opts, path, cfs)?
+        };
         Ok(Store {
             db,
             tables: tables.to_vec(),
+            path: path.to_path_buf(),
+            damage: watch::channel(None).0,
         })
+    }
+
+    /// Passes a read's result through, noting damage: a failed checksum (or
+    /// any corruption) is logged at error level, naming the database and
+    /// the file if rocksdb names it, and published to [`Store::damage`], so
+    /// the node stops instead of answering errors for ever.
+    pub(crate) fn checked<T>(&self, result: Result<T, rocksdb::Error>) -> Result<T, rocksdb::Error> {
+        if let Err(e) = &result {
+            if e.kind() == rocksdb::ErrorKind::Corruption {
+                tracing::error!(db = %self.path.display(), "the database is damaged: {e}");
+                self.damage.send_if_modified(|d| {
+                    if d.is_some() {
+                        return false;
+                    }
+                    *d = Some(e.to_string());
+                    true
+                });
+            }
+        }
+        result
+    }
+
+    /// The first damage reads met, once they have.
+    pub(crate) fn damage(&self) -> watch::Receiver<Option<String>> {
+        self.damage.subscribe()
+    }
+
+    /// Reads every key and value of a column family, verifying every block's
+    /// checksum (without filling the cache); returns how many keys it holds.
+    pub(crate) fn verify_family(&self, name: &str) -> Result<u64, rocksdb::Error> {
+        let Some(cf) = self.db.cf_handle(name) else {
+            return Ok(0);
+        };
+        let mut opts = ReadOptions::default();
+        opts.set_verify_checksums(true);
+        opts.fill_cache(false);
+        let mut keys = 0;
+        for item in self.db.iterator_cf_opt(cf, opts, IteratorMode::Start) {
+            item?;
+            keys += 1;
+        }
+        Ok(keys)
+    }
+
+    /// Every column family's name, the cluster's first.
+    pub(crate) fn families(&self) -> Vec<String> {
+        let mut names: Vec<String> = [CF_LOG, CF_META, CF_SM].iter().map(|s| s.to_string()).collect();
+        names.extend(self.tables.iter().map(|t| format!("{TABLE_PREFIX}{t}")));
+        names
     }
 
     /// A cluster column family.
@@ -149,10 +225,12 @@ mod tests {
     }
 
     /// The limit of any recovery mode: a WAL cut short looks exactly like a
-    /// crash's torn tail, so it opens without the records cut off. Only
+    /// crash's torn tail, so rocksdb opens without the records cut off. Only
     /// refusing every torn tail (`AbsoluteConsistency`) would catch it, and
-    /// that would refuse the restart after any crash. This test records the
-    /// limit, so a rocksdb that starts telling the two apart shows up here.
+    /// that would refuse the restart after any crash. The log mark catches
+    /// it above rocksdb (`store_tests::a_wal_cut_short_is_caught_by_the_log_mark`);
+    /// this test records the limit, so a rocksdb that starts telling the two
+    /// apart shows up here.
     #[test]
     fn a_wal_cut_in_half_looks_like_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();

@@ -242,3 +242,56 @@ fn an_empty_database_is_refused_only_after_raft_state_was_recorded() {
         "{err}"
     );
 }
+
+/// The live write-ahead log under `dir/db` (the largest `*.log`).
+fn live_wal(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("db"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a WAL")
+}
+
+/// Writes `n` synced entries (raising the log mark) and closes the store
+/// without a flush, so they live in the WAL only.
+fn write_synced(dir: &tempfile::TempDir, n: u64) {
+    let (log, _) = open(dir);
+    for i in 1..=n {
+        log.write_entries([normal(1, i, &format!("k{i}=v"))], true).unwrap();
+    }
+}
+
+/// A WAL cut short looks like a torn tail to rocksdb, which opens without
+/// the entries cut off; the log mark says they had been on disk.
+#[tokio::test]
+async fn a_wal_cut_short_is_caught_by_the_log_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    write_synced(&dir, 300);
+    let wal = live_wal(dir.path());
+    let len = std::fs::metadata(&wal).unwrap().len();
+    std::fs::File::options().write(true).open(&wal).unwrap().set_len(len / 2).unwrap();
+    let (log, _) = open(&dir);
+    let (last, mark) = log.ends_before_mark().unwrap().expect("the cut is caught");
+    assert_eq!(mark, 300);
+    assert!(last < 200, "the log ends at {last}");
+}
+
+#[tokio::test]
+async fn the_log_mark_follows_truncations_and_purges_without_false_alarms() {
+    let dir = tempfile::tempdir().unwrap();
+    write_synced(&dir, 10);
+    {
+        let (mut log, _) = open(&dir);
+        assert_eq!(log.ends_before_mark().unwrap(), None);
+        // A leader's conflicting entries replace 8.. : the mark falls first.
+        log.truncate(log_id(1, 1, 8)).await.unwrap();
+        assert_eq!(log.ends_before_mark().unwrap(), None);
+        log.write_entries([normal(2, 8, "k8=w")], true).unwrap();
+        // A purge past the log's end (after a snapshot) keeps the rule.
+        log.purge(log_id(2, 1, 20)).await.unwrap();
+    }
+    let (log, _) = open(&dir);
+    assert_eq!(log.ends_before_mark().unwrap(), None);
+    assert_eq!(crate::log_mark::read_mark(&dir.path().join("identity/log.mark")).unwrap(), Some(8));
+}

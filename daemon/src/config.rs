@@ -15,16 +15,22 @@ use serde::Deserialize;
 /// cluster. With --join it asks an existing member to add it; it becomes a
 /// voter automatically once it has caught up. With a data dir that has state
 /// it resumes: a restarted node needs nothing but its data dir.
+///
+/// `opsd check` verifies a stopped node's data dir; `opsd recover --rejoin`
+/// brings back a node whose state is damaged or lost, as a new member.
 #[derive(Debug, Parser, Default)]
 #[command(name = "opsd", version, about, long_about)]
 pub struct Flags {
+    /// Without a subcommand, opsd starts the node.
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
     /// A TOML file with any of the settings below (keys as the flags, with
     /// underscores: data_dir, listen, join = [..], ...). Flags and
     /// environment variables override it.
     #[arg(long, env = "OPSD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the node keeps its state [default: ./opsd-data].
-    #[arg(long, env = "OPSD_DATA_DIR")]
+    #[arg(long, env = "OPSD_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Client gRPC address, HOST:PORT [default: 127.0.0.1:7700].
     #[arg(long, env = "OPSD_LISTEN")]
@@ -67,6 +73,27 @@ pub struct Flags {
     /// up, in milliseconds [default: 60000].
     #[arg(long, env = "OPSD_JOIN_TIMEOUT_MS")]
     pub join_timeout_ms: Option<u64>,
+}
+
+/// What opsd does instead of starting the node.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Subcommand {
+    /// Verify a stopped node's data dir, reading everything and writing
+    /// nothing: node.json and its lock, every column family read whole with
+    /// checksums, the Raft log's continuity, the vote and committed index, the
+    /// log mark, the snapshot. Prints one line per check; exits 0 if all
+    /// pass, 1 if any fails.
+    Check,
+    /// Bring back a node whose state is damaged or lost, as a new member:
+    /// remove its old id from the cluster, move its state into
+    /// DATA_DIR/damaged-TIME/, give it a new id, then start it and join the
+    /// cluster through --rejoin (the other flags as for a normal start).
+    Recover {
+        /// The client address (HOST:PORT) of any member; may be repeated (or
+        /// comma-separated) to try several.
+        #[arg(long, value_delimiter = ',', required = true)]
+        rejoin: Vec<String>,
+    },
 }
 
 /// How logs are written.
@@ -153,14 +180,7 @@ impl Config {
             None => listen.ip().to_string(),
         };
         let join = if flags.join.is_empty() { file.join } else { flags.join };
-        for addr in &join {
-            if !addr
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-            {
-                bail!("--join: {addr:?} is not HOST:PORT");
-            }
-        }
+        check_addrs("--join", &join)?;
         let heartbeat_ms = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
         let election_ms = flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(500);
         if heartbeat_ms == 0 {
@@ -204,6 +224,19 @@ impl Config {
     }
 }
 
+/// Checks that each of a flag's addresses is HOST:PORT.
+pub fn check_addrs(flag: &str, addrs: &[String]) -> anyhow::Result<()> {
+    for addr in addrs {
+        if !addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            bail!("{flag}: {addr:?} is not HOST:PORT");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +266,37 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.max_voters, 7);
         assert_eq!(c.join, vec!["a:1".to_string()]);
+    }
+
+    #[test]
+    fn subcommands_take_the_data_dir_before_or_after_their_name() {
+        for args in [
+            &["--data-dir", "/d", "check"][..],
+            &["check", "--data-dir", "/d"][..],
+        ] {
+            let flags = Flags::try_parse_from(std::iter::once("opsd").chain(args.iter().copied())).unwrap();
+            assert_eq!(flags.command, Some(Subcommand::Check));
+            assert_eq!(flags.data_dir, Some(PathBuf::from("/d")));
+        }
+        let flags = Flags::try_parse_from([
+            "opsd",
+            "--data-dir",
+            "/d",
+            "--listen",
+            "127.0.0.1:9000",
+            "recover",
+            "--rejoin",
+            "a:1,b:2",
+        ])
+        .unwrap();
+        assert_eq!(
+            flags.command,
+            Some(Subcommand::Recover {
+                rejoin: vec!["a:1".into(), "b:2".into()]
+            })
+        );
+        assert!(Flags::try_parse_from(["opsd", "recover"]).is_err(), "--rejoin is required");
+        assert_eq!(Flags::try_parse_from(["opsd"]).unwrap().command, None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! opsd, the operations daemon: the product built on the `opsd-cluster`
 //! consensus crate. `domain` holds the replicated state and its apply
 //! function, `propose` sends its commands through the cluster, `api` the
-//! gRPC services, `config` and `server` the `opsd` binary's start-up.
+//! gRPC services, `config` and `server` the `opsd` binary's start-up, `recover` its
+//! `check` and `recover` commands.
 
 pub mod api;
 pub mod config;
@@ -9,4 +10,5 @@ pub mod domain;
 pub mod engine;
 pub mod ops;
 pub mod propose;
+pub mod recover;
 pub mod server;

@@ -125,11 +125,13 @@ impl Node {
             run_log_start: AtomicU64::new(0),
             started_at: Mutex::new(Instant::now()),
         };
-        node.start_process("start");
+        node.start_process("start", &[]);
         node
     }
 
-    fn start_process(&self, why: &str) {
+    /// Starts the process with the node's flags followed by `extra` (a
+    /// subcommand and its flags, or nothing).
+    fn start_process(&self, why: &str, extra: &[String]) {
         let parent = self.config.log_path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
         let mut log = OpenOptions::new()
@@ -137,7 +139,8 @@ impl Node {
             .append(true)
             .open(&self.config.log_path)
             .unwrap_or_else(|e| panic!("opening {}: {e}", self.config.log_path.display()));
-        let args = self.config.args();
+        let mut args = self.config.args();
+        args.extend(extra.iter().cloned());
         let prefix: String = self.config.command_prefix.iter().map(|p| format!("{p} ")).collect();
         let _ = writeln!(
             log,
@@ -360,7 +363,39 @@ impl Node {
             "{}: restart while the process is still running",
             self.config.name
         );
-        self.start_process("restart");
+        self.start_process("restart", &[]);
+    }
+
+    /// Starts the process as `opsd FLAGS recover --rejoin ADDRS` (ADDRS
+    /// comma-separated client addresses of members): the way back for a node
+    /// whose state is damaged or lost. It comes back under a new id, which
+    /// [`Node::wait_ready`] records. Panics if it is still running.
+    pub fn recover(&self, rejoin: &[String]) {
+        assert!(
+            !self.is_running(),
+            "{}: recover while the process is still running",
+            self.config.name
+        );
+        self.start_process("recover", &["recover".into(), "--rejoin".into(), rejoin.join(",")]);
+    }
+
+    /// Runs `opsd --data-dir DIR check` on this node's data dir (the node
+    /// should be stopped) and returns whether it found the dir clean, and
+    /// what it printed.
+    pub fn check(&self) -> (bool, String) {
+        let out = Command::new(crate::opsd_bin())
+            .arg("--data-dir")
+            .arg(&self.config.data_dir)
+            .arg("check")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("{}: running opsd check: {e}", self.config.name));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     /// Clients of this node's API (lazily connected; see [`crate::client`]).

@@ -1,17 +1,31 @@
-//! The `opsd` daemon.
+//! The `opsd` daemon, and its `check` and `recover` commands.
+
+use std::process::ExitCode;
 
 use clap::Parser;
-use opsd::config::{Config, Flags, LogFormat};
+use opsd::config::{Config, Flags, LogFormat, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-fn main() -> std::process::ExitCode {
-    let flags = Flags::parse();
+fn main() -> ExitCode {
+    let mut flags = Flags::parse();
+    let command = flags.command.take();
     let config = match Config::resolve(flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("opsd: {e:#}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
+    };
+    let rejoin = match command {
+        Some(Subcommand::Check) => {
+            return if opsd::recover::check(&config.data_dir) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Some(Subcommand::Recover { rejoin }) => Some(rejoin),
+        None => None,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=off"));
     let logs = tracing_subscriber::fmt()
@@ -25,15 +39,21 @@ fn main() -> std::process::ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("opsd: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(opsd::server::run(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let run = async {
+        match rejoin {
+            Some(rejoin) => opsd::recover::recover(config, rejoin).await,
+            None => opsd::server::run(config).await,
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("opsd: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
