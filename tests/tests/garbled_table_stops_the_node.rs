@@ -13,25 +13,27 @@ use opsd_tests::{Cluster, Options};
 const KEYS: usize = 200;
 
 /// The SST files under `db` whose column family is `family` (an SST names
-/// its column family in its properties block).
-fn sst_files_of(db: &Path, family: &str) -> Vec<PathBuf> {
-    let needle = family.as_bytes();
+/// its column family in its properties block), but not `other` (a family
+/// whose name starts with the same letters).
+fn sst_files_of(db: &Path, family: &str, other: &str) -> Vec<PathBuf> {
+    let holds = |bytes: &[u8], name: &str| bytes.windows(name.len()).any(|w| w == name.as_bytes());
     std::fs::read_dir(db)
         .expect("read db/")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "sst"))
         .filter(|p| {
             let bytes = std::fs::read(p).expect("read an SST");
-            bytes.windows(needle.len()).any(|w| w == needle)
+            holds(&bytes, family) && !holds(&bytes, other)
         })
         .collect()
 }
 
 /// Overwrites bytes inside the first data block of `sst` (blocks are not
-/// compressed, and the first starts at offset 0).
+/// compressed, the first starts at offset 0 and, with the keys written
+/// here, fills the default 4 KiB).
 fn garble(sst: &Path) {
     let mut bytes = std::fs::read(sst).expect("read the SST");
-    assert!(bytes.len() > 400, "{sst:?} is too small");
+    assert!(bytes.len() > 8192, "{sst:?} is too small to hold a full data block");
     bytes[64..192].fill(0x5a);
     std::fs::write(sst, bytes).expect("garble the SST");
     eprintln!("garbled 128 bytes of the first data block of {sst:?}");
@@ -62,7 +64,7 @@ async fn garbled_table_stops_the_node() {
     let cluster = flushed_node("rot").await;
     let node = cluster.node(0);
     let db = node.data_dir().join("db");
-    let ssts = sst_files_of(&db, "t.settings");
+    let ssts = sst_files_of(&db, "t.settings", "t.settings_meta");
     assert!(!ssts.is_empty(), "no SST of the settings table in {db:?}");
     for sst in &ssts {
         garble(sst);
@@ -112,7 +114,7 @@ async fn garbled_raft_log_is_refused_at_start() {
     let cluster = flushed_node("rotlog").await;
     let node = cluster.node(0);
     let db = node.data_dir().join("db");
-    let ssts = sst_files_of(&db, "raft_log");
+    let ssts = sst_files_of(&db, "raft_log", "t.settings");
     assert!(!ssts.is_empty(), "no SST of the Raft log in {db:?}");
     for sst in &ssts {
         garble(sst);
