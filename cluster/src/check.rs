@@ -132,7 +132,10 @@ pub fn check_data_dir(path: &Path, tables: &[String]) -> CheckReport {
                 db.display()
             ));
         } else {
-            report.ok(format!("{}: none yet (the node has never voted or taken an entry)", db.display()));
+            report.ok(format!(
+                "{}: none yet (the node has never voted or taken an entry)",
+                db.display()
+            ));
         }
         return report;
     }
@@ -169,22 +172,34 @@ pub fn check_data_dir(path: &Path, tables: &[String]) -> CheckReport {
     report
 }
 
+/// What `raft_meta` holds.
+struct RaftMeta {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
+}
+
 /// The log's continuity, the vote and committed index against it, and the mark.
 fn check_raft_state(store: &Store, id: &crate::NodeIdentity, mark: Option<u64>, report: &mut CheckReport) {
     let meta = |key: &[u8]| -> Result<Option<Vec<u8>>, String> {
         let cf = store.cf(CF_META).map_err(|e| e.to_string())?;
         store.db.get_cf(cf, key).map_err(|e| e.to_string())
     };
-    let read = || -> Result<(Option<Vote>, Option<LogId>, Option<LogId>), String> {
-        let vote = meta(KEY_VOTE)?.map(|b| decode::<Vote>(&b)).transpose()?;
-        let committed = meta(KEY_COMMITTED)?
-            .map(|b| decode::<Option<LogId>>(&b))
-            .transpose()?
-            .flatten();
-        let purged = meta(KEY_PURGED)?.map(|b| decode::<LogId>(&b)).transpose()?;
-        Ok((vote, committed, purged))
+    let read = || -> Result<RaftMeta, String> {
+        Ok(RaftMeta {
+            vote: meta(KEY_VOTE)?.map(|b| decode::<Vote>(&b)).transpose()?,
+            committed: meta(KEY_COMMITTED)?
+                .map(|b| decode::<Option<LogId>>(&b))
+                .transpose()?
+                .flatten(),
+            purged: meta(KEY_PURGED)?.map(|b| decode::<LogId>(&b)).transpose()?,
+        })
     };
-    let (vote, committed, purged) = match read() {
+    let RaftMeta {
+        vote,
+        committed,
+        purged,
+    } = match read() {
         Ok(v) => v,
         Err(e) => {
             report.bad(format!("raft_meta: {e}"));
@@ -218,7 +233,10 @@ fn check_raft_state(store: &Store, id: &crate::NodeIdentity, mark: Option<u64>, 
             }
         };
         if entry.log_id.index != index {
-            problems.push(format!("the entry at key {index} says it is entry {}", entry.log_id.index));
+            problems.push(format!(
+                "the entry at key {index} says it is entry {}",
+                entry.log_id.index
+            ));
         }
         if let Some(prev) = last {
             if index != prev.index + 1 {
@@ -247,7 +265,9 @@ fn check_raft_state(store: &Store, id: &crate::NodeIdentity, mark: Option<u64>, 
         (Some(f), Some(l)) => format!("entries {f} to {}", l.index),
         _ => "no entries".to_string(),
     };
-    let purge = purged.map(|p| format!(", purged up to {}", p.index)).unwrap_or_default();
+    let purge = purged
+        .map(|p| format!(", purged up to {}", p.index))
+        .unwrap_or_default();
     if problems.is_empty() {
         report.ok(format!("raft_log: {span}{purge}, contiguous"));
     } else {

@@ -162,9 +162,11 @@ impl DataDir {
             fs::rename(&from, aside.join(name))
                 .map_err(|e| err(format!("cannot move {} to {}: {e}", from.display(), aside.display())))?;
         }
+        let old = self.identity.node_id;
+        let node_id = std::iter::repeat_with(new_node_id).find(|id| *id != old).unwrap_or(old);
         self.identity = NodeIdentity {
             format_version: FORMAT_VERSION,
-            node_id: new_node_id(),
+            node_id,
             cluster_id: None,
             removed: false,
             raft_state: false,

@@ -7,7 +7,8 @@
 //!
 //! Read it by concern: [`types`] (the one type table), [`data_dir`] (identity
 //! and lock), `log_store` and [`state_machine`] (storage), `network` and
-//! `peer_service` (transport), [`node`] (membership, forwarding, reads).
+//! `peer_service` (transport), [`node`] (membership, forwarding, reads),
+//! [`log_mark`] and [`check`] (damaged state: what is refused, `opsd check`).
 
 // openraft's storage traits return its StorageError, which is large; every
 // function here that feeds them returns it too.

@@ -156,13 +156,9 @@ impl LogMark {
                 file
             }
         };
-        let written = file.write_all_at(&mark_bytes(index), 0).and_then(|()| {
-            if sync {
-                file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        let written = file
+            .write_all_at(&mark_bytes(index), 0)
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
         s.file = Some(file);
         written?;
         s.mark = index;

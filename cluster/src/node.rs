@@ -245,7 +245,7 @@ impl ClusterNode {
             .and_then(|store| check::verify_raft_families(&store).map(|()| store))
             .map_err(|e| {
                 if e.kind() == rocksdb::ErrorKind::Corruption {
-                    damaged(&e.to_string())
+                    damaged(e.as_ref())
                 } else {
                     ClusterError::DataDir {
                         path: data_dir.db_path().display().to_string(),

@@ -164,6 +164,53 @@ async fn snapshot_round_trip_carries_tables_and_membership() {
     assert_eq!(current.meta.snapshot_id, snap.meta.snapshot_id);
 }
 
+/// A snapshot damaged on its way (or on the sender's disk) fails its checksum
+/// before anything is written: the receiver keeps its state. A damaged
+/// snapshot file is never sent on, and `opsd check` names it.
+#[tokio::test]
+async fn a_damaged_snapshot_is_refused_and_changes_nothing() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (_, mut src) = open(&src_dir);
+    src.apply(
+        (1..=50)
+            .map(|i| normal(1, i, &format!("key{i:03}=value{i}")))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let snap = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut data = snap.snapshot.into_inner();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x01;
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let (_, mut dst) = open(&dst_dir);
+    dst.apply(vec![normal(1, 1, "kept=yes")]).await.unwrap();
+    let err = dst
+        .install_snapshot(&snap.meta, Box::new(Cursor::new(data)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("checksum mismatch"), "{err}");
+    let (applied, _) = dst.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(1));
+    assert_eq!(
+        dst.reader().view().get("kv", b"kept").unwrap().as_deref(),
+        Some(&b"yes"[..])
+    );
+    assert!(dst.get_current_snapshot().await.unwrap().is_none());
+
+    // The sender's own file, damaged on disk, is not sent.
+    let file = src_dir.path().join("snapshot.bin");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    assert!(src.get_current_snapshot().await.is_err());
+    let err = crate::state_machine::read_snapshot_file(&file).unwrap_err();
+    assert!(err.contains("checksum mismatch"), "{err}");
+}
+
 #[tokio::test]
 async fn unknown_table_is_an_error_not_a_panic() {
     struct BadApp;
@@ -270,7 +317,12 @@ async fn a_wal_cut_short_is_caught_by_the_log_mark() {
     write_synced(&dir, 300);
     let wal = live_wal(dir.path());
     let len = std::fs::metadata(&wal).unwrap().len();
-    std::fs::File::options().write(true).open(&wal).unwrap().set_len(len / 2).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let (log, _) = open(&dir);
     let (last, mark) = log.ends_before_mark().unwrap().expect("the cut is caught");
     assert_eq!(mark, 300);
@@ -293,5 +345,8 @@ async fn the_log_mark_follows_truncations_and_purges_without_false_alarms() {
     }
     let (log, _) = open(&dir);
     assert_eq!(log.ends_before_mark().unwrap(), None);
-    assert_eq!(crate::log_mark::read_mark(&dir.path().join("identity/log.mark")).unwrap(), Some(8));
+    assert_eq!(
+        crate::log_mark::read_mark(&dir.path().join("identity/log.mark")).unwrap(),
+        Some(8)
+    );
 }

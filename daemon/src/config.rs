@@ -270,10 +270,7 @@ mod tests {
 
     #[test]
     fn subcommands_take_the_data_dir_before_or_after_their_name() {
-        for args in [
-            &["--data-dir", "/d", "check"][..],
-            &["check", "--data-dir", "/d"][..],
-        ] {
+        for args in [&["--data-dir", "/d", "check"][..], &["check", "--data-dir", "/d"][..]] {
             let flags = Flags::try_parse_from(std::iter::once("opsd").chain(args.iter().copied())).unwrap();
             assert_eq!(flags.command, Some(Subcommand::Check));
             assert_eq!(flags.data_dir, Some(PathBuf::from("/d")));
@@ -295,7 +292,10 @@ mod tests {
                 rejoin: vec!["a:1".into(), "b:2".into()]
             })
         );
-        assert!(Flags::try_parse_from(["opsd", "recover"]).is_err(), "--rejoin is required");
+        assert!(
+            Flags::try_parse_from(["opsd", "recover"]).is_err(),
+            "--rejoin is required"
+        );
         assert_eq!(Flags::try_parse_from(["opsd"]).unwrap().command, None);
     }
 

@@ -383,11 +383,17 @@ impl Node {
     /// should be stopped) and returns whether it found the dir clean, and
     /// what it printed.
     pub fn check(&self) -> (bool, String) {
-        let out = Command::new(crate::opsd_bin())
-            .arg("--data-dir")
+        let mut cmd = Command::new(crate::opsd_bin());
+        cmd.arg("--data-dir")
             .arg(&self.config.data_dir)
             .arg("check")
-            .env("NO_COLOR", "1")
+            .env("NO_COLOR", "1");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("OPSD_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("{}: running opsd check: {e}", self.config.name));
         let text = format!(

@@ -23,6 +23,11 @@ async fn cut_wal_is_refused() {
             .unwrap_or_else(|e| panic!("write {i}: {e}"));
     }
     let node = cluster.node(0);
+    let (clean, report) = node.check();
+    assert!(
+        !clean && report.contains("in use by another opsd"),
+        "opsd check did not refuse the data dir of a running node:\n{report}"
+    );
     node.kill9();
     let (clean, report) = node.check();
     eprintln!("opsd check after kill -9:\n{report}");
@@ -58,10 +63,7 @@ async fn cut_wal_is_refused() {
         (data_dir.as_str(), "name the data dir"),
         ("is damaged", "say the database is damaged"),
         ("cut short", "say the log was cut short"),
-        (
-            &*format!("records that entries up to index"),
-            "say what it expected",
-        ),
+        ("records that entries up to index", "say what it expected"),
         ("its Raft log ends at index", "say what it found"),
         ("recover --rejoin", "name the command that brings it back"),
         (

@@ -43,7 +43,8 @@ async fn wiped_database_is_refused() {
                 &*format!("opsctl cluster remove {}", node.id()),
                 "say how to remove the node",
             ),
-            ("empty data dir", "say how to come back"),
+            ("empty data dir", "say how to come back by hand"),
+            ("recover --rejoin", "name the command that brings it back"),
         ] {
             assert!(
                 exit.output.contains(needle),

@@ -74,11 +74,17 @@ async fn wiped_node_recovers_as_a_new_member() {
     let aside = std::fs::read_dir(node.data_dir())
         .expect("read the data dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("damaged-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("damaged-"))
+        })
         .expect("a damaged-* directory");
     let old_identity = std::fs::read_to_string(aside.join("node.json")).expect("the old node.json");
     assert!(old_identity.contains(&old_id.to_string()), "{old_identity}");
 
     // A write after the return reaches the returned node as well.
-    cluster.put(others[0], "back/after", "v").await.expect("a write after the return");
+    cluster
+        .put(others[0], "back/after", "v")
+        .await
+        .expect("a write after the return");
 }
