@@ -11,7 +11,7 @@ use crate::data_dir::DataDir;
 use crate::error::ClusterError;
 use crate::log_mark::{read_mark, MARK_FILE};
 use crate::log_store::{KEY_COMMITTED, KEY_PURGED, KEY_VOTE};
-use crate::state_machine::read_snapshot_file;
+use crate::state_machine::{read_applied_state, read_snapshot_file};
 use crate::storage::{Store, CF_LOG, CF_META, CF_SM};
 use crate::types::{Entry, LogId, NodeId};
 
@@ -287,14 +287,32 @@ fn check_raft_state(store: &Store, id: &crate::NodeIdentity, mark: Option<u64>, 
         )),
         (None, _) => report.ok("vote: none yet"),
     }
+    // A snapshot installed moves the applied index (and the committed one)
+    // past the log before the log is purged up to it.
+    let applied = store
+        .cf(CF_SM)
+        .map_err(|e| e.to_string())
+        .and_then(|cf| read_applied_state(|k| store.db.get_cf(cf, k)))
+        .map(|(applied, _)| applied.map(|l| l.index));
+    let applied = match applied {
+        Ok(a) => a,
+        Err(e) => {
+            report.bad(format!("sm_meta: {e}"));
+            None
+        }
+    };
+    let reach = last_index.max(applied);
     match committed {
-        Some(c) if Some(c.index) > last_index => report.bad(format!(
-            "committed: index {} is beyond the log's end ({})",
+        Some(c) if Some(c.index) > reach => report.bad(format!(
+            "committed: index {} is beyond the log's end and the applied state ({})",
             c.index,
-            last_index.map(|i| i.to_string()).unwrap_or_else(|| "empty".into())
+            reach.map(|i| i.to_string()).unwrap_or_else(|| "empty".into())
         )),
         Some(c) => report.ok(format!("committed: index {}", c.index)),
         None => report.ok("committed: none recorded"),
+    }
+    if let Some(a) = applied {
+        report.ok(format!("sm_meta: applied up to index {a}"));
     }
     match mark {
         Some(m) if last_index.unwrap_or(0) < m => {

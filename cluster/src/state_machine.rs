@@ -26,7 +26,7 @@ const KEY_MEMBERSHIP: &[u8] = b"last_membership";
 
 /// Reads the state machine's bookkeeping (last applied log id, membership)
 /// through `get`, which reads `sm_meta` from the database or a snapshot of it.
-fn read_applied_state(
+pub(crate) fn read_applied_state(
     get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
 ) -> Result<(Option<LogId>, StoredMembership), String> {
     let read = |key: &[u8]| get(key).map_err(|e| format!("reading {}: {e}", String::from_utf8_lossy(key)));
