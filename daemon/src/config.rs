@@ -27,67 +27,70 @@ pub struct Flags {
     /// A TOML file with any of the settings below (keys as the flags, with
     /// underscores: data_dir, listen, join = [..], ...). Flags and
     /// environment variables override it.
-    #[arg(long, env = "OPSD_CONFIG")]
+    #[arg(long, env = "OPSD_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Where the node keeps its state [default: ./opsd-data].
     #[arg(long, env = "OPSD_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Client gRPC address, HOST:PORT [default: 127.0.0.1:7700].
-    #[arg(long, env = "OPSD_LISTEN")]
+    #[arg(long, env = "OPSD_LISTEN", global = true)]
     pub listen: Option<SocketAddr>,
     /// Raft peer address, HOST:PORT [default: 127.0.0.1:7701].
-    #[arg(long, env = "OPSD_PEER_LISTEN")]
+    #[arg(long, env = "OPSD_PEER_LISTEN", global = true)]
     pub peer_listen: Option<SocketAddr>,
     /// The host other nodes and clients reach this node at [default: the
     /// --listen host]. Required when listening on 0.0.0.0 or [::].
-    #[arg(long, env = "OPSD_ADVERTISE")]
+    #[arg(long, env = "OPSD_ADVERTISE", global = true)]
     pub advertise: Option<String>,
     /// The client address (HOST:PORT) of any member to join through; may be
     /// repeated (or comma-separated) to try several. Ignored by a node whose
     /// data dir already belongs to that cluster.
-    #[arg(long, env = "OPSD_JOIN", value_delimiter = ',')]
+    #[arg(long, env = "OPSD_JOIN", value_delimiter = ',', global = true)]
     pub join: Vec<String>,
     /// Log format: text or json [default: text]. RUST_LOG sets the level.
-    #[arg(long, env = "OPSD_LOG_FORMAT")]
+    #[arg(long, env = "OPSD_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
     /// Leader heartbeat interval in milliseconds [default: 100].
-    #[arg(long, env = "OPSD_HEARTBEAT_MS")]
+    #[arg(long, env = "OPSD_HEARTBEAT_MS", global = true)]
     pub heartbeat_ms: Option<u64>,
     /// Minimum election timeout in milliseconds; the maximum is twice it
     /// [default: 500]. At least three heartbeats.
-    #[arg(long, env = "OPSD_ELECTION_TIMEOUT_MS")]
+    #[arg(long, env = "OPSD_ELECTION_TIMEOUT_MS", global = true)]
     pub election_timeout_ms: Option<u64>,
     /// Build a snapshot and compact the log every this many applied entries
     /// [default: 10000].
-    #[arg(long, env = "OPSD_SNAPSHOT_THRESHOLD")]
+    #[arg(long, env = "OPSD_SNAPSHOT_THRESHOLD", global = true)]
     pub snapshot_threshold: Option<u64>,
     /// Promote learners to voters while there are fewer voters than this
     /// [default: 5].
-    #[arg(long, env = "OPSD_MAX_VOTERS")]
+    #[arg(long, env = "OPSD_MAX_VOTERS", global = true)]
     pub max_voters: Option<usize>,
     /// How long a write or linearizable read waits for the cluster before
     /// failing, in milliseconds [default: 5000].
-    #[arg(long, env = "OPSD_WRITE_TIMEOUT_MS")]
+    #[arg(long, env = "OPSD_WRITE_TIMEOUT_MS", global = true)]
     pub write_timeout_ms: Option<u64>,
     /// How long to keep retrying unanswering --join addresses before giving
     /// up, in milliseconds [default: 60000].
-    #[arg(long, env = "OPSD_JOIN_TIMEOUT_MS")]
+    #[arg(long, env = "OPSD_JOIN_TIMEOUT_MS", global = true)]
     pub join_timeout_ms: Option<u64>,
 }
 
 /// What opsd does instead of starting the node.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Subcommand {
-    /// Verify a stopped node's data dir, reading everything and writing
-    /// nothing: node.json and its lock, every column family read whole with
-    /// checksums, the Raft log's continuity, the vote and committed index, the
-    /// log mark, the snapshot. Prints one line per check; exits 0 if all
-    /// pass, 1 if any fails.
+    /// Verify a stopped node's data dir offline.
+    ///
+    /// Reads everything and writes nothing: node.json and its lock, every
+    /// column family read whole with checksums, the Raft log's continuity,
+    /// the vote and committed index, the log mark, the snapshot. Prints one
+    /// line per check; exits 0 if all pass, 1 if any fails.
     Check,
-    /// Bring back a node whose state is damaged or lost, as a new member:
-    /// remove its old id from the cluster, move its state into
-    /// DATA_DIR/damaged-TIME/, give it a new id, then start it and join the
-    /// cluster through --rejoin (the other flags as for a normal start).
+    /// Bring back a node whose state is damaged or lost, as a new member.
+    ///
+    /// Removes its old id from the cluster, moves its state into
+    /// DATA_DIR/damaged-TIME/, gives it a new id, then starts it and joins
+    /// the cluster through --rejoin (the other flags as for a normal start,
+    /// before or after `recover`).
     Recover {
         /// The client address (HOST:PORT) of any member; may be repeated (or
         /// comma-separated) to try several.
@@ -275,23 +278,37 @@ mod tests {
             assert_eq!(flags.command, Some(Subcommand::Check));
             assert_eq!(flags.data_dir, Some(PathBuf::from("/d")));
         }
-        let flags = Flags::try_parse_from([
-            "opsd",
-            "--data-dir",
-            "/d",
-            "--listen",
-            "127.0.0.1:9000",
-            "recover",
-            "--rejoin",
-            "a:1,b:2",
-        ])
-        .unwrap();
-        assert_eq!(
-            flags.command,
-            Some(Subcommand::Recover {
-                rejoin: vec!["a:1".into(), "b:2".into()]
-            })
-        );
+        for args in [
+            &[
+                "--data-dir",
+                "/d",
+                "--listen",
+                "127.0.0.1:9000",
+                "recover",
+                "--rejoin",
+                "a:1,b:2",
+            ][..],
+            &[
+                "--data-dir",
+                "/d",
+                "recover",
+                "--rejoin",
+                "a:1",
+                "--listen",
+                "127.0.0.1:9000",
+                "--rejoin",
+                "b:2",
+            ][..],
+        ] {
+            let flags = Flags::try_parse_from(std::iter::once("opsd").chain(args.iter().copied())).unwrap();
+            assert_eq!(
+                flags.command,
+                Some(Subcommand::Recover {
+                    rejoin: vec!["a:1".into(), "b:2".into()]
+                })
+            );
+            assert_eq!(flags.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        }
         assert!(
             Flags::try_parse_from(["opsd", "recover"]).is_err(),
             "--rejoin is required"
