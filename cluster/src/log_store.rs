@@ -49,7 +49,14 @@ impl LogStore {
     pub(crate) fn new(store: Arc<Store>, data_dir: Arc<Mutex<DataDir>>) -> Result<Self, String> {
         let (recorded, mark) = {
             let dir = data_dir.lock().unwrap_or_else(|p| p.into_inner());
-            (dir.identity().raft_state, LogMark::open(dir.path())?)
+            let mark = LogMark::open(dir.path()).map_err(|e| {
+                format!(
+                    "{e}; the log mark is damaged: if `opsd --data-dir {} check` finds everything else sound, delete \
+                     the file to start without this check once",
+                    dir.path().display()
+                )
+            })?;
+            (dir.identity().raft_state, mark)
         };
         let mark = Arc::new(mark);
         let (syncer, pending) = mpsc::channel();
