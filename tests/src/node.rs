@@ -43,6 +43,9 @@ pub struct NodeConfig {
     /// directly. The wrapper must exec opsd in place (not fork it), so that
     /// signals sent to the process reach opsd itself.
     pub command_prefix: Vec<String>,
+    /// Environment variables opsd gets on top of the test's own (whose
+    /// `OPSD_*` variables are removed), such as `LD_PRELOAD`.
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeConfig {
@@ -61,6 +64,7 @@ impl NodeConfig {
             options,
             log_path: home.join("opsd.log"),
             command_prefix: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -125,11 +129,13 @@ impl Node {
             run_log_start: AtomicU64::new(0),
             started_at: Mutex::new(Instant::now()),
         };
-        node.start_process("start");
+        node.start_process("start", &[]);
         node
     }
 
-    fn start_process(&self, why: &str) {
+    /// Starts the process with the node's flags followed by `extra` (a
+    /// subcommand and its flags, or nothing).
+    fn start_process(&self, why: &str, extra: &[String]) {
         let parent = self.config.log_path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
         let mut log = OpenOptions::new()
@@ -137,7 +143,8 @@ impl Node {
             .append(true)
             .open(&self.config.log_path)
             .unwrap_or_else(|e| panic!("opening {}: {e}", self.config.log_path.display()));
-        let args = self.config.args();
+        let mut args = self.config.args();
+        args.extend(extra.iter().cloned());
         let prefix: String = self.config.command_prefix.iter().map(|p| format!("{p} ")).collect();
         let _ = writeln!(
             log,
@@ -170,6 +177,7 @@ impl Node {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(self.config.env.iter().map(|(k, v)| (k, v)));
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -266,6 +274,24 @@ impl Node {
         }
     }
 
+    /// How the process ended, if it exited by itself (or by a signal not
+    /// sent through [`Node::kill9`]) and was not restarted since; `None`
+    /// while it runs and after [`Node::kill9`].
+    pub fn exited(&self) -> Option<ExitStatus> {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The last line of the current (or last) run's output that reports an
+    /// error, for messages about why a node stopped.
+    pub fn last_error_line(&self) -> Option<String> {
+        self.run_log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("ERROR") || l.contains("Error:"))
+            .map(|l| l.chars().take(300).collect())
+    }
+
     /// True while the process is stopped with SIGSTOP.
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
@@ -360,7 +386,26 @@ impl Node {
             "{}: restart while the process is still running",
             self.config.name
         );
-        self.start_process("restart");
+        self.start_process("restart", &[]);
+    }
+
+    /// Starts the process as `opsd FLAGS recover --rejoin ADDRS` (ADDRS
+    /// comma-separated client addresses of members): the way back for a node
+    /// whose state is damaged or lost. It comes back under a new id, which
+    /// [`Node::wait_ready`] records. Panics if it is still running.
+    pub fn recover(&self, rejoin: &[String]) {
+        assert!(
+            !self.is_running(),
+            "{}: recover while the process is still running",
+            self.config.name
+        );
+        self.start_process("recover", &["recover".into(), "--rejoin".into(), rejoin.join(",")]);
+    }
+
+    /// Forgets the node's id, for a node that is to come back under a new
+    /// one: [`Node::id`] is 0 until [`Node::wait_ready`] learns it again.
+    pub fn forget_id(&self) {
+        self.id.store(0, Ordering::SeqCst);
     }
 
     /// Clients of this node's API (lazily connected; see [`crate::client`]).
