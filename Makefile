@@ -32,8 +32,8 @@ bench:
 	$(CARGO) build --release --bins
 	OPSD_BIN_DIR=$(CURDIR)/target/release target/release/opsd-bench
 
-## nemesis: the fault suite: 3- and 5-node clusters under kill -9, SIGSTOP, network partitions and
-## membership churn for NEMESIS_SECONDS (default 300), NEMESIS_SEED=N replays a run; writes
+## nemesis: the fault suite: 3- and 5-node clusters under kill -9, SIGSTOP, network partitions,
+## membership churn, full disks and failing writes for NEMESIS_SECONDS (default 300), NEMESIS_SEED=N replays a run; writes
 ## target/nemesis/summary.json. See docs/nemesis.md
 .PHONY: nemesis
 nemesis: deps

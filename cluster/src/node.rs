@@ -12,7 +12,7 @@ use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteErro
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use opsd_proto::peer::peer_server::PeerServer;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tracing::{error, info, warn};
 
 use crate::check;
@@ -49,6 +49,11 @@ pub struct ClusterConfig {
 const PROMOTE_LAG: u64 = 100;
 /// How often the leader looks for learners to promote.
 const PROMOTE_EVERY: Duration = Duration::from_millis(300);
+
+/// How long the node waits after a removal notice it found false before it
+/// checks another: a stream of forged notices costs the leader at most one
+/// confirmation a second per node.
+const REMOVAL_CHECK_PAUSE: Duration = Duration::from_secs(1);
 
 /// The most commands the leader puts in one entry.
 const MAX_SHARED_WRITES: usize = 512;
@@ -166,6 +171,11 @@ pub(crate) struct NodeInner {
     /// Why Raft stopped by itself (the application's apply or the storage
     /// failed), once it has.
     failure: watch::Sender<Option<String>>,
+    /// Removal notices not yet checked with the leader: how many, and the
+    /// last sender (its id and address).
+    removal_notices: Mutex<(usize, NodeId, String)>,
+    /// Wakes the task that checks removal notices with the leader.
+    check_removal: Notify,
 }
 
 /// A running node. Cheap to clone.
@@ -322,6 +332,8 @@ impl ClusterNode {
             shutdown,
             shared_writes,
             failure,
+            removal_notices: Mutex::new((0, 0, String::new())),
+            check_removal: Notify::new(),
         });
         let node = ClusterNode { inner };
         let peer = peer_listener.local_addr().ok();
@@ -330,6 +342,7 @@ impl ClusterNode {
         node.spawn_role_logger();
         node.spawn_write_batcher(waiting);
         node.spawn_failure_watch();
+        node.spawn_removal_checker();
         info!(node_id = node.inner.id, cluster_id = %node.inner.cluster_id, peer = ?peer, "raft started");
         Ok(node)
     }
@@ -775,6 +788,59 @@ impl ClusterNode {
         });
     }
 
+    /// Takes note of a peer saying this node was removed. A notice is a hint,
+    /// not an order: anyone who can reach the peer port can send one, and
+    /// being removed is final. The node asks its own leader (the one its Raft
+    /// follows, never an address from the notice) in the background, and
+    /// only if the leader, having confirmed its leadership with a quorum,
+    /// answers that this node is no longer a member does it stop serving.
+    /// Notices that arrive while a check runs are covered by one more check.
+    pub(crate) fn removal_notice(&self, from: NodeId, addr: String) {
+        if self.is_removed() {
+            return;
+        }
+        {
+            let mut notices = self.inner.removal_notices.lock().unwrap_or_else(|p| p.into_inner());
+            *notices = (notices.0 + 1, from, addr);
+        }
+        self.inner.check_removal.notify_one();
+    }
+
+    /// Checks removal notices with the leader, one check at a time.
+    fn spawn_removal_checker(&self) {
+        let node = self.clone();
+        let mut stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = node.inner.check_removal.notified() => {}
+                }
+                let (count, from, addr) =
+                    std::mem::take(&mut *node.inner.removal_notices.lock().unwrap_or_else(|p| p.into_inner()));
+                if count == 0 || node.is_removed() {
+                    continue;
+                }
+                // A forwarded read index: the leader confirms its leadership with
+                // a quorum and answers Removed to a node it does not count as a
+                // member (`check_origin`); leader_request then marks this node removed.
+                let why = match node.leader_request(LeaderRequest::ReadIndex).await {
+                    Err(ClusterError::Removed { node_id }) if node_id == node.inner.id => continue,
+                    Ok(_) => "the leader counts this node as a member".to_string(),
+                    Err(e) => format!("the leader could not confirm it: {e}"),
+                };
+                warn!(
+                    node_id = node.inner.id,
+                    "ignored {count} removal notice(s), the last from node {from} at {addr}: {why}"
+                );
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(REMOVAL_CHECK_PAUSE) => {}
+                }
+            }
+        });
+    }
+
     /// Runs a request on the leader: here if this node leads, else forwarded.
     /// Retries while there is no leader or it moved, until the timeout.
     async fn leader_request(&self, req: LeaderRequest) -> Result<LeaderResponse, ClusterError> {
@@ -901,6 +967,7 @@ impl ClusterNode {
                 }
             }
             LeaderRequest::AddNode { id, info, cluster_id } => {
+                self.check_origin(origin, deadline).await?;
                 if !cluster_id.is_empty() && cluster_id != self.inner.cluster_id {
                     return Err(ClusterError::WrongCluster {
                         expected: self.inner.cluster_id.clone(),
@@ -923,6 +990,7 @@ impl ClusterNode {
                 Ok(LeaderResponse::Members(self.members()))
             }
             LeaderRequest::RemoveNode { id } => {
+                self.check_origin(origin, deadline).await?;
                 let members = self.members();
                 let Some(target) = members.iter().find(|m| m.id == id).cloned() else {
                     return Err(ClusterError::NotMember { node_id: id });

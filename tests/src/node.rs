@@ -43,6 +43,9 @@ pub struct NodeConfig {
     /// directly. The wrapper must exec opsd in place (not fork it), so that
     /// signals sent to the process reach opsd itself.
     pub command_prefix: Vec<String>,
+    /// Environment variables opsd gets on top of the test's own (whose
+    /// `OPSD_*` variables are removed), such as `LD_PRELOAD`.
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeConfig {
@@ -61,6 +64,7 @@ impl NodeConfig {
             options,
             log_path: home.join("opsd.log"),
             command_prefix: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -173,6 +177,7 @@ impl Node {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(self.config.env.iter().map(|(k, v)| (k, v)));
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -267,6 +272,24 @@ impl Node {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,
         }
+    }
+
+    /// How the process ended, if it exited by itself (or by a signal not
+    /// sent through [`Node::kill9`]) and was not restarted since; `None`
+    /// while it runs and after [`Node::kill9`].
+    pub fn exited(&self) -> Option<ExitStatus> {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The last line of the current (or last) run's output that reports an
+    /// error, for messages about why a node stopped.
+    pub fn last_error_line(&self) -> Option<String> {
+        self.run_log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("ERROR") || l.contains("Error:"))
+            .map(|l| l.chars().take(300).collect())
     }
 
     /// True while the process is stopped with SIGSTOP.
@@ -402,6 +425,12 @@ impl Node {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), text)
+    }
+
+    /// Forgets the node's id, for a node that is to come back under a new
+    /// one: [`Node::id`] is 0 until [`Node::wait_ready`] learns it again.
+    pub fn forget_id(&self) {
+        self.id.store(0, Ordering::SeqCst);
     }
 
     /// Clients of this node's API (lazily connected; see [`crate::client`]).

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use super::net::Network;
 use super::rng::Rng;
+use super::storage::{self, Storage};
 use super::workload::{connect, Targets};
 use crate::api::RemoveRequest;
 use crate::client;
@@ -32,6 +33,12 @@ pub enum Fault {
     Churn,
     /// Two of kill, pause and a partition at once.
     Combo,
+    /// Fill a node's disk until no space is left; free it after the hold.
+    DiskFull,
+    /// Make a node's writes and syncs under its data dir fail with EIO.
+    IoError,
+    /// kill -9 a node, delete its database, bring it back with `opsd recover --rejoin`.
+    Wipe,
 }
 
 impl Fault {
@@ -44,28 +51,43 @@ impl Fault {
             Fault::Split => "split",
             Fault::Churn => "churn",
             Fault::Combo => "combo",
+            Fault::DiskFull => "disk-full",
+            Fault::IoError => "io-error",
+            Fault::Wipe => "wipe",
         }
     }
 
-    /// True for the faults that need network namespaces.
-    pub fn needs_network(self) -> bool {
-        matches!(self, Fault::IsolateLeader | Fault::Split)
-    }
-}
-
-/// Every kind of fault this machine can deal.
-pub fn deck(network: bool) -> Vec<Fault> {
-    [
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [Fault; 9] = [
         Fault::Kill,
         Fault::Pause,
         Fault::IsolateLeader,
         Fault::Split,
         Fault::Churn,
         Fault::Combo,
-    ]
-    .into_iter()
-    .filter(|f| network || !f.needs_network())
-    .collect()
+        Fault::DiskFull,
+        Fault::IoError,
+        Fault::Wipe,
+    ];
+
+    /// Whether this machine and build can deal it: `Err(why)` if not.
+    pub fn available(self, network: bool, storage: &Storage) -> Result<(), String> {
+        match self {
+            Fault::IsolateLeader | Fault::Split if !network => Err("no network namespaces".into()),
+            Fault::DiskFull => storage.tmpfs.clone(),
+            Fault::IoError => storage.shim.as_ref().map(|_| ()).map_err(|e| e.clone()),
+            Fault::Wipe => storage.recover.clone(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Every kind of fault this machine and build can deal.
+pub fn deck(network: bool, storage: &Storage) -> Vec<Fault> {
+    Fault::ALL
+        .into_iter()
+        .filter(|f| f.available(network, storage).is_ok())
+        .collect()
 }
 
 /// How to undo one disruption.
@@ -74,6 +96,12 @@ enum Undo {
     Restart(usize),
     Resume(usize),
     Heal,
+    /// Free the node's disk, restart it if it stopped.
+    Unfill(usize),
+    /// Let the node's writes work again, restart it if it stopped.
+    IoWorks(usize),
+    /// Bring a wiped node back with `opsd recover --rejoin`.
+    Rejoin(usize),
 }
 
 /// The fault injector of one cluster: owns the cluster while the workload
@@ -106,12 +134,13 @@ impl<'a> Nemesis<'a> {
     pub fn new(
         cluster: &'a mut Cluster,
         net: Option<&'a Network>,
+        storage: &Storage,
         targets: Targets,
         rng: Rng,
         tag: &str,
         t0: Instant,
     ) -> Self {
-        let deck = deck(net.is_some());
+        let deck = deck(net.is_some(), storage);
         let nem = Nemesis {
             cluster,
             net,
@@ -212,8 +241,42 @@ impl<'a> Nemesis<'a> {
         self.dealt.pop().expect("the deck is never empty")
     }
 
+    /// Makes the first round deal `faults` (those in the deck) before the
+    /// others, so that a short run is sure to see them.
+    pub fn deal_first(&mut self, faults: &[Fault]) {
+        let mut round = self.deck.clone();
+        self.rng.shuffle(&mut round);
+        // The round is dealt from its end.
+        round.sort_by_key(|f| faults.contains(f));
+        self.dealt = round;
+    }
+
+    /// Restarts members whose process exited on its own (a node that
+    /// stopped on a storage error), noting each in the summary.
+    pub fn revive(&mut self, during: &str) {
+        for i in self.members() {
+            let node = self.cluster.node(i);
+            if node.is_running() {
+                continue;
+            }
+            let Some(status) = node.exited() else {
+                // Killed by the suite, waiting for its restart.
+                continue;
+            };
+            let why = node.last_error_line().unwrap_or_else(|| "no error logged".into());
+            node.restart();
+            let note = format!(
+                "{} exited on its own {during} ({status}; {why}); restarted it",
+                self.name(i)
+            );
+            self.say(note.clone());
+            self.notes.push(note);
+        }
+    }
+
     /// Deals one fault, holds it for `hold`, and heals it.
     pub async fn inject(&mut self, fault: Fault, hold: Duration) {
+        self.revive("before this fault");
         *self.counts.entry(fault.name()).or_default() += 1;
         if fault == Fault::Churn {
             self.churn().await;
@@ -234,7 +297,9 @@ impl<'a> Nemesis<'a> {
             let hurt: Vec<usize> = undo
                 .iter()
                 .filter_map(|u| match u {
-                    Undo::Restart(i) | Undo::Resume(i) => Some(*i),
+                    Undo::Restart(i) | Undo::Resume(i) | Undo::Unfill(i) | Undo::IoWorks(i) | Undo::Rejoin(i) => {
+                        Some(*i)
+                    }
                     Undo::Heal => None,
                 })
                 .collect();
@@ -311,8 +376,112 @@ impl<'a> Nemesis<'a> {
                 self.say(format!("split {a:?} | {b:?}"));
                 vec![Undo::Heal]
             }
+            Fault::DiskFull => match self.target(0.5, exclude).await {
+                Some((i, leader)) => {
+                    let who = format!("{}{}", self.name(i), if leader { " (leader)" } else { "" });
+                    match storage::fill(self.cluster.node(i).config()) {
+                        Ok(mib) => self.say(format!("fill the disk of {who} ({mib} MiB of filler)")),
+                        Err(e) => panic!("filling the disk of {who}: {e}"),
+                    }
+                    vec![Undo::Unfill(i)]
+                }
+                None => Vec::new(),
+            },
+            Fault::IoError => match self.target(0.5, exclude).await {
+                Some((i, leader)) => {
+                    let who = format!("{}{}", self.name(i), if leader { " (leader)" } else { "" });
+                    storage::set_io_error(self.cluster.node(i).config(), true)
+                        .unwrap_or_else(|e| panic!("failing the writes of {who}: {e}"));
+                    self.say(format!("writes and syncs of {who} fail with EIO"));
+                    vec![Undo::IoWorks(i)]
+                }
+                None => Vec::new(),
+            },
+            Fault::Wipe => match self.target(0.5, exclude).await {
+                // Another member must be up to rejoin through.
+                Some((i, leader)) if self.up().len() > 1 => {
+                    let node = self.cluster.node(i);
+                    node.kill9();
+                    storage::wipe(node.config()).unwrap_or_else(|e| panic!("wiping {}: {e}", node.name()));
+                    let old = node.id();
+                    node.forget_id();
+                    self.say(format!(
+                        "kill -9 {}{} (id {old}) and delete its db/",
+                        self.name(i),
+                        if leader { " (leader)" } else { "" }
+                    ));
+                    vec![Undo::Rejoin(i)]
+                }
+                _ => Vec::new(),
+            },
             Fault::Churn | Fault::Combo => unreachable!("not a single disruption"),
         }
+    }
+
+    /// Brings a wiped node back: `opsd ... recover --rejoin ADDRS` through the
+    /// serving members, then waits until the cluster lists it under its new id.
+    async fn rejoin(&mut self, i: usize) {
+        let via: Vec<usize> = self.up().into_iter().filter(|&j| j != i).collect();
+        if via.is_empty() {
+            let note = format!("wipe: no member up to rejoin {} through; left down", self.name(i));
+            self.say(note.clone());
+            self.notes.push(note);
+            return;
+        }
+        let rejoin: Vec<String> = via.iter().map(|&j| self.cluster.node(j).client_addr()).collect();
+        self.cluster.node(i).recover(&rejoin);
+        self.say(format!("{}: opsd recover --rejoin {}", self.name(i), rejoin.join(",")));
+        self.await_member(i, "recover").await;
+    }
+
+    /// Waits up to 30 s until node `i` (joining, or rejoining under a new
+    /// id) is listed by another member; a process that finished its work and
+    /// exited successfully is started again with its usual flags.
+    async fn await_member(&mut self, i: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut id = 0;
+        while Instant::now() < deadline {
+            if !self.cluster.node(i).is_running() {
+                match self.cluster.node(i).exited() {
+                    Some(status) if status.success() => {
+                        self.cluster.node(i).restart();
+                        self.say(format!("{} finished its {what}; restarted it", self.name(i)));
+                    }
+                    _ => break,
+                }
+            }
+            if id == 0 {
+                id = match self.cluster.node(i).status().await {
+                    Ok(s) => s.node_id,
+                    Err(_) => 0,
+                };
+            }
+            if id != 0 {
+                let others: Vec<usize> = self.up().into_iter().filter(|&j| j != i).collect();
+                for j in others {
+                    if self.member_ids(j).await.is_some_and(|ids| ids.contains(&id)) {
+                        // Node::id() is learned by wait_ready; it answers at once now.
+                        self.cluster.node(i).wait_ready(Duration::from_secs(5)).await;
+                        self.say(format!("{} (id {id}) is a member", self.name(i)));
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let note = format!(
+            "{what}: {} did not become a member within 30 s ({}); it is left to finish",
+            self.name(i),
+            match self.cluster.node(i).exited() {
+                Some(status) => format!(
+                    "it exited: {status}; {}",
+                    self.cluster.node(i).last_error_line().unwrap_or_default()
+                ),
+                None => "still running".to_string(),
+            }
+        );
+        self.say(note.clone());
+        self.notes.push(note);
     }
 
     async fn undo(&mut self, undo: Vec<Undo>) {
@@ -336,6 +505,19 @@ impl<'a> Nemesis<'a> {
                         self.say("heal the network".into());
                     }
                 }
+                Undo::Unfill(i) => {
+                    storage::unfill(self.cluster.node(i).config())
+                        .unwrap_or_else(|e| panic!("freeing the disk of {}: {e}", self.name(i)));
+                    self.say(format!("free the disk of {}", self.name(i)));
+                    self.revive("while its disk was full");
+                }
+                Undo::IoWorks(i) => {
+                    storage::set_io_error(self.cluster.node(i).config(), false)
+                        .unwrap_or_else(|e| panic!("healing the writes of {}: {e}", self.name(i)));
+                    self.say(format!("writes and syncs of {} work again", self.name(i)));
+                    self.revive("while its writes failed");
+                }
+                Undo::Rejoin(i) => self.rejoin(i).await,
             }
         }
     }
@@ -448,38 +630,6 @@ impl<'a> Nemesis<'a> {
         let i = self.cluster.spawn(config);
         self.say(format!("add {} (joining)", self.name(i)));
         self.publish();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut id = 0;
-        while Instant::now() < deadline && self.cluster.node(i).is_running() {
-            if id == 0 {
-                id = match self.cluster.node(i).status().await {
-                    Ok(s) => s.node_id,
-                    Err(_) => 0,
-                };
-            }
-            if id != 0 {
-                let others: Vec<usize> = self.up().into_iter().filter(|&j| j != i).collect();
-                for j in others {
-                    if self.member_ids(j).await.is_some_and(|ids| ids.contains(&id)) {
-                        // Node::id() is learned by wait_ready; it answers at once now.
-                        self.cluster.node(i).wait_ready(Duration::from_secs(5)).await;
-                        self.say(format!("{} (id {id}) is a member", self.name(i)));
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let note = format!(
-            "churn: {} did not become a member within 30 s ({}); it is left to finish joining",
-            self.name(i),
-            if self.cluster.node(i).is_running() {
-                "still running"
-            } else {
-                "it exited"
-            }
-        );
-        self.say(note.clone());
-        self.notes.push(note);
+        self.await_member(i, "churn").await;
     }
 }

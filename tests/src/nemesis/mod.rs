@@ -1,6 +1,6 @@
 //! The fault suite ("nemesis"): real 3- and 5-node clusters take kill -9,
-//! SIGSTOP, network partitions and membership churn, alone and together,
-//! for a while, as clients write and drive runs; then everything heals and
+//! SIGSTOP, network partitions, membership churn and storage faults (a full
+//! disk, failing writes, a lost database), alone and together, for a while, as clients write and drive runs; then everything heals and
 //! the suite checks that nothing was lost or made up, that every key's
 //! history is linearizable, that every run ended exactly once, and that all
 //! nodes converged to the same state. `make nemesis` runs it for minutes
@@ -17,6 +17,7 @@ pub mod history;
 pub mod net;
 pub mod rng;
 pub mod runs;
+pub mod storage;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,10 +28,11 @@ use std::time::{Duration, Instant};
 
 use crate::api::{ListRequest, ListResourcesRequest};
 use crate::{client, Cluster, Options};
-use faults::Nemesis;
+use faults::{Fault, Nemesis};
 use history::{Call, History, Outcome, FINAL_CLIENT};
 use net::Network;
 use rng::Rng;
+use storage::Storage;
 use workload::{connect, Ctx, Targets, Workload};
 
 /// How long the cluster may take, after everything healed, to agree on a
@@ -69,6 +71,9 @@ pub struct Config {
     pub rerun: String,
     /// Bound on the linearizability search per key, in steps.
     pub search_budget: u64,
+    /// Kinds of fault each cluster's first round deals before the others
+    /// (those this machine can deal), so that a short run is sure to see them.
+    pub first: Vec<Fault>,
 }
 
 pub use crate::{strict, target_dir};
@@ -114,6 +119,7 @@ impl Config {
             out_dir,
             rerun: rerun.to_string(),
             search_budget: 20_000_000,
+            first: Vec::new(),
         }
     }
 
@@ -184,6 +190,8 @@ pub struct Summary {
     pub config: Config,
     /// `Ok(bridge)` if partitions ran in network namespaces, else why they were skipped.
     pub network: Result<(), String>,
+    /// Kinds of fault this machine or build could not deal, and why.
+    pub skipped: Vec<(&'static str, String)>,
     /// One report per cluster size.
     pub clusters: Vec<ClusterReport>,
 }
@@ -230,6 +238,7 @@ impl Summary {
                 Ok(()) => "network namespaces".to_string(),
                 Err(why) => format!("skipped: {why}"),
             },
+            "skipped_faults": self.skipped.iter().map(|(f, why)| (f.to_string(), why.clone())).collect::<BTreeMap<_, _>>(),
             "clusters": self.clusters.iter().map(|c| serde_json::json!({
                 "nodes": c.size,
                 "seconds": c.seconds,
@@ -255,6 +264,9 @@ impl Summary {
         );
         if let Err(why) = &self.network {
             eprintln!("network partitions SKIPPED: {why}");
+        }
+        for (fault, why) in &self.skipped {
+            eprintln!("{fault} SKIPPED: {why}");
         }
         for c in &self.clusters {
             eprintln!(
@@ -322,6 +334,14 @@ pub async fn run(config: &Config) -> Summary {
     if let Err(why) = &network {
         eprintln!("[nemesis] SKIPPED: network partitions: {why}; the other faults still run");
     }
+    let storage = Arc::new(Storage::probe());
+    let skipped: Vec<(&'static str, String)> = [Fault::DiskFull, Fault::IoError, Fault::Wipe]
+        .into_iter()
+        .filter_map(|f| f.available(true, &storage).err().map(|why| (f.name(), why)))
+        .collect();
+    for (fault, why) in &skipped {
+        eprintln!("[nemesis] SKIPPED: {fault}: {why}; the other faults still run");
+    }
     let master = Rng::new(config.seed);
     let per_cluster = (config.seconds / config.sizes.len().max(1) as u64).max(1);
     let mut clusters = Vec::new();
@@ -336,11 +356,12 @@ pub async fn run(config: &Config) -> Summary {
         // Each size has its own stream, so `NEMESIS_NODES=5` replays the 5-node part of a run.
         let rng = master.fork(size as u64 + 1000 * *repeat);
         *repeat += 1;
-        clusters.push(run_cluster(config, &label, size, per_cluster, rng, network.is_ok()).await);
+        clusters.push(run_cluster(config, &label, size, per_cluster, rng, network.is_ok(), &storage).await);
     }
     Summary {
         config: config.clone(),
         network,
+        skipped,
         clusters,
     }
 }
@@ -353,6 +374,7 @@ async fn run_cluster(
     seconds: u64,
     rng: Rng,
     partitions: bool,
+    storage: &Arc<Storage>,
 ) -> ClusterReport {
     let tag = format!("{size}n");
     let dir = config.out_dir.join(label);
@@ -370,16 +392,21 @@ async fn run_cluster(
         ..Options::default()
     };
     let started = Instant::now();
-    let mut cluster = match &net {
-        Some(net) => {
-            eprintln!(
-                "[nemesis {tag}] each node in its own network namespace, behind hub {}",
-                net.hub()
-            );
-            let net = net.clone();
-            Cluster::start_placed(size, options, move |c| net.place(c)).await
-        }
-        None => Cluster::start(size, options).await,
+    if let Some(net) = &net {
+        eprintln!(
+            "[nemesis {tag}] each node in its own network namespace, behind hub {}",
+            net.hub()
+        );
+    }
+    let mut cluster = {
+        let (net, storage) = (net.clone(), storage.clone());
+        Cluster::start_placed(size, options, move |c| {
+            storage.place(c);
+            if let Some(net) = &net {
+                net.place(c);
+            }
+        })
+        .await
     };
     eprintln!("[nemesis {tag}] {size}-node cluster formed in {:?}", started.elapsed());
 
@@ -405,11 +432,13 @@ async fn run_cluster(
     let mut nem = Nemesis::new(
         &mut cluster,
         net.as_deref(),
+        storage,
         targets,
         rng.fork(2),
         &tag,
         history.started(),
     );
+    nem.deal_first(&config.first);
     let mut workload = Workload::start(&ctx, config.writers, config.cas_clients, config.shared_keys);
     if resources > 0 {
         workload.add(tokio::spawn(runs::drive(ctx.clone(), resources, records.clone())));
@@ -518,6 +547,8 @@ async fn run_cluster(
     }
 
     save(&dir, nem.cluster, &ops, &records, &nem.log);
+    // The disks go before the cluster's temp dir, which holds their mount points.
+    storage.unmount_all();
     report
 }
 
@@ -541,6 +572,7 @@ async fn self_removed(nem: &Nemesis<'_>) -> Vec<usize> {
 async fn settle(nem: &mut Nemesis<'_>, broken: &[usize]) -> Result<usize, String> {
     let started = Instant::now();
     loop {
+        nem.revive("after healing");
         let members = nem.members();
         for &i in &members {
             if !nem.cluster.node(i).is_running() {

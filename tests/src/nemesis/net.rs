@@ -36,7 +36,7 @@ const ALIAS: &str = "opsd-nemesis pid ";
 
 /// Runs a command and returns its stdout, or an error naming the command and
 /// what it wrote on stderr.
-fn run(args: &[&str], input: Option<&str>) -> Result<String, String> {
+pub(crate) fn run(args: &[&str], input: Option<&str>) -> Result<String, String> {
     let mut cmd = Command::new(args[0]);
     cmd.args(&args[1..])
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -66,7 +66,7 @@ fn run(args: &[&str], input: Option<&str>) -> Result<String, String> {
 
 /// True if this process runs as root (effective uid 0), read from /proc so no
 /// extra system-call bindings are needed.
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
