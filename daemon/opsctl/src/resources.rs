@@ -130,7 +130,9 @@ pub struct DoArgs {
 /// `opsctl create`: builds the spec, creates the resource, and prints the run
 /// the creation started (or waits for the resource to rest).
 pub async fn create(args: CreateArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
-    let target = ResourceRef::from_words(&args.target, args.name.as_deref()).map_err(|e| anyhow!(e))?;
+    // A usage error, like clap's own (exit code 2).
+    let target = ResourceRef::from_words(&args.target, args.name.as_deref())
+        .unwrap_or_else(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")).exit());
     let file_spec = match &args.file {
         Some(file) => {
             let text = spec::read_file_or_stdin(file).with_context(|| format!("cannot read spec file {file}"))?;
