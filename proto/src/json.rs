@@ -58,6 +58,14 @@ pub fn struct_value(value: Option<&Struct>) -> Value {
     )
 }
 
+/// The one rule for a value typed as text (`opsctl create --set KEY=VALUE`,
+/// `opsctl do --arg KEY=VALUE`): text that is valid JSON is that value (`2`,
+/// `1.5`, `true`, `null`, `[1,2]`, `{"a":1}`, and `"2"`, the string 2); any
+/// other text is a string as it is (`v2`, `git@example.com:web.git`, ``).
+pub fn typed_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
 /// The JSON type of a value, for error messages: `an object`, `a number`...
 pub fn json_type(v: &Value) -> &'static str {
     match v {
@@ -117,6 +125,27 @@ fn number(path: &str, n: f64) -> Result<Value, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn typed_text_is_json_when_it_parses_else_a_string() {
+        for (text, value) in [
+            ("2", json!(2)),
+            ("-1.5", json!(-1.5)),
+            ("true", json!(true)),
+            ("null", Value::Null),
+            ("[1, \"x\"]", json!([1, "x"])),
+            ("{\"k\": 1}", json!({"k": 1})),
+            ("\"2\"", json!("2")),
+            (" 7 ", json!(7)),
+            ("v2", json!("v2")),
+            ("git@example.com:web.git", json!("git@example.com:web.git")),
+            ("[1,", json!("[1,")),
+            ("True", json!("True")),
+            ("", json!("")),
+        ] {
+            assert_eq!(typed_value(text), value, "{text:?}");
+        }
+    }
 
     fn object(v: Value) -> Map<String, Value> {
         match v {

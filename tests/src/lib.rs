@@ -36,6 +36,7 @@
 mod addresses;
 pub mod client;
 mod cluster;
+pub mod docs;
 pub mod kinds;
 pub mod nemesis;
 mod node;

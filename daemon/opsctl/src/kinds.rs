@@ -1,11 +1,14 @@
 //! `opsctl kinds ...`: the kinds of resources, built in or registered from
 //! kind files.
 
-use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
 use clap::Subcommand;
 use opsd_client::Nodes;
 use opsd_proto::v1::{ApplyKindRequest, GetKindRequest, ListKindsRequest};
 
+use crate::kind_file;
 use crate::render::Printer;
 use crate::spec::read_file_or_stdin;
 
@@ -19,8 +22,12 @@ pub enum KindsCommand {
     ///
     /// FILE may be `-` for standard input. The whole file is sent, so every
     /// node keeps the same source (including the `run` scripts of an `exec`
-    /// kind). A broken file is refused with the kind, state and key at fault;
-    /// an update that removes a state some resource is in is refused too.
+    /// kind). A work state's `run = { file = "deploy.sh" }` names a script
+    /// file, relative to the kind file (to the current directory for `-`):
+    /// opsctl reads it (UTF-8, at most 128 KiB) and sends the script inline in
+    /// its place, so `kinds show` prints it. A broken file is refused with the
+    /// kind, state and key at fault; an update that removes a state some
+    /// resource is in is refused too.
     /// With --output json, prints the kind as `kinds show` does: name,
     /// builtin, version, provider, initial, states, source.
     #[command(after_long_help = "Examples:\n  opsctl kinds apply app.toml\n  opsctl kinds apply - < app.toml")]
@@ -51,6 +58,15 @@ pub async fn run(command: KindsCommand, nodes: &Nodes, printer: Printer) -> Resu
     match command {
         KindsCommand::Apply { file } => {
             let source = read_file_or_stdin(&file).with_context(|| format!("cannot read kind file {file}"))?;
+            // Script files are relative to the kind file (to the current
+            // directory for standard input).
+            let base = match Path::new(&file).parent() {
+                Some(dir) if file != "-" && !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let source = kind_file::resolve_run_files(&source, &base)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("kind file {file} was not applied"))?;
             let request = ApplyKindRequest { source };
             let kind = nodes
                 .write_with(&request, |mut api, r| async move { api.resources.apply_kind(r).await })

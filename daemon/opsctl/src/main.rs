@@ -5,6 +5,7 @@
 
 mod cluster;
 mod completion;
+mod kind_file;
 mod kinds;
 mod render;
 mod resources;
@@ -70,13 +71,14 @@ use crate::settings::SettingsCommand;
         opsctl --output json settings ls db/\n  \
         opsctl settings watch db/\n  \
         opsctl kinds apply app.toml\n  \
-        opsctl create app web --set replicas=2 --wait\n  \
-        opsctl create app api -f api.toml --set image.tag=v7 --label team=core\n  \
+        opsctl create app/web --set repo=git@example.com:web.git --set replicas=2 --wait\n  \
+        opsctl create app/api -f api.toml --set image.tag=v7 --label team=core\n  \
         opsctl do app/web deploy --arg version=2 --reason \"release 2\" --wait\n  \
         opsctl get app/web\n  \
         opsctl runs app/web --outcome failed --since 2h\n  \
-        opsctl logs r123 --follow\n  \
-        opsctl cancel r123\n  \
+        run=$(opsctl do app/web deploy -q)\n  \
+        opsctl cancel \"$run\"\n  \
+        opsctl logs \"$run\" --follow\n  \
         opsctl history app/web\n  \
         opsctl stats --since 7d\n  \
         opsctl delete app/web --wait"
@@ -123,20 +125,22 @@ enum Command {
     /// Register and inspect kinds: the state machines resources follow.
     #[command(subcommand)]
     Kinds(KindsCommand),
-    /// Create a resource of KIND in the kind's initial state.
+    /// Create the resource KIND/NAME in its kind's initial state.
     ///
-    /// The spec is SPEC_FILE (JSON, or TOML), or {} without one, with every
+    /// The resource is KIND/NAME, as every command names it (`create KIND
+    /// NAME`, in two words, works too). The spec is SPEC_FILE (JSON, or TOML), or {} without one, with every
     /// --set applied on top. If the initial state is a work state, its first
     /// run starts at once. Without --wait, prints that run (with --output
-    /// json, one run object as `run` prints it), or the resource (as `get`
-    /// prints it) if none started. With --wait, follows the resource until it
+    /// json, one run object as `run` prints it; with -q, only its id), or the
+    /// resource (as `get` prints it) if none started. With --wait, follows the resource until it
     /// rests in a stable state, printing state changes, runs and their log
     /// lines on stderr; then prints the runs waited for (with --output json,
     /// the last of them) and exits 0 only if every one succeeded.
     #[command(after_long_help = "Examples:\n  \
-        opsctl create app web --set replicas=2 --wait\n  \
-        opsctl create app web -f web.json --set image.tag=v2 --label team=core\n  \
-        opsctl create image base --set 'packages=[\"curl\",\"git\"]' --reason \"new base image\"")]
+        opsctl create app/shop --set repo=git@example.com:shop.git --set replicas=2 --wait\n  \
+        opsctl create app blog -f blog.json --set image.tag=v2 --label team=core --wait\n  \
+        opsctl create image/base --set source=\"$PWD\" --set 'build=[\"ls -l\", \"echo built > BUILT\"]' \
+        --reason \"new base image\" --wait")]
     Create(CreateArgs),
     /// List resources (of KIND, or of every kind), by kind and name.
     ///
@@ -158,7 +162,7 @@ enum Command {
     /// With --wait, follows the resource until it is gone or rests, like
     /// `do --wait`.
     #[command(after_long_help = "Examples:\n  \
-        opsctl delete app/web --reason \"replaced by web2\"\n  \
+        opsctl delete app/blog --reason \"replaced by shop\"\n  \
         opsctl delete app/web --wait")]
     Delete(DeleteArgs),
     /// Do EVENT to a resource, moving it to the state its current state
@@ -167,7 +171,7 @@ enum Command {
     /// Refused, listing the events the state takes, if it does not take this
     /// one, or naming the run in flight if one is. Without --wait, prints the
     /// run the event started (with --output json, one run object as `run`
-    /// prints it), or the resource if none started. With --wait, follows the
+    /// prints it; with -q, only its id), or the resource if none started. With --wait, follows the
     /// resource until it rests in a stable state, printing state changes
     /// (`app/web: ready -> deploying`), runs with their outcome and error, and
     /// every log line (`[RUN_ID] line`) on stderr; then prints the runs waited
@@ -175,16 +179,16 @@ enum Command {
     /// one succeeded, else names the runs that did not. If the node serving
     /// the wait dies, the wait goes on through the next address.
     #[command(after_long_help = "Examples:\n  \
-        opsctl do app/web deploy --arg version=2 --reason \"release 2\" --wait\n  \
+        opsctl do app/shop deploy --arg version=2 --reason \"release 2\" --wait\n  \
         opsctl do image/base rebuild\n  \
-        opsctl --output json do app/web rollback --wait > run.json")]
+        opsctl --output json do app/shop deploy --wait > run.json")]
     Do(DoArgs),
     /// List runs, newest first: of one resource, or of every resource.
     ///
     /// With --output json, an array of runs as `run` prints them.
     #[command(after_long_help = "Examples:\n  \
         opsctl runs\n  \
-        opsctl runs app/web --outcome failed --since 7d\n  \
+        opsctl runs app/shop --outcome failed --since 7d\n  \
         opsctl runs --outcome running --limit 10")]
     Runs(RunsArgs),
     /// Show one run in full: resource, event, transition, outcome, attempt,
@@ -205,19 +209,26 @@ enum Command {
     /// The stored log is bounded: if its start was dropped, a note on stderr
     /// says how many lines. Ctrl-C stops following (exit code 0).
     #[command(after_long_help = "Examples:\n  \
-        opsctl logs r123\n  \
-        opsctl logs r123 --follow\n  \
-        opsctl --output json logs r123 | jq -r .line")]
+        run=$(opsctl do app/shop deploy -q)\n  \
+        opsctl logs \"$run\" --follow\n  \
+        opsctl logs \"$run\"\n  \
+        opsctl --output json logs \"$run\" | jq -r .line")]
     Logs(LogsArgs),
     /// Ask a running run to stop, and print it.
     ///
     /// The step's cancellation fires; the run ends `cancelled` and the
     /// resource moves to its state's cancel target. Refused if the run already
     /// ended. With --output json, the run object as `run` prints it.
+    #[command(after_long_help = "Examples:\n  \
+        run=$(opsctl do app/shop deploy -q)\n  \
+        opsctl cancel \"$run\" --reason \"wrong version\"")]
     Cancel(CancelArgs),
     /// List one resource's runs, oldest first: its audit trail.
     ///
     /// With --output json, an array of runs as `run` prints them.
+    #[command(after_long_help = "Examples:\n  \
+        opsctl history app/shop\n  \
+        opsctl --output json history app/shop > shop-history.json")]
     History(HistoryArgs),
     /// Aggregate finished runs per kind and transition: counts by outcome,
     /// durations of successful runs (mean, p50, p95, max) and the mean
@@ -236,7 +247,7 @@ enum Command {
     /// completions. Needs no running opsd.
     #[command(after_long_help = "Examples:\n  \
         source <(opsctl completion bash)\n  \
-        opsctl completion zsh > \"${fpath[1]}/_opsctl\"\n  \
+        opsctl completion zsh > ~/.zfunc/_opsctl    # with fpath=(~/.zfunc $fpath) in ~/.zshrc\n  \
         opsctl completion fish > ~/.config/fish/completions/opsctl.fish")]
     Completion {
         /// The shell to print completions for.

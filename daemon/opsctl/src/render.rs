@@ -301,6 +301,11 @@ impl Printer {
         }
     }
 
+    /// What `create`, `do` and `delete` print with `-q`: the run's id alone.
+    pub fn run_id(&self, run: &Run) -> io::Result<()> {
+        writeln!(io::stdout().lock(), "{}", run.run_id)
+    }
+
     /// What `--wait` prints once every run of the change succeeded: the runs
     /// waited for, one line each, or in JSON the last of them (one object).
     pub fn waited_runs(&self, runs: &[Run]) -> io::Result<()> {

@@ -13,24 +13,28 @@ use crate::render::Printer;
 use crate::spec::{self, KeyValue, ResourceRef, SetArg};
 use crate::wait;
 
-/// `opsctl create KIND NAME`.
+/// `opsctl create KIND/NAME` (or `KIND NAME`).
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The kind of the new resource (see `opsctl kinds ls`).
-    #[arg(value_name = "KIND")]
-    kind: String,
-    /// Its name, unique within the kind: 1 to 128 letters, digits, '-', '_' and '.'.
+    /// The new resource, as KIND/NAME like every other command takes it
+    /// (`KIND NAME`, two words, works too). KIND is one of `opsctl kinds
+    /// ls`; NAME is unique within the kind: 1 to 128 letters, digits, '-',
+    /// '_' and '.'.
+    #[arg(value_name = "KIND/NAME")]
+    target: String,
+    /// The name, when KIND and NAME are given as two words.
     #[arg(value_name = "NAME")]
-    name: String,
+    name: Option<String>,
     /// A file with the spec: a JSON object, or TOML (a file that is not JSON
     /// is read as TOML); `-` reads standard input.
     #[arg(short = 'f', long = "file", value_name = "SPEC_FILE")]
     file: Option<String>,
     /// Set KEY in the spec to VALUE, after the file is read, in order. A
     /// dotted KEY sets a key of a nested object (`--set image.tag=v2`),
-    /// creating the objects on the way. VALUE is read as JSON when it is valid
-    /// JSON (2, true, null, [1,2], {"a":1}, "quoted") and as a string
-    /// otherwise.
+    /// creating the objects on the way. VALUE is JSON when it is valid JSON
+    /// (2, 1.5, true, null, [1,2], {"a":1}, "quoted") and a string otherwise
+    /// (v2, abc); quote it to make a string of a number: --set 'tag="2"'.
+    /// `do --arg` reads values by the same rule.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = SetArg::parse)]
     sets: Vec<SetArg>,
     /// Label the resource with KEY=VALUE (repeatable).
@@ -43,6 +47,10 @@ pub struct CreateArgs {
     /// stderr; fail unless every run succeeded.
     #[arg(long)]
     wait: bool,
+    /// Print only the id of the run started (nothing if none did), for
+    /// scripts: `run=$(opsctl do app/web deploy -q)`.
+    #[arg(short = 'q', long, conflicts_with = "wait")]
+    quiet: bool,
 }
 
 /// `opsctl ls [KIND]`.
@@ -82,6 +90,10 @@ pub struct DeleteArgs {
     /// progress on stderr; fail unless every run succeeded.
     #[arg(long)]
     wait: bool,
+    /// Print only the id of the run started (nothing if none did), for
+    /// scripts: `run=$(opsctl do app/web deploy -q)`.
+    #[arg(short = 'q', long, conflicts_with = "wait")]
+    quiet: bool,
 }
 
 /// `opsctl do KIND/NAME EVENT`.
@@ -95,7 +107,11 @@ pub struct DoArgs {
     #[arg(value_name = "EVENT")]
     event: String,
     /// An argument of the event, KEY=VALUE (repeatable); providers and
-    /// scripts get them with the resource.
+    /// scripts get them with the resource. VALUE follows the rule of `create
+    /// --set`: JSON when it is valid JSON (2, true, null, [1,2], {"a":1},
+    /// "quoted"), a string otherwise; --arg version=2 gives a script the
+    /// number 2, --arg 'version="2"' the string "2". The run records the text
+    /// as typed.
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = KeyValue::parse)]
     args: Vec<KeyValue>,
     /// Why: recorded on the runs the event starts.
@@ -105,15 +121,18 @@ pub struct DoArgs {
     /// stderr; fail unless every run succeeded.
     #[arg(long)]
     wait: bool,
+    /// Print only the id of the run started (nothing if none did), for
+    /// scripts: `run=$(opsctl do app/web deploy -q)`.
+    #[arg(short = 'q', long, conflicts_with = "wait")]
+    quiet: bool,
 }
 
 /// `opsctl create`: builds the spec, creates the resource, and prints the run
 /// the creation started (or waits for the resource to rest).
 pub async fn create(args: CreateArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
-    let target = ResourceRef {
-        kind: args.kind,
-        name: args.name,
-    };
+    // A usage error, like clap's own (exit code 2).
+    let target = ResourceRef::from_words(&args.target, args.name.as_deref())
+        .unwrap_or_else(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")).exit());
     let file_spec = match &args.file {
         Some(file) => {
             let text = spec::read_file_or_stdin(file).with_context(|| format!("cannot read spec file {file}"))?;
@@ -139,7 +158,7 @@ pub async fn create(args: CreateArgs, nodes: &Nodes, printer: Printer) -> Result
         // wait catches up with what its runs did meanwhile.
         wait::wait_for_change(nodes, &target, &change, None, printer).await
     } else {
-        print_change(&target, &change, printer)
+        print_change(&target, &change, args.quiet, printer)
     }
 }
 
@@ -185,7 +204,7 @@ pub async fn delete(args: DeleteArgs, nodes: &Nodes, printer: Printer) -> Result
             .await
             .with_context(|| format!("cannot delete {target}"))
     };
-    change_existing(nodes, &target, args.wait, printer, send).await
+    change_existing(nodes, &target, args.wait, args.quiet, printer, send).await
 }
 
 /// `opsctl do`: does an event to a resource.
@@ -204,7 +223,7 @@ pub async fn event(args: DoArgs, nodes: &Nodes, printer: Printer) -> Result<()> 
             .await
             .with_context(|| format!("cannot do {} to {target}", request.event))
     };
-    change_existing(nodes, &target, args.wait, printer, send).await
+    change_existing(nodes, &target, args.wait, args.quiet, printer, send).await
 }
 
 /// Makes a change to an existing resource (`send`) and prints it, or with
@@ -214,6 +233,7 @@ async fn change_existing(
     nodes: &Nodes,
     target: &ResourceRef,
     wait: bool,
+    quiet: bool,
     printer: Printer,
     send: impl std::future::Future<Output = Result<ResourceChange>>,
 ) -> Result<()> {
@@ -222,14 +242,19 @@ async fn change_existing(
         let change = send.await?;
         wait::wait_for_change(nodes, target, &change, Some(opened), printer).await
     } else {
-        print_change(target, &send.await?, printer)
+        print_change(target, &send.await?, quiet, printer)
     }
 }
 
 /// What a change prints without --wait: the run it started; else the
 /// resource after it; for a deletion that removed the resource, `deleted`.
-fn print_change(target: &ResourceRef, change: &ResourceChange, printer: Printer) -> Result<()> {
-    if change.deleted {
+/// `quiet`: only the id of the run started, if one did.
+fn print_change(target: &ResourceRef, change: &ResourceChange, quiet: bool, printer: Printer) -> Result<()> {
+    if quiet {
+        if let Some(run) = &change.run {
+            printer.run_id(run)?;
+        }
+    } else if change.deleted {
         printer.deleted(target)?;
     } else if let Some(run) = &change.run {
         printer.run_summary(run)?;

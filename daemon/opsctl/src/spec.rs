@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::time::Duration;
 
-use opsd_proto::json::json_type;
+use opsd_proto::json::{json_type, typed_value};
 use serde_json::{Map, Value};
 
 /// A resource named on the command line as `KIND/NAME`.
@@ -33,6 +33,27 @@ impl ResourceRef {
             }),
             _ => Err(format!(
                 "expected KIND/NAME with exactly one '/', like app/web, not {text:?}"
+            )),
+        }
+    }
+}
+
+impl ResourceRef {
+    /// `create`'s resource: `KIND/NAME` in one word, or `KIND NAME` in two.
+    pub fn from_words(first: &str, second: Option<&str>) -> Result<Self, String> {
+        match second {
+            None if first.contains('/') => Self::parse(first),
+            None => Err(format!(
+                "{first:?} names no resource: give KIND/NAME, like {first}/web (or KIND NAME, two words)"
+            )),
+            Some(name) if !first.is_empty() && !first.contains('/') && !name.is_empty() && !name.contains('/') => {
+                Ok(Self {
+                    kind: first.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            Some(name) => Err(format!(
+                "expected KIND/NAME, or KIND NAME as two words without '/', like app/web or app web, not {first:?} {name:?}"
             )),
         }
     }
@@ -104,7 +125,7 @@ impl SetArg {
                 pair.key
             ));
         }
-        let value = serde_json::from_str(&pair.value).unwrap_or(Value::String(pair.value));
+        let value = typed_value(&pair.value);
         Ok(Self {
             text: text.to_string(),
             path,
@@ -275,6 +296,23 @@ mod tests {
             let error = ResourceRef::parse(bad).unwrap_err();
             assert!(error.contains("KIND/NAME"), "{bad:?}: {error}");
         }
+    }
+
+    #[test]
+    fn create_takes_kind_slash_name_or_two_words() {
+        let web = ResourceRef {
+            kind: "app".into(),
+            name: "web".into(),
+        };
+        assert_eq!(ResourceRef::from_words("app/web", None), Ok(web.clone()));
+        assert_eq!(ResourceRef::from_words("app", Some("web")), Ok(web));
+        let e = ResourceRef::from_words("app", None).unwrap_err();
+        assert!(e.contains("give KIND/NAME, like app/web"), "{e}");
+        for (first, second) in [("app/web", "x"), ("app", "a/b"), ("", "web"), ("app", "")] {
+            let e = ResourceRef::from_words(first, Some(second)).unwrap_err();
+            assert!(e.contains("KIND/NAME, or KIND NAME"), "{first:?} {second:?}: {e}");
+        }
+        assert!(ResourceRef::from_words("app/web/x", None).is_err());
     }
 
     #[test]

@@ -187,6 +187,20 @@ fn one_line(s: &str) -> String {
         .join("; ")
 }
 
+/// Why a `run = { file = "..." }` that reached the server is refused: the
+/// file is on the client's disk, and `opsctl kinds apply` reads it and sends
+/// the script inline, so every node stores and runs the same script.
+fn unresolved_run_file(run: &toml::Value) -> String {
+    let shown = match run.get("file").and_then(|f| f.as_str()) {
+        Some(file) => format!("{{ file = {file:?} }}"),
+        None => "a table".to_string(),
+    };
+    format!(
+        "{shown} was not read: a script file is read by `opsctl kinds apply`, which sends the script \
+         inline; a kind sent another way must give the script itself (run = \"...\")"
+    )
+}
+
 /// The top level of a kind file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -307,6 +321,9 @@ impl RawKind {
                     value.type_str()
                 )
             })?;
+            if let Some(run) = table.get("run").filter(|v| v.is_table()) {
+                return Err(st("run", unresolved_run_file(run)));
+            }
             let raw: RawState =
                 read_table(table, STATE_KEYS).map_err(|e| format!("kind {name:?}: state {state_name:?}: {e}"))?;
             let state = raw.into_state().map_err(|(key, msg)| st(key, msg))?;
@@ -618,6 +635,19 @@ mod tests {
         assert_eq!(building.step.as_deref(), Some("build"));
         let e = err(&APP.replace("fail = \"failed\"\n", "fail = \"failed\"\nstep = 1\n"));
         assert_names(&e, "building", "step");
+    }
+
+    #[test]
+    fn an_unread_run_file_is_refused_naming_the_state_and_key() {
+        let e = err(&APP.replace(
+            "fail = \"failed\"\n",
+            "fail = \"failed\"\nrun = { file = \"deploy.sh\" }\n",
+        ));
+        assert_names(&e, "building", "run");
+        assert!(e.contains("{ file = \"deploy.sh\" } was not read"), "{e}");
+        assert!(e.contains("opsctl kinds apply"), "{e}");
+        let e = err(&APP.replace("fail = \"failed\"\n", "fail = \"failed\"\nrun = { path = 1 }\n"));
+        assert_names(&e, "building", "run");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use opsd_proto::json::typed_value;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -137,13 +138,11 @@ impl Provider for ExecProvider {
     }
 }
 
-/// The JSON object a script reads on stdin: the resource and the run.
+/// The JSON object a script reads on stdin: the resource and the run. The
+/// event's args travel as text, as typed; a script gets each by the rule of
+/// `opsctl --set` ([`typed_value`]): `2` is a number, `"2"` and `v2` strings.
 fn stdin_document(req: &StepRequest) -> Vec<u8> {
-    let args: Object = req
-        .args
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
+    let args: Object = req.args.iter().map(|(k, v)| (k.clone(), typed_value(v))).collect();
     let doc = json!({
         "kind": req.kind,
         "name": req.name,
@@ -210,6 +209,8 @@ mod tests {
         outputs.insert("earlier".into(), json!("yes"));
         let mut args = BTreeMap::new();
         args.insert("why".into(), "testing".into());
+        args.insert("count".into(), "2".into());
+        args.insert("tag".into(), "\"2\"".into());
         StepRequest {
             kind: "widget".into(),
             name: "w1".into(),
@@ -286,7 +287,7 @@ mod tests {
             got,
             json!({
                 "kind": "widget", "name": "w1", "spec": {"size": 3}, "outputs": {"earlier": "yes"},
-                "args": {"why": "testing"}, "event": "create", "state": "making", "run_id": "r-42", "attempt": 2,
+                "args": {"why": "testing", "count": 2, "tag": "2"}, "event": "create", "state": "making", "run_id": "r-42", "attempt": 2,
             })
         );
     }
