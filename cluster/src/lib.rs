@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod data_dir;
+pub mod disk;
 pub mod error;
 mod log_store;
 mod network;
@@ -30,7 +31,7 @@ mod wire;
 
 pub use data_dir::{DataDir, NodeIdentity, FORMAT_VERSION};
 pub use error::ClusterError;
-pub use node::{new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Member, Role};
+pub use node::{new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Failure, Member, Role};
 pub use state_machine::{
     AppliedEvent, EntryInfo, LocalState, ReadView, Rows, StateMachineApp, StateReader, Txn, TxnError,
 };

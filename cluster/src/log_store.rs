@@ -265,7 +265,10 @@ fn sync_appends(store: &std::sync::Weak<Store>, pending: mpsc::Receiver<LogFlush
         let mut batch = vec![first];
         batch.extend(pending.try_iter());
         let synced = match store.upgrade() {
-            Some(store) => store.db.flush_wal(true).map_err(|e| e.to_string()),
+            Some(store) => store.db.flush_wal(true).map_err(|e| {
+                store.note_write_error(&e.to_string());
+                e.to_string()
+            }),
             None => Err("the database is closed".to_string()),
         };
         for callback in batch {

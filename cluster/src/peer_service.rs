@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use openraft::raft::AppendEntriesRequest;
 use opsd_proto::peer::peer_server::Peer;
 use opsd_proto::peer::PeerMessage;
 use serde::de::DeserializeOwned;
@@ -11,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ClusterError;
 use crate::node::{ClusterNode, LeaderRequest};
-use crate::types::NodeId;
+use crate::types::{NodeId, TypeConfig};
 use crate::wire::{decode, encode};
 
 /// Serves a node's peers.
@@ -60,13 +61,29 @@ impl PeerService {
         }
         Ok(())
     }
+
+    /// While this node's disk is below the free-space floor, it takes no
+    /// entries or snapshots from the leader: the leader sees the call fail
+    /// and sends them again later. Heartbeats (appends without entries)
+    /// still pass, so the node keeps following its leader.
+    fn refuse_if_disk_low(&self) -> Result<(), Status> {
+        match self.node.disk_low() {
+            Some(why) => Err(Status::unavailable(format!(
+                "{why}; this node takes no entries from the leader until it has room again"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         self.refuse_if_removed()?;
-        let (_, rpc) = self.open(req)?;
+        let (_, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.open(req)?;
+        if !rpc.entries.is_empty() {
+            self.refuse_if_disk_low()?;
+        }
         let res = self.node.inner().raft.append_entries(rpc).await;
         self.reply(&res)
     }
@@ -80,6 +97,7 @@ impl Peer for PeerService {
 
     async fn install_snapshot(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         self.refuse_if_removed()?;
+        self.refuse_if_disk_low()?;
         let (_, rpc) = self.open(req)?;
         let res = self.node.inner().raft.install_snapshot(rpc).await;
         self.reply(&res)

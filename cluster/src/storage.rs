@@ -2,10 +2,13 @@
 //! and the state (an fsynced log append also makes every state write before it
 //! durable), with a column family per concern and one per application table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use openraft::StorageIOError;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Options, WriteBatch, WriteOptions, DB};
+
+use tracing::error;
 
 use crate::log_store::AnyErr;
 use crate::types::StorageError;
@@ -24,6 +27,11 @@ const TABLE_PREFIX: &str = "t.";
 pub(crate) struct Store {
     pub(crate) db: DB,
     pub(crate) tables: Vec<String>,
+    /// Where the database lives, for messages.
+    path: PathBuf,
+    /// The first write that failed, if one has: the database (and so Raft)
+    /// cannot go on after it.
+    write_error: Mutex<Option<String>>,
 }
 
 impl Store {
@@ -58,6 +66,8 @@ impl Store {
         Ok(Store {
             db,
             tables: tables.to_vec(),
+            path: path.to_path_buf(),
+            write_error: Mutex::new(None),
         })
     }
 
@@ -80,7 +90,24 @@ impl Store {
     pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.write_opt(batch, &wo)
+        self.db
+            .write_opt(batch, &wo)
+            .inspect_err(|e| self.note_write_error(&e.to_string()))
+    }
+
+    /// Records a failed write to the data dir (the first one is kept, and
+    /// logged at error level with the path): see [`Store::write_error`].
+    pub(crate) fn note_write_error(&self, error: &str) {
+        let mut first = self.write_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            error!(path = %self.path.display(), "writing to the database failed: {error}");
+            *first = Some(error.to_string());
+        }
+    }
+
+    /// The first write to the database that failed, if one has.
+    pub(crate) fn write_error(&self) -> Option<String> {
+        self.write_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -35,6 +35,7 @@ pub async fn start_single_node(
         max_voters: 3,
         request_timeout: Duration::from_secs(5),
         tables,
+        min_free_bytes: 0,
     };
     let node = ClusterNode::start(config, data_dir, listener, app).await?;
     node.initialize().await?;

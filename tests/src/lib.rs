@@ -42,6 +42,7 @@ mod node;
 pub mod opsctl;
 pub mod resources;
 mod skip;
+pub mod tmpfs;
 
 use std::path::PathBuf;
 

@@ -33,7 +33,11 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("opsd: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<opsd::server::DiskError>().is_some() {
+                std::process::ExitCode::from(opsd::server::EXIT_DISK)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
