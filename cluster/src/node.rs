@@ -516,7 +516,7 @@ impl ClusterNode {
             let failure = match node.inner.store.write_error() {
                 Some(e) => Failure {
                     reason: format!(
-                        "{} at {}: {e}; raft stopped",
+                        "{} at {}: {e}",
                         if disk::is_no_space(&e) {
                             "disk full"
                         } else {
@@ -564,7 +564,6 @@ impl ClusterNode {
                             node_id = node.inner.id,
                             "{why}: this node takes no writes until it has room again"
                         );
-                        node.inner.raft.runtime_config().elect(false);
                     }
                     (None, true) => {
                         info!(
@@ -572,10 +571,13 @@ impl ClusterNode {
                             path = %node.inner.data_path.display(),
                             "the disk has room again: this node takes writes again"
                         );
-                        node.inner.raft.runtime_config().elect(true);
                     }
                     _ => {}
                 }
+                // A node that cannot take writes should not lead, unless no
+                // other node could: the single voter of a cluster.
+                let voters = node.members().iter().filter(|m| m.voter).count();
+                node.inner.raft.runtime_config().elect(low.is_none() || voters <= 1);
                 node.inner.disk_low.send_replace(low);
                 node.refresh_problem();
                 tokio::select! {
@@ -631,7 +633,7 @@ impl ClusterNode {
     fn check_running(&self) -> Result<(), ClusterError> {
         match &*self.inner.failure.borrow() {
             Some(f) => Err(ClusterError::Storage {
-                reason: f.reason.clone(),
+                reason: format!("{}; raft stopped on this node", f.reason),
             }),
             None => Ok(()),
         }
@@ -1250,6 +1252,56 @@ mod tests {
         assert!(why.reason.contains("cannot apply this command"), "{why:?}");
         assert!(!why.storage, "{why:?}");
         assert!(node.write(b"fine".to_vec()).await.is_err());
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_with_no_leader_known_is_refused_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        // Never initialized: no leader, and none will come.
+        let node = crate::testing::start_node(dir.path(), vec![], Arc::new(Picky), 0)
+            .await
+            .unwrap();
+        let err = node.write(b"fine".to_vec()).await.unwrap_err();
+        assert!(matches!(err, ClusterError::NoLeader { .. }), "{err:?}");
+        assert!(err.to_string().contains("no leader is known to this node"), "{err}");
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn below_the_free_space_floor_writes_are_refused_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        // A floor no disk has room for.
+        let floor = disk::free_bytes(dir.path()).unwrap() + 1024 * disk::MB;
+        let node = crate::testing::start_node(dir.path(), vec![], Arc::new(Picky), floor)
+            .await
+            .unwrap();
+        node.initialize().await.unwrap();
+        // The only voter leads even so: no other node could.
+        let mut leading = node.leadership();
+        tokio::time::timeout(Duration::from_secs(10), leading.wait_for(|l| l.is_some()))
+            .await
+            .expect("the only voter leads")
+            .unwrap();
+        let mut problem = node.problem();
+        let why = tokio::time::timeout(Duration::from_secs(10), problem.wait_for(|p| p.is_some()))
+            .await
+            .expect("the node notices its disk")
+            .unwrap()
+            .clone()
+            .unwrap();
+        let path = dir.path().display().to_string();
+        assert!(why.starts_with(&format!("disk full at {path}: ")), "{why}");
+        let err = node.write(b"fine".to_vec()).await.unwrap_err();
+        assert!(matches!(err, ClusterError::Storage { .. }), "{err:?}");
+        assert!(err.to_string().contains("(--min-free-mb)"), "{err}");
+        assert_eq!(node.status().problem, Some(why));
+        assert_eq!(node.status().role, Role::Leader);
+        // Nothing reached the log, and reads still get their barrier.
+        let last = node.last_log_index().unwrap();
+        assert!(node.write_shared(b"fine".to_vec()).await.is_err());
+        assert_eq!(node.last_log_index().unwrap(), last);
+        node.read_barrier().await.unwrap();
         node.shutdown().await;
     }
 }

@@ -100,7 +100,7 @@ impl Store {
     pub(crate) fn note_write_error(&self, error: &str) {
         let mut first = self.write_error.lock().unwrap_or_else(|p| p.into_inner());
         if first.is_none() {
-            error!(path = %self.path.display(), "writing to the database failed: {error}");
+            error!(path = %self.path.display(), "a write to the data dir failed: {error}");
             *first = Some(error.to_string());
         }
     }

@@ -66,6 +66,24 @@ impl Tmpfs {
             .unwrap_or_else(|e| panic!("syncing {}: {e}", path.display()));
         path
     }
+
+    /// Writes the file `name` on it until the filesystem refuses (ENOSPC),
+    /// in 1 MiB chunks and then in pages; returns its path.
+    pub fn fill_completely(&self, name: &str) -> PathBuf {
+        let path = self.path.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        for size in [MB as usize, 4096, 1] {
+            let chunk = vec![0x5au8; size];
+            while file.write_all(&chunk).is_ok() {}
+        }
+        let _ = file.sync_all();
+        assert!(self.free_bytes() < MB, "{} bytes still free", self.free_bytes());
+        path
+    }
 }
 
 impl Drop for Tmpfs {
