@@ -266,7 +266,7 @@ fn sync_appends(store: &std::sync::Weak<Store>, pending: mpsc::Receiver<LogFlush
         batch.extend(pending.try_iter());
         let synced = match store.upgrade() {
             Some(store) => store.db.flush_wal(true).map_err(|e| {
-                store.note_write_error(&e.to_string());
+                store.note_write_error(&e);
                 e.to_string()
             }),
             None => Err("the database is closed".to_string()),

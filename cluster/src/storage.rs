@@ -92,12 +92,12 @@ impl Store {
         wo.set_sync(sync);
         self.db
             .write_opt(batch, &wo)
-            .inspect_err(|e| self.note_write_error(&e.to_string()))
+            .inspect_err(|e| self.note_write_error(e))
     }
 
     /// Records a failed write to the data dir (the first one is kept, and
     /// logged at error level with the path): see [`Store::write_error`].
-    pub(crate) fn note_write_error(&self, error: &str) {
+    pub(crate) fn note_write_error(&self, error: impl std::fmt::Display) {
         let mut first = self.write_error.lock().unwrap_or_else(|p| p.into_inner());
         if first.is_none() {
             error!(path = %self.path.display(), "a write to the data dir failed: {error}");
