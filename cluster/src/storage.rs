@@ -90,9 +90,7 @@ impl Store {
     pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db
-            .write_opt(batch, &wo)
-            .inspect_err(|e| self.note_write_error(e))
+        self.db.write_opt(batch, &wo).inspect_err(|e| self.note_write_error(e))
     }
 
     /// Records a failed write to the data dir (the first one is kept, and
