@@ -542,8 +542,9 @@ impl ClusterNode {
 
     /// Measures the free space of the data dir's filesystem every second
     /// against the floor: below it, the node refuses writes (here and, as a
-    /// follower, appends from the leader, which retries them) and stands for
-    /// no election, until there is room again.
+    /// follower, appends from the leader, which retries them) and, unless it
+    /// is the cluster's only voter, stands for no election, until there is
+    /// room again.
     fn spawn_disk_watch(&self) {
         if self.inner.min_free == 0 {
             return;

@@ -171,7 +171,7 @@ fn start_engine(node: &ClusterNode, data_dir: &std::path::Path) -> anyhow::Resul
 /// again, then exits with [`EXIT_DISK`] for its supervisor to restart it.
 async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    spawn_health(health, node.clone());
+    spawn_health(health, node.clone()).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(opsd_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -234,29 +234,35 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyh
 
 /// Keeps gRPC health current: SERVING while the node takes writes,
 /// NOT_SERVING while its disk is below the floor or Raft has stopped.
-fn spawn_health(health: HealthReporter, node: ClusterNode) {
+async fn spawn_health(health: HealthReporter, node: ClusterNode) {
     let mut problem = node.problem();
+    let serving = |p: &Option<String>| match p {
+        None => ServingStatus::Serving,
+        Some(_) => ServingStatus::NotServing,
+    };
+    // Set before the server answers its first check.
+    let now = serving(&problem.borrow_and_update());
+    set_health(&health, now).await;
     tokio::spawn(async move {
-        loop {
-            let status = match &*problem.borrow_and_update() {
-                None => ServingStatus::Serving,
-                Some(_) => ServingStatus::NotServing,
-            };
-            health.set_service_status("", status).await;
-            health
-                .set_service_status(service_name::<ClusterServer<ClusterService>>(), status)
-                .await;
-            health
-                .set_service_status(service_name::<SettingsServer<SettingsService>>(), status)
-                .await;
-            health
-                .set_service_status(service_name::<ResourcesServer<ResourcesService>>(), status)
-                .await;
-            if problem.changed().await.is_err() {
-                return;
-            }
+        while problem.changed().await.is_ok() {
+            let now = serving(&problem.borrow_and_update());
+            set_health(&health, now).await;
         }
     });
+}
+
+/// Sets the health of the server ("") and of each of its services.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(service_name::<ClusterServer<ClusterService>>(), status)
+        .await;
+    health
+        .set_service_status(service_name::<SettingsServer<SettingsService>>(), status)
+        .await;
+    health
+        .set_service_status(service_name::<ResourcesServer<ResourcesService>>(), status)
+        .await;
 }
 
 fn service_name<S: tonic::server::NamedService>() -> &'static str {
