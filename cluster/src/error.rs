@@ -88,4 +88,12 @@ pub enum ClusterError {
     /// Storage or another internal failure; the message says which.
     #[error("internal error: {0}")]
     Internal(String),
+    /// This node takes no writes now: its data dir's disk is below the
+    /// free-space floor, or a write to it failed and Raft stopped. Nothing
+    /// was applied.
+    #[error("{reason}")]
+    Storage {
+        /// What is wrong, naming the data dir.
+        reason: String,
+    },
 }

@@ -16,6 +16,7 @@
 
 pub mod check;
 pub mod data_dir;
+pub mod disk;
 pub mod error;
 pub mod log_mark;
 mod log_store;
@@ -33,7 +34,7 @@ mod wire;
 
 pub use data_dir::{DataDir, NodeIdentity, FORMAT_VERSION};
 pub use error::ClusterError;
-pub use node::{new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Member, Role};
+pub use node::{new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Failure, Member, Role};
 pub use state_machine::{
     AppliedEvent, EntryInfo, LocalState, ReadView, Rows, StateMachineApp, StateReader, Txn, TxnError,
 };

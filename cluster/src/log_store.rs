@@ -324,7 +324,10 @@ fn sync_appends(store: &std::sync::Weak<Store>, mark: &LogMark, pending: mpsc::R
 /// failed: the entries are on disk, and a mark left behind only catches less.
 fn sync_wal(store: &Store, mark: &LogMark) -> Result<(), String> {
     let ticket = mark.before_sync();
-    store.db.flush_wal(true).map_err(|e| e.to_string())?;
+    store.db.flush_wal(true).map_err(|e| {
+        store.note_write_error(&e);
+        e.to_string()
+    })?;
     if let Err(e) = mark.after_sync(ticket) {
         tracing::warn!("cannot update the log mark {}: {e}", crate::log_mark::MARK_FILE);
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -48,7 +48,12 @@ pub(crate) struct PeerChannels {
     /// Whether each peer answered its last Raft call, to log changes once
     /// rather than every failed heartbeat.
     reachable: Arc<Mutex<HashMap<NodeId, bool>>>,
+    /// When each peer's refusal of a Raft call was last logged.
+    refusals: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
+
+/// How often a peer that keeps refusing Raft calls (its disk is full) is logged.
+const LOG_REFUSALS_EVERY: Duration = Duration::from_secs(30);
 
 /// Why a peer call failed.
 #[derive(Debug)]
@@ -80,6 +85,7 @@ impl PeerChannels {
             from,
             channels: Default::default(),
             reachable: Default::default(),
+            refusals: Default::default(),
         }
     }
 
@@ -92,6 +98,19 @@ impl PeerChannels {
             (Some(false), true) => info!(node_id = target, %addr, "peer reachable again"),
             _ => {}
         }
+    }
+
+    /// Logs that a peer answered a Raft call with a refusal (such as a full
+    /// disk), at most every [`LOG_REFUSALS_EVERY`]: it keeps answering
+    /// heartbeats meanwhile, so it is not unreachable.
+    fn note_refusal(&self, target: NodeId, addr: &str, status: &tonic::Status) {
+        let mut map = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if map.get(&target).is_some_and(|last| now < *last + LOG_REFUSALS_EVERY) {
+            return;
+        }
+        map.insert(target, now);
+        warn!(node_id = target, %addr, "peer refuses entries: {}", status.message());
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
@@ -214,7 +233,16 @@ impl PeerConnection {
             .channels
             .call::<Req, Result<Resp, RaftError<NodeId, E>>>(&self.addr, method, req, option.hard_ttl())
             .await;
-        let answered = matches!(result, Ok(_) | Err(CallError::Garbled(_)));
+        // The peer's own refusal (a status it sent, not one the transport
+        // made here) is an answer: it is reachable.
+        let refused = matches!(&result, Err(CallError::Failed(s))
+            if s.code() == tonic::Code::Unavailable && std::error::Error::source(s).is_none());
+        if let Err(CallError::Failed(s)) = &result {
+            if refused {
+                self.channels.note_refusal(self.target, &self.addr, s);
+            }
+        }
+        let answered = refused || matches!(result, Ok(_) | Err(CallError::Garbled(_)));
         self.channels
             .note_reachable(self.target, &self.addr, answered, || match &result {
                 Err(e) => e.to_string(),

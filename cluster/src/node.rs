@@ -4,6 +4,7 @@
 //! which runs on the leader, forwarded there from any node.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::check;
 use crate::data_dir::DataDir;
+use crate::disk;
 use crate::error::ClusterError;
 use crate::log_store::LogStore;
 use crate::network::{PeerChannels, PeerMethod, PeerNetwork, MAX_PEER_MESSAGE};
@@ -43,7 +45,13 @@ pub struct ClusterConfig {
     pub request_timeout: Duration,
     /// The application's table names.
     pub tables: Vec<String>,
+    /// While the data dir's filesystem has less free space than this, the
+    /// node takes no writes (0: no floor).
+    pub min_free_bytes: u64,
 }
+
+/// How often the free space of the data dir's filesystem is measured.
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A learner within this many entries of the leader's log counts as caught up.
 const PROMOTE_LAG: u64 = 100;
@@ -81,6 +89,17 @@ struct SharedWrite {
     answer: oneshot::Sender<Result<(u64, Vec<u8>), ClusterError>>,
 }
 
+impl LeaderRequest {
+    /// Whether serving it appends to the log.
+    fn writes(&self) -> bool {
+        match self {
+            LeaderRequest::Write(_) | LeaderRequest::WriteShared(_) | LeaderRequest::AddNode { .. } => true,
+            // A removal is allowed, to take a node out whose disk failed.
+            LeaderRequest::ReadIndex | LeaderRequest::RemoveNode { .. } => false,
+        }
+    }
+}
+
 /// The leader's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum LeaderResponse {
@@ -111,8 +130,11 @@ pub enum Role {
     Candidate,
     /// A non-voting member, or a node not yet added.
     Learner,
-    /// Removed from the cluster (or shutting down).
+    /// Removed from the cluster.
     Removed,
+    /// Raft stopped: the node is shutting down, or it failed (see
+    /// [`ClusterStatus::problem`]).
+    Stopped,
 }
 
 impl Role {
@@ -124,6 +146,7 @@ impl Role {
             Role::Candidate => "candidate",
             Role::Learner => "learner",
             Role::Removed => "removed",
+            Role::Stopped => "stopped",
         }
     }
 }
@@ -151,6 +174,20 @@ pub struct ClusterStatus {
     pub purged_index: u64,
     /// The applied membership: voters first, then learners, each by id.
     pub members: Vec<Member>,
+    /// Why this node takes no writes now (its disk is below the floor, or
+    /// Raft stopped), if it does not.
+    pub problem: Option<String>,
+}
+
+/// Why Raft stopped by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What happened; writes are refused with it.
+    pub reason: String,
+    /// True if a write to the data dir failed (a full disk, an I/O error):
+    /// the log itself is fine, and the node may serve again once restarted
+    /// on a disk that has room. False if the node cannot apply the log.
+    pub storage: bool,
 }
 
 pub(crate) struct NodeInner {
@@ -160,6 +197,12 @@ pub(crate) struct NodeInner {
     pub(crate) raft: Raft,
     pub(crate) channels: PeerChannels,
     data_dir: Arc<Mutex<DataDir>>,
+    /// The data dir's path, for the free-space watch and messages.
+    data_path: PathBuf,
+    store: Arc<Store>,
+    min_free: u64,
+    /// Why the data dir's filesystem is below the floor, while it is.
+    disk_low: watch::Sender<Option<String>>,
     removed: AtomicBool,
     reader: StateReader,
     log: LogStore,
@@ -170,7 +213,9 @@ pub(crate) struct NodeInner {
     shared_writes: mpsc::UnboundedSender<SharedWrite>,
     /// Why Raft stopped by itself (the application's apply or the storage
     /// failed), once it has.
-    failure: watch::Sender<Option<String>>,
+    failure: watch::Sender<Option<Failure>>,
+    /// Why the node takes no writes: the failure, else the low disk.
+    problem: watch::Sender<Option<String>>,
     /// Removal notices not yet checked with the leader: how many, and the
     /// last sender (its id and address).
     removal_notices: Mutex<(usize, NodeId, String)>,
@@ -264,13 +309,14 @@ impl ClusterNode {
                 }
             })?;
         let store = Arc::new(store);
+        let data_path = data_dir.path().to_path_buf();
         let (events, _) = broadcast::channel(4096);
         let sm = StateMachineStore::open(store.clone(), app, events.clone(), data_dir.snapshot_path())
             .map_err(|e| internal(e.to_string()))?;
         let reader = sm.reader();
         let identity_path = data_dir.path().display().to_string();
         let data_dir = Arc::new(Mutex::new(data_dir));
-        let log = LogStore::new(store, data_dir.clone()).map_err(|reason| ClusterError::DataDir {
+        let log = LogStore::new(store.clone(), data_dir.clone()).map_err(|reason| ClusterError::DataDir {
             path: identity_path.clone(),
             reason,
         })?;
@@ -316,6 +362,8 @@ impl ClusterNode {
         let (shutdown, _) = watch::channel(false);
         let (shared_writes, waiting) = mpsc::unbounded_channel();
         let (failure, _) = watch::channel(None);
+        let (disk_low, _) = watch::channel(None);
+        let (problem, _) = watch::channel(None);
         let inner = Arc::new(NodeInner {
             id: identity.node_id,
             cluster_id,
@@ -323,6 +371,11 @@ impl ClusterNode {
             raft,
             channels,
             data_dir,
+            data_path,
+            store,
+            min_free: config.min_free_bytes,
+            disk_low,
+            problem,
             removed: AtomicBool::new(false),
             reader,
             log: log_for_reads,
@@ -343,6 +396,7 @@ impl ClusterNode {
         node.spawn_write_batcher(waiting);
         node.spawn_failure_watch();
         node.spawn_removal_checker();
+        node.spawn_disk_watch();
         info!(node_id = node.inner.id, cluster_id = %node.inner.cluster_id, peer = ?peer, "raft started");
         Ok(node)
     }
@@ -465,7 +519,7 @@ impl ClusterNode {
         let node = self.clone();
         let mut metrics = self.inner.raft.metrics();
         tokio::spawn(async move {
-            let why = loop {
+            let raft_error = loop {
                 let running = metrics.borrow_and_update().running_state.clone();
                 match running {
                     Ok(()) => {}
@@ -483,11 +537,32 @@ impl ClusterNode {
                     }
                 }
             };
+            // A failed write to the data dir is what stopped Raft if one
+            // was recorded; otherwise it was the application's apply.
+            let failure = match node.inner.store.write_error() {
+                Some(e) => Failure {
+                    reason: format!(
+                        "{} at {}: {e}",
+                        if disk::is_no_space(&e) {
+                            "disk full"
+                        } else {
+                            "storage failed"
+                        },
+                        node.inner.data_path.display()
+                    ),
+                    storage: true,
+                },
+                None => Failure {
+                    reason: raft_error,
+                    storage: false,
+                },
+            };
             error!(
                 node_id = node.inner.id,
-                "raft stopped: {why}; this node can no longer apply the log and stops"
+                "raft stopped: {}; this node can no longer apply the log and stops", failure.reason
             );
-            node.inner.failure.send_replace(Some(why));
+            node.inner.failure.send_replace(Some(failure));
+            node.refresh_problem();
         });
     }
 
@@ -515,16 +590,120 @@ impl ClusterNode {
                 if f.is_some() {
                     return false;
                 }
-                *f = Some(why);
+                *f = Some(Failure {
+                    reason: why,
+                    storage: false,
+                });
                 true
             });
+            node.refresh_problem();
         });
+    }
+
+    /// Measures the free space of the data dir's filesystem every second
+    /// against the floor: below it, the node refuses writes (here and, as a
+    /// follower, appends from the leader, which retries them) and, unless it
+    /// is the cluster's only voter, stands for no election, until there is
+    /// room again.
+    fn spawn_disk_watch(&self) {
+        if self.inner.min_free == 0 {
+            return;
+        }
+        let node = self.clone();
+        let mut stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let path = node.inner.data_path.clone();
+                let floor = node.inner.min_free;
+                let low = tokio::task::spawn_blocking(move || disk::below_floor(&path, floor))
+                    .await
+                    .unwrap_or(None);
+                let was_low = node.inner.disk_low.borrow().is_some();
+                match (&low, was_low) {
+                    (Some(why), false) => {
+                        error!(
+                            node_id = node.inner.id,
+                            "{why}: this node takes no writes until it has room again"
+                        );
+                    }
+                    (None, true) => {
+                        info!(
+                            node_id = node.inner.id,
+                            path = %node.inner.data_path.display(),
+                            "the disk has room again: this node takes writes again"
+                        );
+                    }
+                    _ => {}
+                }
+                // A node that cannot take writes should not lead, unless no
+                // other node could: the single voter of a cluster.
+                let voters = node.members().iter().filter(|m| m.voter).count();
+                node.inner.raft.runtime_config().elect(low.is_none() || voters <= 1);
+                node.inner.disk_low.send_replace(low);
+                node.refresh_problem();
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(DISK_CHECK_EVERY) => {}
+                }
+            }
+        });
+    }
+
+    /// Publishes why the node takes no writes: the failure, else the low disk.
+    fn refresh_problem(&self) {
+        let now = match &*self.inner.failure.borrow() {
+            Some(f) => Some(f.reason.clone()),
+            None => self.inner.disk_low.borrow().clone(),
+        };
+        self.inner.problem.send_if_modified(|p| {
+            let changed = *p != now;
+            *p = now;
+            changed
+        });
+    }
+
+    /// Why this node takes no writes now, kept current: `None` while it
+    /// does. For health checks.
+    pub fn problem(&self) -> watch::Receiver<Option<String>> {
+        self.inner.problem.subscribe()
+    }
+
+    /// Why the data dir's filesystem is below the floor, while it is.
+    pub(crate) fn disk_low(&self) -> Option<String> {
+        self.inner.disk_low.borrow().clone()
+    }
+
+    /// Whether the data dir's filesystem has at least the floor free now
+    /// (measured, not the last check's result).
+    pub fn disk_has_room(&self) -> bool {
+        disk::below_floor(&self.inner.data_path, self.inner.min_free).is_none()
+    }
+
+    /// Refuses a write while Raft has stopped or the disk is below the floor.
+    fn check_writable(&self) -> Result<(), ClusterError> {
+        self.check_running()?;
+        match self.disk_low() {
+            Some(why) => Err(ClusterError::Storage {
+                reason: format!("{why}; this node takes no writes until it has room again"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses any request once Raft has stopped by itself.
+    fn check_running(&self) -> Result<(), ClusterError> {
+        match &*self.inner.failure.borrow() {
+            Some(f) => Err(ClusterError::Storage {
+                reason: format!("{}; raft stopped on this node", f.reason),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Waits until Raft stops by itself (not by [`ClusterNode::shutdown`] or a
     /// removal) and returns why: the node can no longer apply the log, and
     /// the process should exit with an error.
-    pub async fn failed(&self) -> String {
+    pub async fn failed(&self) -> Failure {
         let mut failure = self.inner.failure.subscribe();
         let why = match failure.wait_for(|f| f.is_some()).await {
             Ok(why) => why.clone(),
@@ -683,6 +862,17 @@ impl ClusterNode {
                 )))
             }
         };
+        if let Some(why) = self.disk_low() {
+            let applied = self.inner.raft.metrics().borrow().last_applied.map(|l| l.index);
+            if applied.unwrap_or(0) < index {
+                return Err(ClusterError::Storage {
+                    reason: format!(
+                        "{why}; this node takes no entries from the leader, so it cannot catch up for a \
+                         linearizable read (a stale read, or another node, can serve it)"
+                    ),
+                });
+            }
+        }
         let remaining = self.inner.request_timeout.saturating_sub(started.elapsed());
         self.inner
             .raft
@@ -727,15 +917,18 @@ impl ClusterNode {
             .current_leader
             .and_then(|id| members.iter().find(|x| x.id == id).map(|x| (id, x.info.clone())));
         let voter = members.iter().any(|x| x.id == self.inner.id && x.voter);
+        let failure = self.inner.failure.borrow().clone();
         let role = if self.is_removed() {
             Role::Removed
+        } else if failure.is_some() {
+            Role::Stopped
         } else {
             match m.state {
                 ServerState::Leader => Role::Leader,
                 ServerState::Candidate => Role::Candidate,
                 ServerState::Follower if voter => Role::Follower,
                 ServerState::Follower | ServerState::Learner => Role::Learner,
-                ServerState::Shutdown => Role::Removed,
+                ServerState::Shutdown => Role::Stopped,
             }
         };
         ClusterStatus {
@@ -749,6 +942,7 @@ impl ClusterNode {
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             members,
+            problem: self.inner.problem.borrow().clone(),
         }
     }
 
@@ -844,6 +1038,10 @@ impl ClusterNode {
     /// Runs a request on the leader: here if this node leads, else forwarded.
     /// Retries while there is no leader or it moved, until the timeout.
     async fn leader_request(&self, req: LeaderRequest) -> Result<LeaderResponse, ClusterError> {
+        if req.writes() {
+            self.check_writable()?;
+        }
+        self.check_running()?;
         let started = Instant::now();
         let deadline = started + self.inner.request_timeout;
         loop {
@@ -911,6 +1109,9 @@ impl ClusterNode {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1))
         };
+        if req.writes() {
+            self.check_writable()?;
+        }
         match req {
             LeaderRequest::Write(cmd) => {
                 self.check_origin(origin, deadline).await?;
@@ -1044,7 +1245,13 @@ impl ClusterNode {
                 Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                     return Err(ClusterError::Membership(e.to_string()))
                 }
-                Ok(Err(e)) => return Err(fatal(e)),
+                // Raft stopped with the change appended: it may have committed.
+                Ok(Err(e)) => {
+                    return Err(ClusterError::Interrupted {
+                        what: "the membership change".into(),
+                        reason: fatal(e).to_string(),
+                    })
+                }
             }
         }
     }
@@ -1158,8 +1365,59 @@ mod tests {
         let why = tokio::time::timeout(Duration::from_secs(5), node.failed())
             .await
             .expect("the node reports that it stopped");
-        assert!(why.contains("cannot apply this command"), "{why}");
+        assert!(why.reason.contains("cannot apply this command"), "{why:?}");
+        assert!(!why.storage, "{why:?}");
         assert!(node.write(b"fine".to_vec()).await.is_err());
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_with_no_leader_known_is_refused_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        // Never initialized: no leader, and none will come.
+        let node = crate::testing::start_node(dir.path(), vec![], Arc::new(Picky), 0)
+            .await
+            .unwrap();
+        let err = node.write(b"fine".to_vec()).await.unwrap_err();
+        assert!(matches!(err, ClusterError::NoLeader { .. }), "{err:?}");
+        assert!(err.to_string().contains("no leader is known to this node"), "{err}");
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn below_the_free_space_floor_writes_are_refused_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        // A floor no disk has room for.
+        let floor = disk::free_bytes(dir.path()).unwrap() + 1024 * disk::MB;
+        let node = crate::testing::start_node(dir.path(), vec![], Arc::new(Picky), floor)
+            .await
+            .unwrap();
+        node.initialize().await.unwrap();
+        // The only voter leads even so: no other node could.
+        let mut leading = node.leadership();
+        tokio::time::timeout(Duration::from_secs(10), leading.wait_for(|l| l.is_some()))
+            .await
+            .expect("the only voter leads")
+            .unwrap();
+        let mut problem = node.problem();
+        let why = tokio::time::timeout(Duration::from_secs(10), problem.wait_for(|p| p.is_some()))
+            .await
+            .expect("the node notices its disk")
+            .unwrap()
+            .clone()
+            .unwrap();
+        let path = dir.path().display().to_string();
+        assert!(why.starts_with(&format!("disk full at {path}: ")), "{why}");
+        let err = node.write(b"fine".to_vec()).await.unwrap_err();
+        assert!(matches!(err, ClusterError::Storage { .. }), "{err:?}");
+        assert!(err.to_string().contains("(--min-free-mb)"), "{err}");
+        assert_eq!(node.status().problem, Some(why));
+        assert_eq!(node.status().role, Role::Leader);
+        // Nothing reached the log, and reads still get their barrier.
+        let last = node.last_log_index().unwrap();
+        assert!(node.write_shared(b"fine".to_vec()).await.is_err());
+        assert_eq!(node.last_log_index().unwrap(), last);
+        node.read_barrier().await.unwrap();
         node.shutdown().await;
     }
 }

@@ -89,6 +89,19 @@ impl PeerService {
         }
         Ok(())
     }
+
+    /// While this node's disk is below the free-space floor, it takes no
+    /// entries or snapshots from the leader: the leader sees the call fail
+    /// and sends them again later. Heartbeats (appends without entries)
+    /// still pass, so the node keeps following its leader.
+    fn refuse_if_disk_low(&self) -> Result<(), Status> {
+        match self.node.disk_low() {
+            Some(why) => Err(Status::unavailable(format!(
+                "{why}; this node takes no entries from the leader until it has room again"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -97,6 +110,9 @@ impl Peer for PeerService {
         self.refuse_if_removed()?;
         let (from, rpc): (NodeId, AppendEntriesRequest<TypeConfig>) = self.open(req)?;
         self.check_speaker(from, &rpc.vote, "an append from the leader")?;
+        if !rpc.entries.is_empty() {
+            self.refuse_if_disk_low()?;
+        }
         let res = self.node.inner().raft.append_entries(rpc).await;
         self.reply(&res)
     }
@@ -111,6 +127,7 @@ impl Peer for PeerService {
 
     async fn install_snapshot(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         self.refuse_if_removed()?;
+        self.refuse_if_disk_low()?;
         let (from, rpc): (NodeId, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
         self.check_speaker(from, &rpc.vote, "a snapshot from the leader")?;
         let res = self.node.inner().raft.install_snapshot(rpc).await;

@@ -377,7 +377,11 @@ fn build_snapshot_blocking(
         data,
     };
     let bytes = encode(&stored).map_err(err)?;
-    write_atomically(path, &bytes).map_err(|e| err(format!("writing {}: {e}", path.display())))?;
+    write_atomically(path, &bytes).map_err(|e| {
+        let e = format!("writing {}: {e}", path.display());
+        store.note_write_error(&e);
+        err(e)
+    })?;
     Ok(Snapshot {
         meta,
         snapshot: Box::new(Cursor::new(stored.data)),
@@ -495,7 +499,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             data,
         };
         let bytes = encode(&stored).map_err(err)?;
-        write_atomically(&self.snapshot_path, &bytes).map_err(|e| err(e.to_string()))?;
+        write_atomically(&self.snapshot_path, &bytes).map_err(|e| {
+            let e = format!("writing {}: {e}", self.snapshot_path.display());
+            self.store.note_write_error(&e);
+            err(e)
+        })?;
         let _ = self.events.send(AppliedEvent::SnapshotInstalled {
             index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
         });

@@ -3,6 +3,7 @@
 //! durable), with a column family per concern and one per application table.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use openraft::StorageIOError;
 use rocksdb::{
@@ -10,6 +11,8 @@ use rocksdb::{
     DB,
 };
 use tokio::sync::watch;
+
+use tracing::error;
 
 use crate::log_store::AnyErr;
 use crate::types::StorageError;
@@ -31,6 +34,9 @@ pub(crate) struct Store {
     path: PathBuf,
     /// The first damage a read met (a failed checksum), once one has.
     damage: watch::Sender<Option<String>>,
+    /// The first write that failed, if one has: the database (and so Raft)
+    /// cannot go on after it.
+    write_error: Mutex<Option<String>>,
 }
 
 impl Store {
@@ -85,6 +91,7 @@ impl Store {
             tables: tables.to_vec(),
             path: path.to_path_buf(),
             damage: watch::channel(None).0,
+            write_error: Mutex::new(None),
         })
     }
 
@@ -156,7 +163,22 @@ impl Store {
     pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.write_opt(batch, &wo)
+        self.db.write_opt(batch, &wo).inspect_err(|e| self.note_write_error(e))
+    }
+
+    /// Records a failed write to the data dir (the first one is kept, and
+    /// logged at error level with the path): see [`Store::write_error`].
+    pub(crate) fn note_write_error(&self, error: impl std::fmt::Display) {
+        let mut first = self.write_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            error!(path = %self.path.display(), "a write to the data dir failed: {error}");
+            *first = Some(error.to_string());
+        }
+    }
+
+    /// The first write to the database that failed, if one has.
+    pub(crate) fn write_error(&self) -> Option<String> {
+        self.write_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -16,6 +16,20 @@ pub async fn start_single_node(
     tables: Vec<String>,
     app: Arc<dyn StateMachineApp>,
 ) -> Result<ClusterNode, ClusterError> {
+    let node = start_node(dir, tables, app, 0).await?;
+    node.initialize().await?;
+    Ok(node)
+}
+
+/// Starts a node as [`start_single_node`] does, with a free-space floor of
+/// `min_free_bytes`, but does not initialize it: it knows no leader until
+/// [`ClusterNode::initialize`] is called.
+pub async fn start_node(
+    dir: &Path,
+    tables: Vec<String>,
+    app: Arc<dyn StateMachineApp>,
+    min_free_bytes: u64,
+) -> Result<ClusterNode, ClusterError> {
     let mut data_dir = DataDir::open(dir)?;
     data_dir.set_cluster_id(&new_cluster_id())?;
     let bound = tokio::net::TcpListener::bind("127.0.0.1:0").await;
@@ -35,8 +49,7 @@ pub async fn start_single_node(
         max_voters: 3,
         request_timeout: Duration::from_secs(5),
         tables,
+        min_free_bytes,
     };
-    let node = ClusterNode::start(config, data_dir, listener, app).await?;
-    node.initialize().await?;
-    Ok(node)
+    ClusterNode::start(config, data_dir, listener, app).await
 }

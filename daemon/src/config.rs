@@ -73,6 +73,11 @@ pub struct Flags {
     /// up, in milliseconds [default: 60000].
     #[arg(long, env = "OPSD_JOIN_TIMEOUT_MS", global = true)]
     pub join_timeout_ms: Option<u64>,
+    /// The free space, in MiB, the data dir's filesystem must keep: below it
+    /// the node refuses writes (and to start) until there is room again; 0
+    /// turns the check off [default: 64].
+    #[arg(long, env = "OPSD_MIN_FREE_MB")]
+    pub min_free_mb: Option<u64>,
 }
 
 /// What opsd does instead of starting the node.
@@ -98,6 +103,9 @@ pub enum Subcommand {
         rejoin: Vec<String>,
     },
 }
+
+/// The default of `--min-free-mb`.
+pub const DEFAULT_MIN_FREE_MB: u64 = 64;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -126,6 +134,7 @@ struct FileConfig {
     max_voters: Option<usize>,
     write_timeout_ms: Option<u64>,
     join_timeout_ms: Option<u64>,
+    min_free_mb: Option<u64>,
 }
 
 /// The resolved settings.
@@ -155,6 +164,8 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Join retry budget.
     pub join_timeout: Duration,
+    /// Free space the data dir's filesystem must keep, in MiB (0: no floor).
+    pub min_free_mb: u64,
 }
 
 impl Config {
@@ -223,6 +234,7 @@ impl Config {
             max_voters,
             write_timeout: Duration::from_millis(write_timeout_ms),
             join_timeout: Duration::from_millis(flags.join_timeout_ms.or(file.join_timeout_ms).unwrap_or(60_000)),
+            min_free_mb: flags.min_free_mb.or(file.min_free_mb).unwrap_or(DEFAULT_MIN_FREE_MB),
         })
     }
 }
@@ -258,6 +270,8 @@ mod tests {
         assert_eq!(c.advertise, "127.0.0.1");
         assert_eq!(c.data_dir, PathBuf::from("opsd-data"));
         assert!(c.join.is_empty());
+        assert_eq!(c.min_free_mb, 64);
+        assert_eq!(parse(&["--min-free-mb", "0"]).unwrap().min_free_mb, 0);
     }
 
     #[test]

@@ -108,7 +108,8 @@ mod tests {
         let why = tokio::time::timeout(Duration::from_secs(5), node.failed())
             .await
             .expect("the node stops");
-        assert!(why.contains(OLDER_THAN_CLUSTER), "{why}");
+        assert!(why.reason.contains(OLDER_THAN_CLUSTER), "{why:?}");
+        assert!(!why.storage, "{why:?}");
         assert!(replicate(&node, &put).await.is_err());
         node.shutdown().await;
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use opsd_client::{Api, ClusterApi, Credentials, NodeAddr, Timeouts};
+use opsd_cluster::disk::{below_floor, MB};
 use opsd_cluster::{new_cluster_id, ClusterConfig, ClusterNode, DataDir, NodeInfo};
 use opsd_proto::transport;
 use opsd_proto::v1::cluster_server::ClusterServer;
@@ -14,7 +15,9 @@ use opsd_proto::v1::settings_server::SettingsServer;
 use opsd_proto::v1::{JoinRequest, StatusRequest};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{info, warn};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::{error, info, warn};
 
 use crate::api::caller;
 use crate::api::cluster::ClusterService;
@@ -27,6 +30,16 @@ use crate::ops::exec::ExecProvider;
 use crate::ops::local::LocalProvider;
 use crate::ops::{Provider, Providers};
 
+/// opsd's exit code when its data dir's disk is full or failed
+/// (`EX_TEMPFAIL`: try again later). A supervisor that restarts opsd on it
+/// brings the node back once the disk has room.
+pub const EXIT_DISK: u8 = 75;
+
+/// An error that ends opsd with [`EXIT_DISK`]: the disk, not the node's state.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DiskError(pub String);
+
 /// Runs a node until it is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut data_dir = DataDir::open(&config.data_dir)?;
@@ -38,6 +51,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             identity.node_id,
             identity.cluster_id.as_deref().unwrap_or("?")
         );
+    }
+    let min_free_bytes = config.min_free_mb.saturating_mul(MB);
+    if let Some(why) = below_floor(&config.data_dir, min_free_bytes) {
+        return Err(DiskError(format!(
+            "{why}: opsd does not start on it; free some space there (or lower --min-free-mb) and start it again"
+        ))
+        .into());
     }
     let me = NodeInfo {
         addr: host_port(&config.advertise, config.listen.port()),
@@ -81,6 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_voters: config.max_voters,
         request_timeout: config.write_timeout,
         tables: TABLES.iter().map(|t| t.to_string()).collect(),
+        min_free_bytes,
     };
     let node = ClusterNode::start(cluster_config, data_dir, peer_listener, Arc::new(Domain)).await?;
     match start {
@@ -144,12 +165,13 @@ fn start_engine(node: &ClusterNode, data_dir: &std::path::Path) -> anyhow::Resul
 }
 
 /// Serves the client API until SIGTERM or SIGINT, or until the node can no
-/// longer apply the log (an error: the process exits non-zero).
+/// longer apply the log (an error: the process exits non-zero). A node whose
+/// disk failed under Raft goes on serving what it can (reads; health says
+/// NOT_SERVING, writes are refused with the reason) until the disk has room
+/// again, then exits with [`EXIT_DISK`] for its supervisor to restart it.
 async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ClusterServer<ClusterService>>().await;
-    health.set_serving::<SettingsServer<SettingsService>>().await;
-    health.set_serving::<ResourcesServer<ResourcesService>>().await;
+    spawn_health(health, node.clone()).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(opsd_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -168,27 +190,90 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyh
     // one layer before any handler runs.
     transport::server()
         .layer(caller::layer())
+        .layer(tower::util::MapResponseLayer::new(
+            crate::api::undecodable_is_invalid_argument,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
         .add_service(SettingsServer::new(SettingsService::new(node.clone(), stop.clone())))
         .add_service(ResourcesServer::new(ResourcesService::new(node, engine, stop)))
         .serve_with_incoming_shutdown(transport::incoming(listener), async move {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: shutting down"),
-                _ = int.recv() => info!("SIGINT: shutting down"),
-                why = watched.failed() => {
-                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            let failure = tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: shutting down"); None }
+                _ = int.recv() => { info!("SIGINT: shutting down"); None }
+                why = watched.failed() => Some(why),
+            };
+            if let Some(failure) = failure {
+                if failure.storage {
+                    error!(
+                        "{}: this node serves reads but no writes, and exits with code {EXIT_DISK} once its disk \
+                         has room again, for its supervisor to restart it",
+                        failure.reason
+                    );
+                    tokio::select! {
+                        _ = term.recv() => info!("SIGTERM: shutting down"),
+                        _ = int.recv() => info!("SIGINT: shutting down"),
+                        _ = disk_room(&watched) => info!("the disk has room again: exiting with code {EXIT_DISK}"),
+                    }
                 }
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
             }
             let _ = stopping.send(true);
         })
         .await
         .context("client API server")?;
-    if let Some(why) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        bail!("this node stopped: {why}");
+    if let Some(failure) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if failure.storage {
+            return Err(DiskError(format!("this node stopped: {}", failure.reason)).into());
+        }
+        bail!("this node stopped: {}", failure.reason);
     }
     Ok(())
+}
+
+/// Keeps gRPC health current: SERVING while the node takes writes,
+/// NOT_SERVING while its disk is below the floor or Raft has stopped.
+async fn spawn_health(health: HealthReporter, node: ClusterNode) {
+    let mut problem = node.problem();
+    let serving = |p: &Option<String>| match p {
+        None => ServingStatus::Serving,
+        Some(_) => ServingStatus::NotServing,
+    };
+    // Set before the server answers its first check.
+    let now = serving(&problem.borrow_and_update());
+    set_health(&health, now).await;
+    tokio::spawn(async move {
+        while problem.changed().await.is_ok() {
+            let now = serving(&problem.borrow_and_update());
+            set_health(&health, now).await;
+        }
+    });
+}
+
+/// Sets the health of the server ("") and of each of its services.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(service_name::<ClusterServer<ClusterService>>(), status)
+        .await;
+    health
+        .set_service_status(service_name::<SettingsServer<SettingsService>>(), status)
+        .await;
+    health
+        .set_service_status(service_name::<ResourcesServer<ResourcesService>>(), status)
+        .await;
+}
+
+fn service_name<S: tonic::server::NamedService>() -> &'static str {
+    S::NAME
+}
+
+/// Returns once the data dir's filesystem has at least the floor free.
+async fn disk_room(node: &ClusterNode) {
+    while !node.disk_has_room() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// A client of a member's Cluster service (2 s to connect, 15 s per request).

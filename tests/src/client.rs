@@ -141,3 +141,23 @@ pub async fn delete(addr: &str, key: &str) -> Result<DeleteResponse, Status> {
 pub fn describe(status: &Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
+
+/// The node's overall status on the standard gRPC health service
+/// (`grpc.health.v1.Health/Check` of the service ""), as load balancers and
+/// probes see it.
+pub async fn health(addr: &str) -> Result<tonic_health::ServingStatus, Status> {
+    use tonic_health::pb::health_check_response::ServingStatus as Wire;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::invalid_argument(format!("{addr}: {e}")))?
+        .timeout(REQUEST_TIMEOUT)
+        .connect_lazy();
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await?
+        .into_inner();
+    Ok(match Wire::try_from(answer.status) {
+        Ok(Wire::Serving) => tonic_health::ServingStatus::Serving,
+        Ok(Wire::NotServing) => tonic_health::ServingStatus::NotServing,
+        _ => tonic_health::ServingStatus::Unknown,
+    })
+}

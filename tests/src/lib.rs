@@ -13,6 +13,8 @@
 //!   `client`, and its log.
 //! - [`client`]: gRPC clients of one address and retrying settings calls,
 //!   usable from spawned tasks.
+//! - [`tmpfs`]: a small filesystem of its own (root only), for a data dir on
+//!   a disk that fills up.
 //!
 //! The binaries come from `$OPSD_BIN_DIR` if set, else `<workspace>/target/debug`;
 //! build them first with `cargo build --workspace --bins` (`make test` does).
@@ -43,6 +45,7 @@ mod node;
 pub mod opsctl;
 pub mod resources;
 mod skip;
+pub mod tmpfs;
 
 use std::path::PathBuf;
 

@@ -2,8 +2,9 @@
 //! field, through the leader and through a follower alike, and change nothing:
 //! no key appears, no log entry is applied, a compare-and-set with a stale
 //! revision leaves the value as it was. The limits themselves are accepted.
+//! A request message that does not decode is INVALID_ARGUMENT too.
 
-use opsd_tests::api::{DeleteRequest, GetRequest, PutRequest};
+use opsd_tests::api::{DeleteRequest, GetRequest, PutRequest, PutResponse, StatusResponse};
 use opsd_tests::{client, Cluster, Options};
 use tonic::{Code, Status};
 
@@ -46,6 +47,27 @@ fn assert_refused(outcome: Result<impl std::fmt::Debug, Status>, code: Code, fie
             );
         }
     }
+}
+
+/// Sends `Settings.Put` a message that is not a `PutRequest`: its field 1 is
+/// a number where a put's key (a string) is expected, so it does not decode.
+async fn undecodable_put(addr: &str) -> Result<PutResponse, Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an endpoint")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("a ready channel");
+    let not_a_put = StatusResponse {
+        node_id: 7,
+        ..Default::default()
+    };
+    let codec = tonic_prost::ProstCodec::<StatusResponse, PutResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/opsd.v1.Settings/Put");
+    grpc.unary(tonic::Request::new(not_a_put), path, codec)
+        .await
+        .map(|r| r.into_inner())
 }
 
 #[tokio::test]
@@ -112,6 +134,14 @@ async fn bad_input_changes_nothing() {
             Code::InvalidArgument,
             "key",
             &format!("get with an empty key via {name}"),
+        );
+
+        // A request message that does not decode is the request's fault.
+        assert_refused(
+            undecodable_put(&cluster.node(via).client_addr()).await,
+            Code::InvalidArgument,
+            "could not be decoded",
+            &format!("a put whose message does not decode via {name}"),
         );
 
         // Compare-and-set against a revision the key does not have.

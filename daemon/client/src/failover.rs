@@ -360,7 +360,9 @@ fn code_text(code: Code) -> &'static str {
         Code::Cancelled => "cancelled",
         Code::Unknown => "unknown error",
         Code::InvalidArgument => "invalid argument",
-        Code::DeadlineExceeded => "deadline exceeded; the change may still be applied",
+        // The server's message says whether a write may still be applied:
+        // a read that timed out changed nothing.
+        Code::DeadlineExceeded => "deadline exceeded",
         Code::NotFound => "not found",
         Code::AlreadyExists => "already exists",
         Code::PermissionDenied => "permission denied",
@@ -426,6 +428,12 @@ mod tests {
             "key \"a\" not found (not found)"
         );
         assert_eq!(describe_status(&Status::unavailable("")), "unavailable; safe to retry");
+        // What a timeout means for a write is the server's to say, in its
+        // message: the code alone would tell a read it may have changed something.
+        assert_eq!(
+            describe_status(&Status::deadline_exceeded("confirming leadership was not confirmed")),
+            "confirming leadership was not confirmed (deadline exceeded)"
+        );
     }
 
     #[test]

@@ -80,6 +80,9 @@ impl Printer {
         for (name, value) in fields {
             block.row(vec![name.to_string(), value]);
         }
+        if !status.problem.is_empty() {
+            block.row(vec!["problem".to_string(), status.problem.clone()]);
+        }
         block.write_rows(&mut out)?;
         writeln!(out)?;
         writeln!(out, "members:")?;
@@ -697,6 +700,7 @@ fn status_json(status: &StatusResponse) -> Value {
         "purged_index": status.purged_index,
         "members": members_json(&status.members),
         "version": status.version,
+        "problem": status.problem,
     })
 }
 

@@ -60,6 +60,7 @@ impl Cluster for ClusterService {
             purged_index: s.purged_index,
             members: s.members.into_iter().map(to_proto).collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            problem: s.problem.unwrap_or_default(),
         }))
     }
 

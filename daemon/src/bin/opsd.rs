@@ -53,7 +53,11 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("opsd: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<opsd::server::DiskError>().is_some() {
+                std::process::ExitCode::from(opsd::server::EXIT_DISK)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
