@@ -9,6 +9,49 @@ use std::process::Command;
 /// One mebibyte.
 pub const MB: u64 = 1024 * 1024;
 
+/// Mounts a tmpfs of `size_mb` MiB at `path` (created if missing), left
+/// mounted; or says why it cannot (not root, no `mount`).
+pub fn mount(path: &Path, size_mb: u64) -> Result<(), String> {
+    std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m,mode=0755"), "tmpfs"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("running mount: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mount -t tmpfs at {} failed (root is needed): {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the file at `path` until its filesystem refuses (ENOSPC), in
+/// 1 MiB chunks and then in pages and bytes; returns the MiB written.
+pub fn fill(path: &Path) -> Result<u64, String> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let mut written = 0u64;
+    for size in [MB as usize, 4096, 1] {
+        let chunk = vec![0x5au8; size];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => return Err(format!("writing {}: {e}", path.display())),
+            }
+        }
+    }
+    let _ = file.sync_all();
+    Ok(written / MB)
+}
+
 /// A mounted tmpfs; unmounted when dropped.
 pub struct Tmpfs {
     path: PathBuf,
@@ -18,19 +61,7 @@ impl Tmpfs {
     /// Mounts a tmpfs of `size_mb` MiB at `path` (created if missing), or
     /// says why it cannot (not root, no `mount`).
     pub fn mount(path: &Path, size_mb: u64) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
-            .arg(path)
-            .output()
-            .map_err(|e| format!("running mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs at {} failed (root is needed): {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        mount(path, size_mb)?;
         Ok(Tmpfs {
             path: path.to_path_buf(),
         })
@@ -67,20 +98,11 @@ impl Tmpfs {
         path
     }
 
-    /// Writes the file `name` on it until the filesystem refuses (ENOSPC),
-    /// in 1 MiB chunks and then in pages; returns its path.
+    /// Writes the file `name` on it until the filesystem refuses (ENOSPC);
+    /// returns its path.
     pub fn fill_completely(&self, name: &str) -> PathBuf {
         let path = self.path.join(name);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        for size in [MB as usize, 4096, 1] {
-            let chunk = vec![0x5au8; size];
-            while file.write_all(&chunk).is_ok() {}
-        }
-        let _ = file.sync_all();
+        fill(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(self.free_bytes() < MB, "{} bytes still free", self.free_bytes());
         path
     }

@@ -1,7 +1,7 @@
 //! Storage faults: a full disk, failing writes and syncs, a lost database.
 //!
 //! - `disk-full`: every node's data dir lives on a tmpfs of its own
-//!   (`<node>/disk`, [`DISK_SIZE`]), mounted before the node first starts; the
+//!   (`<node>/disk`, [`DISK_MB`]), mounted before the node first starts; the
 //!   fault fills it with a filler file until the kernel says no space is
 //!   left, and heals by deleting the filler. Needs root (mount).
 //! - `io-error`: every node runs with an LD_PRELOAD shim (`io_error.c`, built
@@ -16,16 +16,15 @@
 //! [`Storage::probe`] finds out which of these this machine and build can
 //! deal, and why not.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use crate::NodeConfig;
 
-/// The size of each node's tmpfs: far more than a node writes in a run, so
-/// only the filler fills it.
-pub const DISK_SIZE: &str = "512m";
+/// The size of each node's tmpfs in MiB: far more than a node writes in a
+/// run, so only the filler fills it.
+pub const DISK_MB: u64 = 512;
 
 /// Which storage faults can be dealt here, and why not.
 #[derive(Debug)]
@@ -48,12 +47,7 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
 }
 
 fn mount_tmpfs(at: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(at).map_err(|e| format!("creating {}: {e}", at.display()))?;
-    let size = format!("size={DISK_SIZE},mode=0755");
-    run(
-        "mount",
-        &["-t", "tmpfs", "-o", &size, "tmpfs", &at.display().to_string()],
-    )
+    crate::tmpfs::mount(at, DISK_MB)
 }
 
 /// Builds the io-error shim into `target/nemesis/`.
@@ -186,19 +180,7 @@ fn filler(config: &NodeConfig) -> PathBuf {
 
 /// Fills the node's disk until no space is left; returns the MiB written.
 pub fn fill(config: &NodeConfig) -> Result<u64, String> {
-    let path = filler(config);
-    let mut f = std::fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-    let chunk = vec![0u8; 1 << 20];
-    let mut written = 0u64;
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
-            Err(e) => return Err(format!("writing {}: {e}", path.display())),
-        }
-    }
-    Ok(written >> 20)
+    crate::tmpfs::fill(&filler(config))
 }
 
 /// Frees the node's disk again.
