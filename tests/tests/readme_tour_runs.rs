@@ -34,6 +34,8 @@ async fn run_tour(test: &str, page: &str, section: Option<&str>) -> Option<(Tour
     let dir = tempfile::tempdir().expect("a temp dir");
     let script = tour::script(&blocks, &host.to_string(), dir.path(), !quiet);
     let output = tour::run(&script, dir.path()).await;
+    // What a reader of the page would have seen (shown with --nocapture).
+    eprintln!("--- {page}: what the tour printed\n{}", output.stdout);
     assert!(
         output.success,
         "the tour of {page} failed:\n--- stdout\n{}\n--- stderr\n{}",
@@ -68,7 +70,7 @@ async fn the_readme_tour_runs_as_written() {
         "settings get through another node",
     );
     shows(&out, "unreachable for", "cluster members after the leader was killed");
-    shows(&out, "\n20\n", "the restarted node's stale read of db/pool");
+    shows(&out, "\n20\n", "the restarted node's read of db/pool");
     shows(&out, "cancelled", "the cancelled deploy");
     shows(&out, "BY", "history's who column");
     shows(&out, "release 2", "history's why column");

@@ -1,10 +1,10 @@
 //! `opsctl status` and `opsctl cluster ...`: the Raft cluster and its membership.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use opsd_client::{CallError, Nodes, Patience};
+use opsd_client::{Api, CallError, Nodes, Patience};
 use opsd_proto::v1::{MembersRequest, RemoveRequest, StatusRequest};
 
 use crate::render::Printer;
@@ -38,30 +38,42 @@ pub enum ClusterCommand {
 /// How often `status --wait` goes round the addresses.
 const WAIT_ROUND: Duration = Duration::from_millis(200);
 
-/// `opsctl status`: the answering node's own view of the cluster; with
-/// `wait`, asked again until a node answers or that long has passed.
+/// `opsctl status`: the answering node's own view of the cluster. With
+/// `wait`, asked again until a node answers and knows a leader, or that long
+/// has passed: then a node's answer without a leader is printed with a note,
+/// and no answer at all is an error naming every address.
 pub async fn status(nodes: &Nodes, wait: Option<Duration>, printer: Printer) -> Result<()> {
-    let patience = match wait {
-        Some(limit) => Patience {
-            limit,
+    let ask = |mut api: Api| async move { api.cluster.status(StatusRequest {}).await };
+    let Some(limit) = wait else {
+        printer.status(&nodes.call(ask).await?)?;
+        return Ok(());
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let patience = Patience {
+            limit: deadline.saturating_duration_since(Instant::now()),
             pause: WAIT_ROUND,
-        },
-        None => Patience::NONE,
-    };
-    let asked = nodes
-        .call_patiently(0, patience, |mut api| async move {
-            api.cluster.status(StatusRequest {}).await
-        })
-        .await;
-    let (_, status) = match (asked, wait) {
-        (Ok(answer), _) => answer,
-        (Err(e @ CallError::Unreachable(_)), Some(limit)) => {
-            bail!("no node answered within {}: {e}", humantime::format_duration(limit))
+        };
+        let status = match nodes.call_patiently(0, patience, ask).await {
+            Ok((_, status)) => status,
+            Err(e @ CallError::Unreachable(_)) => {
+                bail!("no node answered within {}: {e}", humantime::format_duration(limit))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if status.leader_id != 0 || Instant::now() >= deadline {
+            if status.leader_id == 0 {
+                eprintln!(
+                    "note: node {} answered, but knows no leader after {}",
+                    status.node_id,
+                    humantime::format_duration(limit)
+                );
+            }
+            printer.status(&status)?;
+            return Ok(());
         }
-        (Err(e), _) => return Err(e.into()),
-    };
-    printer.status(&status)?;
-    Ok(())
+        tokio::time::sleep(WAIT_ROUND.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
 }
 
 /// Runs one `opsctl cluster ...` command.

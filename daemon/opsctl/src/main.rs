@@ -115,9 +115,10 @@ enum Command {
     /// and members (each as `cluster members` prints them).
     ///
     /// With --wait DURATION it keeps asking (every address in turn, a round
-    /// every 200 ms) until a node answers or the time is up, for scripts that
-    /// have just started opsd; then it fails naming every address and what
-    /// each did.
+    /// every 200 ms) until a node answers and knows a leader, for scripts
+    /// that have just started opsd. When the time is up, a node's answer
+    /// without a leader is printed with a note on stderr; if no node answered
+    /// at all, it fails naming every address and what each did.
     #[command(after_long_help = "Examples:\n  \
         opsctl status\n  \
         opsd --data-dir /tmp/n1 & opsctl status --wait 10s")]
