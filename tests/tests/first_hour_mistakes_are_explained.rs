@@ -16,8 +16,8 @@ const READY: Duration = Duration::from_secs(60);
 /// Runs opsd with `args` to completion, its stderr to a file as a service
 /// manager would (not a terminal), without NO_COLOR or OPSD_* from the test's
 /// environment; returns how it ended and what it wrote.
-fn opsd_once(dir: &std::path::Path, args: &[&str]) -> (std::process::ExitStatus, String) {
-    let log = dir.join(format!("opsd-{}.log", args.len()));
+fn opsd_once(dir: &std::path::Path, name: &str, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(opsd_bin());
     cmd.args(args)
@@ -53,7 +53,11 @@ async fn first_hour_mistakes_are_explained() {
         "{bare}"
     );
     let data = dir.path().join("bare");
-    let (status, said) = opsd_once(dir.path(), &["--data-dir", data.to_str().unwrap(), "--join", "7700"]);
+    let (status, said) = opsd_once(
+        dir.path(),
+        "bare",
+        &["--data-dir", data.to_str().unwrap(), "--join", "7700"],
+    );
     assert_eq!(status.code(), Some(2), "{said}");
     assert!(
         said.contains("--join: address \"7700\" has no host, only a port"),
@@ -85,6 +89,7 @@ async fn first_hour_mistakes_are_explained() {
     let joiner = NodeConfig::new("n2", dir.path(), Options::default());
     let (status, said) = opsd_once(
         dir.path(),
+        "join-peer-port",
         &[
             "--data-dir",
             joiner.data_dir.to_str().unwrap(),
