@@ -108,6 +108,7 @@ async fn first_hour_mistakes_are_explained() {
     let other = dir.path().join("other");
     let (status, said) = opsd_once(
         dir.path(),
+        "port-in-use",
         &[
             "--data-dir",
             other.to_str().unwrap(),
