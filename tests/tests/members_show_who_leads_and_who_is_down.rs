@@ -118,3 +118,43 @@ async fn members_show_who_leads_and_who_is_down() {
         "{refusal}"
     );
 }
+
+/// With no leader to ask (two of three nodes down), a follower answers with
+/// its own view and says so: roles as it knows them, nothing it cannot know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_leader_a_follower_gives_its_own_view_and_says_so() {
+    let cluster = Cluster::start(3, Options::default()).await;
+    let leader = cluster.leader().await;
+    let followers = cluster.followers().await;
+    let (left, other) = (followers[0], followers[1]);
+    cluster.node(leader).kill9();
+    cluster.node(other).kill9();
+    let ask = Opsctl {
+        addr: cluster.node(left).client_addr(),
+    };
+    let (out, _) = wait_until(
+        "the follower's own view",
+        FORM_TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let out = ask.run(&["--output", "json", "cluster", "members"]).await;
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() && stderr.contains("own view") {
+                Ok(out)
+            } else {
+                Err(format!("{stderr}{}", String::from_utf8_lossy(&out.stdout)))
+            }
+        },
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let left_id = cluster.node(left).id();
+    assert!(stderr.contains(&format!("note: node {left_id}'s own view")), "{stderr}");
+    let members: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(members.as_array().map(Vec::len), Some(3), "{members}");
+    for m in members.as_array().unwrap() {
+        assert_eq!(m["reachability"], "unknown", "{members}");
+        assert_eq!(m["lag"], Value::Null, "{members}");
+    }
+    assert_eq!(member(&members, left_id)["role"], "follower", "{members}");
+}
