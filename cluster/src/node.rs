@@ -735,14 +735,22 @@ impl ClusterNode {
     pub fn status(&self) -> ClusterStatus {
         let m = self.inner.raft.metrics().borrow().clone();
         let members = members_of(&m.membership_config);
+        // A node that led when it stopped starts again as the leader of its
+        // old term, and is one only once a quorum answers it (at once in a
+        // single-node cluster; never if the cluster has moved on, and then it
+        // steps down). Until then it claims no leadership: no leader is
+        // known, as to a candidate.
+        let unconfirmed = m.state == ServerState::Leader && m.millis_since_quorum_ack.is_none();
         let leader = m
             .current_leader
+            .filter(|_| !unconfirmed)
             .and_then(|id| members.iter().find(|x| x.id == id).map(|x| (id, x.info.clone())));
         let voter = members.iter().any(|x| x.id == self.inner.id && x.voter);
         let role = if self.is_removed() {
             Role::Removed
         } else {
             match m.state {
+                ServerState::Leader if unconfirmed => Role::Candidate,
                 ServerState::Leader => Role::Leader,
                 ServerState::Candidate => Role::Candidate,
                 ServerState::Follower if voter => Role::Follower,

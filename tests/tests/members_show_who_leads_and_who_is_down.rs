@@ -158,3 +158,29 @@ async fn without_a_leader_a_follower_gives_its_own_view_and_says_so() {
     }
     assert_eq!(member(&members, left_id)["role"], "follower", "{members}");
 }
+
+/// A leader killed and restarted after the others elected a new one comes
+/// back as leader of its old term, in Raft's eyes, until it hears of the new
+/// one: it logs that as what it restored, and `status --wait` on it waits
+/// until it knows the real leader rather than naming itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_claims_no_leadership_it_has_lost() {
+    let cluster = Cluster::start(3, Options::default()).await;
+    let old = cluster.leader().await;
+    let old_term = cluster.node(old).status().await.expect("leader status").term;
+    cluster.node(old).kill9();
+    let new = cluster.wait_for_leader(&[old], FORM_TIMEOUT).await;
+    cluster.node(old).restart();
+    let ask = Opsctl {
+        addr: cluster.node(old).client_addr(),
+    };
+    let status = ask.json(&["status", "--wait", "60s"]).await;
+    assert_eq!(status["leader_id"], cluster.node(new).id(), "{status}");
+    assert_ne!(status["role"], "leader", "{status}");
+    let log = std::fs::read_to_string(cluster.node(old).log_path()).expect("the node's log");
+    let restart = &log[log.rfind("==== harness: restart").expect("the restart is in the log")..];
+    assert!(
+        restart.contains(&format!("restored state: term {old_term}, was leader")),
+        "{restart}"
+    );
+}
