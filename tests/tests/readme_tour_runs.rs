@@ -71,7 +71,6 @@ async fn the_readme_tour_runs_as_written() {
     );
     shows(&out, "unreachable for", "cluster members after the leader was killed");
     shows(&out, "\n20\n", "the restarted node's read of db/pool");
-    shows(&out, "PUT db/pool=20", "the watch, through the leader's death");
     shows(&out, "cancelled", "the cancelled deploy");
     shows(&out, "BY", "history's who column");
     shows(&out, "release 2", "history's why column");
