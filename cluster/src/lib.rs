@@ -22,6 +22,7 @@ pub mod log_mark;
 mod log_store;
 mod network;
 pub mod node;
+mod peer_port;
 mod peer_service;
 pub mod state_machine;
 mod storage;
@@ -34,7 +35,9 @@ mod wire;
 
 pub use data_dir::{DataDir, NodeIdentity, FORMAT_VERSION};
 pub use error::ClusterError;
-pub use node::{new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Failure, Member, Role};
+pub use node::{
+    new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Contact, Failure, Member, MemberHealth, MembersView, Role,
+};
 pub use state_machine::{
     AppliedEvent, EntryInfo, LocalState, ReadView, Rows, StateMachineApp, StateReader, Txn, TxnError,
 };

@@ -45,11 +45,34 @@ pub(crate) struct PeerChannels {
     cluster_id: Arc<str>,
     from: NodeId,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
-    /// Whether each peer answered its last Raft call, to log changes once
-    /// rather than every failed heartbeat.
-    reachable: Arc<Mutex<HashMap<NodeId, bool>>>,
+    /// Whether each peer answered its last Raft call, and when it last did:
+    /// to log changes once rather than every failed heartbeat, and for the
+    /// leader's view of its members.
+    contacts: Arc<Mutex<HashMap<NodeId, Contact>>>,
     /// When each peer's refusal of a Raft call was last logged.
     refusals: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+/// What this node knows of its Raft calls to one peer.
+#[derive(Debug, Clone, Copy)]
+struct Contact {
+    /// Whether the last call was answered.
+    answered: bool,
+    /// When a call was last answered, if ever.
+    last_answer: Option<Instant>,
+    /// When this node first called it.
+    first_call: Instant,
+}
+
+/// How a peer answers this node's Raft calls (on the leader: heartbeats,
+/// several a second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerContact {
+    /// Whether it answered the last call.
+    pub(crate) answered: bool,
+    /// Answered: since its last answer; not: since it last answered (or,
+    /// if it never did, since the first call).
+    pub(crate) since: Duration,
 }
 
 /// How often a peer that keeps refusing Raft calls (its disk is full) is logged.
@@ -84,15 +107,39 @@ impl PeerChannels {
             cluster_id: cluster_id.into(),
             from,
             channels: Default::default(),
-            reachable: Default::default(),
+            contacts: Default::default(),
             refusals: Default::default(),
         }
     }
 
+    /// How `target` answers this node's Raft calls, if it was ever called.
+    pub(crate) fn contact(&self, target: NodeId) -> Option<PeerContact> {
+        let map = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+        let contact = map.get(&target)?;
+        let since = match (contact.answered, contact.last_answer) {
+            (_, Some(at)) => at.elapsed(),
+            (_, None) => contact.first_call.elapsed(),
+        };
+        Some(PeerContact {
+            answered: contact.answered,
+            since,
+        })
+    }
+
     /// Records whether a peer answered, logging when that changes.
     fn note_reachable(&self, target: NodeId, addr: &str, ok: bool, why: impl FnOnce() -> String) {
-        let mut map = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
-        let before = map.insert(target, ok);
+        let mut map = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let before = map.get(&target).map(|c| c.answered);
+        let contact = map.entry(target).or_insert(Contact {
+            answered: ok,
+            last_answer: None,
+            first_call: now,
+        });
+        contact.answered = ok;
+        if ok {
+            contact.last_answer = Some(now);
+        }
         match (before, ok) {
             (Some(true) | None, false) => warn!(node_id = target, %addr, "peer unreachable: {}", why()),
             (Some(false), true) => info!(node_id = target, %addr, "peer reachable again"),

@@ -81,6 +81,8 @@ pub(crate) enum LeaderRequest {
     },
     /// A write that may share its log entry with others.
     WriteShared(Vec<u8>),
+    /// The leader's view of the members: role, contact, lag.
+    Members,
 }
 
 /// A write waiting on the leader for the next shared entry.
@@ -95,7 +97,7 @@ impl LeaderRequest {
         match self {
             LeaderRequest::Write(_) | LeaderRequest::WriteShared(_) | LeaderRequest::AddNode { .. } => true,
             // A removal is allowed, to take a node out whose disk failed.
-            LeaderRequest::ReadIndex | LeaderRequest::RemoveNode { .. } => false,
+            LeaderRequest::ReadIndex | LeaderRequest::RemoveNode { .. } | LeaderRequest::Members => false,
         }
     }
 }
@@ -106,6 +108,7 @@ pub(crate) enum LeaderResponse {
     Written { index: u64, response: Vec<u8> },
     ReadIndex { index: u64 },
     Members(Vec<Member>),
+    MembersHealth(Vec<MemberHealth>),
 }
 
 /// A member of the cluster.
@@ -119,8 +122,61 @@ pub struct Member {
     pub voter: bool,
 }
 
+impl Member {
+    /// Its role when `leader` leads.
+    pub fn role(&self, leader: Option<NodeId>) -> Role {
+        if leader == Some(self.id) {
+            Role::Leader
+        } else if self.voter {
+            Role::Follower
+        } else {
+            Role::Learner
+        }
+    }
+}
+
+/// How the leader hears from a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Contact {
+    /// Not known: not the leader's view, or the leader has not called it yet.
+    Unknown,
+    /// It answered the leader's last message, `since_ms` ago.
+    Reachable { since_ms: u64 },
+    /// It has not answered the leader for `since_ms` (since its last answer,
+    /// or since the leader first called it).
+    Unreachable { since_ms: u64 },
+}
+
+/// A member with what the leader knows of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberHealth {
+    /// Who and where.
+    pub member: Member,
+    /// Leader, follower (a voter) or learner.
+    pub role: Role,
+    /// Whether it answers the leader.
+    pub contact: Contact,
+    /// The last log index the leader knows it holds (leader's view only).
+    pub matched_index: Option<u64>,
+    /// How many entries it is behind the leader's log (leader's view only).
+    pub lag: Option<u64>,
+}
+
+/// The members as one node sees them.
+#[derive(Debug, Clone)]
+pub struct MembersView {
+    /// The members: voters first, then learners, each by id.
+    pub members: Vec<MemberHealth>,
+    /// The leader, if known.
+    pub leader_id: Option<NodeId>,
+    /// True if this is the leader's view (contact, matched index and lag
+    /// known); false if it is the answering node's own (the leader could not
+    /// be asked), where only the membership and roles are known.
+    pub from_leader: bool,
+}
+
 /// A node's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     /// Leads the cluster.
     Leader,
@@ -406,8 +462,10 @@ impl ClusterNode {
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let mut stop = self.inner.shutdown.subscribe();
+        let peer_only = crate::peer_port::PeerOnly::new(&self.inner.info);
         tokio::spawn(async move {
             let result = opsd_proto::transport::server()
+                .layer(peer_only)
                 .add_service(service)
                 .serve_with_incoming_shutdown(opsd_proto::transport::incoming(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -511,8 +569,8 @@ impl ClusterNode {
     }
 
     /// Watches for Raft stopping by itself: apply or the storage failed, and
-    /// this node can no longer follow the log. It is logged at error level
-    /// and published to [`ClusterNode::failed`], so the process stops rather
+    /// this node can no longer follow the log. It is published to
+    /// [`ClusterNode::failed`], so the process stops (and says why) rather
     /// than serve a state that no longer moves.
     fn spawn_failure_watch(&self) {
         self.spawn_damage_watch();
@@ -557,10 +615,8 @@ impl ClusterNode {
                     storage: false,
                 },
             };
-            error!(
-                node_id = node.inner.id,
-                "raft stopped: {}; this node can no longer apply the log and stops", failure.reason
-            );
+            // Not logged here: a failed write was logged as it failed, and
+            // the process that owns the node says why it stops once.
             node.inner.failure.send_replace(Some(failure));
             node.refresh_problem();
         });
@@ -585,7 +641,6 @@ impl ClusterNode {
                 let dir = node.inner.data_dir.lock().unwrap_or_else(|p| p.into_inner());
                 check::damaged(dir.path(), node.inner.id, &node.inner.cluster_id, &what).to_string()
             };
-            error!(node_id = node.inner.id, "{why}");
             node.inner.failure.send_if_modified(|f| {
                 if f.is_some() {
                     return false;
@@ -717,18 +772,30 @@ impl ClusterNode {
     }
 
     /// Logs each change of leader or term, since openraft's own logs are off
-    /// by default.
+    /// by default. The first state Raft publishes is what it restored from
+    /// the data dir (a node that led before it stopped starts as leader of
+    /// its old term, and steps down at once if the cluster has moved on), so
+    /// it is logged as that rather than as a role this node holds now; the
+    /// next change after it is logged as the role, even if the same.
     fn spawn_role_logger(&self) {
         let mut metrics = self.inner.raft.metrics();
         tokio::spawn(async move {
             let mut last = None;
+            let mut restored = false;
             while metrics.changed().await.is_ok() {
                 let now = {
                     let m = metrics.borrow();
                     (m.current_term, m.current_leader, m.state)
                 };
+                let (term, leader, state) = now;
+                if !restored {
+                    restored = true;
+                    if term > 0 {
+                        info!(term, leader = ?leader, "restored state: term {term}, was {}", restored_role(state));
+                        continue;
+                    }
+                }
                 if last != Some(now) {
-                    let (term, leader, state) = now;
                     info!(term, leader = ?leader, state = ?state, "raft role");
                     last = Some(now);
                 }
@@ -913,8 +980,15 @@ impl ClusterNode {
     pub fn status(&self) -> ClusterStatus {
         let m = self.inner.raft.metrics().borrow().clone();
         let members = members_of(&m.membership_config);
+        // A node that led when it stopped starts again as the leader of its
+        // old term, and is one only once a quorum answers it (at once in a
+        // single-node cluster; never if the cluster has moved on, and then it
+        // steps down). Until then it claims no leadership: no leader is
+        // known, as to a candidate.
+        let unconfirmed = m.state == ServerState::Leader && m.millis_since_quorum_ack.is_none();
         let leader = m
             .current_leader
+            .filter(|_| !unconfirmed)
             .and_then(|id| members.iter().find(|x| x.id == id).map(|x| (id, x.info.clone())));
         let voter = members.iter().any(|x| x.id == self.inner.id && x.voter);
         let failure = self.inner.failure.borrow().clone();
@@ -924,6 +998,7 @@ impl ClusterNode {
             Role::Stopped
         } else {
             match m.state {
+                ServerState::Leader if unconfirmed => Role::Candidate,
                 ServerState::Leader => Role::Leader,
                 ServerState::Candidate => Role::Candidate,
                 ServerState::Follower if voter => Role::Follower,
@@ -1190,6 +1265,13 @@ impl ClusterNode {
                 info!(node_id = id, "added node as learner");
                 Ok(LeaderResponse::Members(self.members()))
             }
+            LeaderRequest::Members => {
+                self.check_origin(origin, deadline).await?;
+                let leader = self.inner.raft.metrics().borrow().current_leader;
+                self.leader_members()
+                    .map(LeaderResponse::MembersHealth)
+                    .ok_or_else(|| self.not_leader(leader))
+            }
             LeaderRequest::RemoveNode { id } => {
                 self.check_origin(origin, deadline).await?;
                 let members = self.members();
@@ -1305,6 +1387,103 @@ impl ClusterNode {
         }
     }
 
+    /// The members as the leader sees them: who leads, who answers its
+    /// heartbeats (and since when), and how far behind each one is. Asked of
+    /// the leader if this node is not it; if the leader cannot be asked (none
+    /// is known, it does not answer within 2 s, or it runs an older build),
+    /// this node's own view, which says so. A removed node is refused.
+    pub async fn members_view(&self) -> Result<MembersView, ClusterError> {
+        if self.is_removed() {
+            return Err(ClusterError::Removed { node_id: self.inner.id });
+        }
+        let leader = self.status().leader;
+        let local = |leader_id| MembersView {
+            members: self
+                .members()
+                .into_iter()
+                .map(|member| MemberHealth {
+                    role: member.role(leader_id),
+                    member,
+                    contact: Contact::Unknown,
+                    matched_index: None,
+                    lag: None,
+                })
+                .collect(),
+            leader_id,
+            from_leader: false,
+        };
+        let Some((leader_id, info)) = leader else {
+            return Ok(local(None));
+        };
+        if leader_id == self.inner.id {
+            return Ok(match self.leader_members() {
+                Some(members) => MembersView {
+                    members,
+                    leader_id: Some(leader_id),
+                    from_leader: true,
+                },
+                None => local(Some(leader_id)),
+            });
+        }
+        let timeout = self.inner.request_timeout.min(Duration::from_secs(2));
+        let asked = self
+            .inner
+            .channels
+            .call_leader::<_, LeaderResponse>(leader_id, &info, &LeaderRequest::Members, timeout)
+            .await;
+        match asked {
+            Ok(LeaderResponse::MembersHealth(members)) => Ok(MembersView {
+                members,
+                leader_id: Some(leader_id),
+                from_leader: true,
+            }),
+            Err(ClusterError::Removed { node_id }) if node_id == self.inner.id => {
+                self.mark_removed();
+                Err(ClusterError::Removed { node_id })
+            }
+            _ => Ok(local(Some(leader_id))),
+        }
+    }
+
+    /// The members with their contact and lag, if this node leads.
+    fn leader_members(&self) -> Option<Vec<MemberHealth>> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m.replication.unwrap_or_default();
+        let members = members_of(&m.membership_config)
+            .into_iter()
+            .map(|member| {
+                let (contact, matched) = if member.id == self.inner.id {
+                    (Contact::Reachable { since_ms: 0 }, last)
+                } else {
+                    let since_ms = |d: Duration| d.as_millis().try_into().unwrap_or(u64::MAX);
+                    let contact = match self.inner.channels.contact(member.id) {
+                        None => Contact::Unknown,
+                        Some(c) if c.answered => Contact::Reachable {
+                            since_ms: since_ms(c.since),
+                        },
+                        Some(c) => Contact::Unreachable {
+                            since_ms: since_ms(c.since),
+                        },
+                    };
+                    let matched = replication.get(&member.id).copied().flatten().map_or(0, |l| l.index);
+                    (contact, matched)
+                };
+                MemberHealth {
+                    role: member.role(Some(self.inner.id)),
+                    member,
+                    contact,
+                    matched_index: Some(matched),
+                    lag: Some(last.saturating_sub(matched)),
+                }
+            })
+            .collect();
+        Some(members)
+    }
+
     /// The applied membership.
     pub fn members(&self) -> Vec<Member> {
         members_of(&self.inner.raft.metrics().borrow().membership_config)
@@ -1328,6 +1507,17 @@ fn members_of(m: &crate::types::StoredMembership) -> Vec<Member> {
         .collect();
     out.sort_by_key(|m| (!m.voter, m.id));
     out
+}
+
+/// A role as restored from the data dir, for the start-up log line.
+fn restored_role(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Candidate => "candidate",
+        ServerState::Follower => "follower",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shut down",
+    }
 }
 
 fn fatal<E: std::fmt::Display>(e: RaftError<NodeId, E>) -> ClusterError {

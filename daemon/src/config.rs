@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -32,11 +32,11 @@ pub struct Flags {
     /// Where the node keeps its state [default: ./opsd-data].
     #[arg(long, env = "OPSD_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
-    /// Client gRPC address, HOST:PORT [default: 127.0.0.1:7700].
-    #[arg(long, env = "OPSD_LISTEN", global = true)]
+    /// Client gRPC address, IP:PORT [default: 127.0.0.1:7700].
+    #[arg(long, env = "OPSD_LISTEN", global = true, value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
-    /// Raft peer address, HOST:PORT [default: 127.0.0.1:7701].
-    #[arg(long, env = "OPSD_PEER_LISTEN", global = true)]
+    /// Raft peer address, IP:PORT [default: 127.0.0.1:7701].
+    #[arg(long, env = "OPSD_PEER_LISTEN", global = true, value_parser = parse_listen)]
     pub peer_listen: Option<SocketAddr>,
     /// The host other nodes and clients reach this node at [default: the
     /// --listen host]. Required when listening on 0.0.0.0 or [::].
@@ -76,7 +76,7 @@ pub struct Flags {
     /// The free space, in MiB, the data dir's filesystem must keep: below it
     /// the node refuses writes (and to start) until there is room again; 0
     /// turns the check off [default: 64].
-    #[arg(long, env = "OPSD_MIN_FREE_MB")]
+    #[arg(long, env = "OPSD_MIN_FREE_MB", global = true)]
     pub min_free_mb: Option<u64>,
 }
 
@@ -122,8 +122,8 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    peer_listen: Option<SocketAddr>,
+    listen: Option<String>,
+    peer_listen: Option<String>,
     advertise: Option<String>,
     #[serde(default)]
     join: Vec<String>,
@@ -178,14 +178,21 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let listen = flags.listen.or(file.listen).unwrap_or(([127, 0, 0, 1], 7700).into());
-        let peer_listen = flags
-            .peer_listen
-            .or(file.peer_listen)
-            .unwrap_or(([127, 0, 0, 1], 7701).into());
+        let from_file = |key: &str, value: Option<String>| {
+            value
+                .map(|text| parse_listen(&text).map_err(|e| anyhow!("--config: {key}: {e}")))
+                .transpose()
+        };
+        let listen = match flags.listen {
+            Some(addr) => addr,
+            None => from_file("listen", file.listen)?.unwrap_or(([127, 0, 0, 1], 7700).into()),
+        };
+        let peer_listen = match flags.peer_listen {
+            Some(addr) => addr,
+            None => from_file("peer_listen", file.peer_listen)?.unwrap_or(([127, 0, 0, 1], 7701).into()),
+        };
         let advertise = match flags.advertise.or(file.advertise) {
-            Some(host) if host.trim().is_empty() => bail!("--advertise: must not be empty"),
-            Some(host) => host,
+            Some(host) => check_advertise(host.trim())?,
             None if listen.ip().is_unspecified() => {
                 bail!(
                     "--advertise: required when --listen is {listen} (other nodes cannot reach an unspecified address)"
@@ -242,14 +249,51 @@ impl Config {
 /// Checks that each of a flag's addresses is HOST:PORT.
 pub fn check_addrs(flag: &str, addrs: &[String]) -> anyhow::Result<()> {
     for addr in addrs {
-        if !addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-        {
-            bail!("{flag}: {addr:?} is not HOST:PORT");
-        }
+        opsd_client::NodeAddr::parse(addr).map_err(|e| anyhow!("{flag}: {e}"))?;
     }
     Ok(())
+}
+
+/// Parses a listening address, IP:PORT. The error says what is missing,
+/// with an example, for a usage message.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let port = text.trim_start_matches(':');
+    if !port.is_empty() && port.parse::<u16>().is_ok() {
+        return Err(format!(
+            "{text:?} has no host, only a port (expected IP:PORT, e.g. 127.0.0.1:{port}, or 0.0.0.0:{port} for every interface)"
+        ));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => Err(format!(
+            "{text:?}: {host:?} is not an IP address (expected IP:PORT, e.g. 127.0.0.1:{port}; listen on an IP, and give a host name to others with --advertise)"
+        )),
+        _ => Err(format!("{text:?} is not IP:PORT (expected e.g. 127.0.0.1:7700)")),
+    }
+}
+
+/// Checks `--advertise`: a host name or IP, without a port (the ports are
+/// those of --listen and --peer-listen).
+fn check_advertise(host: &str) -> anyhow::Result<String> {
+    if host.is_empty() {
+        bail!("--advertise: must not be empty");
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(bare.to_string());
+    }
+    if let Some((name, _)) = host.rsplit_once(':') {
+        bail!(
+            "--advertise: {host:?} has a port; give the host only (e.g. {name}): the ports are those of --listen and --peer-listen"
+        );
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        bail!("--advertise: {host:?} is not a host name or IP address");
+    }
+    Ok(host.to_string())
 }
 
 #[cfg(test)]
@@ -328,6 +372,31 @@ mod tests {
             "--rejoin is required"
         );
         assert_eq!(Flags::try_parse_from(["opsd"]).unwrap().command, None);
+    }
+
+    #[test]
+    fn an_address_without_a_host_says_so_with_an_example() {
+        let err = parse(&["--join", "7700"]).unwrap_err().to_string();
+        assert!(err.starts_with("--join: "), "{err}");
+        assert!(err.contains("has no host, only a port"), "{err}");
+        assert!(err.contains("e.g. 127.0.0.1:7700"), "{err}");
+        let err = Flags::try_parse_from(["opsd", "--listen", "7700"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no host, only a port"), "{err}");
+        assert!(err.contains("e.g. 127.0.0.1:7700"), "{err}");
+        let err = Flags::try_parse_from(["opsd", "--peer-listen", "localhost:7701"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"localhost\" is not an IP address"), "{err}");
+        let err = parse(&["--advertise", "10.0.0.5:7700"]).unwrap_err().to_string();
+        assert!(err.contains("has a port; give the host only (e.g. 10.0.0.5)"), "{err}");
+        assert_eq!(parse(&["--advertise", "[::1]"]).unwrap().advertise, "::1");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("opsd.toml");
+        std::fs::write(&f, "listen = \"7700\"\n").unwrap();
+        let err = parse(&["--config", f.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("--config: listen: \"7700\" has no host"), "{err}");
     }
 
     #[test]

@@ -330,10 +330,10 @@ enum SeedError {
 
 fn classify(addr: &str, status: tonic::Status) -> SeedError {
     use tonic::Code::*;
-    let e = anyhow!("{addr} answered {:?}: {}", status.code(), status.message());
+    let e = anyhow!("{addr} answered: {}", opsd_client::describe_status(&status));
     match status.code() {
         Unavailable | DeadlineExceeded | Unknown | Internal | ResourceExhausted | Aborted => SeedError::Retry(e),
-        _ => SeedError::Fatal(e),
+        _ => SeedError::Fatal(anyhow!("--join {e}")),
     }
 }
 

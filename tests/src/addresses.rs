@@ -30,6 +30,17 @@ fn random() -> u64 {
     h.finish()
 }
 
+/// A random `127.A.B.C` other than 127.0.0.1's /16.
+fn random_loopback() -> Ipv4Addr {
+    let r = random();
+    Ipv4Addr::new(
+        127,
+        1 + (r % 254) as u8,
+        ((r >> 8) % 256) as u8,
+        1 + ((r >> 16) % 254) as u8,
+    )
+}
+
 /// True if nothing listens on `addr` now (and it is a local address).
 fn bindable(addr: SocketAddr) -> Result<(), std::io::Error> {
     TcpListener::bind(addr).map(drop)
@@ -49,13 +60,7 @@ fn reserve(addrs: &[SocketAddr]) -> bool {
 /// A client address and a peer address for a new node, both free now.
 pub(crate) fn node_addresses() -> (SocketAddr, SocketAddr) {
     for _ in 0..64 {
-        let r = random();
-        let ip = Ipv4Addr::new(
-            127,
-            1 + (r % 254) as u8,
-            ((r >> 8) % 256) as u8,
-            1 + ((r >> 16) % 254) as u8,
-        );
+        let ip = random_loopback();
         let client = SocketAddr::new(IpAddr::V4(ip), 7700);
         let peer = SocketAddr::new(IpAddr::V4(ip), 7701);
         if let Err(e) = bindable(client) {
@@ -70,6 +75,30 @@ pub(crate) fn node_addresses() -> (SocketAddr, SocketAddr) {
         }
     }
     panic!("could not find a free loopback address for a test node in 64 tries");
+}
+
+/// A loopback IP on which every one of `ports` is free now, reserved in this
+/// process: for scripts that use the documented ports (7700, 7710, ...) and
+/// only rewrite the host. A random `127.A.B.C`, or 127.0.0.1 where only that
+/// is local; `None` if no such IP was found.
+pub(crate) fn loopback_host(ports: &[u16]) -> Option<Ipv4Addr> {
+    for _ in 0..64 {
+        let mut ip = random_loopback();
+        if let Err(e) = bindable(SocketAddr::new(IpAddr::V4(ip), ports[0])) {
+            if e.kind() != std::io::ErrorKind::AddrNotAvailable {
+                continue;
+            }
+            ip = Ipv4Addr::LOCALHOST;
+        }
+        let addrs: Vec<SocketAddr> = ports.iter().map(|p| SocketAddr::new(IpAddr::V4(ip), *p)).collect();
+        if reserve(&addrs) {
+            return Some(ip);
+        }
+        if ip == Ipv4Addr::LOCALHOST {
+            return None;
+        }
+    }
+    None
 }
 
 /// A free address that nothing listens on, for "nobody answers here" tests.

@@ -46,6 +46,7 @@ pub mod opsctl;
 pub mod resources;
 mod skip;
 pub mod tmpfs;
+pub mod tour;
 
 use std::path::PathBuf;
 
@@ -97,6 +98,13 @@ pub fn opsd_bin() -> PathBuf {
 /// The `opsctl` CLI binary (see [`bin`]).
 pub fn opsctl_bin() -> PathBuf {
     bin("opsctl")
+}
+
+/// A loopback IP on which every one of `ports` is free now (reserved in this
+/// process), for scripts that keep the documented ports and only change the
+/// host; `None` if there is none.
+pub fn loopback_host(ports: &[u16]) -> Option<std::net::Ipv4Addr> {
+    addresses::loopback_host(ports)
 }
 
 /// A loopback address that nothing listens on now: for "nobody answers" tests.

@@ -123,8 +123,27 @@ async fn opsctl_round_trips_settings_and_fails_over_past_a_dead_address() {
     assert_eq!(str_of(&members[0], "addr"), live, "{status}");
     assert_eq!(members[0]["voter"], Value::Bool(true), "{status}");
 
+    assert_eq!(members[0]["role"], "leader", "{status}");
+
+    // `cluster members` is the leader's view: the same members, and what the
+    // leader knows of each (itself: reachable, no lag).
     let listed = opsctl.json(&["cluster", "members"]).await;
-    assert_eq!(&listed, &status["members"], "cluster members and status disagree");
+    let identity = |m: &Value| {
+        (
+            m["id"].clone(),
+            m["addr"].clone(),
+            m["peer_addr"].clone(),
+            m["role"].clone(),
+        )
+    };
+    let listed_members = listed.as_array().expect("cluster members prints an array");
+    assert_eq!(
+        listed_members.iter().map(identity).collect::<Vec<_>>(),
+        members.iter().map(identity).collect::<Vec<_>>(),
+        "cluster members and status disagree: {listed}"
+    );
+    assert_eq!(listed[0]["reachability"], "reachable", "{listed}");
+    assert_eq!(listed[0]["lag"], 0, "{listed}");
 
     // A watcher started now sees every change below.
     let mut watcher = opsctl

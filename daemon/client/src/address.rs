@@ -33,10 +33,24 @@ impl NodeAddr {
                 ))
             }
         };
+        let authority = url.split_once("://").map_or("", |(_, rest)| rest).trim_end_matches('/');
+        if !authority.is_empty() && authority.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!(
+                "address {text:?} has no host, only a port (expected HOST:PORT, e.g. 127.0.0.1:{authority})"
+            ));
+        }
+        if let Some(port) = authority.strip_prefix(':') {
+            return Err(format!(
+                "address {text:?} has no host (expected HOST:PORT, e.g. 127.0.0.1:{port})"
+            ));
+        }
         let endpoint =
             Endpoint::from_shared(url).map_err(|e| format!("invalid address {text:?}: {e} (expected HOST:PORT)"))?;
         if endpoint.uri().port_u16().is_none() {
-            return Err(format!("address {text:?} has no port (expected HOST:PORT)"));
+            let host = endpoint.uri().host().unwrap_or("HOST");
+            return Err(format!(
+                "address {text:?} has no port (expected HOST:PORT, e.g. {host}:7700)"
+            ));
         }
         if !matches!(endpoint.uri().path(), "" | "/") {
             return Err(format!("address {text:?} has a path (expected HOST:PORT)"));
@@ -78,6 +92,16 @@ mod tests {
         assert!(NodeAddr::parse("http://localhost:7700").is_ok());
         assert!(NodeAddr::parse("").unwrap_err().contains("empty"));
         assert!(NodeAddr::parse("localhost").unwrap_err().contains("no port"));
+        assert!(NodeAddr::parse("localhost")
+            .unwrap_err()
+            .contains("e.g. localhost:7700"));
+        assert_eq!(
+            NodeAddr::parse("7700").unwrap_err(),
+            "address \"7700\" has no host, only a port (expected HOST:PORT, e.g. 127.0.0.1:7700)"
+        );
+        assert!(NodeAddr::parse(":7700")
+            .unwrap_err()
+            .contains("has no host (expected HOST:PORT, e.g. 127.0.0.1:7700)"));
         assert!(NodeAddr::parse("https://h:1")
             .unwrap_err()
             .contains("unsupported scheme"));

@@ -40,15 +40,48 @@ impl Credentials {
     }
 
     /// Acting as the user running this process: `$USER`, else `$LOGNAME`,
-    /// else `unknown`.
+    /// else the login name of this process's user id in the password
+    /// database, else `uid N`. Until authentication arrives this is a claim,
+    /// but a truthful one wherever the environment is bare (cron, systemd,
+    /// containers).
     pub fn login_user() -> Self {
-        let name = ["USER", "LOGNAME"]
+        let from_env = ["USER", "LOGNAME"]
             .iter()
             .filter_map(|var| std::env::var(var).ok())
             .map(|name| name.trim().to_string())
-            .find(|name| !name.is_empty())
-            .unwrap_or_else(|| "unknown".to_string());
-        Self::principal(&name)
+            .find(|name| !name.is_empty());
+        Self::principal(&from_env.unwrap_or_else(os_login_name))
+    }
+}
+
+/// The login name of this process's real user id, from the password
+/// database; `uid N` if it has no entry.
+fn os_login_name() -> String {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    user_name(uid).unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// The name the password database gives `uid`, if any.
+fn user_name(uid: libc::uid_t) -> Option<String> {
+    let mut buffer = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: every pointer is to a live local of the right type, and
+        // the buffer's length is passed with it; getpwuid_r writes only there.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let code = unsafe { libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+        if code == libc::ERANGE && buffer.len() < 1 << 20 {
+            buffer.resize(buffer.len() * 2, 0);
+            continue;
+        }
+        if code != 0 || found.is_null() || entry.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: on success pw_name points to a NUL-terminated string in `buffer`.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+        let name = name.to_string_lossy().trim().to_string();
+        return (!name.is_empty()).then_some(name);
     }
 }
 
@@ -79,5 +112,13 @@ mod tests {
         assert_eq!(sent(Credentials::principal("josé")).as_deref(), Some("jos\\u{e9}"));
         assert_eq!(sent(Credentials::principal("a\tb")).as_deref(), Some("a\\tb"));
         assert_eq!(sent(Credentials::anonymous()), None);
+    }
+
+    #[test]
+    fn the_os_login_name_comes_from_the_password_database() {
+        // uid 0 is root on every Linux; an id nobody has reads as a number.
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+        assert_eq!(user_name(4_000_000_123), None);
+        assert!(!os_login_name().is_empty());
     }
 }

@@ -247,7 +247,7 @@ impl Nodes {
                 Err(status) if repeat.may_ask_another(&status) => {
                     failures.push(failure(describe_status(&status), true));
                 }
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if lost_connection(&status) => {
                     return Err(CallError::Broken {
                         addr: addr.to_string(),
                         why: describe_status(&status),
@@ -316,7 +316,20 @@ enum Repeat {
 
 impl Repeat {
     fn may_ask_another(self, status: &Status) -> bool {
-        status.code() == Code::Unavailable && (self == Repeat::Safe || certainly_not_applied(status))
+        lost_connection(status) && (self == Repeat::Safe || certainly_not_applied(status))
+    }
+}
+
+/// Whether a request failed for want of a node rather than by its answer:
+/// UNAVAILABLE (from the node, or from the transport), or a transport error
+/// surfaced as UNKNOWN (a connection reset by a node that is going away: a
+/// status made here, with the transport's error as its source, not one read
+/// off the wire).
+fn lost_connection(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
     }
 }
 
@@ -450,6 +463,14 @@ mod tests {
         assert!(Repeat::IfNotSent.may_ask_another(&refused));
         assert!(!Repeat::IfNotSent.may_ask_another(&broken));
         assert!(!Repeat::IfNotSent.may_ask_another(&Status::internal("x")));
+        // A connection reset surfaced as UNKNOWN: a read moves on, a write does not.
+        let mut reset = Status::unknown("transport error");
+        reset.set_source(Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert!(Repeat::Safe.may_ask_another(&reset));
+        assert!(!Repeat::IfNotSent.may_ask_another(&reset));
+        assert!(lost_connection(&reset));
+        // An UNKNOWN answer from the server itself is its answer.
+        assert!(!Repeat::Safe.may_ask_another(&Status::unknown("handler failed")));
         // A read may be asked again anywhere.
         assert!(Repeat::Safe.may_ask_another(&broken));
         assert!(!Repeat::Safe.may_ask_another(&Status::not_found("x")));

@@ -1,8 +1,10 @@
 //! `opsctl status` and `opsctl cluster ...`: the Raft cluster and its membership.
 
-use anyhow::Result;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
 use clap::Subcommand;
-use opsd_client::Nodes;
+use opsd_client::{Api, CallError, Nodes, Patience};
 use opsd_proto::v1::{MembersRequest, RemoveRequest, StatusRequest};
 
 use crate::render::Printer;
@@ -10,10 +12,16 @@ use crate::render::Printer;
 /// Commands that show or change the cluster's membership.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// List the cluster's members: id, client address, peer address, voter or learner.
+    /// List the cluster's members as the leader sees them: id, client and
+    /// peer address, role (leader, follower or learner), whether it answers
+    /// the leader (`unreachable for 12.0s`), its matched log index and its lag.
     ///
-    /// Shows the membership the answering node has applied (the first address
-    /// in --addr that answers); ask the leader for the very latest.
+    /// A follower asks the leader. If it cannot (no leader, or the leader
+    /// does not answer), it prints its own view (roles only) with a note on
+    /// stderr. With --output json, an array of members, each with id, addr,
+    /// peer_addr, voter, role, reachability (reachable, unreachable or
+    /// unknown), since_contact_ms, matched_index and lag (null when unknown).
+    /// A removed node refuses, saying it was removed.
     Members,
     /// Remove a node (voter or learner) from the cluster, then list the members left.
     ///
@@ -27,33 +35,64 @@ pub enum ClusterCommand {
     },
 }
 
-/// `opsctl status`: the answering node's own view of the cluster.
-pub async fn status(nodes: &Nodes, printer: Printer) -> Result<()> {
-    let status = nodes
-        .call(|mut api| async move { api.cluster.status(StatusRequest {}).await })
-        .await?;
-    printer.status(&status)?;
-    Ok(())
+/// How often `status --wait` goes round the addresses.
+const WAIT_ROUND: Duration = Duration::from_millis(200);
+
+/// `opsctl status`: the answering node's own view of the cluster. With
+/// `wait`, asked again until a node answers and knows a leader, or that long
+/// has passed: then a node's answer without a leader is printed with a note,
+/// and no answer at all is an error naming every address.
+pub async fn status(nodes: &Nodes, wait: Option<Duration>, printer: Printer) -> Result<()> {
+    let ask = |mut api: Api| async move { api.cluster.status(StatusRequest {}).await };
+    let Some(limit) = wait else {
+        printer.status(&nodes.call(ask).await?)?;
+        return Ok(());
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let patience = Patience {
+            limit: deadline.saturating_duration_since(Instant::now()),
+            pause: WAIT_ROUND,
+        };
+        let status = match nodes.call_patiently(0, patience, ask).await {
+            Ok((_, status)) => status,
+            Err(e @ CallError::Unreachable(_)) => {
+                bail!("no node answered within {}: {e}", humantime::format_duration(limit))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if status.leader_id != 0 || Instant::now() >= deadline {
+            if status.leader_id == 0 {
+                eprintln!(
+                    "note: node {} answered, but knows no leader after {}",
+                    status.node_id,
+                    humantime::format_duration(limit)
+                );
+            }
+            printer.status(&status)?;
+            return Ok(());
+        }
+        tokio::time::sleep(WAIT_ROUND.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
 }
 
 /// Runs one `opsctl cluster ...` command.
 pub async fn run(command: ClusterCommand, nodes: &Nodes, printer: Printer) -> Result<()> {
-    let members = match command {
+    match command {
         ClusterCommand::Members => {
-            nodes
+            let answer = nodes
                 .call(|mut api| async move { api.cluster.members(MembersRequest {}).await })
-                .await?
-                .members
+                .await?;
+            printer.members(&answer)?;
         }
         ClusterCommand::Remove { node_id } => {
-            nodes
+            let answer = nodes
                 .write_with(&RemoveRequest { node_id }, |mut api, r| async move {
                     api.cluster.remove(r).await
                 })
-                .await?
-                .members
+                .await?;
+            printer.membership(&answer.members)?;
         }
-    };
-    printer.members(&members)?;
+    }
     Ok(())
 }

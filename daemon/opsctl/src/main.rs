@@ -114,8 +114,21 @@ enum Command {
     /// cluster has no leader or quorum. With --output json, the object has
     /// node_id, cluster_id, leader_id, leader_addr, term, role,
     /// last_log_index, applied_index, snapshot_index, purged_index, version
-    /// and members (each with id, addr, peer_addr, voter).
-    Status,
+    /// and members (each as `cluster members` prints them).
+    ///
+    /// With --wait DURATION it keeps asking (every address in turn, a round
+    /// every 200 ms) until a node answers and knows a leader, for scripts
+    /// that have just started opsd. When the time is up, a node's answer
+    /// without a leader is printed with a note on stderr; if no node answered
+    /// at all, it fails naming every address and what each did.
+    #[command(after_long_help = "Examples:\n  \
+        opsctl status\n  \
+        opsd --data-dir /tmp/n1 & opsctl status --wait 10s")]
+    Status {
+        /// Keep trying this long for a node to answer, like 10s or 1m.
+        #[arg(long, value_name = "DURATION", value_parser = spec::parse_since)]
+        wait: Option<std::time::Duration>,
+    },
     /// Show or change the cluster's membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -285,7 +298,7 @@ fn run(cli: Cli) -> Result<()> {
     let printer = Printer::new(cli.output);
     runtime.block_on(async {
         match cli.command {
-            Command::Status => cluster::status(&nodes, printer).await,
+            Command::Status { wait } => cluster::status(&nodes, wait, printer).await,
             Command::Cluster(command) => cluster::run(command, &nodes, printer).await,
             Command::Settings(command) => settings::run(command, &nodes, printer).await,
             Command::Kinds(command) => kinds::run(command, &nodes, printer).await,

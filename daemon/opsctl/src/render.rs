@@ -12,7 +12,8 @@ use opsd_proto::prost_types::Timestamp;
 use opsd_proto::time;
 use opsd_proto::v1::watch_event::Type as WatchEventType;
 use opsd_proto::v1::{
-    KindInfo, Member, Resource, Run, RunOutcome, Setting, StatusResponse, TransitionStats, WatchEvent,
+    KindInfo, Member, MemberRole, MembersResponse, Reachability, Resource, Run, RunOutcome, Setting, StatusResponse,
+    TransitionStats, WatchEvent,
 };
 use serde_json::{json, Value};
 
@@ -86,15 +87,38 @@ impl Printer {
         block.write_rows(&mut out)?;
         writeln!(out)?;
         writeln!(out, "members:")?;
-        member_table(&status.members, Some(status.leader_id)).write(&mut out)
+        member_table(&status.members, Some(status.leader_id), false).write(&mut out)
     }
 
-    /// `cluster members` and `cluster remove`: the membership.
-    pub fn members(&self, members: &[Member]) -> io::Result<()> {
+    /// `cluster members`: the members as the leader sees them, with whether
+    /// each answers it and how far behind it is. When the answer is a
+    /// follower's own view, a note on stderr says so.
+    pub fn members(&self, answer: &MembersResponse) -> io::Result<()> {
+        if !answer.leader_view {
+            let leader = match answer.leader_id {
+                0 => "no leader is known to it".to_string(),
+                id => format!("the leader (node {id}) did not answer it"),
+            };
+            eprintln!(
+                "note: node {}'s own view, since {leader}: roles are as it knows them; reachability and lag are known only to the leader",
+                answer.answered_by
+            );
+        }
+        let mut out = io::stdout().lock();
+        match self.format {
+            OutputFormat::Json => write_json(&mut out, &members_json(&answer.members)),
+            OutputFormat::Table => {
+                member_table(&answer.members, Some(answer.leader_id), answer.leader_view).write(&mut out)
+            }
+        }
+    }
+
+    /// `cluster remove`: the members left.
+    pub fn membership(&self, members: &[Member]) -> io::Result<()> {
         let mut out = io::stdout().lock();
         match self.format {
             OutputFormat::Json => write_json(&mut out, &members_json(members)),
-            OutputFormat::Table => member_table(members, None).write(&mut out),
+            OutputFormat::Table => member_table(members, None, false).write(&mut out),
         }
     }
 
@@ -284,14 +308,23 @@ impl Printer {
         }
     }
 
-    /// `runs` and `history`: one line per run. JSON: an array of runs (see
-    /// [`run_json`]).
+    /// `runs`: one line per run. JSON: an array of runs (see [`run_json`]).
     pub fn runs(&self, runs: &[Run]) -> io::Result<()> {
+        self.run_list(runs, RunColumns::What)
+    }
+
+    /// `history`: one line per run, with who asked for it and why. JSON:
+    /// an array of runs, as `runs` prints them.
+    pub fn history(&self, runs: &[Run]) -> io::Result<()> {
+        self.run_list(runs, RunColumns::WhoAndWhy)
+    }
+
+    fn run_list(&self, runs: &[Run], columns: RunColumns) -> io::Result<()> {
         let mut out = io::stdout().lock();
         if self.format == OutputFormat::Json {
             return write_json(&mut out, &runs.iter().map(run_json).collect());
         }
-        run_table(runs).write(&mut out)
+        run_table(runs, columns).write(&mut out)
     }
 
     /// What `create`, `do`, `delete` and `cancel` print: one run, as a
@@ -300,7 +333,7 @@ impl Printer {
         let mut out = io::stdout().lock();
         match self.format {
             OutputFormat::Json => write_json(&mut out, &run_json(run)),
-            OutputFormat::Table => run_table(std::slice::from_ref(run)).write(&mut out),
+            OutputFormat::Table => run_table(std::slice::from_ref(run), RunColumns::What).write(&mut out),
         }
     }
 
@@ -316,7 +349,7 @@ impl Printer {
         match (self.format, runs.last()) {
             (OutputFormat::Json, Some(last)) => write_json(&mut out, &run_json(last)),
             (OutputFormat::Json, None) => write_json(&mut out, &Value::Null),
-            (OutputFormat::Table, _) => run_table(runs).write(&mut out),
+            (OutputFormat::Table, _) => run_table(runs, RunColumns::What).write(&mut out),
         }
     }
 
@@ -610,20 +643,27 @@ pub fn transition_text(run: &Run, arrow: &str) -> String {
     format!("{from}{arrow}{}", run.to)
 }
 
+/// Which columns a table of runs has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunColumns {
+    /// What each run did.
+    What,
+    /// And who asked for it and why (the audit trail: `history`).
+    WhoAndWhy,
+}
+
+/// The widest reason shown in a table of runs; `run RUN_ID` shows it whole.
+const REASON_COLUMN_WIDTH: usize = 40;
+
 /// Runs as a table: one line each.
-fn run_table(runs: &[Run]) -> Table {
-    let mut table = Table::new(&[
-        "RUN",
-        "RESOURCE",
-        "EVENT",
-        "TRANSITION",
-        "OUTCOME",
-        "ATTEMPT",
-        "NODE",
-        "DURATION",
-        "STARTED",
-        "ERROR",
-    ]);
+fn run_table(runs: &[Run], columns: RunColumns) -> Table {
+    let who = columns == RunColumns::WhoAndWhy;
+    let mut header = vec!["RUN", "RESOURCE", "EVENT", "TRANSITION", "OUTCOME"];
+    if who {
+        header.extend(["BY", "REASON"]);
+    }
+    header.extend(["ATTEMPT", "NODE", "DURATION", "STARTED", "ERROR"]);
+    let mut table = Table::new(&header);
     for run in runs {
         let duration = run_duration_ms(run).map_or_else(|| "-".to_string(), duration_text);
         let outcome = if run.cancel_requested && run.outcome() == RunOutcome::Running {
@@ -631,18 +671,25 @@ fn run_table(runs: &[Run]) -> Table {
         } else {
             run.outcome().label().to_string()
         };
-        table.row(vec![
+        let mut row = vec![
             one_line(&run.run_id, None),
             one_line(&format!("{}/{}", run.kind, run.name), None),
             one_line(&run.event, None),
             one_line(&transition_text(run, "→"), None),
             outcome,
+        ];
+        if who {
+            row.push(dash_if_empty(one_line(&run.principal, None)));
+            row.push(dash_if_empty(one_line(&run.reason, Some(REASON_COLUMN_WIDTH))));
+        }
+        row.extend([
             run.attempt.to_string(),
             run.node_id.to_string(),
             duration,
             time_text(time_ms(run.started_at.as_ref())),
             one_line(&run.error, Some(ERROR_COLUMN_WIDTH)),
         ]);
+        table.row(row);
     }
     table
 }
@@ -704,19 +751,70 @@ fn status_json(status: &StatusResponse) -> Value {
     })
 }
 
-/// The JSON form of a membership: an array of members.
+/// The JSON form of a membership: an array of members. `role` is
+/// `leader`, `follower`, `learner` (or `voter` from an older server);
+/// `reachability`, `since_contact_ms`, `matched_index` and `lag` are the
+/// leader's knowledge (`unknown` and null elsewhere).
 fn members_json(members: &[Member]) -> Value {
     members
         .iter()
         .map(|m| {
+            let known = m.reachability() != Reachability::Unknown;
+            let number = |n: u64| if known { json!(n) } else { Value::Null };
             json!({
                 "id": m.id,
                 "addr": m.addr,
                 "peer_addr": m.peer_addr,
                 "voter": m.voter,
+                "role": member_role(m, None),
+                "reachability": reachability_name(m.reachability()),
+                "since_contact_ms": m.since_contact.as_ref().map_or(Value::Null, |d| json!(duration_ms(d))),
+                "matched_index": number(m.matched_index),
+                "lag": number(m.lag),
             })
         })
         .collect()
+}
+
+/// A member's role: as the server says, or (from a server older than the
+/// field) from the voter flag and the leader's id.
+fn member_role(member: &Member, leader: Option<u64>) -> &'static str {
+    match member.role() {
+        MemberRole::Leader => "leader",
+        MemberRole::Follower => "follower",
+        MemberRole::Learner => "learner",
+        MemberRole::Unspecified if leader == Some(member.id) => "leader",
+        MemberRole::Unspecified if member.voter => "voter",
+        MemberRole::Unspecified => "learner",
+    }
+}
+
+fn reachability_name(r: Reachability) -> &'static str {
+    match r {
+        Reachability::Unknown => "unknown",
+        Reachability::Reachable => "reachable",
+        Reachability::Unreachable => "unreachable",
+    }
+}
+
+/// A protobuf duration in whole milliseconds (negative ones as 0).
+fn duration_ms(d: &opsd_proto::prost_types::Duration) -> u64 {
+    let ms = d
+        .seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(d.nanos / 1_000_000));
+    u64::try_from(ms).unwrap_or(0)
+}
+
+/// What the leader knows of a member's contact, for a table cell.
+fn contact_text(member: &Member) -> String {
+    let since = member.since_contact.as_ref().map(duration_ms);
+    match (member.reachability(), since) {
+        (Reachability::Reachable, _) => "reachable".to_string(),
+        (Reachability::Unreachable, Some(ms)) => format!("unreachable for {}", duration_text(ms)),
+        (Reachability::Unreachable, None) => "unreachable".to_string(),
+        (Reachability::Unknown, _) => "-".to_string(),
+    }
 }
 
 /// The JSON form of a setting, under its proto field names.
@@ -733,21 +831,30 @@ fn setting_json(setting: &Setting) -> Value {
     })
 }
 
-/// A membership as a table; `leader` marks the leader's row when known.
-fn member_table(members: &[Member], leader: Option<u64>) -> Table {
-    let mut table = Table::new(&["ID", "ADDR", "PEER_ADDR", "ROLE"]);
+/// A membership as a table; `leader` marks the leader's row for a server
+/// older than the role field. With `health`, the leader's knowledge too:
+/// whether each member answers it, its matched index and its lag.
+fn member_table(members: &[Member], leader: Option<u64>, health: bool) -> Table {
+    let mut header = vec!["ID", "ADDR", "PEER_ADDR", "ROLE"];
+    if health {
+        header.extend(["CONTACT", "MATCHED", "LAG"]);
+    }
+    let mut table = Table::new(&header);
     for member in members {
-        let role = match (member.voter, leader == Some(member.id)) {
-            (_, true) => "leader",
-            (true, false) => "voter",
-            (false, false) => "learner",
-        };
-        table.row(vec![
+        let mut row = vec![
             member.id.to_string(),
-            member.addr.clone(),
-            member.peer_addr.clone(),
-            role.to_string(),
-        ]);
+            one_line(&member.addr, None),
+            one_line(&member.peer_addr, None),
+            member_role(member, leader).to_string(),
+        ];
+        if health {
+            row.extend([
+                contact_text(member),
+                member.matched_index.to_string(),
+                member.lag.to_string(),
+            ]);
+        }
+        table.row(row);
     }
     table
 }
@@ -996,7 +1103,9 @@ mod tests {
         running.finished_at = None;
         running.error = String::new();
         let mut out = Vec::new();
-        run_table(&[finished_run(), running]).write(&mut out).unwrap();
+        run_table(&[finished_run(), running], RunColumns::What)
+            .write(&mut out)
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
@@ -1008,6 +1117,75 @@ mod tests {
         assert!(lines[1].contains("3.5s"), "{text}");
         assert!(lines[1].ends_with("2024-05-01T12:00:00Z  exit status 1"), "{text}");
         assert!(lines[2].contains("running"), "{text}");
+    }
+
+    #[test]
+    fn history_shows_who_asked_and_why() {
+        let mut unexplained = finished_run();
+        unexplained.reason = String::new();
+        let mut out = Vec::new();
+        run_table(&[finished_run(), unexplained], RunColumns::WhoAndWhy)
+            .write(&mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("OUTCOME  BY     REASON     ATTEMPT"), "{text}");
+        assert!(lines[1].contains("failed   alice  release 2  "), "{text}");
+        assert!(lines[2].contains("failed   alice  -          "), "{text}");
+    }
+
+    #[test]
+    fn members_show_who_leads_and_who_is_down() {
+        let member = |id: u64, role: MemberRole, reach: Reachability, since_ms: Option<i64>, lag: u64| Member {
+            id,
+            addr: format!("10.0.0.{id}:7700"),
+            peer_addr: format!("10.0.0.{id}:7701"),
+            voter: role != MemberRole::Learner,
+            role: role as i32,
+            reachability: reach as i32,
+            since_contact: since_ms.map(|ms| opsd_proto::prost_types::Duration {
+                seconds: ms / 1000,
+                nanos: (ms % 1000) as i32 * 1_000_000,
+            }),
+            matched_index: 40 - lag,
+            lag,
+        };
+        let members = [
+            member(1, MemberRole::Leader, Reachability::Reachable, Some(0), 0),
+            member(2, MemberRole::Follower, Reachability::Unreachable, Some(12_000), 7),
+            member(3, MemberRole::Learner, Reachability::Reachable, Some(80), 0),
+        ];
+        let mut out = Vec::new();
+        member_table(&members, Some(1), true).write(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID  ADDR           PEER_ADDR      ROLE      CONTACT                MATCHED  LAG"
+        );
+        assert_eq!(
+            lines[1],
+            "1   10.0.0.1:7700  10.0.0.1:7701  leader    reachable              40       0"
+        );
+        assert_eq!(
+            lines[2],
+            "2   10.0.0.2:7700  10.0.0.2:7701  follower  unreachable for 12.0s  33       7"
+        );
+        assert!(lines[3].contains("learner"), "{text}");
+        let json = members_json(&members);
+        assert_eq!(
+            json[1],
+            json!({"id": 2, "addr": "10.0.0.2:7700", "peer_addr": "10.0.0.2:7701", "voter": true,
+                   "role": "follower", "reachability": "unreachable", "since_contact_ms": 12000,
+                   "matched_index": 33, "lag": 7})
+        );
+        // A member of a view that is not the leader's: no contact, no lag.
+        let mut unknown = member(2, MemberRole::Follower, Reachability::Unknown, None, 0);
+        unknown.matched_index = 0;
+        let json = members_json(&[unknown]);
+        assert_eq!(json[0]["reachability"], "unknown");
+        assert_eq!(json[0]["lag"], Value::Null);
+        assert_eq!(json[0]["since_contact_ms"], Value::Null);
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub async fn history(args: HistoryArgs, nodes: &Nodes, printer: Printer) -> Resu
     let answer = nodes
         .call_with(&request, |mut api, r| async move { api.resources.history(r).await })
         .await?;
-    printer.runs(&answer.runs)?;
+    printer.history(&answer.runs)?;
     Ok(())
 }
 

@@ -1,10 +1,11 @@
 //! The Cluster service: status and membership.
 
-use opsd_cluster::{ClusterNode, Member, NodeInfo};
+use opsd_cluster::{ClusterNode, Contact, Member, MemberHealth, NodeId, NodeInfo, Role};
+use opsd_proto::time;
 use opsd_proto::v1::cluster_server::Cluster;
 use opsd_proto::v1::{
-    JoinRequest, JoinResponse, Member as ProtoMember, MembersRequest, MembersResponse, RemoveRequest, RemoveResponse,
-    StatusRequest, StatusResponse,
+    JoinRequest, JoinResponse, Member as ProtoMember, MemberRole, MembersRequest, MembersResponse, Reachability,
+    RemoveRequest, RemoveResponse, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -22,12 +23,40 @@ impl ClusterService {
     }
 }
 
-fn to_proto(m: Member) -> ProtoMember {
+/// A member as a node knows it from the membership alone: its role follows
+/// from `leader`; reachability and lag are the leader's to tell.
+fn to_proto(m: Member, leader: Option<NodeId>) -> ProtoMember {
+    health_to_proto(MemberHealth {
+        role: m.role(leader),
+        member: m,
+        contact: Contact::Unknown,
+        matched_index: None,
+        lag: None,
+    })
+}
+
+fn health_to_proto(m: MemberHealth) -> ProtoMember {
+    let role = match m.role {
+        Role::Leader => MemberRole::Leader,
+        Role::Follower | Role::Candidate => MemberRole::Follower,
+        Role::Learner => MemberRole::Learner,
+        Role::Removed | Role::Stopped => MemberRole::Unspecified,
+    };
+    let (reachability, since) = match m.contact {
+        Contact::Unknown => (Reachability::Unknown, None),
+        Contact::Reachable { since_ms } => (Reachability::Reachable, Some(since_ms)),
+        Contact::Unreachable { since_ms } => (Reachability::Unreachable, Some(since_ms)),
+    };
     ProtoMember {
-        id: m.id,
-        addr: m.info.addr,
-        peer_addr: m.info.peer_addr,
-        voter: m.voter,
+        id: m.member.id,
+        addr: m.member.info.addr,
+        peer_addr: m.member.info.peer_addr,
+        voter: m.member.voter,
+        role: role as i32,
+        reachability: reachability as i32,
+        since_contact: since.map(time::duration),
+        matched_index: m.matched_index.unwrap_or(0),
+        lag: m.lag.unwrap_or(0),
     }
 }
 
@@ -47,6 +76,7 @@ fn validate_addr(field: &str, addr: &str) -> Result<(), Status> {
 impl Cluster for ClusterService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = self.node.status();
+        let leader_id = s.leader.as_ref().map(|l| l.0);
         Ok(Response::new(StatusResponse {
             node_id: s.node_id,
             cluster_id: s.cluster_id,
@@ -58,15 +88,19 @@ impl Cluster for ClusterService {
             applied_index: s.applied_index,
             snapshot_index: s.snapshot_index,
             purged_index: s.purged_index,
-            members: s.members.into_iter().map(to_proto).collect(),
+            members: s.members.into_iter().map(|m| to_proto(m, leader_id)).collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             problem: s.problem.unwrap_or_default(),
         }))
     }
 
     async fn members(&self, _: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        let view = self.node.members_view().await.map_err(cluster_status)?;
         Ok(Response::new(MembersResponse {
-            members: self.node.members().into_iter().map(to_proto).collect(),
+            members: view.members.into_iter().map(health_to_proto).collect(),
+            leader_view: view.from_leader,
+            leader_id: view.leader_id.unwrap_or(0),
+            answered_by: self.node.node_id(),
         }))
     }
 
@@ -86,9 +120,10 @@ impl Cluster for ClusterService {
             .add_node(req.node_id, info, req.cluster_id)
             .await
             .map_err(cluster_status)?;
+        let leader = self.node.status().leader.map(|l| l.0);
         Ok(Response::new(JoinResponse {
             cluster_id: self.node.cluster_id().to_string(),
-            members: members.into_iter().map(to_proto).collect(),
+            members: members.into_iter().map(|m| to_proto(m, leader)).collect(),
         }))
     }
 
@@ -98,8 +133,9 @@ impl Cluster for ClusterService {
             return Err(Status::invalid_argument("node_id: must not be 0"));
         }
         let members = self.node.remove_node(id).await.map_err(cluster_status)?;
+        let leader = self.node.status().leader.map(|l| l.0);
         Ok(Response::new(RemoveResponse {
-            members: members.into_iter().map(to_proto).collect(),
+            members: members.into_iter().map(|m| to_proto(m, leader)).collect(),
         }))
     }
 }

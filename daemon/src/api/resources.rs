@@ -345,7 +345,10 @@ impl Resources for ResourcesService {
         let req = req.into_inner();
         require("kind", &req.kind)?;
         require("name", &req.name)?;
-        refuse_if_removed(&self.node)?;
+        // The first message is a linearizable read, like `get`: a node that
+        // has not yet applied a create committed before this call (a
+        // follower just restarted, say) must not answer NOT_FOUND for it.
+        barrier(&self.node, false).await?;
         // Subscribe first: nothing applied after the first message is missed.
         let events = self.node.subscribe();
         let view = self.node.reader().view();

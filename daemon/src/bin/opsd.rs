@@ -1,5 +1,6 @@
 //! The `opsd` daemon, and its `check` and `recover` commands.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -28,9 +29,13 @@ fn main() -> ExitCode {
         None => None,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=off"));
+    // Colours only for a person at a terminal: a log file or a journal gets
+    // plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    let config_format = config.log_format;
     match config.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
@@ -50,13 +55,17 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once: as a log record for JSON logs (a collector reads
+        // those), else as the last line on stderr.
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("opsd: {e:#}");
+            match config_format {
+                LogFormat::Json => tracing::error!("{e:#}"),
+                LogFormat::Text => eprintln!("opsd: {e:#}"),
+            }
             if e.downcast_ref::<opsd::server::DiskError>().is_some() {
-                std::process::ExitCode::from(opsd::server::EXIT_DISK)
+                ExitCode::from(opsd::server::EXIT_DISK)
             } else {
-                std::process::ExitCode::FAILURE
+                ExitCode::FAILURE
             }
         }
     }
