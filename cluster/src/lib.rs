@@ -36,7 +36,8 @@ mod wire;
 pub use data_dir::{DataDir, NodeIdentity, FORMAT_VERSION};
 pub use error::ClusterError;
 pub use node::{
-    new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Contact, Failure, Member, MemberHealth, MembersView, Role,
+    new_cluster_id, ClusterConfig, ClusterNode, ClusterStatus, Contact, Failure, Member, MemberHealth, MembersView,
+    Role,
 };
 pub use state_machine::{
     AppliedEvent, EntryInfo, LocalState, ReadView, Rows, StateMachineApp, StateReader, Txn, TxnError,
