@@ -691,9 +691,13 @@ impl ClusterNode {
                     _ => {}
                 }
                 // A node that cannot take writes should not lead, unless no
-                // other node could: the single voter of a cluster.
+                // other node could: the single voter of a cluster. It stands
+                // for no election and, leading, sends no heartbeats, so its
+                // followers time out and elect one of their own.
                 let voters = node.members().iter().filter(|m| m.voter).count();
-                node.inner.raft.runtime_config().elect(low.is_none() || voters <= 1);
+                let may_lead = low.is_none() || voters <= 1;
+                node.inner.raft.runtime_config().elect(may_lead);
+                node.inner.raft.runtime_config().heartbeat(may_lead);
                 node.inner.disk_low.send_replace(low);
                 node.refresh_problem();
                 tokio::select! {

@@ -4,7 +4,8 @@
 //! with the real `opsctl` on `PATH`, each command required to succeed.
 //!
 //! A block whose first line is `# file: NAME` is a file the reader saves as
-//! NAME; a `sh` block without it holds commands to type.
+//! NAME; a `sh` block without it holds commands to type. A block right after
+//! a line `<!-- not run -->` is not meant to run (output, or a sketch).
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -24,7 +25,12 @@ pub struct Block {
     pub lang: String,
     /// The lines between the fences, each ending in a newline.
     pub text: String,
+    /// False if the line before its opening fence is [`NOT_RUN`].
+    pub run: bool,
 }
+
+/// What marks a block that is not meant to run.
+pub const NOT_RUN: &str = "<!-- not run -->";
 
 impl Block {
     /// The file the block is, if its first line is `# file: NAME`.
@@ -48,12 +54,14 @@ pub fn page(relative: &str) -> String {
 pub fn fenced_blocks(markdown: &str) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut open: Option<Block> = None;
+    let mut previous = "";
     for line in markdown.lines() {
         match (open.as_mut(), line.trim_start().strip_prefix("```")) {
             (None, Some(info)) => {
                 open = Some(Block {
                     lang: info.trim().to_string(),
                     text: String::new(),
+                    run: previous.trim() != NOT_RUN,
                 })
             }
             (Some(_), Some(rest)) if rest.trim().is_empty() => blocks.extend(open.take()),
@@ -63,9 +71,38 @@ pub fn fenced_blocks(markdown: &str) -> Vec<Block> {
             }
             (None, None) => {}
         }
+        previous = line;
     }
     assert!(open.is_none(), "a code block is not closed");
     blocks
+}
+
+/// The part of `markdown` under the heading `heading` (a line equal to it),
+/// up to the next heading of the same level or higher.
+pub fn section<'a>(markdown: &'a str, heading: &str) -> &'a str {
+    let start = markdown
+        .find(&format!("{heading}\n"))
+        .filter(|&i| i == 0 || markdown[..i].ends_with('\n'))
+        .unwrap_or_else(|| panic!("no heading {heading:?}"));
+    let level = heading.chars().take_while(|c| *c == '#').count();
+    let body = &markdown[start + heading.len() + 1..];
+    let mut offset = 0;
+    for line in body.split_inclusive('\n') {
+        let hashes = line.chars().take_while(|c| *c == '#').count();
+        if (1..=level).contains(&hashes) && line[hashes..].starts_with(' ') {
+            break;
+        }
+        offset += line.len();
+    }
+    &body[..offset]
+}
+
+/// The `sh` blocks of `blocks` that are commands to run: not files, not
+/// marked [`NOT_RUN`].
+pub fn command_blocks(blocks: &[Block]) -> impl Iterator<Item = &Block> {
+    blocks
+        .iter()
+        .filter(|b| b.lang == "sh" && b.run && b.file_name().is_none())
 }
 
 /// Writes every `# file: NAME` block of `blocks` into `dir`; returns the names.
@@ -82,11 +119,7 @@ pub fn write_files(blocks: &[Block], dir: &Path) -> Vec<String> {
 
 /// The commands of the `sh` blocks that are not files, in order (see [`commands`]).
 pub fn shell_commands(blocks: &[Block]) -> Vec<String> {
-    blocks
-        .iter()
-        .filter(|b| b.lang == "sh" && b.file_name().is_none())
-        .flat_map(|b| commands(&b.text))
-        .collect()
+    command_blocks(blocks).flat_map(|b| commands(&b.text)).collect()
 }
 
 /// The commands of a shell text: one a line, a line ending in `\` joined with
@@ -170,6 +203,14 @@ mod tests {
         assert_eq!(blocks[0].text, "# file: a.toml\nx = 1\n");
         assert_eq!(blocks[1].file_name(), None);
         assert_eq!(shell_commands(&blocks), ["opsctl a   --b", "run=$(c) # why"]);
+    }
+
+    #[test]
+    fn sections_and_blocks_not_run_are_kept_apart() {
+        let page = "# Page\n```sh\nbefore\n```\n## Tour\ntext\n```sh\none\ntwo\n```\n<!-- not run -->\n```sh\nskipped\n```\n```\noutput\n```\n### Sub\n```sh\nthree\n```\n## Next\n```sh\nafter\n```\n";
+        let texts = |md: &str| -> Vec<String> { command_blocks(&fenced_blocks(md)).map(|b| b.text.clone()).collect() };
+        assert_eq!(texts(section(page, "## Tour")), ["one\ntwo\n", "three\n"]);
+        assert_eq!(texts(page), ["before\n", "one\ntwo\n", "three\n", "after\n"]);
     }
 
     #[tokio::test]

@@ -1,8 +1,7 @@
 //! Running the documentation: the `sh` blocks of a Markdown page, in order,
 //! in one bash, as a new user would type them.
 //!
-//! A block is run unless the line before its opening fence is
-//! `<!-- not run -->`. Lines that build the binaries (`cargo build ...`) are
+//! A block is run unless it is marked not to be (see [`crate::docs`]). Lines that build the binaries (`cargo build ...`) are
 //! left out: the tests run the binaries already built.
 //!
 //! So that tours run in parallel with each other and with other tests, the
@@ -15,16 +14,13 @@
 //! whatever the script started in the background goes with it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::{bin_dir, opsctl_bin};
-
-/// What marks a block that is not meant to run.
-pub const NOT_RUN: &str = "<!-- not run -->";
+use crate::{bin_dir, docs};
 
 /// The ports the documentation's clusters use.
 pub const DOC_PORTS: [u16; 6] = [7700, 7701, 7710, 7711, 7720, 7721];
@@ -32,79 +28,24 @@ pub const DOC_PORTS: [u16; 6] = [7700, 7701, 7710, 7711, 7720, 7721];
 /// How long a whole tour may take.
 pub const TOUR_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// The `sh` blocks of `markdown` to run, in order; from the heading
-/// `section` (a line equal to it) to the next heading of the same level, or
-/// from the start to the end with `None`.
+/// The `sh` blocks of `markdown` to run, in order (see [`crate::docs`]):
+/// those under the heading `section`, or all of them with `None`.
 pub fn shell_blocks(markdown: &str, section: Option<&str>) -> Vec<String> {
-    let lines: Vec<&str> = markdown.lines().collect();
-    let (start, end) = match section {
-        None => (0, lines.len()),
-        Some(heading) => {
-            let start = lines
-                .iter()
-                .position(|l| *l == heading)
-                .unwrap_or_else(|| panic!("no heading {heading:?}"));
-            let level = heading.chars().take_while(|c| *c == '#').count();
-            let end = lines[start + 1..]
-                .iter()
-                .position(|l| l.chars().take_while(|c| *c == '#').count() == level && l[level..].starts_with(' '))
-                .map_or(lines.len(), |i| start + 1 + i);
-            (start, end)
-        }
-    };
-    let mut blocks = Vec::new();
-    let mut i = start;
-    while i < end {
-        let fence = lines[i].trim_end();
-        if fence.starts_with("```") {
-            let runnable = fence == "```sh" && (i == 0 || lines[i - 1].trim() != NOT_RUN);
-            let close = lines[i + 1..]
-                .iter()
-                .position(|l| l.trim_end() == "```")
-                .map(|j| i + 1 + j)
-                .unwrap_or_else(|| panic!("a code block opened at line {} is never closed", i + 1));
-            if runnable {
-                blocks.push(lines[i + 1..close].join("\n"));
-            }
-            i = close + 1;
-        } else {
-            i += 1;
-        }
-    }
-    blocks
-}
-
-/// Whether this build's `opsctl do` takes `-q` (print just the run id).
-pub fn opsctl_do_has_quiet() -> bool {
-    let help = Command::new(opsctl_bin())
-        .args(["do", "--help"])
-        .output()
-        .expect("running opsctl do --help");
-    String::from_utf8_lossy(&help.stdout).contains("-q, --quiet")
+    let text = section.map_or(markdown, |heading| docs::section(markdown, heading));
+    docs::command_blocks(&docs::fenced_blocks(text))
+        .map(|b| b.text.clone())
+        .collect()
 }
 
 /// The script bash runs: a prelude that sets the stage, then `blocks` with
 /// their hosts and paths rewritten.
-pub fn script(blocks: &[String], host: &str, dir: &Path, emulate_quiet: bool) -> String {
+pub fn script(blocks: &[String], host: &str, dir: &Path) -> String {
     let mut text = String::new();
     text.push_str("set -eE -o pipefail\n");
     text.push_str("PS4='+ tour: '\nset -x\n");
     text.push_str(&format!("export PATH='{}':\"$PATH\"\n", bin_dir().display()));
     text.push_str(&format!("export OPSD_ADDR={host}:7700\n"));
     text.push_str(&format!("cd '{}'\n", dir.display()));
-    if emulate_quiet {
-        // This build's `opsctl do` has no -q: print the run id from its JSON.
-        text.push_str(concat!(
-            "opsctl() {\n",
-            "  if [ \"${1:-}\" = do ] && [ \"${@: -1}\" = -q ]; then\n",
-            "    set -- \"${@:1:$#-1}\"\n",
-            "    command opsctl --output json \"$@\" | sed -n 's/^  \"run_id\": \"\\(.*\\)\",$/\\1/p'\n",
-            "  else\n",
-            "    command opsctl \"$@\"\n",
-            "  fi\n",
-            "}\n",
-        ));
-    }
     let tmp = format!("{}/", dir.display());
     for block in blocks {
         for line in block.lines() {
@@ -180,16 +121,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blocks_come_from_the_section_in_order_and_can_be_left_out() {
-        let page = "# Page\n```sh\nbefore\n```\n## Tour\ntext\n```sh\none\ntwo\n```\n<!-- not run -->\n```sh\nskipped\n```\n```\noutput\n```\n### Sub\n```sh\nthree\n```\n## Next\n```sh\nafter\n```\n";
-        assert_eq!(shell_blocks(page, Some("## Tour")), vec!["one\ntwo", "three"]);
-        assert_eq!(shell_blocks(page, None), vec!["before", "one\ntwo", "three", "after"]);
-    }
-
-    #[test]
     fn the_script_gets_its_own_host_and_directory() {
         let blocks = vec!["cargo build --bin opsd\nopsd --data-dir /tmp/n1 --listen 127.0.0.1:7700 &".to_string()];
-        let text = script(&blocks, "127.9.8.7", Path::new("/x"), false);
+        let text = script(&blocks, "127.9.8.7", Path::new("/x"));
         assert!(
             text.contains("opsd --data-dir /x/n1 --listen 127.9.8.7:7700 &\n"),
             "{text}"

@@ -5,34 +5,21 @@
 //! fails fails the tour; a few of their outputs are checked, and opsd's logs
 //! (stderr not a terminal here) must carry no colour codes.
 
-use std::path::Path;
-
 use opsd_tests::tour::{self, TourOutput, DOC_PORTS};
 use opsd_tests::{loopback_host, skip};
-
-/// The repository's root, where README.md and docs/ are.
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the repository")
-}
 
 /// Runs the `sh` blocks of `page` (under `section`, if given) as a tour;
 /// `None` if this machine has no loopback address with the documented ports free.
 async fn run_tour(test: &str, page: &str, section: Option<&str>) -> Option<(TourOutput, tempfile::TempDir)> {
-    let markdown = std::fs::read_to_string(repo().join(page)).expect("reading the page");
+    let markdown = opsd_tests::docs::page(page);
     let blocks = tour::shell_blocks(&markdown, section);
     assert!(!blocks.is_empty(), "{page} has no sh blocks to run");
     let Some(host) = loopback_host(&DOC_PORTS) else {
         skip(test, "no loopback address has the documented ports (7700-7721) free");
         return None;
     };
-    let quiet = tour::opsctl_do_has_quiet();
-    if !quiet {
-        eprintln!("NOTE: this opsctl has no `do -q`: the tour prints the run id from `do --output json` instead");
-    }
     let dir = tempfile::tempdir().expect("a temp dir");
-    let script = tour::script(&blocks, &host.to_string(), dir.path(), !quiet);
+    let script = tour::script(&blocks, &host.to_string(), dir.path());
     let output = tour::run(&script, dir.path()).await;
     // What a reader of the page would have seen (shown with --nocapture).
     eprintln!("--- {page}: what the tour printed\n{}", output.stdout);

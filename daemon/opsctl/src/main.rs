@@ -123,7 +123,7 @@ enum Command {
     /// at all, it fails naming every address and what each did.
     #[command(after_long_help = "Examples:\n  \
         opsctl status\n  \
-        opsd --data-dir /tmp/n1 & opsctl status --wait 10s")]
+        opsctl status --wait 10s")]
     Status {
         /// Keep trying this long for a node to answer, like 10s or 1m.
         #[arg(long, value_name = "DURATION", value_parser = spec::parse_since)]
