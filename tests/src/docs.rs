@@ -87,9 +87,13 @@ pub fn section<'a>(markdown: &'a str, heading: &str) -> &'a str {
     let level = heading.chars().take_while(|c| *c == '#').count();
     let body = &markdown[start + heading.len() + 1..];
     let mut offset = 0;
+    let mut in_code = false;
     for line in body.split_inclusive('\n') {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        }
         let hashes = line.chars().take_while(|c| *c == '#').count();
-        if (1..=level).contains(&hashes) && line[hashes..].starts_with(' ') {
+        if !in_code && (1..=level).contains(&hashes) && line[hashes..].starts_with(' ') {
             break;
         }
         offset += line.len();
@@ -207,10 +211,11 @@ mod tests {
 
     #[test]
     fn sections_and_blocks_not_run_are_kept_apart() {
-        let page = "# Page\n```sh\nbefore\n```\n## Tour\ntext\n```sh\none\ntwo\n```\n<!-- not run -->\n```sh\nskipped\n```\n```\noutput\n```\n### Sub\n```sh\nthree\n```\n## Next\n```sh\nafter\n```\n";
+        let page = "# Page\n```sh\nbefore\n```\n## Tour\ntext\n```sh\none\n# a comment, not a heading\ntwo\n```\n<!-- not run -->\n```sh\nskipped\n```\n```\noutput\n```\n### Sub\n```sh\nthree\n```\n## Next\n```sh\nafter\n```\n";
         let texts = |md: &str| -> Vec<String> { command_blocks(&fenced_blocks(md)).map(|b| b.text.clone()).collect() };
-        assert_eq!(texts(section(page, "## Tour")), ["one\ntwo\n", "three\n"]);
-        assert_eq!(texts(page), ["before\n", "one\ntwo\n", "three\n", "after\n"]);
+        let tour = "one\n# a comment, not a heading\ntwo\n";
+        assert_eq!(texts(section(page, "## Tour")), [tour, "three\n"]);
+        assert_eq!(texts(page), ["before\n", tour, "three\n", "after\n"]);
     }
 
     #[tokio::test]
