@@ -98,6 +98,23 @@ pub struct Exit {
     pub output: String,
 }
 
+impl Exit {
+    /// Asserts that the process failed (`what` says what it should not have
+    /// done otherwise, e.g. "opsd started on a garbled WAL") and that its
+    /// output holds each needle, with what finding it means.
+    pub fn assert_refused_saying(&self, what: &str, says: &[(&str, &str)]) {
+        assert!(!self.status.success(), "{what}:\n{}", self.output);
+        eprintln!("refused: {}", self.output.trim_end().lines().last().unwrap_or(""));
+        for (needle, meaning) in says {
+            assert!(
+                self.output.contains(needle),
+                "{what} was refused, but the message does not {meaning}:\n{}",
+                self.output
+            );
+        }
+    }
+}
+
 /// A spawned `opsd` process on loopback, with its own data dir and log file.
 ///
 /// Every method takes `&self`, so a test can hold a node (or a whole

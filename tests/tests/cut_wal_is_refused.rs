@@ -52,29 +52,20 @@ async fn cut_wal_is_refused() {
 
     node.restart();
     let exit = node.wait_exit(Duration::from_secs(30)).await;
-    assert!(
-        !exit.status.success(),
-        "opsd started on a WAL cut short:\n{}",
-        exit.output
-    );
-    eprintln!("refused: {}", exit.output.trim_end().lines().last().unwrap_or(""));
     let data_dir = node.data_dir().display().to_string();
-    for (needle, what) in [
-        (data_dir.as_str(), "name the data dir"),
-        ("is damaged", "say the database is damaged"),
-        ("cut short", "say the log was cut short"),
-        ("records that entries up to index", "say what it expected"),
-        ("its Raft log ends at index", "say what it found"),
-        ("recover --rejoin", "name the command that brings it back"),
-        (
-            &*format!("opsctl cluster remove {}", node.id()),
-            "say how to remove the node by hand",
-        ),
-    ] {
-        assert!(
-            exit.output.contains(needle),
-            "the refusal does not {what}:\n{}",
-            exit.output
-        );
-    }
+    exit.assert_refused_saying(
+        "opsd started on a WAL cut short",
+        &[
+            (data_dir.as_str(), "name the data dir"),
+            ("is damaged", "say the database is damaged"),
+            ("cut short", "say the log was cut short"),
+            ("records that entries up to index", "say what it expected"),
+            ("its Raft log ends at index", "say what it found"),
+            ("recover --rejoin", "name the command that brings it back"),
+            (
+                &*format!("opsctl cluster remove {}", node.id()),
+                "say how to remove the node by hand",
+            ),
+        ],
+    );
 }

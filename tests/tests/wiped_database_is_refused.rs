@@ -30,28 +30,19 @@ async fn wiped_database_is_refused() {
     for attempt in ["first", "second"] {
         node.restart();
         let exit = node.wait_exit(Duration::from_secs(30)).await;
-        assert!(
-            !exit.status.success(),
-            "opsd resumed with a wiped database ({attempt} restart):\n{}",
-            exit.output
+        exit.assert_refused_saying(
+            &format!("opsd resumed with a wiped database ({attempt} restart)"),
+            &[
+                (data_dir.as_str(), "name the data dir"),
+                (expected.as_str(), "name the node, its cluster and what it lost"),
+                (
+                    &*format!("opsctl cluster remove {}", node.id()),
+                    "say how to remove the node",
+                ),
+                ("empty data dir", "say how to come back by hand"),
+                ("recover --rejoin", "name the command that brings it back"),
+            ],
         );
-        eprintln!("refused: {}", exit.output.trim_end().lines().last().unwrap_or(""));
-        for (needle, what) in [
-            (data_dir.as_str(), "name the data dir"),
-            (expected.as_str(), "name the node, its cluster and what it lost"),
-            (
-                &*format!("opsctl cluster remove {}", node.id()),
-                "say how to remove the node",
-            ),
-            ("empty data dir", "say how to come back by hand"),
-            ("recover --rejoin", "name the command that brings it back"),
-        ] {
-            assert!(
-                exit.output.contains(needle),
-                "the {attempt} refusal does not {what}:\n{}",
-                exit.output
-            );
-        }
     }
 }
 
