@@ -3,13 +3,14 @@
 //! lost: it comes back as a new member, never under its old id.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use opsd_client::{CallError, Credentials, NodeAddr, Nodes, Timeouts};
 use opsd_cluster::check::check_data_dir;
 use opsd_cluster::{DataDir, NodeId};
 use opsd_proto::v1::{MembersRequest, RemoveRequest, StatusRequest};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{check_addrs, Config};
 use crate::domain::TABLES;
@@ -47,7 +48,7 @@ pub async fn recover(mut config: Config, rejoin: Vec<String>) -> anyhow::Result<
     })?;
     let old = dir.identity().clone();
     if let Some(ours) = &old.cluster_id {
-        remove_old_id(&nodes, old.node_id, ours, &rejoin).await?;
+        remove_old_id(&nodes, old.node_id, ours, &rejoin, config.join_timeout).await?;
     }
     let aside = aside_dir(dir.path());
     let new_id = dir.start_anew(&aside)?;
@@ -74,8 +75,17 @@ pub async fn recover(mut config: Config, rejoin: Vec<String>) -> anyhow::Result<
 }
 
 /// Removes `old` from the cluster the `nodes` belong to, if it is still a
-/// member; refuses if they belong to another cluster than `ours`.
-async fn remove_old_id(nodes: &Nodes, old: NodeId, ours: &str, rejoin: &[String]) -> anyhow::Result<()> {
+/// member; refuses if they belong to another cluster than `ours`. A cluster
+/// that has just lost this node may be electing a leader: a removal that
+/// fails is tried again (after checking the membership, so a removal that
+/// applied without its answer arriving counts) until `patience` has passed.
+async fn remove_old_id(
+    nodes: &Nodes,
+    old: NodeId,
+    ours: &str,
+    rejoin: &[String],
+    patience: Duration,
+) -> anyhow::Result<()> {
     let unreachable = |e: CallError| anyhow!("--rejoin {}: {e}", rejoin.join(","));
     let status = nodes
         .call(|mut api| async move { api.cluster.status(StatusRequest {}).await })
@@ -89,26 +99,41 @@ async fn remove_old_id(nodes: &Nodes, old: NodeId, ours: &str, rejoin: &[String]
             status.cluster_id
         );
     }
-    let members = nodes
-        .call(|mut api| async move { api.cluster.members(MembersRequest {}).await })
-        .await
-        .map_err(unreachable)?
-        .members;
-    if !members.iter().any(|m| m.id == old) {
-        info!(node_id = old, "the old node id is no longer a member of cluster {ours}");
-        return Ok(());
+    let deadline = Instant::now() + patience;
+    loop {
+        let members = nodes
+            .call(|mut api| async move { api.cluster.members(MembersRequest {}).await })
+            .await
+            .map_err(unreachable)?
+            .members;
+        if !members.iter().any(|m| m.id == old) {
+            let message = format!("the old node id {old} is not a member of cluster {ours}");
+            eprintln!("opsd: {message}");
+            info!("{message}");
+            return Ok(());
+        }
+        let removed = nodes
+            .write_with(&RemoveRequest { node_id: old }, |mut api, r| async move {
+                api.cluster.remove(r).await
+            })
+            .await;
+        match removed {
+            Ok(_) => {
+                let message = format!("removed the old node id {old} from cluster {ours}");
+                eprintln!("opsd: {message}");
+                info!("{message}");
+                return Ok(());
+            }
+            Err(e) if Instant::now() < deadline => {
+                warn!("cannot remove node {old} from cluster {ours} yet (trying again): {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(anyhow!("cannot remove node {old} from cluster {ours}: {e}"))
+                    .context("the old id must leave the cluster before the node comes back under a new one")
+            }
+        }
     }
-    nodes
-        .write_with(&RemoveRequest { node_id: old }, |mut api, r| async move {
-            api.cluster.remove(r).await
-        })
-        .await
-        .map_err(|e| anyhow!("cannot remove node {old} from cluster {ours}: {e}"))
-        .context("the old id must leave the cluster before the node comes back under a new one")?;
-    let message = format!("removed the old node id {old} from cluster {ours}");
-    eprintln!("opsd: {message}");
-    info!("{message}");
-    Ok(())
 }
 
 /// `DATA_DIR/damaged-YYYYMMDDTHHMMSSZ`, with a suffix if that exists.

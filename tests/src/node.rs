@@ -305,7 +305,7 @@ impl Node {
         self.run_log()
             .lines()
             .rev()
-            .find(|l| l.contains("ERROR") || l.contains("Error:"))
+            .find(|l| l.starts_with("opsd: ") || l.contains("ERROR") || l.contains("Error:"))
             .map(|l| l.chars().take(300).collect())
     }
 

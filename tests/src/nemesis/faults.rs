@@ -18,6 +18,11 @@ use crate::api::RemoveRequest;
 use crate::client;
 use crate::Cluster;
 
+/// How long a joining or recovering node has to become a member: a
+/// recovery first waits for the cluster to remove its old id, which takes
+/// an election when the node led.
+const MEMBER_WAIT: Duration = Duration::from_secs(60);
+
 /// The kinds of fault a run deals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
@@ -398,8 +403,11 @@ impl<'a> Nemesis<'a> {
                 None => Vec::new(),
             },
             Fault::Wipe => match self.target(0.5, exclude).await {
-                // Another member must be up to rejoin through.
-                Some((i, leader)) if self.up().len() > 1 => {
+                // Another member must be up to rejoin through, and the
+                // voters up without it must be a quorum: its id must leave
+                // the cluster before it comes back, and a wiped voter
+                // never comes back to make up one.
+                Some((i, leader)) if self.up().len() > 1 && self.quorum_without(i).await => {
                     let node = self.cluster.node(i);
                     node.kill9();
                     storage::wipe(node.config()).unwrap_or_else(|e| panic!("wiping {}: {e}", node.name()));
@@ -434,11 +442,11 @@ impl<'a> Nemesis<'a> {
         self.await_member(i, "recover").await;
     }
 
-    /// Waits up to 30 s until node `i` (joining, or rejoining under a new
-    /// id) is listed by another member; a process that finished its work and
+    /// Waits up to [`MEMBER_WAIT`] until node `i` (joining, or rejoining
+    /// under a new id) is listed by another member; a process that finished its work and
     /// exited successfully is started again with its usual flags.
     async fn await_member(&mut self, i: usize, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + MEMBER_WAIT;
         let mut id = 0;
         while Instant::now() < deadline {
             if !self.cluster.node(i).is_running() {
@@ -470,7 +478,7 @@ impl<'a> Nemesis<'a> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let note = format!(
-            "{what}: {} did not become a member within 30 s ({}); it is left to finish",
+            "{what}: {} did not become a member within {MEMBER_WAIT:?} ({}); it is left to finish",
             self.name(i),
             match self.cluster.node(i).exited() {
                 Some(status) => format!(
@@ -547,6 +555,33 @@ impl<'a> Nemesis<'a> {
     }
 
     /// The member ids a node reports, if it answers.
+    /// Whether the voters up other than node `i` are a quorum of all the
+    /// voters (as a node other than `i` sees them); true for a learner.
+    async fn quorum_without(&self, i: usize) -> bool {
+        let id = self.cluster.node(i).id();
+        let up: Vec<u64> = self
+            .up()
+            .into_iter()
+            .filter(|&j| j != i)
+            .map(|j| self.cluster.node(j).id())
+            .collect();
+        for &j in &self.up() {
+            if j == i {
+                continue;
+            }
+            let Ok(s) = client::status(&self.cluster.node(j).client_addr(), Duration::from_millis(1500)).await else {
+                continue;
+            };
+            let voters: Vec<u64> = s.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+            if !voters.contains(&id) {
+                return true;
+            }
+            let up_voters = voters.iter().filter(|v| up.contains(v)).count();
+            return up_voters > voters.len() / 2;
+        }
+        false
+    }
+
     async fn member_ids(&self, i: usize) -> Option<Vec<u64>> {
         client::status(&self.cluster.node(i).client_addr(), Duration::from_millis(1500))
             .await
