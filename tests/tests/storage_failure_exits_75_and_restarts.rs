@@ -62,7 +62,7 @@ async fn storage_failure_exits_75_and_restarts() {
     assert_eq!(exit.status.code(), Some(75), "{:?}:\n{}", exit.status, exit.output);
     assert!(
         exit.output
-            .contains(&format!("raft stopped: disk full at {data_dir}: ")),
+            .contains(&format!("opsd: this node stopped: disk full at {data_dir}: ")),
         "{}",
         exit.output
     );
