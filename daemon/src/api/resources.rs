@@ -41,11 +41,13 @@ impl ResourcesService {
         ResourcesService { node, engine, stop }
     }
 
-    /// The actor of an existing resource, or NOT_FOUND.
+    /// The actor of an existing resource, or NOT_FOUND. Found after a
+    /// linearizable barrier, as `get` reads: a resource created through
+    /// another node just before this call is here too.
     async fn actor(&self, kind: &str, name: &str) -> Result<actix::Addr<engine::ResourceActor>, Status> {
-        refuse_if_removed(&self.node)?;
         require("kind", kind)?;
         require("name", name)?;
+        barrier(&self.node, false).await?;
         self.engine
             .resource(kind, name)
             .await
