@@ -49,8 +49,6 @@ pub(crate) struct PeerChannels {
     /// to log changes once rather than every failed heartbeat, and for the
     /// leader's view of its members.
     contacts: Arc<Mutex<HashMap<NodeId, Contact>>>,
-    /// When each peer's refusal of a Raft call was last logged.
-    refusals: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 /// What this node knows of its Raft calls to one peer.
@@ -62,6 +60,8 @@ struct Contact {
     last_answer: Option<Instant>,
     /// When this node first called it.
     first_call: Instant,
+    /// When its refusal of a Raft call (a full disk) was last logged.
+    refusal_logged: Option<Instant>,
 }
 
 /// How a peer answers this node's Raft calls (on the leader: heartbeats,
@@ -108,7 +108,6 @@ impl PeerChannels {
             from,
             channels: Default::default(),
             contacts: Default::default(),
-            refusals: Default::default(),
         }
     }
 
@@ -135,6 +134,7 @@ impl PeerChannels {
             answered: ok,
             last_answer: None,
             first_call: now,
+            refusal_logged: None,
         });
         contact.answered = ok;
         if ok {
@@ -150,13 +150,20 @@ impl PeerChannels {
     /// Logs that a peer answered a Raft call with a refusal (such as a full
     /// disk), at most every [`LOG_REFUSALS_EVERY`]: it keeps answering
     /// heartbeats meanwhile, so it is not unreachable.
+    /// Call it after [`PeerChannels::note_reachable`], which records the peer.
     fn note_refusal(&self, target: NodeId, addr: &str, status: &tonic::Status) {
-        let mut map = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if map.get(&target).is_some_and(|last| now < *last + LOG_REFUSALS_EVERY) {
+        let Some(contact) = map.get_mut(&target) else {
+            return;
+        };
+        if contact
+            .refusal_logged
+            .is_some_and(|last| now < last + LOG_REFUSALS_EVERY)
+        {
             return;
         }
-        map.insert(target, now);
+        contact.refusal_logged = Some(now);
         warn!(node_id = target, %addr, "peer refuses entries: {}", status.message());
     }
 
@@ -284,17 +291,17 @@ impl PeerConnection {
         // made here) is an answer: it is reachable.
         let refused = matches!(&result, Err(CallError::Failed(s))
             if s.code() == tonic::Code::Unavailable && std::error::Error::source(s).is_none());
-        if let Err(CallError::Failed(s)) = &result {
-            if refused {
-                self.channels.note_refusal(self.target, &self.addr, s);
-            }
-        }
         let answered = refused || matches!(result, Ok(_) | Err(CallError::Garbled(_)));
         self.channels
             .note_reachable(self.target, &self.addr, answered, || match &result {
                 Err(e) => e.to_string(),
                 Ok(_) => String::new(),
             });
+        if let Err(CallError::Failed(s)) = &result {
+            if refused {
+                self.channels.note_refusal(self.target, &self.addr, s);
+            }
+        }
         match result {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
