@@ -452,6 +452,7 @@ impl RawState {
 pub const BUILTIN: &[(&str, &str)] = &[
     ("image", include_str!("../../kinds/image.toml")),
     ("cluster", include_str!("../../kinds/cluster.toml")),
+    ("service", include_str!("../../kinds/service.toml")),
 ];
 
 /// A built-in kind by name.

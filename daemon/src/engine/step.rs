@@ -160,6 +160,7 @@ fn prepare(
         run: state.run.clone(),
         work_dir,
         node_id: ctx.node_id,
+        settings: Default::default(),
     };
     let timeout = Duration::from_secs(state.timeout_secs());
     Ok((provider, req, timeout))

@@ -225,6 +225,7 @@ mod tests {
             run: Some(script.into()),
             work_dir: dir.to_path_buf(),
             node_id: 7,
+            settings: Default::default(),
         }
     }
 

@@ -57,6 +57,43 @@ pub struct StepRequest {
     pub work_dir: PathBuf,
     /// The node executing the step.
     pub node_id: u64,
+    /// The settings in scope for the resource (docs/services.md, "Settings
+    /// in scope"): key (without its scope prefix) to value, the most
+    /// specific scope winning.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// One machine of a resource, as the acceptance checks and the load balancer
+/// see it: read from the resource's `outputs.machines`, whichever provider
+/// made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineAddr {
+    /// Its number in the resource (`index`).
+    pub index: u64,
+    /// Where it listens, `HOST:PORT` (`address`; a record without one, from
+    /// an older build, is taken to listen on 127.0.0.1:`port`).
+    pub address: String,
+}
+
+/// The machines recorded in a resource's outputs (`outputs.machines`, an
+/// array of objects with `index` and `address`), in order; entries without
+/// an index or an address are skipped.
+pub fn machines_of(outputs: &Object) -> Vec<MachineAddr> {
+    let Some(Value::Array(items)) = outputs.get("machines") else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|m| {
+            let index = m.get("index")?.as_u64()?;
+            let address = match (m.get("address").and_then(Value::as_str), m.get("port").and_then(Value::as_u64)) {
+                (Some(a), _) => a.to_string(),
+                (None, Some(port)) => format!("127.0.0.1:{port}"),
+                (None, None) => return None,
+            };
+            Some(MachineAddr { index, address })
+        })
+        .collect()
 }
 
 /// How a step ended.

@@ -114,6 +114,7 @@ pub(crate) fn request(kind: &str, name: &str, state: &str, spec: Value, outputs:
         run: None,
         work_dir: std::env::temp_dir(),
         node_id: 1,
+        settings: Default::default(),
     }
 }
 
