@@ -226,4 +226,10 @@ impl ResourceLookup for StateLookup {
         let outputs = resources::parse_object("outputs", &r.outputs_json).unwrap_or_default();
         Some((r.state, outputs))
     }
+
+    fn spec(&self, kind: &str, name: &str) -> Option<Object> {
+        let view = self.0.view();
+        let r = resources::read_resource(&view, kind, name).ok()??;
+        resources::parse_object("spec", &r.spec_json).ok()
+    }
 }

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod files;
 pub mod local;
 pub mod process;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -86,7 +87,10 @@ pub fn machines_of(outputs: &Object) -> Vec<MachineAddr> {
         .iter()
         .filter_map(|m| {
             let index = m.get("index")?.as_u64()?;
-            let address = match (m.get("address").and_then(Value::as_str), m.get("port").and_then(Value::as_u64)) {
+            let address = match (
+                m.get("address").and_then(Value::as_str),
+                m.get("port").and_then(Value::as_u64),
+            ) {
                 (Some(a), _) => a.to_string(),
                 (None, Some(port)) => format!("127.0.0.1:{port}"),
                 (None, None) => return None,
@@ -159,6 +163,52 @@ impl From<&str> for StepError {
     }
 }
 
+/// Why a step failed or stopped, with the outputs it reports anyway (the
+/// machines it started before failing, so a destroy can find them; the
+/// checks that failed).
+pub(crate) struct Fail {
+    /// Why.
+    pub error: StepError,
+    /// What to keep with the run and merge into the resource's outputs.
+    pub outputs: Object,
+}
+
+impl From<StepError> for Fail {
+    fn from(error: StepError) -> Self {
+        Fail {
+            error,
+            outputs: Object::new(),
+        }
+    }
+}
+
+impl From<String> for Fail {
+    fn from(error: String) -> Self {
+        Fail::from(StepError::Failed(error))
+    }
+}
+
+impl From<&str> for Fail {
+    fn from(error: &str) -> Self {
+        Fail::from(error.to_string())
+    }
+}
+
+/// A step function's result as the engine takes it.
+pub(crate) fn step_result(out: Result<Object, Fail>) -> StepResult {
+    match out {
+        Ok(outputs) => StepResult::Succeeded { outputs },
+        Err(Fail {
+            error: StepError::Failed(error),
+            outputs,
+        }) => StepResult::Failed { error, outputs },
+        Err(Fail {
+            error: StepError::Cancelled,
+            outputs,
+        }) => StepResult::Cancelled { outputs },
+    }
+}
+
 /// Where a step writes its log lines; the engine stores them with the run
 /// and streams them to anyone following. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -185,6 +235,12 @@ impl LogSink {
 pub trait ResourceLookup: Send + Sync {
     /// The resource's current state and outputs, or `None` if it does not exist.
     fn lookup(&self, kind: &str, name: &str) -> Option<(String, Object)>;
+
+    /// The resource's spec, or `None` if it does not exist.
+    fn spec(&self, kind: &str, name: &str) -> Option<Object> {
+        let _ = (kind, name);
+        None
+    }
 }
 
 /// The provider contract: what a plug-in implements to make the work states

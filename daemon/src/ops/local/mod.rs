@@ -29,7 +29,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{refuse_run, state_error, LogSink, Object, Provider, ResourceLookup, StepError, StepRequest, StepResult};
+use super::{
+    refuse_run, state_error, step_result, Fail, LogSink, Object, Provider, ResourceLookup, StepRequest, StepResult,
+};
 use crate::domain::kind::Kind;
 
 pub use cluster::MAX_MACHINES;
@@ -92,34 +94,6 @@ impl Step {
     /// The names of every step, for messages.
     fn names() -> String {
         Step::ALL.map(|(n, _)| n).join(", ")
-    }
-}
-
-/// Why a step failed or stopped, with the outputs it reports anyway (the
-/// machines it started before failing, so a destroy can find them).
-struct Fail {
-    error: StepError,
-    outputs: Object,
-}
-
-impl From<StepError> for Fail {
-    fn from(error: StepError) -> Self {
-        Fail {
-            error,
-            outputs: Object::new(),
-        }
-    }
-}
-
-impl From<String> for Fail {
-    fn from(error: String) -> Self {
-        Fail::from(StepError::Failed(error))
-    }
-}
-
-impl From<&str> for Fail {
-    fn from(error: &str) -> Self {
-        Fail::from(error.to_string())
     }
 }
 
@@ -190,17 +164,7 @@ impl Provider for LocalProvider {
             Step::StopMachines => self.stop_machines(&req, &log, &cancel, false).await,
             Step::DestroyMachines => self.stop_machines(&req, &log, &cancel, true).await,
         };
-        match out {
-            Ok(outputs) => StepResult::Succeeded { outputs },
-            Err(Fail {
-                error: StepError::Failed(error),
-                outputs,
-            }) => StepResult::Failed { error, outputs },
-            Err(Fail {
-                error: StepError::Cancelled,
-                outputs,
-            }) => StepResult::Cancelled { outputs },
-        }
+        step_result(out)
     }
 }
 
