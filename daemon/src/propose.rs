@@ -83,7 +83,10 @@ mod tests {
     async fn built_in_kinds_are_installed_once() {
         let dir = tempfile::tempdir().unwrap();
         let node = single_node(dir.path()).await;
-        assert_eq!(install_builtin_kinds(&node).await.unwrap(), 2);
+        assert_eq!(
+            install_builtin_kinds(&node).await.unwrap(),
+            crate::domain::kind::BUILTIN.len()
+        );
         assert_eq!(install_builtin_kinds(&node).await.unwrap(), 0);
         let view = node.reader().view();
         let (_, record) = resources::read_kind(&view, "image").unwrap().unwrap();

@@ -486,7 +486,7 @@ mod tests {
         for (name, source) in BUILTIN {
             let kind = Kind::parse(source).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(kind.name, *name);
-            assert_eq!(kind.provider, "local");
+            assert_eq!(kind.provider, if *name == "service" { "service" } else { "local" });
             assert_eq!(builtin(name), Some(kind));
         }
         assert_eq!(builtin("nope"), None);
@@ -513,11 +513,16 @@ mod tests {
         let cluster = builtin("cluster").unwrap();
         assert_eq!(cluster.initial, "pending");
         assert_eq!(cluster.required, vec!["image", "size"]);
-        assert_eq!(cluster.states.len(), 8);
-        assert_eq!(cluster.states["running"].event_names(), ["destroy", "stop"]);
+        assert_eq!(cluster.states.len(), 9);
+        assert_eq!(cluster.states["running"].event_names(), ["destroy", "stop", "verify"]);
+        assert_eq!(cluster.state("pending").unwrap().next.as_deref(), Some("verifying"));
+        assert_eq!(
+            cluster.state("verifying").unwrap().step.as_deref(),
+            Some("verify_machines")
+        );
         assert_eq!(cluster.states["stopped"].event_names(), ["destroy", "start"]);
         assert_eq!(cluster.states["stopped"].on["start"], "starting");
-        assert_eq!(cluster.state("starting").unwrap().next.as_deref(), Some("running"));
+        assert_eq!(cluster.state("starting").unwrap().next.as_deref(), Some("verifying"));
         assert_eq!(cluster.state("stopping").unwrap().next.as_deref(), Some("stopped"));
         assert!(cluster.state("destroyed").unwrap().is_final);
         assert_eq!(cluster.states["stopping"].step.as_deref(), Some("stop_machines"));
