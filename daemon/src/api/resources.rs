@@ -54,6 +54,35 @@ impl ResourcesService {
             .ok_or_else(|| Status::not_found(format!("resource {kind}/{name} not found")))
     }
 
+    /// Asks the provider of the resource's kind whether `event` may be done
+    /// (a service's swap needs a running cluster), if the resource's state
+    /// takes the event at all: the engine answers the rest.
+    fn check_event(
+        &self,
+        kind: &str,
+        name: &str,
+        event: &str,
+        args: &std::collections::HashMap<String, String>,
+    ) -> Result<(), Status> {
+        let view = self.node.reader().view();
+        let (Some((kind, _)), Some(resource)) = (
+            domain::read_kind(&view, kind).map_err(read_status)?,
+            domain::read_resource(&view, kind, name).map_err(read_status)?,
+        ) else {
+            return Ok(());
+        };
+        drop(view);
+        let takes = kind.state(&resource.state).is_some_and(|s| s.on.contains_key(event));
+        let Some(provider) = self.engine.providers().get(&kind.provider).filter(|_| takes) else {
+            return Ok(());
+        };
+        let outputs = domain::parse_object("outputs", &resource.outputs_json).unwrap_or_default();
+        let args: BTreeMap<String, String> = args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        provider
+            .check_event(&outputs, event, &args)
+            .map_err(crate::api::rejection_status)
+    }
+
     /// The resource change a command made, as the API answers it.
     fn change(&self, committed: (u64, Outcome)) -> Result<ResourceChange, Status> {
         let view = self.node.reader().view();
@@ -329,6 +358,7 @@ impl Resources for ResourcesService {
         let req = req.into_inner();
         require("event", &req.event)?;
         let actor = self.actor(&req.kind, &req.name).await?;
+        self.check_event(&req.kind, &req.name, &req.event, &req.args)?;
         let committed = actor
             .send(engine::DoEvent {
                 event: req.event,

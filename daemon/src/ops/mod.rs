@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::kind::Kind;
+use crate::domain::Rejection;
 
 /// A JSON object: a resource's spec or outputs.
 pub type Object = Map<String, Value>;
@@ -255,6 +256,16 @@ pub trait Provider: Send + Sync {
     /// Run at the API before the kind is proposed; the error names the kind,
     /// the state and the key, as kind files' errors do.
     fn check_kind(&self, kind: &Kind) -> Result<(), String>;
+
+    /// Checks an event about to be done to a resource of a kind naming this
+    /// provider, whose state takes the event: the resource's `outputs` and
+    /// the event's `args`, as the receiving node applied them. Refusing here
+    /// changes nothing and records no run; the step checks again when it
+    /// runs (the state may change in between). Most providers accept all.
+    fn check_event(&self, outputs: &Object, event: &str, args: &BTreeMap<String, String>) -> Result<(), Rejection> {
+        let _ = (outputs, event, args);
+        Ok(())
+    }
 
     /// Runs the step of `req.state`. Returns when the work is done, has
     /// failed, or `cancel` fired (then [`StepResult::Cancelled`], with the

@@ -32,6 +32,7 @@ use super::{
     StepRequest, StepResult,
 };
 use crate::domain::kind::Kind;
+use crate::domain::Rejection;
 use crate::lb::service_spec;
 use crate::verify;
 
@@ -208,6 +209,43 @@ impl Provider for ServiceProvider {
             }
         }
         Ok(())
+    }
+
+    /// A swap names a running cluster other than the active one; a swap
+    /// back has a running previous cluster to return to.
+    fn check_event(&self, outputs: &Object, event: &str, args: &BTreeMap<String, String>) -> Result<(), Rejection> {
+        let active = active_of(outputs);
+        let target = match event {
+            "swap" => match args.get("cluster").map(String::as_str) {
+                Some(t) if !t.is_empty() => t.to_string(),
+                _ => {
+                    return Err(Rejection::InvalidArgument(
+                        "args.cluster: required: the cluster to swap to (--arg cluster=NAME)".into(),
+                    ))
+                }
+            },
+            "swap-back" => match outputs.get("previous").and_then(Value::as_str) {
+                Some(p) if !p.is_empty() => p.to_string(),
+                _ => {
+                    return Err(Rejection::FailedPrecondition(
+                        "this service has no previous cluster to swap back to".into(),
+                    ))
+                }
+            },
+            _ => return Ok(()),
+        };
+        if active.as_deref() == Some(target.as_str()) {
+            return Err(Rejection::FailedPrecondition(format!(
+                "cluster {target} is already the active cluster"
+            )));
+        }
+        match self.lookup.lookup("cluster", &target) {
+            None => Err(Rejection::NotFound(format!("cluster {target} does not exist"))),
+            Some((state, _)) if state != "running" => Err(Rejection::FailedPrecondition(format!(
+                "cluster {target} is {state}, not running: only a running cluster can serve"
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 
     async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult {
@@ -391,6 +429,50 @@ mod tests {
             outputs(run(&p, request("swap", serving, &[("cluster", "v2")])).await),
             json!({"active": "v2", "previous": "v1"})
         );
+    }
+
+    #[test]
+    fn swaps_to_a_cluster_that_cannot_serve_are_refused_before_anything_is_proposed() {
+        let state = Arc::new(State::default());
+        let p = provider(state.clone(), Ok(vec![]));
+        let check = |outputs: Value, event: &str, args: &[(&str, &str)]| {
+            let args = args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            p.check_event(outputs.as_object().unwrap(), event, &args)
+        };
+        let serving = json!({"active": "v1"});
+        assert_eq!(
+            check(serving.clone(), "swap", &[]),
+            Err(Rejection::InvalidArgument(
+                "args.cluster: required: the cluster to swap to (--arg cluster=NAME)".into()
+            ))
+        );
+        assert_eq!(
+            check(serving.clone(), "swap", &[("cluster", "v2")]),
+            Err(Rejection::NotFound("cluster v2 does not exist".into()))
+        );
+        state.put("v2", "stopped", json!({}), machines());
+        assert_eq!(
+            check(serving.clone(), "swap", &[("cluster", "v2")]),
+            Err(Rejection::FailedPrecondition(
+                "cluster v2 is stopped, not running: only a running cluster can serve".into()
+            ))
+        );
+        state.put("v2", "running", json!({}), machines());
+        check(serving.clone(), "swap", &[("cluster", "v2")]).unwrap();
+        assert_eq!(
+            check(serving.clone(), "swap", &[("cluster", "v1")]),
+            Err(Rejection::FailedPrecondition(
+                "cluster v1 is already the active cluster".into()
+            ))
+        );
+        assert_eq!(
+            check(serving.clone(), "swap-back", &[]),
+            Err(Rejection::FailedPrecondition(
+                "this service has no previous cluster to swap back to".into()
+            ))
+        );
+        check(json!({"active": "v1", "previous": "v2"}), "swap-back", &[]).unwrap();
+        check(serving, "destroy", &[]).unwrap();
     }
 
     #[tokio::test]
