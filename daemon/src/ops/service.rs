@@ -279,9 +279,12 @@ mod tests {
     use super::*;
     use crate::domain::kind::builtin;
 
-    /// The applied state, as a map: (kind, name) → (state, spec, outputs).
+    /// A cluster as the applied state has it: state, spec, outputs.
+    type Record = (String, Object, Object);
+
+    /// The applied state, as a map: (kind, name) → record.
     #[derive(Default)]
-    struct State(Mutex<HashMap<(String, String), (String, Object, Object)>>);
+    struct State(Mutex<HashMap<(String, String), Record>>);
 
     impl State {
         fn put(&self, name: &str, state: &str, spec: Value, outputs: Value) {
