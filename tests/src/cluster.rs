@@ -38,6 +38,9 @@ pub struct Options {
     pub join_timeout_ms: Option<u64>,
     /// Further arguments, appended as given.
     pub extra_args: Vec<String>,
+    /// `--lb-host` of each node by index: node `i` gets `lb_hosts[i]`, and
+    /// nodes beyond the list keep the daemon's default (their `--listen` host).
+    pub lb_hosts: Vec<std::net::IpAddr>,
 }
 
 impl Options {
@@ -204,6 +207,7 @@ impl Cluster {
     pub fn node_config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(&format!("n{}", self.nodes.len() + 1), self.dir(), self.options.clone());
         config.join = self.serving().iter().map(|&i| self.nodes[i].client_addr()).collect();
+        config.lb_host = self.options.lb_hosts.get(self.nodes.len()).copied();
         if let Some(place) = &self.placement {
             place(&mut config);
         }

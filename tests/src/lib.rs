@@ -15,6 +15,9 @@
 //!   usable from spawned tasks.
 //! - [`tmpfs`]: a small filesystem of its own (root only), for a data dir on
 //!   a disk that fills up.
+//! - [`service`]: the test backend machines run (`opsd-test-backend`), the
+//!   load balancers' hosts, a small HTTP client, and traffic through every
+//!   node's load balancer, for the service scenarios and the benchmark.
 //!
 //! The binaries come from `$OPSD_BIN_DIR` if set, else `<workspace>/target/debug`;
 //! build them first with `cargo build --workspace --bins` (`make test` does).
@@ -44,6 +47,7 @@ pub mod nemesis;
 mod node;
 pub mod opsctl;
 pub mod resources;
+pub mod service;
 mod skip;
 pub mod tmpfs;
 pub mod tour;

@@ -46,6 +46,9 @@ pub struct NodeConfig {
     /// Environment variables opsd gets on top of the test's own (whose
     /// `OPSD_*` variables are removed), such as `LD_PRELOAD`.
     pub env: Vec<(String, String)>,
+    /// `--lb-host`: the host the node's load balancer serves services on;
+    /// `None` keeps the daemon's default (the `--listen` host).
+    pub lb_host: Option<std::net::IpAddr>,
 }
 
 impl NodeConfig {
@@ -65,6 +68,7 @@ impl NodeConfig {
             log_path: home.join("opsd.log"),
             command_prefix: Vec::new(),
             env: Vec::new(),
+            lb_host: None,
         }
     }
 
@@ -81,6 +85,10 @@ impl NodeConfig {
         for j in &self.join {
             args.push("--join".to_string());
             args.push(j.clone());
+        }
+        if let Some(host) = self.lb_host {
+            args.push("--lb-host".to_string());
+            args.push(host.to_string());
         }
         args.extend(self.options.args());
         args

@@ -41,7 +41,7 @@ pub struct Transitions {
 /// Waits on `watch` for the resource to rest at a version after `index`
 /// (a run finished after the Do at `index`). Returns false if the stream
 /// ended or failed (the caller re-reads).
-async fn rested_after(
+pub(super) async fn rested_after(
     watch: &mut tonic::Streaming<opsd_tests::api::ResourceEvent>,
     index: u64,
 ) -> Result<bool, String> {
@@ -63,7 +63,7 @@ async fn rested_after(
 }
 
 /// Opens a watch of one resource and reads its first message (the resource as it is).
-async fn open_watch(
+pub(super) async fn open_watch(
     client: &mut ResourcesClient<Channel>,
     kind: &str,
     name: &str,

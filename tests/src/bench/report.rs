@@ -52,6 +52,22 @@ pub struct Figures {
     pub rss_mb_100k: Option<f64>,
     /// RSS of a fresh idle node, MiB.
     pub idle_rss_mb: Option<f64>,
+    /// HTTP requests per second through a node's load balancer to one
+    /// backend, 64 kept-alive connections.
+    pub lb_rps: Option<f64>,
+    /// 99th-percentile latency of those, ms.
+    pub lb_p99_ms: Option<f64>,
+    /// HTTP requests per second straight to the same backend, 64 kept-alive connections.
+    pub direct_rps: Option<f64>,
+    /// 99th-percentile latency of those, ms.
+    pub direct_p99_ms: Option<f64>,
+    /// `lb_rps` over `direct_rps`: 1.0 means the load balancer costs nothing.
+    pub lb_ratio: Option<f64>,
+    /// Median time from a swap's acknowledgement to every node routing new
+    /// connections to the new cluster, ms.
+    pub swap_switch_ms_median: Option<f64>,
+    /// The longest of those, ms.
+    pub swap_switch_ms_max: Option<f64>,
 }
 
 /// Rounds to `digits` decimals, so the JSON reads like the table.
@@ -84,6 +100,13 @@ pub fn to_json(rows: &[Row], f: &Figures) -> Value {
             "restart_serving_ms_100k": opt(f.restart_serving_ms_100k, 0),
             "rss_mb_100k": opt(f.rss_mb_100k, 1),
             "idle_rss_mb": opt(f.idle_rss_mb, 1),
+            "lb_rps": opt(f.lb_rps, 1),
+            "lb_p99_ms": opt(f.lb_p99_ms, 3),
+            "direct_rps": opt(f.direct_rps, 1),
+            "direct_p99_ms": opt(f.direct_p99_ms, 3),
+            "lb_ratio": opt(f.lb_ratio, 3),
+            "swap_switch_ms_median": opt(f.swap_switch_ms_median, 1),
+            "swap_switch_ms_max": opt(f.swap_switch_ms_max, 1),
         }
     })
 }
@@ -130,6 +153,22 @@ pub fn figures_table(f: &Figures) -> String {
         ),
         ("RSS, 100k resources", show(f.rss_mb_100k, "MiB")),
         ("RSS, fresh idle node", show(f.idle_rss_mb, "MiB")),
+        ("HTTP through the load balancer, 64 connections", show(f.lb_rps, "/s")),
+        ("HTTP through the load balancer, p99", show(f.lb_p99_ms, "ms")),
+        ("HTTP straight to the backend, 64 connections", show(f.direct_rps, "/s")),
+        ("HTTP straight to the backend, p99", show(f.direct_p99_ms, "ms")),
+        (
+            "load balancer / straight (requests/s)",
+            f.lb_ratio.map_or("not run".to_string(), |r| format!("{r:.2}")),
+        ),
+        (
+            "swap to every node routing new connections, median",
+            show(f.swap_switch_ms_median, "ms"),
+        ),
+        (
+            "swap to every node routing new connections, max",
+            show(f.swap_switch_ms_max, "ms"),
+        ),
     ];
     let mut out = String::from("| figure | value |\n| --- | ---: |\n");
     for (name, value) in rows {

@@ -8,16 +8,20 @@
 //! reads at 1, 16, 64 and 256 clients against each leader, then measures
 //! opsd alone: no-op transitions, leader failover, a new node catching up
 //! with 100k keys, and restart time and memory of a node holding 100k
-//! resources. It prints a table and writes `target/bench/results.json`.
+//! resources; and the built-in load balancer: HTTP requests through it
+//! against straight to a backend at 64 connections, and how soon a service's
+//! swap reaches every node. It prints a table and writes
+//! `target/bench/results.json`.
 //!
 //! Environment (all optional):
 //! - `BENCH_SECONDS`: measured seconds per row and for the transitions (default 20).
 //! - `BENCH_CLIENTS`: comma-separated client counts (default `1,16,64,256`).
 //! - `BENCH_PARTS`: which parts to run, comma-separated, of `rows`,
-//!   `transitions`, `failover`, `join`, `resources` (default all).
+//!   `transitions`, `failover`, `join`, `lb`, `resources` (default all).
 //! - `BENCH_RESOURCES` (default 100000), `BENCH_JOIN_KEYS` (default 100000),
 //!   `BENCH_KILLS` (default 10), `BENCH_CREATE_BUDGET_S` (default 900: stop
-//!   creating resources after this long and report how many were made).
+//!   creating resources after this long and report how many were made),
+//!   `BENCH_SWAPS` (default 10: swaps of the load-balancer part).
 //! - `BENCH_DIR`: where data dirs and results go (default `<workspace>/target/bench`).
 //! - `OPSD_BIN_DIR`: the opsd binaries (default `<workspace>/target/release`).
 //! - `ETCD_BIN`: the etcd binary (default `etcd` from `PATH`).
@@ -31,6 +35,7 @@ use std::time::Duration;
 
 use bench::etcd::{self, EtcdCluster};
 use bench::figures;
+use bench::lb;
 use bench::load::{self, System, Workload};
 use bench::report::{self, Figures, Row};
 use opsd_tests::{Cluster, Options};
@@ -40,7 +45,7 @@ const KEYSPACE: u64 = 10_000;
 /// Concurrent resources for the transition figure.
 const TRANSITION_WORKERS: usize = 100;
 /// Every part, in the order they run.
-const PARTS: [&str; 5] = ["rows", "transitions", "failover", "join", "resources"];
+const PARTS: [&str; 6] = ["rows", "transitions", "failover", "join", "lb", "resources"];
 
 /// What one run does, from the environment.
 struct Config {
@@ -50,6 +55,7 @@ struct Config {
     resources: u64,
     join_keys: u64,
     kills: usize,
+    swaps: usize,
     create_budget: Duration,
     workspace: PathBuf,
     dir: PathBuf,
@@ -101,6 +107,7 @@ impl Config {
             resources: env_or("BENCH_RESOURCES", 100_000u64),
             join_keys: env_or("BENCH_JOIN_KEYS", 100_000u64),
             kills: env_or("BENCH_KILLS", 10usize),
+            swaps: env_or("BENCH_SWAPS", 10usize),
             create_budget: Duration::from_secs(env_or("BENCH_CREATE_BUDGET_S", 900u64)),
             dir: std::env::var_os("BENCH_DIR")
                 .filter(|v| !v.is_empty())
@@ -236,6 +243,85 @@ async fn run(config: Config, data: PathBuf) {
             figs.join_catchup_ms = Some(j.catchup.as_secs_f64() * 1000.0);
         }
         drop(cluster);
+    }
+
+    if config.wants("lb") {
+        // A failure of this part (a panic in the harness, say on a build without
+        // services) is reported as a note; the other parts' figures still count.
+        let part = tokio::spawn(lb::measure(warmup, measure, config.swaps)).await;
+        let part = part.unwrap_or_else(|e| {
+            let why = match e.try_into_panic() {
+                Ok(p) => p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".into()),
+                Err(e) => e.to_string(),
+            };
+            // The note is one line: the message's lines joined, its start only.
+            let why: String = why
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" / ");
+            Err(format!(
+                "the part failed: {}",
+                why.chars().take(400).collect::<String>()
+            ))
+        });
+        match part {
+            Ok(f) => {
+                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+                let mut times = f.swaps.clone();
+                times.sort();
+                say!(
+                    "HTTP at {} connections: through the load balancer {:.0}/s (p99 {:.2} ms), straight to the \
+                     backend {:.0}/s (p99 {:.2} ms), ratio {:.2}",
+                    lb::CONNECTIONS,
+                    f.through_lb.ops_per_s,
+                    f.through_lb.p99_ms,
+                    f.direct.ops_per_s,
+                    f.direct.p99_ms,
+                    f.ratio()
+                );
+                for (what, r) in [
+                    ("through the load balancer", &f.through_lb),
+                    ("straight to the backend", &f.direct),
+                ] {
+                    if r.errors > 0 {
+                        notes.push(format!(
+                            "lb: HTTP {what}: {} errors, first: {}",
+                            r.errors,
+                            r.first_error.as_deref().unwrap_or("?")
+                        ));
+                    }
+                }
+                figs.lb_rps = Some(f.through_lb.ops_per_s);
+                figs.lb_p99_ms = Some(f.through_lb.p99_ms);
+                figs.direct_rps = Some(f.direct.ops_per_s);
+                figs.direct_p99_ms = Some(f.direct.p99_ms);
+                figs.lb_ratio = Some(f.ratio());
+                if !times.is_empty() {
+                    let median = if times.len() % 2 == 1 {
+                        ms(times[times.len() / 2])
+                    } else {
+                        (ms(times[times.len() / 2 - 1]) + ms(times[times.len() / 2])) / 2.0
+                    };
+                    say!(
+                        "swap to every node routing new connections, over {} swaps: median {median:.1} ms, max {:.1} ms",
+                        times.len(),
+                        ms(times[times.len() - 1])
+                    );
+                    figs.swap_switch_ms_median = Some(median);
+                    figs.swap_switch_ms_max = Some(ms(times[times.len() - 1]));
+                }
+            }
+            Err(why) => {
+                say!("lb: not measured: {why}");
+                notes.push(format!("lb: not measured: {why}"));
+            }
+        }
     }
 
     if config.wants("resources") {
