@@ -43,13 +43,31 @@ pub struct LocalProvider {
     root: PathBuf,
     /// The registry, to find a cluster's image.
     lookup: Arc<dyn ResourceLookup>,
+    /// This node's advertise host: the host of its machines' addresses.
+    host: String,
 }
 
 impl LocalProvider {
     /// A provider keeping its images and clusters under `root` (created as
-    /// needed), finding a cluster's image through `lookup`.
-    pub fn new(root: PathBuf, lookup: Arc<dyn ResourceLookup>) -> Self {
-        LocalProvider { root, lookup }
+    /// needed), finding a cluster's image through `lookup`; the machines it
+    /// starts are recorded as listening on `host` (the node's advertise
+    /// host) at their port.
+    pub fn new(root: PathBuf, lookup: Arc<dyn ResourceLookup>, host: impl Into<String>) -> Self {
+        LocalProvider {
+            root,
+            lookup,
+            host: host.into(),
+        }
+    }
+
+    /// The address of a machine of this node listening on `port`:
+    /// `HOST:PORT`, an IPv6 host in brackets.
+    fn address(&self, port: u16) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{port}", self.host)
+        } else {
+            format!("{}:{port}", self.host)
+        }
     }
 }
 
@@ -70,11 +88,13 @@ enum Step {
     StopMachines,
     /// Stops a cluster's machines and removes their files.
     DestroyMachines,
+    /// Runs a cluster's acceptance checks (`spec.checks`) against its machines.
+    VerifyMachines,
 }
 
 impl Step {
     /// Every step with its name.
-    const ALL: [(&'static str, Step); 7] = [
+    const ALL: [(&'static str, Step); 8] = [
         ("copy_source", Step::CopySource),
         ("build_image", Step::BuildImage),
         ("remove_image", Step::RemoveImage),
@@ -82,6 +102,7 @@ impl Step {
         ("restart_machines", Step::RestartMachines),
         ("stop_machines", Step::StopMachines),
         ("destroy_machines", Step::DestroyMachines),
+        ("verify_machines", Step::VerifyMachines),
     ];
 
     /// The step called `name`, if there is one.
@@ -162,6 +183,20 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
+    /// A kind whose states start machines (`start_machines`) is a cluster
+    /// kind: its spec must be a cluster's, checks included. A kind that only
+    /// verifies (`verify_machines`) must have valid checks.
+    fn check_spec(&self, kind: &Kind, spec: &Object) -> Result<(), String> {
+        let uses = |step: &str| kind.states.values().any(|s| s.step.as_deref() == Some(step));
+        if uses("start_machines") || uses("restart_machines") {
+            cluster::cluster_spec(spec)?;
+        }
+        if uses("verify_machines") || uses("start_machines") {
+            crate::verify::parse_checks(spec)?;
+        }
+        Ok(())
+    }
+
     async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult {
         if cancel.is_cancelled() {
             return StepResult::cancelled();
@@ -189,6 +224,7 @@ impl Provider for LocalProvider {
             Step::RestartMachines => self.start_machines(&req, &log, &cancel, false).await,
             Step::StopMachines => self.stop_machines(&req, &log, &cancel, false).await,
             Step::DestroyMachines => self.stop_machines(&req, &log, &cancel, true).await,
+            Step::VerifyMachines => self.verify_machines(&req, &log, &cancel).await,
         };
         match out {
             Ok(outputs) => StepResult::Succeeded { outputs },
