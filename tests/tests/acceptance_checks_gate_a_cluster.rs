@@ -56,7 +56,7 @@ async fn acceptance_checks_gate_a_cluster() {
         "site",
         json!({
             "source": source.path(),
-            "start": "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
+            "start": "exec python3 -m http.server \"$PORT\" --bind \"$OPSD_HOST\"",
         }),
     )
     .await
@@ -133,7 +133,7 @@ async fn acceptance_checks_gate_a_cluster() {
     }
 
     // A check that fails: failed, machines kept, the log names check and machine.
-    let failing = json!([{"type": "http", "name": "health", "path": "/health", "retries": 1, "interval": 0.2}]);
+    let failing = json!([{"type": "http", "name": "health", "path": "/health", "retries": 10, "interval": 0.2}]);
     res::create(&addr, "cluster", "broken", json!({"image": "site", "size": 2, "checks": failing}))
         .await
         .expect("create the broken cluster");
@@ -150,13 +150,13 @@ async fn acceptance_checks_gate_a_cluster() {
     assert_eq!(verify.to, "verifying");
     let first = machines[0]["address"].as_str().unwrap();
     assert!(
-        verify.error.starts_with(&format!("check health failed on machine 0 ({first}) after 2 attempts: GET /health: status 404")),
+        verify.error.starts_with(&format!("check health failed on machine 0 ({first}) after 11 attempts: GET /health: status 404")),
         "{}",
         verify.error
     );
     let log = res::log_lines(&addr, &verify.run_id).await.unwrap();
     assert!(
-        log.iter().any(|l| l.starts_with(&format!("machine 0 ({first}): check health FAILED (2 attempts"))),
+        log.iter().any(|l| l.starts_with(&format!("machine 0 ({first}): check health FAILED (11 attempts"))),
         "{log:#?}"
     );
     assert_eq!(res::json_of(verify.outputs.as_ref())["checks"]["passed"], json!(false));

@@ -212,7 +212,7 @@ enum Command {
     /// address, check, passed, attempts, detail, ms).
     #[command(after_long_help = "Examples:\n  \
         opsctl create image/site --set source=\"$PWD\" \
-        --set start='exec python3 -m http.server \"$PORT\" --bind 127.0.0.1' --wait\n  \
+        --set start='exec python3 -m http.server \"$PORT\" --bind \"$OPSD_HOST\"' --wait\n  \
         opsctl create cluster/web --set image=site --set size=2 \
         --set 'checks=[{\"type\": \"http\", \"path\": \"/\", \"retries\": 5}, {\"type\": \"tcp\"}]' --wait\n  \
         opsctl verify cluster/web --reason \"after the network change\"\n  \

@@ -38,7 +38,7 @@ struct ImageInfo {
 }
 
 /// Environment variables opsd sets for every machine; `spec.env` may not.
-const MACHINE_VARS: [&str; 3] = ["PORT", "OPSD_CLUSTER", "OPSD_MACHINE"];
+const MACHINE_VARS: [&str; 4] = ["PORT", "OPSD_HOST", "OPSD_CLUSTER", "OPSD_MACHINE"];
 
 /// Checks a cluster's spec, naming the field at fault (its `checks` are
 /// checked by [`crate::verify::parse_checks`]).
@@ -241,6 +241,7 @@ impl LocalProvider {
             .map_err(|e| with_outputs(e.into()))?;
             let mut env = spec.env.clone();
             env.push(("PORT".into(), port.to_string()));
+            env.push(("OPSD_HOST".into(), self.machine_host().to_string()));
             env.push(("OPSD_CLUSTER".into(), req.name.clone()));
             env.push(("OPSD_MACHINE".into(), i.to_string()));
             let pid = launch_detached(&image.start, &dir, &log_path, &env)
@@ -559,6 +560,7 @@ mod tests {
             let environ = String::from_utf8_lossy(&environ);
             for var in [
                 format!("PORT={}", m.port),
+                "OPSD_HOST=127.0.0.1".into(),
                 "OPSD_CLUSTER=c1".into(),
                 format!("OPSD_MACHINE={i}"),
                 "GREETING=hi".into(),

@@ -60,13 +60,32 @@ impl LocalProvider {
         }
     }
 
-    /// The address of a machine of this node listening on `port`:
-    /// `HOST:PORT`, an IPv6 host in brackets.
-    fn address(&self, port: u16) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{port}", self.host)
+    /// The host this node's machines are reached at (and told to listen on,
+    /// `OPSD_HOST`): the node's advertise host, except that a loopback one
+    /// (`127.x.y.z`, `::1`, `localhost`) is `127.0.0.1`: every loopback
+    /// address reaches the same computer, where a machine conventionally
+    /// listens on 127.0.0.1 (nodes sharing one computer advertise different
+    /// loopback addresses).
+    fn machine_host(&self) -> &str {
+        let loopback = match self.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => self.host.eq_ignore_ascii_case("localhost"),
+        };
+        if loopback {
+            "127.0.0.1"
         } else {
-            format!("{}:{port}", self.host)
+            &self.host
+        }
+    }
+
+    /// The address of a machine of this node listening on `port`:
+    /// `HOST:PORT` ([`Self::machine_host`]), an IPv6 host in brackets.
+    fn address(&self, port: u16) -> String {
+        let host = self.machine_host();
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
         }
     }
 }
@@ -270,6 +289,17 @@ mod tests {
 
     fn check(source: &str) -> Result<(), String> {
         fixture().provider.check_kind(&Kind::parse(source).unwrap())
+    }
+
+    #[test]
+    fn machines_are_addressed_at_the_advertise_host_loopback_as_127_0_0_1() {
+        let at = |host: &str| LocalProvider::new("/nonexistent".into(), fixture().registry.clone(), host).address(8080);
+        assert_eq!(at("10.0.0.5"), "10.0.0.5:8080");
+        assert_eq!(at("node-a.example"), "node-a.example:8080");
+        assert_eq!(at("fd00::5"), "[fd00::5]:8080");
+        assert_eq!(at("127.42.0.7"), "127.0.0.1:8080");
+        assert_eq!(at("::1"), "127.0.0.1:8080");
+        assert_eq!(at("LOCALHOST"), "127.0.0.1:8080");
     }
 
     #[test]
