@@ -23,7 +23,8 @@ struct Machines(Vec<i32>);
 impl Machines {
     fn saw(&mut self, outputs: &Value) -> Vec<Value> {
         let ms = outputs["machines"].as_array().cloned().unwrap_or_default();
-        self.0.extend(ms.iter().filter_map(|m| m["pid"].as_i64()).map(|p| p as i32));
+        self.0
+            .extend(ms.iter().filter_map(|m| m["pid"].as_i64()).map(|p| p as i32));
         ms
     }
 }
@@ -65,33 +66,71 @@ async fn acceptance_checks_gate_a_cluster() {
 
     // Malformed checks are refused at create, naming the field; nothing is created.
     for (checks, field) in [
-        (json!([{"type": "ping"}]), "spec.checks[0].type: unknown check type \"ping\""),
-        (json!([{"type": "tcp"}, {"type": "http", "body": "(v2"}]), "spec.checks[1].body: invalid regex"),
-        (json!([{"type": "http", "paht": "/"}]), "spec.checks[0].paht: unknown key"),
+        (
+            json!([{"type": "ping"}]),
+            "spec.checks[0].type: unknown check type \"ping\"",
+        ),
+        (
+            json!([{"type": "tcp"}, {"type": "http", "body": "(v2"}]),
+            "spec.checks[1].body: invalid regex",
+        ),
+        (
+            json!([{"type": "http", "paht": "/"}]),
+            "spec.checks[0].paht: unknown key",
+        ),
     ] {
-        let e = res::create(&addr, "cluster", "bad", json!({"image": "site", "size": 1, "checks": checks}))
-            .await
-            .unwrap_err();
+        let e = res::create(
+            &addr,
+            "cluster",
+            "bad",
+            json!({"image": "site", "size": 1, "checks": checks}),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-        assert!(e.message().starts_with(field), "{:?} does not start with {field:?}", e.message());
+        assert!(
+            e.message().starts_with(field),
+            "{:?} does not start with {field:?}",
+            e.message()
+        );
     }
     let stderr = opsctl
         .fails(
-            &["create", "cluster/bad", "--set", "image=site", "--set", "size=1", "--set", r#"checks=[{"type":"ping"}]"#],
+            &[
+                "create",
+                "cluster/bad",
+                "--set",
+                "image=site",
+                "--set",
+                "size=1",
+                "--set",
+                r#"checks=[{"type":"ping"}]"#,
+            ],
             1,
         )
         .await;
-    assert!(stderr.contains("spec.checks[0].type: unknown check type \"ping\""), "{stderr}");
-    assert_eq!(res::get(&addr, "cluster", "bad").await.unwrap_err().code(), Code::NotFound);
+    assert!(
+        stderr.contains("spec.checks[0].type: unknown check type \"ping\""),
+        "{stderr}"
+    );
+    assert_eq!(
+        res::get(&addr, "cluster", "bad").await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     // Checks that pass: running, by way of verifying, with the results recorded.
     let checks = json!([
         {"type": "http", "name": "page", "path": "/index.html", "body": "hello from opsd", "retries": 20, "interval": 0.2},
         {"type": "tcp"},
     ]);
-    res::create(&addr, "cluster", "good", json!({"image": "site", "size": 2, "checks": checks}))
-        .await
-        .expect("create the good cluster");
+    res::create(
+        &addr,
+        "cluster",
+        "good",
+        json!({"image": "site", "size": 2, "checks": checks}),
+    )
+    .await
+    .expect("create the good cluster");
     let good = res::wait_resting(&addr, "cluster", "good", WAIT).await;
     let outputs = res::json_of(good.outputs.as_ref());
     let machines = seen.saw(&outputs);
@@ -123,40 +162,59 @@ async fn acceptance_checks_gate_a_cluster() {
     }
     assert_eq!(stdout.matches(" passed ").count(), 4, "{stdout}");
     let run = opsctl.json(&["verify", "cluster/good"]).await;
-    assert_eq!((&run["to"], &run["outcome"]), (&json!("verifying"), &json!("succeeded")), "{run:#}");
+    assert_eq!(
+        (&run["to"], &run["outcome"]),
+        (&json!("verifying"), &json!("succeeded")),
+        "{run:#}"
+    );
     assert_eq!(run["outputs"]["checks"]["passed"], json!(true));
     let listed = opsctl.json(&["machines", "cluster/good"]).await;
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 2);
     for m in listed {
-        assert_eq!((&m["state"], &m["checks"]), (&json!("running"), &json!("passed")), "{m}");
+        assert_eq!(
+            (&m["state"], &m["checks"]),
+            (&json!("running"), &json!("passed")),
+            "{m}"
+        );
     }
 
     // A check that fails: failed, machines kept, the log names check and machine.
     let failing = json!([{"type": "http", "name": "health", "path": "/health", "retries": 10, "interval": 0.2}]);
-    res::create(&addr, "cluster", "broken", json!({"image": "site", "size": 2, "checks": failing}))
-        .await
-        .expect("create the broken cluster");
+    res::create(
+        &addr,
+        "cluster",
+        "broken",
+        json!({"image": "site", "size": 2, "checks": failing}),
+    )
+    .await
+    .expect("create the broken cluster");
     let broken = res::wait_resting(&addr, "cluster", "broken", WAIT).await;
     let outputs = res::json_of(broken.outputs.as_ref());
     let machines = seen.saw(&outputs);
     assert_eq!(broken.state, "failed", "{outputs:#}");
     assert_eq!(machines.len(), 2);
     for m in &machines {
-        assert!(accepts(m["address"].as_str().unwrap()), "machine {m} was not kept running");
+        assert!(
+            accepts(m["address"].as_str().unwrap()),
+            "machine {m} was not kept running"
+        );
     }
     let runs = res::history(&addr, "cluster", "broken").await.unwrap();
     let verify = runs.last().unwrap();
     assert_eq!(verify.to, "verifying");
     let first = machines[0]["address"].as_str().unwrap();
     assert!(
-        verify.error.starts_with(&format!("check health failed on machine 0 ({first}) after 11 attempts: GET /health: status 404")),
+        verify.error.starts_with(&format!(
+            "check health failed on machine 0 ({first}) after 11 attempts: GET /health: status 404"
+        )),
         "{}",
         verify.error
     );
     let log = res::log_lines(&addr, &verify.run_id).await.unwrap();
     assert!(
-        log.iter().any(|l| l.starts_with(&format!("machine 0 ({first}): check health FAILED (11 attempts"))),
+        log.iter()
+            .any(|l| l.starts_with(&format!("machine 0 ({first}): check health FAILED (11 attempts"))),
         "{log:#?}"
     );
     assert_eq!(res::json_of(verify.outputs.as_ref())["checks"]["passed"], json!(false));
@@ -183,7 +241,13 @@ async fn acceptance_checks_gate_a_cluster() {
             &format!("{address} to refuse"),
             Duration::from_secs(20),
             Duration::from_millis(100),
-            || async { if accepts(address) { Err("still accepts".to_string()) } else { Ok(()) } },
+            || async {
+                if accepts(address) {
+                    Err("still accepts".to_string())
+                } else {
+                    Ok(())
+                }
+            },
         )
         .await;
     }

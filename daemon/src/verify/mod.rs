@@ -159,10 +159,7 @@ impl Report {
     pub fn to_outputs(&self) -> Object {
         let results: Vec<Value> = self.results.iter().map(CheckResult::to_value).collect();
         let mut out = Object::new();
-        out.insert(
-            "checks".into(),
-            json!({ "passed": self.passed(), "results": results }),
-        );
+        out.insert("checks".into(), json!({ "passed": self.passed(), "results": results }));
         out
     }
 
@@ -245,10 +242,7 @@ pub fn parse_check(value: &Value, field: &str, position: usize) -> Result<Check,
     };
     for key in table.keys() {
         if !KEYS.contains(&key.as_str()) {
-            return Err(format!(
-                "{field}.{key}: unknown key (a check has: {})",
-                KEYS.join(", ")
-            ));
+            return Err(format!("{field}.{key}: unknown key (a check has: {})", KEYS.join(", ")));
         }
     }
     let kind = match table.get("type") {
@@ -261,7 +255,9 @@ pub fn parse_check(value: &Value, field: &str, position: usize) -> Result<Check,
     // Keys only some types take.
     let only = |key: &str, types: &str, allowed: bool| -> Result<(), String> {
         if !allowed && table.get(key).is_some_and(|v| !v.is_null()) {
-            return Err(format!("{field}.{key}: only {types} checks take {key} (this check is {kind})"));
+            return Err(format!(
+                "{field}.{key}: only {types} checks take {key} (this check is {kind})"
+            ));
         }
         Ok(())
     };
@@ -278,16 +274,20 @@ pub fn parse_check(value: &Value, field: &str, position: usize) -> Result<Check,
             let path = match table.get("path") {
                 None | Some(Value::Null) => "/".to_string(),
                 Some(Value::String(p)) => check_path(p).map_err(|e| format!("{field}.path: {e}"))?,
-                Some(v) => return Err(format!("{field}.path: must be a string such as \"/health\", not {}", short(v))),
+                Some(v) => {
+                    return Err(format!(
+                        "{field}.path: must be a string such as \"/health\", not {}",
+                        short(v)
+                    ))
+                }
             };
-            let status = match table.get("status") {
-                None | Some(Value::Null) => 200,
-                Some(v) => v
-                    .as_u64()
-                    .filter(|s| (100..=599).contains(s))
-                    .ok_or_else(|| format!("{field}.status: must be an HTTP status, 100 to 599, not {}", short(v)))?
-                    as u16,
-            };
+            let status =
+                match table.get("status") {
+                    None | Some(Value::Null) => 200,
+                    Some(v) => v.as_u64().filter(|s| (100..=599).contains(s)).ok_or_else(|| {
+                        format!("{field}.status: must be an HTTP status, 100 to 599, not {}", short(v))
+                    })? as u16,
+                };
             let body = match table.get("body") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(b)) => {
@@ -341,11 +341,12 @@ pub fn parse_check(value: &Value, field: &str, position: usize) -> Result<Check,
     let interval = seconds(table.get("interval"), &format!("{field}.interval"), true)?.unwrap_or(DEFAULT_INTERVAL);
     let retries = match table.get("retries") {
         None | Some(Value::Null) => DEFAULT_RETRIES,
-        Some(v) => v
-            .as_u64()
-            .filter(|r| *r <= MAX_RETRIES)
-            .ok_or_else(|| format!("{field}.retries: must be an integer from 0 to {MAX_RETRIES}, not {}", short(v)))?
-            as u32,
+        Some(v) => v.as_u64().filter(|r| *r <= MAX_RETRIES).ok_or_else(|| {
+            format!(
+                "{field}.retries: must be an integer from 0 to {MAX_RETRIES}, not {}",
+                short(v)
+            )
+        })? as u32,
     };
     Ok(Check {
         name,
@@ -367,7 +368,12 @@ fn seconds(value: Option<&Value>, field: &str, zero: bool) -> Result<Option<Dura
     let s = v
         .as_f64()
         .filter(|s| s.is_finite() && *s <= MAX_SECONDS && (*s > 0.0 || (zero && *s == 0.0)))
-        .ok_or_else(|| format!("{field}: must be a number of seconds, {lower} to {MAX_SECONDS}, not {}", short(v)))?;
+        .ok_or_else(|| {
+            format!(
+                "{field}: must be a number of seconds, {lower} to {MAX_SECONDS}, not {}",
+                short(v)
+            )
+        })?;
     Ok(Some(Duration::from_secs_f64(s)))
 }
 

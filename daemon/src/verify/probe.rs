@@ -187,10 +187,7 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
 /// The data of a chunked body, as far as it was read.
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&raw[..end]);
         let size_text = size_text.split(';').next().unwrap_or_default().trim().to_string();
         let Ok(size) = usize::from_str_radix(&size_text, 16) else {
@@ -322,9 +319,14 @@ mod tests {
     #[test]
     fn responses_are_parsed_with_lengths_and_chunks() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello world").unwrap();
-        assert_eq!((r.status, r.reason.as_str(), r.body.as_slice()), (200, "OK", &b"hello"[..]));
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n5;x=1\r\npedia\r\n0\r\n\r\n")
-            .unwrap();
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.body.as_slice()),
+            (200, "OK", &b"hello"[..])
+        );
+        let r = parse_response(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n5;x=1\r\npedia\r\n0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (404, &b"wikipedia"[..]));
         let r = parse_response(b"HTTP/1.0 500 Oops\r\n\r\nbad").unwrap();
         assert_eq!((r.status, r.body.as_slice()), (500, &b"bad"[..]));

@@ -73,35 +73,110 @@ fn every_parse_error_names_the_field() {
     let cases = [
         (json!("http"), "spec.checks: must be an array of checks"),
         (json!([1]), "spec.checks[0]: must be a table"),
-        (json!([{"type": "ping"}]), "spec.checks[0].type: unknown check type \"ping\" (use tcp, http or exec)"),
+        (
+            json!([{"type": "ping"}]),
+            "spec.checks[0].type: unknown check type \"ping\" (use tcp, http or exec)",
+        ),
         (json!([{"path": "/"}]), "spec.checks[0].type: required"),
-        (json!([{"type": 3}]), "spec.checks[0].type: must be tcp, http or exec, not 3"),
-        (json!([{"type": "tcp"}, {"type": "http", "bodyy": "x"}]), "spec.checks[1].bodyy: unknown key (a check has: type, name,"),
-        (json!([{"type": "http", "body": "(unclosed"}]), "spec.checks[0].body: invalid regex \"(unclosed\""),
-        (json!([{"type": "http", "body": 7}]), "spec.checks[0].body: must be a regex"),
-        (json!([{"type": "http", "status": 99}]), "spec.checks[0].status: must be an HTTP status, 100 to 599, not 99"),
-        (json!([{"type": "http", "status": "200"}]), "spec.checks[0].status: must be an HTTP status"),
-        (json!([{"type": "http", "path": "health"}]), "spec.checks[0].path: must start with '/'"),
-        (json!([{"type": "http", "path": "/a b"}]), "spec.checks[0].path: must not contain spaces"),
-        (json!([{"type": "tcp", "path": "/"}]), "spec.checks[0].path: only http checks take path (this check is tcp)"),
-        (json!([{"type": "http", "command": "true"}]), "spec.checks[0].command: only exec checks take command"),
-        (json!([{"type": "exec"}]), "spec.checks[0].command: required for an exec check"),
-        (json!([{"type": "exec", "command": " "}]), "spec.checks[0].command: must not be empty"),
-        (json!([{"type": "exec", "command": "true", "status": 200}]), "spec.checks[0].status: only http checks take status"),
-        (json!([{"type": "tcp", "timeout": 0}]), "spec.checks[0].timeout: must be a number of seconds, more than 0 to 300"),
-        (json!([{"type": "tcp", "timeout": 301}]), "spec.checks[0].timeout: must be a number of seconds"),
-        (json!([{"type": "tcp", "timeout": "2s"}]), "spec.checks[0].timeout: must be a number of seconds"),
-        (json!([{"type": "tcp", "interval": -1}]), "spec.checks[0].interval: must be a number of seconds, 0 to 300"),
-        (json!([{"type": "tcp", "retries": 1.5}]), "spec.checks[0].retries: must be an integer from 0 to 100, not 1.5"),
-        (json!([{"type": "tcp", "retries": 101}]), "spec.checks[0].retries: must be an integer from 0 to 100"),
-        (json!([{"type": "tcp", "name": ""}]), "spec.checks[0].name: must be 1 to 64 characters"),
-        (json!([{"type": "tcp", "name": "a b"}]), "spec.checks[0].name: must be 1 to 64 characters"),
-        (json!([{"type": "tcp", "name": 1}]), "spec.checks[0].name: must be a string"),
-        (json!([{"type": "tcp", "name": "x"}, {"type": "http", "name": "x"}]), "spec.checks[1].name: \"x\" is the name of spec.checks[0] too"),
+        (
+            json!([{"type": 3}]),
+            "spec.checks[0].type: must be tcp, http or exec, not 3",
+        ),
+        (
+            json!([{"type": "tcp"}, {"type": "http", "bodyy": "x"}]),
+            "spec.checks[1].bodyy: unknown key (a check has: type, name,",
+        ),
+        (
+            json!([{"type": "http", "body": "(unclosed"}]),
+            "spec.checks[0].body: invalid regex \"(unclosed\"",
+        ),
+        (
+            json!([{"type": "http", "body": 7}]),
+            "spec.checks[0].body: must be a regex",
+        ),
+        (
+            json!([{"type": "http", "status": 99}]),
+            "spec.checks[0].status: must be an HTTP status, 100 to 599, not 99",
+        ),
+        (
+            json!([{"type": "http", "status": "200"}]),
+            "spec.checks[0].status: must be an HTTP status",
+        ),
+        (
+            json!([{"type": "http", "path": "health"}]),
+            "spec.checks[0].path: must start with '/'",
+        ),
+        (
+            json!([{"type": "http", "path": "/a b"}]),
+            "spec.checks[0].path: must not contain spaces",
+        ),
+        (
+            json!([{"type": "tcp", "path": "/"}]),
+            "spec.checks[0].path: only http checks take path (this check is tcp)",
+        ),
+        (
+            json!([{"type": "http", "command": "true"}]),
+            "spec.checks[0].command: only exec checks take command",
+        ),
+        (
+            json!([{"type": "exec"}]),
+            "spec.checks[0].command: required for an exec check",
+        ),
+        (
+            json!([{"type": "exec", "command": " "}]),
+            "spec.checks[0].command: must not be empty",
+        ),
+        (
+            json!([{"type": "exec", "command": "true", "status": 200}]),
+            "spec.checks[0].status: only http checks take status",
+        ),
+        (
+            json!([{"type": "tcp", "timeout": 0}]),
+            "spec.checks[0].timeout: must be a number of seconds, more than 0 to 300",
+        ),
+        (
+            json!([{"type": "tcp", "timeout": 301}]),
+            "spec.checks[0].timeout: must be a number of seconds",
+        ),
+        (
+            json!([{"type": "tcp", "timeout": "2s"}]),
+            "spec.checks[0].timeout: must be a number of seconds",
+        ),
+        (
+            json!([{"type": "tcp", "interval": -1}]),
+            "spec.checks[0].interval: must be a number of seconds, 0 to 300",
+        ),
+        (
+            json!([{"type": "tcp", "retries": 1.5}]),
+            "spec.checks[0].retries: must be an integer from 0 to 100, not 1.5",
+        ),
+        (
+            json!([{"type": "tcp", "retries": 101}]),
+            "spec.checks[0].retries: must be an integer from 0 to 100",
+        ),
+        (
+            json!([{"type": "tcp", "name": ""}]),
+            "spec.checks[0].name: must be 1 to 64 characters",
+        ),
+        (
+            json!([{"type": "tcp", "name": "a b"}]),
+            "spec.checks[0].name: must be 1 to 64 characters",
+        ),
+        (
+            json!([{"type": "tcp", "name": 1}]),
+            "spec.checks[0].name: must be a string",
+        ),
+        (
+            json!([{"type": "tcp", "name": "x"}, {"type": "http", "name": "x"}]),
+            "spec.checks[1].name: \"x\" is the name of spec.checks[0] too",
+        ),
     ];
     for (checks, expected) in cases {
         let e = err(checks.clone());
-        assert!(e.starts_with(expected), "{checks}: {e:?} does not start with {expected:?}");
+        assert!(
+            e.starts_with(expected),
+            "{checks}: {e:?} does not start with {expected:?}"
+        );
     }
     let many: Vec<Value> = (0..=MAX_CHECKS).map(|_| json!({"type": "tcp"})).collect();
     assert!(err(Value::Array(many)).starts_with("spec.checks: 33 checks is more than the limit of 32"));
@@ -135,7 +210,9 @@ async fn server(answer: impl Fn(u32) -> Option<String> + Send + Sync + 'static) 
     let answer = Arc::new(answer);
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             let n = seen.fetch_add(1, Ordering::SeqCst);
             let answer = answer.clone();
             tokio::spawn(async move {
@@ -252,13 +329,22 @@ async fn retries_are_counted_and_the_last_attempt_wins() {
     let mut check = http(None);
     check.retries = 3;
     let m = machine(4, address.clone());
-    let report = run_checks(&[check.clone()], &[m.clone()], &no_env(), &log, &CancellationToken::new())
-        .await
-        .unwrap();
+    let report = run_checks(
+        std::slice::from_ref(&check),
+        std::slice::from_ref(&m),
+        &no_env(),
+        &log,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert!(report.passed());
     assert_eq!(report.results.len(), 1);
     let r = &report.results[0];
-    assert_eq!((r.machine, r.address.as_str(), r.check.as_str()), (4, address.as_str(), "health"));
+    assert_eq!(
+        (r.machine, r.address.as_str(), r.check.as_str()),
+        (4, address.as_str(), "health")
+    );
     assert_eq!((r.passed, r.attempts, r.detail.as_str()), (true, 3, "200 OK"));
     assert_eq!(count.load(Ordering::SeqCst), 3);
     let line = rx.try_recv().unwrap();
@@ -281,7 +367,9 @@ async fn retries_are_counted_and_the_last_attempt_wins() {
     assert!(r.ms >= 20, "{r:?}");
     assert_eq!(
         report.failure().unwrap(),
-        format!("check health failed on machine 0 ({address}) after 3 attempts: GET /health: status 500 Boom, expected 200")
+        format!(
+            "check health failed on machine 0 ({address}) after 3 attempts: GET /health: status 500 Boom, expected 200"
+        )
     );
     let outputs = report.to_outputs();
     assert_eq!(outputs["checks"]["passed"], json!(false));
@@ -325,7 +413,10 @@ async fn exec_is_killed_with_its_children_on_timeout() {
     let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while crate::ops::process::is_alive(child, None) {
-        assert!(Instant::now() < deadline, "the check's child {child} survived the timeout");
+        assert!(
+            Instant::now() < deadline,
+            "the check's child {child} survived the timeout"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -350,7 +441,12 @@ async fn every_machine_is_checked_and_no_machines_fails() {
         .collect();
     assert_eq!(
         summary,
-        [(0, "port", true), (0, "exec#0", true), (1, "port", false), (1, "exec#0", false)]
+        [
+            (0, "port", true),
+            (0, "exec#0", true),
+            (1, "port", false),
+            (1, "exec#0", false)
+        ]
     );
     let mut lines = Vec::new();
     while let Ok(l) = rx.try_recv() {
@@ -359,14 +455,22 @@ async fn every_machine_is_checked_and_no_machines_fails() {
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert!(report.failure().unwrap().ends_with("(and 1 more failed result)"));
 
-    let e = run_checks(&[tcp.clone()], &[], &no_env(), &log, &cancel).await.unwrap_err();
+    let e = run_checks(&[tcp.clone()], &[], &no_env(), &log, &cancel)
+        .await
+        .unwrap_err();
     assert_eq!(
         e,
         StepError::Failed("no machines recorded (outputs.machines is empty) to run 1 check on".into())
     );
     // No checks: nothing to do, even without machines.
-    assert_eq!(run_checks(&[], &[], &no_env(), &log, &cancel).await, Ok(Report::default()));
-    assert_eq!(Report::default().to_outputs(), *json!({"checks": {"passed": true, "results": []}}).as_object().unwrap());
+    assert_eq!(
+        run_checks(&[], &[], &no_env(), &log, &cancel).await,
+        Ok(Report::default())
+    );
+    assert_eq!(
+        Report::default().to_outputs(),
+        *json!({"checks": {"passed": true, "results": []}}).as_object().unwrap()
+    );
 }
 
 #[tokio::test]

@@ -96,7 +96,10 @@ impl Printer {
         }
         let mut by_machine: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
         for r in &results {
-            by_machine.entry(r["machine"].as_u64().unwrap_or(u64::MAX)).or_default().push(r);
+            by_machine
+                .entry(r["machine"].as_u64().unwrap_or(u64::MAX))
+                .or_default()
+                .push(r);
         }
         let mut first = true;
         for rows in by_machine.values() {

@@ -368,7 +368,12 @@ impl LocalProvider {
     /// step's outputs (`checks`), kept with the run and the resource whether
     /// the checks passed or not; a failed check fails the step, naming the
     /// check, the machine and what it saw, and leaves the machines running.
-    pub(super) async fn verify_machines(&self, req: &StepRequest, log: &LogSink, cancel: &CancellationToken) -> StepOut {
+    pub(super) async fn verify_machines(
+        &self,
+        req: &StepRequest,
+        log: &LogSink,
+        cancel: &CancellationToken,
+    ) -> StepOut {
         let checks = parse_checks(&req.spec)?;
         if checks.is_empty() {
             log.line("no checks declared (spec.checks): nothing to verify");
@@ -386,11 +391,16 @@ impl LocalProvider {
         let outputs = report.to_outputs();
         match report.failure() {
             None => {
-                log.line(format!("every check passed on every machine ({} results)", report.results.len()));
+                log.line(format!(
+                    "every check passed on every machine ({} results)",
+                    report.results.len()
+                ));
                 Ok(outputs)
             }
             Some(error) => {
-                log.line(format!("verification failed: {error}; the machines are kept for debugging"));
+                log.line(format!(
+                    "verification failed: {error}; the machines are kept for debugging"
+                ));
                 Err(Fail {
                     error: StepError::Failed(error),
                     outputs,
@@ -673,7 +683,11 @@ mod tests {
         let results = outputs["checks"]["results"].as_array().unwrap();
         assert_eq!(results.len(), 6, "{results:?}");
         assert!(lines[0].starts_with("running 3 checks on 2 machines"), "{lines:?}");
-        assert_eq!(lines.iter().filter(|l| l.contains(" passed (")).count(), 6, "{lines:#?}");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(" passed (")).count(),
+            6,
+            "{lines:#?}"
+        );
 
         // A check that cannot pass: the step fails naming it and the
         // machine, reports the results, and the machines go on running.
@@ -684,7 +698,11 @@ mod tests {
             request("cluster", "v", "verifying", failing, &outputs, "run-3"),
         )
         .await;
-        let StepResult::Failed { error, outputs: reported } = r else {
+        let StepResult::Failed {
+            error,
+            outputs: reported,
+        } = r
+        else {
             panic!("{r:?}")
         };
         assert_eq!(
@@ -704,7 +722,14 @@ mod tests {
         // No checks: passes, saying so.
         let (r, lines) = step(
             &f.provider,
-            request("cluster", "v", "verifying", json!({"image": "web", "size": 2}), &outputs, "run-4"),
+            request(
+                "cluster",
+                "v",
+                "verifying",
+                json!({"image": "web", "size": 2}),
+                &outputs,
+                "run-4",
+            ),
         )
         .await;
         assert!(matches!(r, StepResult::Succeeded { .. }), "{r:?}");
@@ -738,7 +763,9 @@ mod tests {
             check(json!({"image": "a", "size": 1, "checks": [{"type": "ping"}]})).unwrap_err(),
             "spec.checks[0].type: unknown check type \"ping\" (use tcp, http or exec)"
         );
-        assert!(check(json!({"size": 1})).unwrap_err().starts_with("spec.image: required"));
+        assert!(check(json!({"size": 1}))
+            .unwrap_err()
+            .starts_with("spec.image: required"));
         // Images have no checks to check.
         let image = builtin("image").unwrap();
         f.provider
