@@ -133,7 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     crate::propose::spawn_builtin_kind_installer(node.clone());
-    let engine = start_engine(&node, &config.data_dir)?;
+    let engine = start_engine(&node, &config.data_dir, &config.advertise)?;
     let served = serve(listener, node.clone(), engine.clone()).await;
     engine.stop().await;
     node.shutdown().await;
@@ -152,14 +152,15 @@ fn host_port(host: &str, port: u16) -> String {
 
 /// Starts the engine with the providers this node offers; their files live
 /// under the data dir (`work/` for run scratch directories, `local/` for
-/// the local provider's images and machines).
-fn start_engine(node: &ClusterNode, data_dir: &std::path::Path) -> anyhow::Result<Engine> {
+/// the local provider's images and machines). The local provider's machines
+/// are recorded at `advertise` (this node's advertise host) and their ports.
+fn start_engine(node: &ClusterNode, data_dir: &std::path::Path, advertise: &str) -> anyhow::Result<Engine> {
     // Steps run in other working directories: every path they get is absolute.
     let data_dir = std::path::absolute(data_dir).context("resolving the data dir")?;
     let lookup = Arc::new(StateLookup(node.reader().clone()));
     let providers = Providers::new([
         Arc::new(ExecProvider::new(Duration::from_secs(5))) as Arc<dyn Provider>,
-        Arc::new(LocalProvider::new(data_dir.join("local"), lookup)),
+        Arc::new(LocalProvider::new(data_dir.join("local"), lookup, advertise)),
     ]);
     Engine::start(node.clone(), providers, data_dir.join("work")).context("starting the engine")
 }

@@ -12,6 +12,7 @@ mod resources;
 mod runs;
 mod settings;
 mod spec;
+mod verify;
 mod wait;
 
 use std::io;
@@ -28,6 +29,7 @@ use crate::render::{OutputFormat, Printer};
 use crate::resources::{CreateArgs, DeleteArgs, DoArgs, GetArgs, LsArgs};
 use crate::runs::{CancelArgs, HistoryArgs, LogsArgs, RunArgs, RunsArgs, StatsArgs};
 use crate::settings::SettingsCommand;
+use crate::verify::{MachinesArgs, VerifyArgs};
 
 /// The command line: global options, then one command.
 #[derive(Debug, Parser)]
@@ -196,6 +198,41 @@ enum Command {
         opsctl do image/base rebuild\n  \
         opsctl --output json do app/shop deploy --wait > run.json")]
     Do(DoArgs),
+    /// Run a resource's acceptance checks again, now, and show the results
+    /// per machine.
+    ///
+    /// Does the `verify` event (a cluster that is running or failed takes
+    /// it; it enters `verifying`, runs every check of its spec.checks on
+    /// every machine, and lands in `running` if all passed, else in `failed`
+    /// with its machines kept), waits for the resource to rest showing
+    /// progress on stderr like `do --wait`, then prints one table per
+    /// machine: MACHINE ADDRESS CHECK RESULT ATTEMPTS TIME DETAIL. Exits 1
+    /// if any check failed. With --output json, the verify run as `run`
+    /// prints it; its outputs.checks has passed and results (machine,
+    /// address, check, passed, attempts, detail, ms).
+    #[command(after_long_help = "Examples:\n  \
+        opsctl create image/site --set source=\"$PWD\" \
+        --set start='exec python3 -m http.server \"$PORT\" --bind \"$OPSD_HOST\"' --wait\n  \
+        opsctl create cluster/web --set image=site --set size=2 \
+        --set 'checks=[{\"type\": \"http\", \"path\": \"/\", \"retries\": 5}, {\"type\": \"tcp\"}]' --wait\n  \
+        opsctl verify cluster/web --reason \"after the network change\"\n  \
+        opsctl --output json verify cluster/web | jq .outputs.checks.passed")]
+    Verify(VerifyArgs),
+    /// List a resource's machines: address, node, state and the verdict of
+    /// the last checks run on each.
+    ///
+    /// Read from the resource's outputs: STATE is running when a process is
+    /// recorded for the machine, else stopped; CHECKS is passed, failed
+    /// (naming the checks that failed) or - when no check ran on it. A
+    /// failed cluster keeps its machines until it is destroyed. With
+    /// --output json, an array with one object per machine: machine,
+    /// address, node, state, pid, port, dir, log, checks (passed, failed or
+    /// null) and results (its check results, as `verify` has them).
+    #[command(after_long_help = "Examples:\n  \
+        opsctl machines cluster/web\n  \
+        opsctl --output json machines cluster/web | jq -r '.[].address'\n  \
+        opsctl delete cluster/web --wait")]
+    Machines(MachinesArgs),
     /// List runs, newest first: of one resource, or of every resource.
     ///
     /// With --output json, an array of runs as `run` prints them.
@@ -307,6 +344,8 @@ fn run(cli: Cli) -> Result<()> {
             Command::Get(args) => resources::get(args, &nodes, printer).await,
             Command::Delete(args) => resources::delete(args, &nodes, printer).await,
             Command::Do(args) => resources::event(args, &nodes, printer).await,
+            Command::Verify(args) => verify::verify(args, &nodes, printer).await,
+            Command::Machines(args) => verify::machines(args, &nodes, printer).await,
             Command::Runs(args) => runs::runs(args, &nodes, printer).await,
             Command::Run(args) => runs::run(args, &nodes, printer).await,
             Command::Logs(args) => runs::logs(args, &nodes, printer).await,

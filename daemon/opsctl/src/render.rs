@@ -19,6 +19,10 @@ use serde_json::{json, Value};
 
 use crate::spec::ResourceRef;
 
+mod checks;
+
+pub use checks::check_results;
+
 /// The widest a setting's value is shown in a table; longer values are cut
 /// (`settings get` shows the whole value).
 const VALUE_COLUMN_WIDTH: usize = 60;

@@ -427,6 +427,32 @@ pub async fn wait_for_change(
     opened: Option<(Watch, Option<ResourceEvent>)>,
     printer: Printer,
 ) -> Result<()> {
+    let tracker = follow_change(nodes, target, change, opened).await?;
+    let failures = tracker.failures();
+    if !failures.is_empty() {
+        bail!("{}", failure_message(&target.to_string(), &failures));
+    }
+    if !tracker.runs().is_empty() {
+        printer.waited_runs(tracker.runs())?;
+    } else if tracker.is_deleted() {
+        printer.deleted(target)?;
+    } else if let Some(resource) = tracker.last_resource() {
+        printer.resource(resource)?;
+    } else {
+        bail!("the server answered the change to {target} without the resource");
+    }
+    Ok(())
+}
+
+/// Follows a change as [`wait_for_change`] does, showing its progress on
+/// stderr, and returns the bookkeeping once the resource rests (or is
+/// gone): its runs and how they ended, for the caller to print.
+pub async fn follow_change(
+    nodes: &Nodes,
+    target: &ResourceRef,
+    change: &ResourceChange,
+    opened: Option<(Watch, Option<ResourceEvent>)>,
+) -> Result<Tracker> {
     let name = target.to_string();
     let show = |notes: Vec<Note>| {
         for note in notes {
@@ -517,21 +543,7 @@ pub async fn wait_for_change(
             watch = None;
         }
     }
-
-    let failures = tracker.failures();
-    if !failures.is_empty() {
-        bail!("{}", failure_message(&name, &failures));
-    }
-    if !tracker.runs().is_empty() {
-        printer.waited_runs(tracker.runs())?;
-    } else if tracker.is_deleted() {
-        printer.deleted(target)?;
-    } else if let Some(resource) = tracker.last_resource() {
-        printer.resource(resource)?;
-    } else {
-        bail!("the server answered the change to {target} without the resource");
-    }
-    Ok(())
+    Ok(tracker)
 }
 
 /// Reopens the watch of `target` from address position `first` on, then

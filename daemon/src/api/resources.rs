@@ -83,6 +83,25 @@ impl ResourcesService {
             .map_err(crate::api::rejection_status)
     }
 
+    /// Has the provider of `kind` check a new resource's spec (its checks,
+    /// say) before anything is proposed: INVALID_ARGUMENT naming the field.
+    /// A kind this node does not know yet, or whose provider it lacks, is
+    /// left to the create itself to refuse.
+    fn check_spec(&self, kind: &str, spec_json: &str) -> Result<(), Status> {
+        let view = self.node.reader().view();
+        let Some((kind, _)) = domain::read_kind(&view, kind).map_err(read_status)? else {
+            return Ok(());
+        };
+        let Some(provider) = self.engine.providers().get(&kind.provider) else {
+            return Ok(());
+        };
+        let spec = match serde_json::from_str::<serde_json::Value>(spec_json) {
+            Ok(serde_json::Value::Object(spec)) => spec,
+            _ => return Ok(()),
+        };
+        provider.check_spec(&kind, &spec).map_err(Status::invalid_argument)
+    }
+
     /// The resource change a command made, as the API answers it.
     fn change(&self, committed: (u64, Outcome)) -> Result<ResourceChange, Status> {
         let view = self.node.reader().view();
@@ -294,6 +313,7 @@ impl Resources for ResourcesService {
         require("kind", &req.kind)?;
         domain::validate_name(&req.name).map_err(Status::invalid_argument)?;
         let spec_json = spec_text(req.spec.as_ref())?;
+        self.check_spec(&req.kind, &spec_json)?;
         let cmd = Command::CreateResource {
             kind: req.kind,
             name: req.name,

@@ -267,6 +267,16 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
 
+    /// Checks the spec of a new resource of `kind` (a kind naming this
+    /// provider) before anything is written: what the provider's steps would
+    /// refuse later, refused at once. Run at the API's create; the error
+    /// names the field (`spec.checks[0].type: ...`). By default every spec
+    /// passes.
+    fn check_spec(&self, kind: &Kind, spec: &Object) -> Result<(), String> {
+        let _ = (kind, spec);
+        Ok(())
+    }
+
     /// Runs the step of `req.state`. Returns when the work is done, has
     /// failed, or `cancel` fired (then [`StepResult::Cancelled`], with the
     /// outputs of what it already did).

@@ -211,6 +211,11 @@ impl Provider for ServiceProvider {
         Ok(())
     }
 
+    /// The spec is a service's: a port, a cluster, a sound health check.
+    fn check_spec(&self, _kind: &Kind, spec: &Object) -> Result<(), String> {
+        service_spec(spec).map(|_| ())
+    }
+
     /// A swap names a running cluster other than the active one; a swap
     /// back has a running previous cluster to return to.
     fn check_event(&self, outputs: &Object, event: &str, args: &BTreeMap<String, String>) -> Result<(), Rejection> {

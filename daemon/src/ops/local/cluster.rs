@@ -14,7 +14,8 @@ use super::machines::{free_port, is_running, known_machines, record_machines, st
 use super::{Fail, LocalProvider, StepOut};
 use crate::ops::files::{append_line, blocking, check_component, copy_tree, log_tail, remove_tree};
 use crate::ops::process::{is_alive, launch_detached, proc_stat};
-use crate::ops::{LogSink, Object, StepError, StepRequest};
+use crate::ops::{machines_of, LogSink, Object, StepError, StepRequest};
+use crate::verify::{parse_checks, run_checks};
 
 /// The most machines a cluster may have.
 pub const MAX_MACHINES: u64 = 64;
@@ -23,7 +24,7 @@ pub const MAX_MACHINES: u64 = 64;
 const LOG_TAIL_LINES: usize = 20;
 
 /// A cluster's spec, checked.
-struct ClusterSpec {
+pub(super) struct ClusterSpec {
     image: String,
     size: u64,
     base_port: Option<u16>,
@@ -37,10 +38,11 @@ struct ImageInfo {
 }
 
 /// Environment variables opsd sets for every machine; `spec.env` may not.
-const MACHINE_VARS: [&str; 3] = ["PORT", "OPSD_CLUSTER", "OPSD_MACHINE"];
+const MACHINE_VARS: [&str; 4] = ["PORT", "OPSD_HOST", "OPSD_CLUSTER", "OPSD_MACHINE"];
 
-/// Checks a cluster's spec, naming the field at fault.
-fn cluster_spec(spec: &Object) -> Result<ClusterSpec, String> {
+/// Checks a cluster's spec, naming the field at fault (its `checks` are
+/// checked by [`crate::verify::parse_checks`]).
+pub(super) fn cluster_spec(spec: &Object) -> Result<ClusterSpec, String> {
     let image = match spec.get("image") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         None | Some(Value::Null) => return Err("spec.image: required: the name of a built image".into()),
@@ -176,6 +178,10 @@ impl LocalProvider {
                 }
             }
         }
+        // Records of older builds have no address: they are this node's.
+        for m in machines.values_mut().filter(|m| m.address.is_empty()) {
+            m.address = self.address(m.port);
+        }
         // Machines beyond the size are stopped.
         let extra: Vec<Machine> = machines.split_off(&spec.size).into_values().collect();
         if extra.iter().any(is_running) {
@@ -235,6 +241,7 @@ impl LocalProvider {
             .map_err(|e| with_outputs(e.into()))?;
             let mut env = spec.env.clone();
             env.push(("PORT".into(), port.to_string()));
+            env.push(("OPSD_HOST".into(), self.machine_host().to_string()));
             env.push(("OPSD_CLUSTER".into(), req.name.clone()));
             env.push(("OPSD_MACHINE".into(), i.to_string()));
             let pid = launch_detached(&image.start, &dir, &log_path, &env)
@@ -245,6 +252,7 @@ impl LocalProvider {
                 node: req.node_id,
                 pid: Some(pid),
                 port,
+                address: self.address(port),
                 dir: dir.display().to_string(),
                 log: log_path.display().to_string(),
                 start_time: proc_stat(pid).map(|s| s.start_time),
@@ -350,6 +358,55 @@ impl LocalProvider {
             .collect();
         out.insert("machines".into(), Value::Array(machines));
         Ok(out)
+    }
+}
+
+impl LocalProvider {
+    /// `verify_machines`: runs the cluster's acceptance checks
+    /// (`spec.checks`) against every machine in its outputs, with the
+    /// settings in scope as the exec checks' environment. The report is the
+    /// step's outputs (`checks`), kept with the run and the resource whether
+    /// the checks passed or not; a failed check fails the step, naming the
+    /// check, the machine and what it saw, and leaves the machines running.
+    pub(super) async fn verify_machines(
+        &self,
+        req: &StepRequest,
+        log: &LogSink,
+        cancel: &CancellationToken,
+    ) -> StepOut {
+        let checks = parse_checks(&req.spec)?;
+        if checks.is_empty() {
+            log.line("no checks declared (spec.checks): nothing to verify");
+            return Ok(crate::verify::Report::default().to_outputs());
+        }
+        let machines = machines_of(&req.outputs);
+        log.line(format!(
+            "running {} check{} on {} machine{}",
+            checks.len(),
+            if checks.len() == 1 { "" } else { "s" },
+            machines.len(),
+            if machines.len() == 1 { "" } else { "s" }
+        ));
+        let report = run_checks(&checks, &machines, &req.settings, log, cancel).await?;
+        let outputs = report.to_outputs();
+        match report.failure() {
+            None => {
+                log.line(format!(
+                    "every check passed on every machine ({} results)",
+                    report.results.len()
+                ));
+                Ok(outputs)
+            }
+            Some(error) => {
+                log.line(format!(
+                    "verification failed: {error}; the machines are kept for debugging"
+                ));
+                Err(Fail {
+                    error: StepError::Failed(error),
+                    outputs,
+                })
+            }
+        }
     }
 }
 
@@ -513,6 +570,7 @@ mod tests {
             let environ = String::from_utf8_lossy(&environ);
             for var in [
                 format!("PORT={}", m.port),
+                "OPSD_HOST=127.0.0.1".into(),
                 "OPSD_CLUSTER=c1".into(),
                 format!("OPSD_MACHINE={i}"),
                 "GREETING=hi".into(),
@@ -589,6 +647,130 @@ mod tests {
             );
             assert!(!accepts(m.port));
         }
+    }
+
+    #[tokio::test]
+    async fn verify_runs_the_checks_and_keeps_failed_machines() {
+        let f = fixture();
+        let start = "exec python3 -m http.server $PORT --bind 127.0.0.1";
+        build_image(
+            &f,
+            "web",
+            json!({"source": f.source.display().to_string(), "start": start}),
+        )
+        .await;
+        let checks = json!([
+            {"type": "tcp", "name": "port", "timeout": 1, "retries": 20, "interval": 0.1},
+            {"type": "http", "path": "/index.html", "body": "hello from the image", "retries": 5, "interval": 0.2},
+            {"type": "exec", "command": "test -n \"$OPSD_MACHINE_PORT\" && test \"$GREETING\" = hi", "retries": 0},
+        ]);
+        let spec = json!({"image": "web", "size": 2, "checks": checks});
+        let mut outputs = Object::new();
+        ok(
+            &f.provider,
+            request("cluster", "v", "pending", spec.clone(), &outputs, "run-1"),
+            &mut outputs,
+        )
+        .await;
+        let up = f.machines(&outputs);
+        for m in &up {
+            assert_eq!(m.address, format!("127.0.0.1:{}", m.port));
+        }
+        let mut req = request("cluster", "v", "verifying", spec.clone(), &outputs, "run-2");
+        req.settings.insert("GREETING".into(), "hi".into());
+        let lines = ok(&f.provider, req, &mut outputs).await;
+        assert_eq!(outputs["checks"]["passed"], json!(true), "{lines:#?}");
+        let results = outputs["checks"]["results"].as_array().unwrap();
+        assert_eq!(results.len(), 6, "{results:?}");
+        assert!(lines[0].starts_with("running 3 checks on 2 machines"), "{lines:?}");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(" passed (")).count(),
+            6,
+            "{lines:#?}"
+        );
+
+        // A check that cannot pass: the step fails naming it and the
+        // machine, reports the results, and the machines go on running.
+        let failing = json!({"image": "web", "size": 2,
+            "checks": [{"type": "http", "path": "/missing", "name": "health", "retries": 1, "interval": 0.1}]});
+        let (r, lines) = step(
+            &f.provider,
+            request("cluster", "v", "verifying", failing, &outputs, "run-3"),
+        )
+        .await;
+        let StepResult::Failed {
+            error,
+            outputs: reported,
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            error,
+            format!(
+                "check health failed on machine 0 (127.0.0.1:{}) after 2 attempts: GET /missing: status 404 File not found, expected 200 (and 1 more failed result)",
+                up[0].port
+            )
+        );
+        assert_eq!(reported["checks"]["passed"], json!(false));
+        assert_eq!(reported["checks"]["results"].as_array().unwrap().len(), 2);
+        assert!(lines.iter().any(|l| l.contains("machines are kept")), "{lines:#?}");
+        for m in &up {
+            assert!(is_running(m), "machine {} was stopped", m.index);
+        }
+
+        // No checks: passes, saying so.
+        let (r, lines) = step(
+            &f.provider,
+            request(
+                "cluster",
+                "v",
+                "verifying",
+                json!({"image": "web", "size": 2}),
+                &outputs,
+                "run-4",
+            ),
+        )
+        .await;
+        assert!(matches!(r, StepResult::Succeeded { .. }), "{r:?}");
+        assert_eq!(lines, ["no checks declared (spec.checks): nothing to verify"]);
+
+        // No machines recorded: fails.
+        let (r, _) = step(
+            &f.provider,
+            request("cluster", "v", "verifying", spec.clone(), &Object::new(), "run-5"),
+        )
+        .await;
+        assert!(error_of(r).starts_with("no machines recorded"));
+
+        ok(
+            &f.provider,
+            request("cluster", "v", "destroying", spec, &outputs.clone(), "run-6"),
+            &mut outputs,
+        )
+        .await;
+    }
+
+    #[test]
+    fn a_cluster_spec_is_checked_before_it_is_created() {
+        use crate::domain::kind::builtin;
+        use crate::ops::Provider;
+        let f = fixture();
+        let cluster = builtin("cluster").unwrap();
+        let check = |spec: serde_json::Value| f.provider.check_spec(&cluster, spec.as_object().unwrap());
+        check(json!({"image": "a", "size": 1, "checks": [{"type": "tcp"}]})).unwrap();
+        assert_eq!(
+            check(json!({"image": "a", "size": 1, "checks": [{"type": "ping"}]})).unwrap_err(),
+            "spec.checks[0].type: unknown check type \"ping\" (use tcp, http or exec)"
+        );
+        assert!(check(json!({"size": 1}))
+            .unwrap_err()
+            .starts_with("spec.image: required"));
+        // Images have no checks to check.
+        let image = builtin("image").unwrap();
+        f.provider
+            .check_spec(&image, json!({"checks": 1}).as_object().unwrap())
+            .unwrap();
     }
 
     #[tokio::test]

@@ -86,7 +86,7 @@ pub(crate) fn fixture() -> Fixture {
     symlink("index.html", source.join("link.html")).unwrap();
     let root = tmp.path().join("data/local");
     let registry = Arc::new(RegistryDouble::default());
-    let provider = LocalProvider::new(root.clone(), registry.clone());
+    let provider = LocalProvider::new(root.clone(), registry.clone(), "127.0.0.1");
     Fixture {
         source,
         root,

@@ -41,6 +41,11 @@ pub(super) struct Machine {
     pub pid: Option<i32>,
     /// The port it was told to listen on (`PORT`).
     pub port: u16,
+    /// Where it listens, `HOST:PORT`: the host is the advertise host of the
+    /// node running it. Empty in records of older builds (then
+    /// `127.0.0.1:PORT` is meant; see [`crate::ops::machines_of`]).
+    #[serde(default)]
+    pub address: String,
     /// Its working directory, a copy of the image.
     pub dir: String,
     /// The file its output is appended to.
@@ -170,6 +175,7 @@ mod tests {
             node: 1,
             pid,
             port: 8000 + index as u16,
+            address: format!("127.0.0.1:{}", 8000 + index),
             dir: format!("d{index}"),
             log: format!("l{index}"),
             start_time: None,

@@ -45,13 +45,50 @@ pub struct LocalProvider {
     root: PathBuf,
     /// The registry, to find a cluster's image.
     lookup: Arc<dyn ResourceLookup>,
+    /// This node's advertise host: the host of its machines' addresses.
+    host: String,
 }
 
 impl LocalProvider {
     /// A provider keeping its images and clusters under `root` (created as
-    /// needed), finding a cluster's image through `lookup`.
-    pub fn new(root: PathBuf, lookup: Arc<dyn ResourceLookup>) -> Self {
-        LocalProvider { root, lookup }
+    /// needed), finding a cluster's image through `lookup`; the machines it
+    /// starts are recorded as listening on `host` (the node's advertise
+    /// host) at their port.
+    pub fn new(root: PathBuf, lookup: Arc<dyn ResourceLookup>, host: impl Into<String>) -> Self {
+        LocalProvider {
+            root,
+            lookup,
+            host: host.into(),
+        }
+    }
+
+    /// The host this node's machines are reached at (and told to listen on,
+    /// `OPSD_HOST`): the node's advertise host, except that a loopback one
+    /// (`127.x.y.z`, `::1`, `localhost`) is `127.0.0.1`: every loopback
+    /// address reaches the same computer, where a machine conventionally
+    /// listens on 127.0.0.1 (nodes sharing one computer advertise different
+    /// loopback addresses).
+    fn machine_host(&self) -> &str {
+        let loopback = match self.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => self.host.eq_ignore_ascii_case("localhost"),
+        };
+        if loopback {
+            "127.0.0.1"
+        } else {
+            &self.host
+        }
+    }
+
+    /// The address of a machine of this node listening on `port`:
+    /// `HOST:PORT` ([`Self::machine_host`]), an IPv6 host in brackets.
+    fn address(&self, port: u16) -> String {
+        let host = self.machine_host();
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
     }
 }
 
@@ -72,11 +109,13 @@ enum Step {
     StopMachines,
     /// Stops a cluster's machines and removes their files.
     DestroyMachines,
+    /// Runs a cluster's acceptance checks (`spec.checks`) against its machines.
+    VerifyMachines,
 }
 
 impl Step {
     /// Every step with its name.
-    const ALL: [(&'static str, Step); 7] = [
+    const ALL: [(&'static str, Step); 8] = [
         ("copy_source", Step::CopySource),
         ("build_image", Step::BuildImage),
         ("remove_image", Step::RemoveImage),
@@ -84,6 +123,7 @@ impl Step {
         ("restart_machines", Step::RestartMachines),
         ("stop_machines", Step::StopMachines),
         ("destroy_machines", Step::DestroyMachines),
+        ("verify_machines", Step::VerifyMachines),
     ];
 
     /// The step called `name`, if there is one.
@@ -136,6 +176,20 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
+    /// A kind whose states start machines (`start_machines`) is a cluster
+    /// kind: its spec must be a cluster's, checks included. A kind that only
+    /// verifies (`verify_machines`) must have valid checks.
+    fn check_spec(&self, kind: &Kind, spec: &Object) -> Result<(), String> {
+        let uses = |step: &str| kind.states.values().any(|s| s.step.as_deref() == Some(step));
+        if uses("start_machines") || uses("restart_machines") {
+            cluster::cluster_spec(spec)?;
+        }
+        if uses("verify_machines") || uses("start_machines") {
+            crate::verify::parse_checks(spec)?;
+        }
+        Ok(())
+    }
+
     async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult {
         if cancel.is_cancelled() {
             return StepResult::cancelled();
@@ -163,6 +217,7 @@ impl Provider for LocalProvider {
             Step::RestartMachines => self.start_machines(&req, &log, &cancel, false).await,
             Step::StopMachines => self.stop_machines(&req, &log, &cancel, false).await,
             Step::DestroyMachines => self.stop_machines(&req, &log, &cancel, true).await,
+            Step::VerifyMachines => self.verify_machines(&req, &log, &cancel).await,
         };
         step_result(out)
     }
@@ -198,6 +253,17 @@ mod tests {
 
     fn check(source: &str) -> Result<(), String> {
         fixture().provider.check_kind(&Kind::parse(source).unwrap())
+    }
+
+    #[test]
+    fn machines_are_addressed_at_the_advertise_host_loopback_as_127_0_0_1() {
+        let at = |host: &str| LocalProvider::new("/nonexistent".into(), fixture().registry.clone(), host).address(8080);
+        assert_eq!(at("10.0.0.5"), "10.0.0.5:8080");
+        assert_eq!(at("node-a.example"), "node-a.example:8080");
+        assert_eq!(at("fd00::5"), "[fd00::5]:8080");
+        assert_eq!(at("127.42.0.7"), "127.0.0.1:8080");
+        assert_eq!(at("::1"), "127.0.0.1:8080");
+        assert_eq!(at("LOCALHOST"), "127.0.0.1:8080");
     }
 
     #[test]
