@@ -215,7 +215,11 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine, balance
         .add_service(reflection)
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
         .add_service(SettingsServer::new(SettingsService::new(node.clone(), stop.clone())))
-        .add_service(ServicesServer::new(ServicesService::new(node.clone(), balancer, stop.clone())))
+        .add_service(ServicesServer::new(ServicesService::new(
+            node.clone(),
+            balancer,
+            stop.clone(),
+        )))
         .add_service(ResourcesServer::new(ResourcesService::new(node, engine, stop)))
         .serve_with_incoming_shutdown(transport::incoming(listener), async move {
             let failure = tokio::select! {

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use opsd_tests::Opsctl;
 use opsd_tests::resources as res;
+use opsd_tests::Opsctl;
 use opsd_tests::{wait_until, Cluster, Options};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,7 +19,9 @@ const WAIT: Duration = Duration::from_secs(60);
 /// GET / through `addr`; the body, or why not.
 async fn http_get(addr: &str) -> Result<String, String> {
     let mut s = TcpStream::connect(addr).await.map_err(|e| format!("{addr}: {e}"))?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
     let mut body = String::new();
     s.read_to_string(&mut body).await.map_err(|e| e.to_string())?;
     Ok(body)
@@ -117,8 +119,14 @@ async fn service_load_balancer_routes() {
     let failed = res::wait_resting(&addr, "service", "busy", WAIT).await;
     assert_eq!(failed.state, "failed", "{failed:?}");
     let resolved = opsctl.json(&["resolve", "service/busy"]).await;
-    let error = resolved["endpoints"][0]["error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("cannot listen") && error.contains(&busy.to_string()), "{resolved:#}");
+    let error = resolved["endpoints"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("cannot listen") && error.contains(&busy.to_string()),
+        "{resolved:#}"
+    );
     drop(taken);
 
     // An unknown service is NOT_FOUND, named.

@@ -9,7 +9,9 @@ use opsd_client::{is_stream_break, Nodes, Patience};
 use opsd_proto::v1::{Endpoints, NodeEndpoint, ResolveRequest, Resource};
 use serde_json::{json, Value};
 
-use crate::render::{dash_if_empty, key_values, one_line, resource_json, write_json, yes_no, OutputFormat, Printer, Table};
+use crate::render::{
+    dash_if_empty, key_values, one_line, resource_json, write_json, yes_no, OutputFormat, Printer, Table,
+};
 use crate::spec::ResourceRef;
 
 /// The kind `resolve` takes.
@@ -190,7 +192,16 @@ pub fn write_balancers(out: &mut impl Write, nodes: &[NodeEndpoint]) -> io::Resu
     writeln!(out)?;
     writeln!(out, "balancers:")?;
     let mut table = Table::new(&[
-        "NODE", "ENDPOINT", "CLUSTER", "MACHINE", "ADDRESS", "HEALTHY", "OPEN", "TOTAL", "BYTES_IN", "BYTES_OUT",
+        "NODE",
+        "ENDPOINT",
+        "CLUSTER",
+        "MACHINE",
+        "ADDRESS",
+        "HEALTHY",
+        "OPEN",
+        "TOTAL",
+        "BYTES_IN",
+        "BYTES_OUT",
     ]);
     for n in nodes {
         let endpoint = match (n.listening, n.error.as_str()) {

@@ -63,7 +63,9 @@ impl Services for ServicesService {
         check_name(&req.name)?;
         barrier(&self.node, req.stale).await?;
         let service = read_service(&self.node, &req.name)?;
-        Ok(Response::new(endpoints(&self.node, Some(&self.balancer), &service).await))
+        Ok(Response::new(
+            endpoints(&self.node, Some(&self.balancer), &service).await,
+        ))
     }
 
     type WatchResolveStream = AnswerStream<Endpoints>;
@@ -101,7 +103,9 @@ impl Services for ServicesService {
                             return;
                         }
                         Ok(DomainEvent::Resource(r)) if r.kind == SERVICE_KIND && r.name == name => true,
-                        Ok(DomainEvent::Resource(r)) | Ok(DomainEvent::ResourceDeleted(r)) if r.kind == CLUSTER_KIND => {
+                        Ok(DomainEvent::Resource(r)) | Ok(DomainEvent::ResourceDeleted(r))
+                            if r.kind == CLUSTER_KIND =>
+                        {
                             r.name == last.active
                         }
                         _ => false,

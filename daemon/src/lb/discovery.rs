@@ -26,7 +26,11 @@ pub fn local_to_proto(report: LocalReport) -> LocalBalancer {
     LocalBalancer {
         node_id: report.node_id,
         lb_host: report.host,
-        services: report.services.into_iter().map(|s| service_to_proto(&host, s)).collect(),
+        services: report
+            .services
+            .into_iter()
+            .map(|s| service_to_proto(&host, s))
+            .collect(),
     }
 }
 
@@ -59,7 +63,12 @@ fn service_to_proto(host: &str, s: ServiceReport) -> BalancedService {
 
 /// Asks one member for its load balancer's view of `service`; this node
 /// answers itself through `me`, when given.
-async fn ask(member: &Member, me: Option<&Balancer>, service: &str, timeout: Duration) -> Result<LocalBalancer, String> {
+async fn ask(
+    member: &Member,
+    me: Option<&Balancer>,
+    service: &str,
+    timeout: Duration,
+) -> Result<LocalBalancer, String> {
     if let Some(me) = me.filter(|b| b.node_id() == member.id) {
         return Ok(local_to_proto(me.report(Some(service))));
     }
@@ -130,7 +139,10 @@ pub async fn node_endpoints(
                             (_, e) if !e.is_empty() => format!("node {}: {e}", member.id),
                             (false, _) => format!("node {} is not listening yet", member.id),
                             (true, _) if s.port != u32::from(port) => {
-                                format!("node {} listens on port {} (not applied the change yet)", member.id, s.port)
+                                format!(
+                                    "node {} listens on port {} (not applied the change yet)",
+                                    member.id, s.port
+                                )
                             }
                             _ => String::new(),
                         },

@@ -106,3 +106,126 @@ pub fn start(node: &ClusterNode, balancer: Balancer) -> JoinHandle<()> {
         balancer.stop();
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::resources::{builtin_kind_updates, RunEnd};
+    use crate::domain::testing::TestState;
+    use crate::domain::{Command, Outcome, Trigger};
+
+    fn trigger() -> Trigger {
+        Trigger {
+            principal: "p".into(),
+            reason: String::new(),
+            source: "api".into(),
+            at_ms: 1,
+        }
+    }
+
+    fn with_builtin_kinds() -> TestState {
+        let mut s = TestState::new();
+        let updates = builtin_kind_updates(&s.state.view()).unwrap();
+        for cmd in updates {
+            s.apply(cmd);
+        }
+        s
+    }
+
+    /// Creates a resource and finishes its first run with `outputs`.
+    fn create(s: &mut TestState, kind: &str, name: &str, spec: &str, outputs: &str) {
+        let (out, _) = s.apply(Command::CreateResource {
+            kind: kind.into(),
+            name: name.into(),
+            spec_json: spec.into(),
+            labels: BTreeMap::new(),
+            trigger: trigger(),
+        });
+        let Outcome::ResourceChanged { run: Some(run), .. } = out else {
+            panic!("{kind}/{name}: {out:?}");
+        };
+        s.apply(Command::FinishRun {
+            run: run.index,
+            attempt: 1,
+            end: RunEnd::Succeeded {
+                outputs_json: outputs.into(),
+            },
+            at_ms: 2,
+        });
+    }
+
+    #[test]
+    fn a_service_routes_to_the_machines_of_its_active_cluster() {
+        let mut s = with_builtin_kinds();
+        create(
+            &mut s,
+            "cluster",
+            "web-v1",
+            r#"{"image": "i", "size": 2}"#,
+            r#"{"machines": [{"index": 0, "address": "127.0.0.1:4000"}, {"index": 1, "port": 4001}]}"#,
+        );
+        create(
+            &mut s,
+            "service",
+            "web",
+            r#"{"port": 8080, "cluster": "web-v1", "drain": 5}"#,
+            r#"{"active": "web-v1"}"#,
+        );
+        // Not active yet: served, with no backends.
+        create(&mut s, "service", "new", r#"{"port": 8081, "cluster": "web-v1"}"#, "{}");
+        // Active on a cluster that does not exist: no backends.
+        create(
+            &mut s,
+            "service",
+            "gone",
+            r#"{"port": 8082, "cluster": "x"}"#,
+            r#"{"active": "x"}"#,
+        );
+        let all = routes(&s.state.view()).unwrap();
+        let by_name: BTreeMap<&str, &Route> = all.iter().map(|r| (r.name.as_str(), r)).collect();
+        assert_eq!(by_name.len(), 3, "{all:?}");
+        let web = by_name["web"];
+        assert_eq!((web.port, web.active.as_deref()), (8080, Some("web-v1")));
+        assert_eq!(web.drain, std::time::Duration::from_secs(5));
+        let addresses: Vec<&str> = web.backends.iter().map(|m| m.address.as_str()).collect();
+        assert_eq!(addresses, ["127.0.0.1:4000", "127.0.0.1:4001"]);
+        assert_eq!(
+            (by_name["new"].active.as_deref(), by_name["new"].backends.len()),
+            (None, 0)
+        );
+        assert_eq!(by_name["gone"].backends.len(), 0);
+        assert_eq!(by_name["new"].drain, super::super::DEFAULT_DRAIN);
+        // A service being destroyed is no longer served.
+        s.apply(Command::DoEvent {
+            kind: "service".into(),
+            name: "gone".into(),
+            event: "destroy".into(),
+            args: BTreeMap::new(),
+            trigger: trigger(),
+        });
+        let names: Vec<String> = routes(&s.state.view()).unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["new", "web"]);
+    }
+
+    #[test]
+    fn only_service_and_cluster_changes_concern_the_routes() {
+        let mut s = with_builtin_kinds();
+        let (_, events) = s.apply(Command::CreateResource {
+            kind: "service".into(),
+            name: "web".into(),
+            spec_json: r#"{"port": 8080, "cluster": "c"}"#.into(),
+            labels: BTreeMap::new(),
+            trigger: trigger(),
+        });
+        assert!(events.iter().any(concerns_routes), "{events:?}");
+        let (_, events) = s.apply(Command::PutSetting {
+            key: "k".into(),
+            value: "v".into(),
+            expected_revision: None,
+            trigger: trigger(),
+        });
+        assert!(!events.iter().any(concerns_routes), "{events:?}");
+    }
+}

@@ -388,7 +388,11 @@ fn update_pool(shared: &Arc<Shared>, route: &Route) {
     let mut kept = Vec::new();
     let mut gone = Vec::new();
     for b in old {
-        let still = same_cluster && route.backends.iter().any(|m| m.index == b.index && m.address == b.address);
+        let still = same_cluster
+            && route
+                .backends
+                .iter()
+                .any(|m| m.index == b.index && m.address == b.address);
         if still {
             kept.push(b);
         } else {
@@ -536,7 +540,11 @@ fn candidates(shared: &Shared) -> Vec<Arc<Backend>> {
         .iter()
         .cloned()
         .partition(|b| b.healthy.load(Ordering::SeqCst));
-    let start = if healthy.is_empty() { 0 } else { pool.next % healthy.len() };
+    let start = if healthy.is_empty() {
+        0
+    } else {
+        pool.next % healthy.len()
+    };
     pool.next = pool.next.wrapping_add(1);
     let mut order: Vec<_> = healthy[start..].iter().chain(&healthy[..start]).cloned().collect();
     order.extend(down);
@@ -661,7 +669,12 @@ mod tests {
 
     /// A port nothing listens on.
     async fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
+        TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     fn tcp_health(interval_ms: u64) -> Check {
@@ -845,7 +858,11 @@ mod tests {
         // With no active cluster, a connection is accepted and closed.
         let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut buf = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut conn, &mut buf)).await;
+        let read = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::io::AsyncReadExt::read(&mut conn, &mut buf),
+        )
+        .await;
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
         // A service no longer routed closes its listener.
         lb.apply(Vec::new());
