@@ -42,6 +42,11 @@ pub struct Flags {
     /// --listen host]. Required when listening on 0.0.0.0 or [::].
     #[arg(long, env = "OPSD_ADVERTISE", global = true)]
     pub advertise: Option<String>,
+    /// The host this node's load balancer listens on, at each service's
+    /// port [default: the --listen host]. Several nodes on one machine need
+    /// one each (127.0.0.2, 127.0.0.3, ...: all of 127.0.0.0/8 is loopback).
+    #[arg(long, env = "OPSD_LB_HOST", global = true)]
+    pub lb_host: Option<String>,
     /// The client address (HOST:PORT) of any member to join through; may be
     /// repeated (or comma-separated) to try several. Ignored by a node whose
     /// data dir already belongs to that cluster.
@@ -125,6 +130,7 @@ struct FileConfig {
     listen: Option<String>,
     peer_listen: Option<String>,
     advertise: Option<String>,
+    lb_host: Option<String>,
     #[serde(default)]
     join: Vec<String>,
     log_format: Option<LogFormat>,
@@ -148,6 +154,8 @@ pub struct Config {
     pub peer_listen: SocketAddr,
     /// Host others reach this node at.
     pub advertise: String,
+    /// Host the load balancer listens on.
+    pub lb_host: String,
     /// Members to join through.
     pub join: Vec<String>,
     /// Log format.
@@ -200,6 +208,10 @@ impl Config {
             }
             None => listen.ip().to_string(),
         };
+        let lb_host = match flags.lb_host.or(file.lb_host) {
+            Some(host) => check_lb_host(host.trim())?,
+            None => listen.ip().to_string(),
+        };
         let join = if flags.join.is_empty() { file.join } else { flags.join };
         check_addrs("--join", &join)?;
         let heartbeat_ms = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
@@ -233,6 +245,7 @@ impl Config {
             listen,
             peer_listen,
             advertise,
+            lb_host,
             join,
             log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             heartbeat: Duration::from_millis(heartbeat_ms),
@@ -296,6 +309,25 @@ fn check_advertise(host: &str) -> anyhow::Result<String> {
     Ok(host.to_string())
 }
 
+/// Checks `--lb-host`: an IP address or a host name, without a port (each
+/// service has its own).
+fn check_lb_host(host: &str) -> anyhow::Result<String> {
+    if host.is_empty() {
+        bail!("--lb-host: must not be empty");
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(bare.to_string());
+    }
+    if host.contains(':') {
+        bail!("--lb-host: {host:?} has a port; give the host only: each service listens on its own port");
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        bail!("--lb-host: {host:?} is not a host name or IP address");
+    }
+    Ok(host.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +348,18 @@ mod tests {
         assert!(c.join.is_empty());
         assert_eq!(c.min_free_mb, 64);
         assert_eq!(parse(&["--min-free-mb", "0"]).unwrap().min_free_mb, 0);
+    }
+
+    #[test]
+    fn lb_host_defaults_to_the_listen_host_and_takes_no_port() {
+        assert_eq!(parse(&[]).unwrap().lb_host, "127.0.0.1");
+        assert_eq!(parse(&["--listen", "127.0.0.5:9000"]).unwrap().lb_host, "127.0.0.5");
+        assert_eq!(parse(&["--lb-host", "127.0.0.2"]).unwrap().lb_host, "127.0.0.2");
+        assert_eq!(parse(&["--lb-host", "[::1]"]).unwrap().lb_host, "::1");
+        let err = parse(&["--lb-host", "127.0.0.2:80"]).unwrap_err().to_string();
+        assert!(err.starts_with("--lb-host: ") && err.contains("has a port"), "{err}");
+        let err = parse(&["--lb-host", ""]).unwrap_err().to_string();
+        assert!(err.starts_with("--lb-host: "), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use opsd_cluster::{new_cluster_id, ClusterConfig, ClusterNode, DataDir, NodeInfo
 use opsd_proto::transport;
 use opsd_proto::v1::cluster_server::ClusterServer;
 use opsd_proto::v1::resources_server::ResourcesServer;
+use opsd_proto::v1::services_server::ServicesServer;
 use opsd_proto::v1::settings_server::SettingsServer;
 use opsd_proto::v1::{JoinRequest, StatusRequest};
 use tokio::net::TcpListener;
@@ -26,8 +27,12 @@ use crate::api::settings::SettingsService;
 use crate::config::Config;
 use crate::domain::{Domain, TABLES};
 use crate::engine::{Engine, StateLookup};
+use crate::lb::api::ServicesService;
+use crate::lb::Balancer;
 use crate::ops::exec::ExecProvider;
+use crate::lb::discovery::MemberListeners;
 use crate::ops::local::LocalProvider;
+use crate::ops::service::ServiceProvider;
 use crate::ops::{Provider, Providers};
 
 /// opsd's exit code when its data dir's disk is full or failed
@@ -134,12 +139,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     crate::propose::spawn_builtin_kind_installer(node.clone());
     let engine = start_engine(&node, &config.data_dir, &config.advertise)?;
-    let served = serve(listener, node.clone(), engine.clone()).await;
+    let balancer = Balancer::new(node.node_id(), &config.lb_host, &lb_client_host(&config));
+    let following = crate::lb::follow::start(&node, balancer.clone());
+    let served = serve(listener, node.clone(), engine.clone(), balancer.clone()).await;
+    // The load balancer stops reading the state before the node closes it.
+    following.abort();
+    let _ = following.await;
+    balancer.stop();
     engine.stop().await;
     node.shutdown().await;
     served?;
     info!("stopped");
     Ok(())
+}
+
+/// The host clients reach the load balancer at: `--lb-host`, or the
+/// advertised host when that is an unspecified address (0.0.0.0, ::).
+fn lb_client_host(config: &Config) -> String {
+    match config.lb_host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => config.advertise.clone(),
+        _ => config.lb_host.clone(),
+    }
 }
 
 fn host_port(host: &str, port: u16) -> String {
@@ -160,7 +180,8 @@ fn start_engine(node: &ClusterNode, data_dir: &std::path::Path, advertise: &str)
     let lookup = Arc::new(StateLookup(node.reader().clone()));
     let providers = Providers::new([
         Arc::new(ExecProvider::new(Duration::from_secs(5))) as Arc<dyn Provider>,
-        Arc::new(LocalProvider::new(data_dir.join("local"), lookup, advertise)),
+        Arc::new(LocalProvider::new(data_dir.join("local"), lookup.clone(), advertise)),
+        Arc::new(ServiceProvider::new(lookup, Arc::new(MemberListeners(node.clone())))),
     ]);
     Engine::start(node.clone(), providers, data_dir.join("work")).context("starting the engine")
 }
@@ -170,7 +191,7 @@ fn start_engine(node: &ClusterNode, data_dir: &std::path::Path, advertise: &str)
 /// disk failed under Raft goes on serving what it can (reads; health says
 /// NOT_SERVING, writes are refused with the reason) until the disk has room
 /// again, then exits with [`EXIT_DISK`] for its supervisor to restart it.
-async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyhow::Result<()> {
+async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine, balancer: Balancer) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     spawn_health(health, node.clone()).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -198,6 +219,11 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine) -> anyh
         .add_service(reflection)
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
         .add_service(SettingsServer::new(SettingsService::new(node.clone(), stop.clone())))
+        .add_service(ServicesServer::new(ServicesService::new(
+            node.clone(),
+            balancer,
+            stop.clone(),
+        )))
         .add_service(ResourcesServer::new(ResourcesService::new(node, engine, stop)))
         .serve_with_incoming_shutdown(transport::incoming(listener), async move {
             let failure = tokio::select! {
@@ -263,6 +289,9 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
         .await;
     health
         .set_service_status(service_name::<ResourcesServer<ResourcesService>>(), status)
+        .await;
+    health
+        .set_service_status(service_name::<ServicesServer<ServicesService>>(), status)
         .await;
 }
 

@@ -9,9 +9,12 @@
 //! docs/kinds.md (`app.toml` and its `deploy.sh`), the spec files the
 //! examples name (`api.toml`, `blog.json`), the directories shell completions
 //! go to, and its node's address: an example's `--addr` list is the reader's
-//! cluster, so it is pointed at the test's node. An example that watches
-//! (`settings watch`) runs until stopped: it must print the change the test
-//! then makes and still be running.
+//! cluster, so it is pointed at the test's node. The examples of `resolve`
+//! name a service, `web`: the test makes one first (an image, a cluster of
+//! one machine, a service on a free port), as a reader would have. An example
+//! that watches (`settings watch`, `resolve --watch`) runs until stopped: it
+//! must print the change the test then makes (for `resolve`, the endpoints it
+//! prints at once) and still be running.
 
 use std::process::Output;
 
@@ -94,6 +97,38 @@ fn watched(example: &str) -> String {
     )
 }
 
+/// A `resolve --watch` example: started in the background, it must print
+/// the service's endpoints and still be running; then it is stopped.
+fn watched_service(example: &str) -> String {
+    let quoted = docs::shell_quote(example);
+    format!(
+        "printf '+ %s &\\n' {quoted} >&2\n\
+         {example} > resolve.out &\n\
+         watch_pid=$!\n\
+         for i in $(seq 100); do grep -q endpoints resolve.out && break; sleep 0.2; done\n\
+         if ! grep -q endpoints resolve.out || ! kill -0 $watch_pid; then\n\
+           printf 'FAILED: %s printed no endpoints, or stopped\\n' {quoted} >&2; exit 1\n\
+         fi\n\
+         kill $watch_pid\n"
+    )
+}
+
+/// What the examples of `resolve` need: a service `web` on `port`, in
+/// front of a cluster of one small HTTP server.
+fn service_web(port: u16) -> String {
+    [
+        "mkdir -p web-src && echo hello > web-src/index.html".to_string(),
+        "opsctl create image/web --set source=\"$PWD/web-src\" \
+         --set 'start=exec python3 -m http.server \"$PORT\" --bind 127.0.0.1' --wait > /dev/null"
+            .to_string(),
+        "opsctl create cluster/web-v1 --set image=web --set size=1 --wait > /dev/null".to_string(),
+        format!("opsctl create service/web --set port={port} --set cluster=web-v1 --wait > /dev/null"),
+    ]
+    .iter()
+    .map(|c| docs::checked(c))
+    .collect()
+}
+
 #[tokio::test]
 async fn opsctl_help_examples_run() {
     // `opsctl logs`'s example pipes into jq.
@@ -117,6 +152,14 @@ async fn opsctl_help_examples_run() {
     std::fs::create_dir_all(dir.path().join(".zfunc")).unwrap();
     std::fs::create_dir_all(dir.path().join(".config/fish/completions")).unwrap();
 
+    let cluster = Cluster::start(1, Options::default()).await;
+    let host = cluster.node(0).config().listen.ip();
+    let service_port = std::net::TcpListener::bind((host, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
     let mut script = String::new();
     let mut count = 0;
     for (words, lines) in &all {
@@ -124,10 +167,15 @@ async fn opsctl_help_examples_run() {
             .chain(words.iter().map(String::as_str))
             .collect();
         script.push_str(&format!("printf '\\n## %s --help\\n' '{}' >&2\n", command.join(" ")));
+        if words.len() == 1 && words[0] == "resolve" {
+            script.push_str(&service_web(service_port));
+        }
         for example in lines {
             count += 1;
             if example.contains("settings watch") {
                 script.push_str(&watched(example));
+            } else if example.contains("resolve") && example.contains("--watch") {
+                script.push_str(&watched_service(example));
             } else {
                 script.push_str(&docs::checked(&at_test_node(example)));
             }
@@ -135,7 +183,6 @@ async fn opsctl_help_examples_run() {
     }
     assert!(count >= 30, "only {count} examples found: {all:?}");
 
-    let cluster = Cluster::start(1, Options::default()).await;
     let out = docs::bash(dir.path(), &cluster.node(0).client_addr(), &script).await;
     docs::assert_succeeded(&out, "the examples of opsctl --help");
 

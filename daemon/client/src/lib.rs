@@ -5,7 +5,7 @@
 //! - [`NodeAddr`]: a node's client address, `HOST:PORT`, checked when parsed.
 //! - [`Credentials`]: who is asking, sent with every request (today the
 //!   `x-opsd-principal` metadata; tokens go here too).
-//! - [`Api`]: the three services of one node, every request carrying the
+//! - [`Api`]: the four services of one node, every request carrying the
 //!   credentials.
 //! - [`Nodes`]: a request with address failover over several nodes, with a
 //!   connect timeout and a per-request timeout.
@@ -25,6 +25,7 @@ mod settings_watch;
 
 use opsd_proto::v1::cluster_client::ClusterClient;
 use opsd_proto::v1::resources_client::ResourcesClient;
+use opsd_proto::v1::services_client::ServicesClient;
 use opsd_proto::v1::settings_client::SettingsClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -42,8 +43,10 @@ pub type ClusterApi = ClusterClient<AuthChannel>;
 pub type SettingsApi = SettingsClient<AuthChannel>;
 /// `opsd.v1.Resources` with credentials.
 pub type ResourcesApi = ResourcesClient<AuthChannel>;
+/// `opsd.v1.Services` with credentials.
+pub type ServicesApi = ServicesClient<AuthChannel>;
 
-/// The client API of one node: its three services over one channel, every
+/// The client API of one node: its four services over one channel, every
 /// request carrying the same credentials. Cheap to clone (clones share the
 /// connection).
 #[derive(Debug, Clone)]
@@ -56,6 +59,8 @@ pub struct Api {
     pub settings: SettingsApi,
     /// `opsd.v1.Resources`: kinds, resources, runs.
     pub resources: ResourcesApi,
+    /// `opsd.v1.Services`: the load balancers and discovery.
+    pub services: ServicesApi,
 }
 
 impl Api {
@@ -66,7 +71,8 @@ impl Api {
             addr: addr.into(),
             cluster: ClusterClient::with_interceptor(channel.clone(), credentials.clone()),
             settings: SettingsClient::with_interceptor(channel.clone(), credentials.clone()),
-            resources: ResourcesClient::with_interceptor(channel, credentials),
+            resources: ResourcesClient::with_interceptor(channel.clone(), credentials.clone()),
+            services: ServicesClient::with_interceptor(channel, credentials),
         }
     }
 

@@ -10,6 +10,7 @@ mod kinds;
 mod render;
 mod resources;
 mod runs;
+mod services;
 mod settings;
 mod spec;
 mod verify;
@@ -28,6 +29,7 @@ use crate::kinds::KindsCommand;
 use crate::render::{OutputFormat, Printer};
 use crate::resources::{CreateArgs, DeleteArgs, DoArgs, GetArgs, LsArgs};
 use crate::runs::{CancelArgs, HistoryArgs, LogsArgs, RunArgs, RunsArgs, StatsArgs};
+use crate::services::ResolveArgs;
 use crate::settings::SettingsCommand;
 use crate::verify::{MachinesArgs, VerifyArgs};
 
@@ -167,7 +169,30 @@ enum Command {
     /// index of its last change), spec and outputs (objects), labels,
     /// active_run_id (null if none), working, final, and created_at and
     /// updated_at (RFC 3339).
+    ///
+    /// A service (service/NAME) is followed by every node's load balancer
+    /// for it: its endpoint (or why it does not listen) and, per backend
+    /// machine, its health, open and total connections and bytes in and
+    /// out; with --output json, in an extra field `balancers` (an array with
+    /// one object per node, as `resolve` documents).
     Get(GetArgs),
+    /// Show where a service is reached: the load balancer endpoint on every
+    /// node, and the machines of its active cluster.
+    ///
+    /// Every node is asked for its own load balancer (1 s each): a node that
+    /// does not answer, or cannot listen on the port (in use there), is
+    /// listed with the error. With --watch, prints the endpoints again each
+    /// time they change (a swap, a swap back, machines added or removed),
+    /// so a client follows a swap without polling; the watch goes on through
+    /// the next address if its node dies. With --output json, an object
+    /// with name, state, port, active and previous (null if none),
+    /// endpoints (node_id, address, listening, error) and backends (index,
+    /// address); with --watch, one such object per line.
+    #[command(after_long_help = "Examples:\n  \
+        opsctl resolve service/web\n  \
+        opsctl --output json resolve service/web | jq -r '.endpoints[].address'\n  \
+        opsctl resolve service/web --watch")]
+    Resolve(ResolveArgs),
     /// Delete a resource through its kind's destroy path.
     ///
     /// A resource in a final state is removed at once (its runs stay, for
@@ -342,6 +367,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Create(args) => resources::create(args, &nodes, printer).await,
             Command::Ls(args) => resources::ls(args, &nodes, printer).await,
             Command::Get(args) => resources::get(args, &nodes, printer).await,
+            Command::Resolve(args) => services::resolve(args, &nodes, cli.output).await,
             Command::Delete(args) => resources::delete(args, &nodes, printer).await,
             Command::Do(args) => resources::event(args, &nodes, printer).await,
             Command::Verify(args) => verify::verify(args, &nodes, printer).await,

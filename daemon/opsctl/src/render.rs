@@ -58,6 +58,11 @@ impl Printer {
         Self { format }
     }
 
+    /// The format it prints in.
+    pub fn format(&self) -> OutputFormat {
+        self.format
+    }
+
     /// `status`: this node's view of the cluster.
     pub fn status(&self, status: &StatusResponse) -> io::Result<()> {
         let mut out = io::stdout().lock();
@@ -699,7 +704,7 @@ fn run_table(runs: &[Run], columns: RunColumns) -> Table {
 }
 
 /// A key/value block.
-fn key_values(fields: &[(&str, String)]) -> Table {
+pub(crate) fn key_values(fields: &[(&str, String)]) -> Table {
     let mut block = Table::new(&["", ""]);
     for (name, value) in fields {
         block.row(vec![name.to_string(), value.clone()]);
@@ -719,7 +724,7 @@ fn write_json_section(out: &mut impl Write, title: &str, value: &Value) -> io::R
 }
 
 /// `yes` or `no`.
-fn yes_no(flag: bool) -> &'static str {
+pub(crate) fn yes_no(flag: bool) -> &'static str {
     if flag {
         "yes"
     } else {
@@ -728,7 +733,7 @@ fn yes_no(flag: bool) -> &'static str {
 }
 
 /// `-` for an empty cell, so a blank is never mistaken for a missing column.
-fn dash_if_empty(text: String) -> String {
+pub(crate) fn dash_if_empty(text: String) -> String {
     if text.is_empty() {
         "-".to_string()
     } else {
@@ -864,7 +869,7 @@ fn member_table(members: &[Member], leader: Option<u64>, health: bool) -> Table 
 }
 
 /// Writes one pretty-printed JSON document and a newline.
-fn write_json(out: &mut impl Write, value: &Value) -> io::Result<()> {
+pub(crate) fn write_json(out: &mut impl Write, value: &Value) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)
 }
@@ -872,7 +877,7 @@ fn write_json(out: &mut impl Write, value: &Value) -> io::Result<()> {
 /// Makes text safe for one table cell or line: control characters (newlines,
 /// tabs, escapes) are shown escaped, and with `max` the text is cut to that
 /// many characters, ending in `…`.
-fn one_line(text: &str, max: Option<usize>) -> String {
+pub(crate) fn one_line(text: &str, max: Option<usize>) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {
@@ -893,14 +898,14 @@ fn one_line(text: &str, max: Option<usize>) -> String {
 
 /// Rows of cells printed in aligned columns, separated by two spaces. The only
 /// table renderer in `opsctl`.
-struct Table {
+pub(crate) struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// A table with these column titles.
-    fn new(header: &[&str]) -> Self {
+    pub(crate) fn new(header: &[&str]) -> Self {
         Self {
             header: header.iter().map(|h| h.to_string()).collect(),
             rows: Vec::new(),
@@ -908,17 +913,17 @@ impl Table {
     }
 
     /// Adds a row with one cell per column.
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
     /// Writes the header and the rows.
-    fn write(&self, out: &mut impl Write) -> io::Result<()> {
+    pub(crate) fn write(&self, out: &mut impl Write) -> io::Result<()> {
         self.write_lines(out, true)
     }
 
     /// Writes the rows only (a key/value block).
-    fn write_rows(&self, out: &mut impl Write) -> io::Result<()> {
+    pub(crate) fn write_rows(&self, out: &mut impl Write) -> io::Result<()> {
         self.write_lines(out, false)
     }
 

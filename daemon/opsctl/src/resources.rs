@@ -185,6 +185,9 @@ pub async fn get(args: GetArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
     let resource = nodes
         .call_with(&request, |mut api, r| async move { api.resources.get(r).await })
         .await?;
+    if resource.kind == crate::services::SERVICE_KIND {
+        return crate::services::get_service(&resource, nodes, args.stale, printer).await;
+    }
     printer.resource(&resource)?;
     Ok(())
 }

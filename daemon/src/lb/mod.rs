@@ -4,7 +4,15 @@
 //! to the healthy machines, round robin. It never proposes, so it keeps
 //! serving through a leader failover.
 //!
-//! SKELETON: the service spec is the contract; the data plane is being written.
+//! - [`plane`]: listeners, round robin, health, draining, byte counts;
+//! - [`follow`]: the routes the applied state calls for, followed as it changes;
+//! - [`discovery`]: where a service is reached, asked of every member;
+//! - [`api`]: the `opsd.v1.Services` gRPC service.
+
+pub mod api;
+pub mod discovery;
+pub mod follow;
+pub mod plane;
 
 use std::time::Duration;
 
@@ -12,6 +20,15 @@ use serde_json::Value;
 
 use crate::ops::Object;
 use crate::verify::Check;
+
+pub use discovery::listening_everywhere;
+pub use plane::{Balancer, Route};
+
+/// The kind of the resources the load balancer serves.
+pub const SERVICE_KIND: &str = "service";
+
+/// The kind of the clusters a service routes to.
+pub const CLUSTER_KIND: &str = "cluster";
 
 /// The default drain timeout: how long connections opened before a swap may
 /// go on to the old cluster.

@@ -85,8 +85,7 @@ impl ServiceProvider {
         let endpoints = self
             .listeners
             .listening_everywhere(&req.name, spec.port, LISTEN_WAIT)
-            .await
-            .map_err(|e| format!("service {} cannot serve port {} everywhere: {e}", req.name, spec.port))?;
+            .await?;
         log.line(format!(
             "service {} serves cluster {} at {}",
             req.name,
@@ -396,10 +395,7 @@ mod tests {
         );
 
         let p = provider(state, Err("node 2 (127.0.0.1:7710): address in use".into()));
-        assert_eq!(
-            error(run(&p, req()).await),
-            "service web cannot serve port 8080 everywhere: node 2 (127.0.0.1:7710): address in use"
-        );
+        assert_eq!(error(run(&p, req()).await), "node 2 (127.0.0.1:7710): address in use");
         let mut bad = req();
         bad.spec.insert("port".into(), json!(0));
         assert!(error(run(&p, bad).await).starts_with("spec.port: "));
