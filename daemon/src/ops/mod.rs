@@ -86,7 +86,10 @@ pub fn machines_of(outputs: &Object) -> Vec<MachineAddr> {
         .iter()
         .filter_map(|m| {
             let index = m.get("index")?.as_u64()?;
-            let address = match (m.get("address").and_then(Value::as_str), m.get("port").and_then(Value::as_u64)) {
+            let address = match (
+                m.get("address").and_then(Value::as_str),
+                m.get("port").and_then(Value::as_u64),
+            ) {
                 (Some(a), _) => a.to_string(),
                 (None, Some(port)) => format!("127.0.0.1:{port}"),
                 (None, None) => return None,
