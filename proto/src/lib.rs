@@ -7,6 +7,7 @@
 //! ([`transport`]), so that no two of them write their own.
 
 pub mod json;
+pub mod machine_env;
 pub mod time;
 pub mod transport;
 

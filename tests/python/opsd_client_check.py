@@ -388,9 +388,9 @@ class Checker:
         files = [descriptor_pb2.FileDescriptorProto.FromString(b)
                  for b in res.file_descriptor_response.file_descriptor_proto]
         methods = sorted(m.name for f in files for s in f.service if s.name == "Settings" for m in s.method)
-        expect(methods == ["Delete", "Get", "List", "Put", "Watch"],
+        expect(methods == ["Delete", "Effective", "Get", "List", "Put", "Watch"],
                "reflection file_containing_symbol(opsd.v1.Settings): methods",
-               ["Delete", "Get", "List", "Put", "Watch"], methods)
+               ["Delete", "Effective", "Get", "List", "Put", "Watch"], methods)
         return f"server reflection ({version}) lists {', '.join(services)} and serves their descriptors"
 
 

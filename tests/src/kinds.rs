@@ -41,6 +41,10 @@ pub const PARKED: &str = include_str!("../kinds/parked.toml");
 /// again.
 pub const NEMESIS: &str = include_str!("../kinds/nemesis.toml");
 
+/// One work state whose outputs are the JSON document it read on stdin
+/// (`echo`: `again` reads it again).
+pub const STDIN_ECHO: &str = include_str!("../kinds/stdin_echo.toml");
+
 /// The path of a kind file under `tests/kinds/`, for `opsctl kinds apply`.
 pub fn path(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kinds").join(file)

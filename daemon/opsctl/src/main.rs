@@ -12,6 +12,7 @@ mod resources;
 mod runs;
 mod services;
 mod settings;
+mod shell;
 mod spec;
 mod verify;
 mod wait;
@@ -31,6 +32,7 @@ use crate::resources::{CreateArgs, DeleteArgs, DoArgs, GetArgs, LsArgs};
 use crate::runs::{CancelArgs, HistoryArgs, LogsArgs, RunArgs, RunsArgs, StatsArgs};
 use crate::services::ResolveArgs;
 use crate::settings::SettingsCommand;
+use crate::shell::ShellArgs;
 use crate::verify::{MachinesArgs, VerifyArgs};
 
 /// The command line: global options, then one command.
@@ -316,6 +318,27 @@ enum Command {
         opsctl stats --since 7d\n  \
         opsctl --output json stats --kind app")]
     Stats(StatsArgs),
+    /// Open a shell on one of a resource's machines, or run CMD there.
+    ///
+    /// Takes machine N (--machine, 0 by default) from the resource's
+    /// outputs.machines. A machine of a local cluster is entered on this
+    /// host: $SHELL (else /bin/sh) runs interactively, or CMD ARGS when given
+    /// after `--`, in the machine's directory and with the variables the
+    /// machine gets (its settings in scope, then the cluster's spec.env, then
+    /// PORT, OPSD_CLUSTER and OPSD_MACHINE, as of now) on top of your own
+    /// environment. The exit code is the shell's or CMD's (128 + N if
+    /// signal N ended it); Ctrl-C goes to it, not to opsctl. Fails, exit
+    /// code 1, if the resource has no machines recorded, if there is no
+    /// machine N (naming the ones there are), or if the machine's directory
+    /// is not on this host (naming the node that runs it: run opsctl shell
+    /// there).
+    #[command(after_long_help = "Examples:\n  \
+        opsctl create image/site --set source=\"$PWD\" --set start='exec python3 -m http.server $PORT --bind 127.0.0.1' --wait\n  \
+        opsctl create cluster/site --set image=site --set size=2 --wait\n  \
+        opsctl shell cluster/site\n  \
+        opsctl shell cluster/site --machine 1 -- sh -c 'pwd; ls; echo \"port $PORT\"'\n  \
+        opsctl delete cluster/site --wait")]
+    Shell(ShellArgs),
     /// Print a completion script for SHELL on stdout.
     ///
     /// Load it in the current shell, or install it where the shell looks for
@@ -334,7 +357,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         // The reader of our output went away (`opsctl settings ls | head`):
         // nothing left to say to anyone.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
@@ -345,12 +368,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the command on a single-threaded runtime: opsctl makes one request
+/// Runs the command on a single-threaded runtime, answering the exit code
+/// (`shell`'s is its command's): opsctl makes one request
 /// at a time (a wait reads one stream and, when it breaks, makes the calls
 /// that re-sync it in turn).
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Completion { shell } = cli.command {
-        return completion::print(shell, &mut io::stdout().lock()).context("printing completions");
+        return completion::print(shell, &mut io::stdout().lock())
+            .context("printing completions")
+            .map(|()| ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -359,7 +385,7 @@ fn run(cli: Cli) -> Result<()> {
     let nodes = Nodes::new(cli.addr, Timeouts::default(), Credentials::login_user());
     let printer = Printer::new(cli.output);
     runtime.block_on(async {
-        match cli.command {
+        let done = match cli.command {
             Command::Status { wait } => cluster::status(&nodes, wait, printer).await,
             Command::Cluster(command) => cluster::run(command, &nodes, printer).await,
             Command::Settings(command) => settings::run(command, &nodes, printer).await,
@@ -378,8 +404,10 @@ fn run(cli: Cli) -> Result<()> {
             Command::Cancel(args) => runs::cancel(args, &nodes, printer).await,
             Command::History(args) => runs::history(args, &nodes, printer).await,
             Command::Stats(args) => runs::stats(args, &nodes, printer).await,
+            Command::Shell(args) => return shell::run(args, &nodes).await,
             Command::Completion { .. } => Ok(()),
-        }
+        };
+        done.map(|()| ExitCode::SUCCESS)
     })
 }
 

@@ -12,8 +12,8 @@ use opsd_proto::prost_types::Timestamp;
 use opsd_proto::time;
 use opsd_proto::v1::watch_event::Type as WatchEventType;
 use opsd_proto::v1::{
-    KindInfo, Member, MemberRole, MembersResponse, Reachability, Resource, Run, RunOutcome, Setting, StatusResponse,
-    TransitionStats, WatchEvent,
+    EffectiveSetting, KindInfo, Member, MemberRole, MembersResponse, Reachability, Resource, Run, RunOutcome, Setting,
+    StatusResponse, TransitionStats, WatchEvent,
 };
 use serde_json::{json, Value};
 
@@ -154,6 +154,29 @@ impl Printer {
                 one_line(&setting.key, None),
                 one_line(&setting.value, Some(VALUE_COLUMN_WIDTH)),
                 setting.mod_revision.to_string(),
+            ]);
+        }
+        table.write(&mut out)
+    }
+
+    /// `settings effective`: the settings in scope of a resource, in key
+    /// order, each with the settings key it comes from; in JSON an array of
+    /// {key, value, source}.
+    pub fn effective_settings(&self, settings: &[EffectiveSetting]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if self.format == OutputFormat::Json {
+            let list = settings
+                .iter()
+                .map(|s| json!({"key": s.key, "value": s.value, "source": s.source}))
+                .collect();
+            return write_json(&mut out, &Value::Array(list));
+        }
+        let mut table = Table::new(&["KEY", "VALUE", "FROM"]);
+        for s in settings {
+            table.row(vec![
+                one_line(&s.key, None),
+                one_line(&s.value, Some(VALUE_COLUMN_WIDTH)),
+                one_line(&s.source, None),
             ]);
         }
         table.write(&mut out)

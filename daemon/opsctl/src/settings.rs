@@ -3,9 +3,10 @@
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use opsd_client::{Nodes, SettingsWatch, WatchItem};
-use opsd_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest};
+use opsd_proto::v1::{DeleteRequest, EffectiveRequest, GetRequest, ListRequest, PutRequest};
 
 use crate::render::Printer;
+use crate::spec::ResourceRef;
 
 /// Commands on settings. Keys are 1 to 512 bytes of printable UTF-8 without
 /// whitespace; values are UTF-8 strings of at most 64 KiB.
@@ -90,6 +91,34 @@ pub enum SettingsCommand {
         #[arg(default_value = "")]
         prefix: String,
     },
+    /// Show the settings in scope of a resource: what its steps and machines
+    /// get, and which key each value comes from.
+    ///
+    /// Settings apply to resources through three scopes, the most specific
+    /// winning: `scope/global/KEY` (every resource), `scope/kind/KIND/KEY`
+    /// (every resource of KIND), `scope/resource/KIND/NAME/KEY` (one
+    /// resource). KEY may contain '/'. Exec steps get the merged settings as
+    /// `settings` in the JSON on their stdin; machines of a local cluster get
+    /// those whose key is an environment variable name in their environment
+    /// (under the cluster's spec.env). The table shows KEY, VALUE and FROM
+    /// (the settings key the value comes from, the one to change); with
+    /// --output json, an array of {"key", "value", "source"}. A resource that
+    /// does not exist is an error (exit code 1).
+    #[command(after_long_help = "Examples:\n  \
+        opsctl settings put scope/global/LOG_LEVEL info\n  \
+        opsctl settings put scope/kind/app/LOG_LEVEL debug --reason \"debugging app\"\n  \
+        opsctl settings put scope/resource/app/api/db/url postgres://db:5432/api\n  \
+        opsctl settings effective app/api\n  \
+        opsctl --output json settings effective app/api")]
+    Effective {
+        /// The resource, as KIND/NAME.
+        #[arg(value_name = "KIND/NAME", value_parser = ResourceRef::parse)]
+        target: ResourceRef,
+        /// Read the answering node's state without confirming with the leader:
+        /// faster and works without quorum, but may miss the latest writes.
+        #[arg(long)]
+        stale: bool,
+    },
 }
 
 /// Runs one `opsctl settings ...` command.
@@ -145,6 +174,17 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
             printer.revision(answer.revision, answer.previous.as_ref())?;
         }
         SettingsCommand::Watch { prefix } => watch(prefix, nodes, printer).await?,
+        SettingsCommand::Effective { target, stale } => {
+            let request = EffectiveRequest {
+                kind: target.kind,
+                name: target.name,
+                stale,
+            };
+            let answer = nodes
+                .call_with(&request, |mut api, r| async move { api.settings.effective(r).await })
+                .await?;
+            printer.effective_settings(&answer.settings)?;
+        }
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 use opsd_cluster::ClusterNode;
 use opsd_proto::v1::settings_server::Settings;
 use opsd_proto::v1::{
-    watch_event, DeleteRequest, DeleteResponse, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest,
-    PutResponse, Setting, WatchEvent, WatchRequest,
+    watch_event, DeleteRequest, DeleteResponse, EffectiveRequest, EffectiveResponse, EffectiveSetting, GetRequest,
+    GetResponse, ListRequest, ListResponse, PutRequest, PutResponse, Setting, WatchEvent, WatchRequest,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -13,6 +13,7 @@ use super::caller::trigger_of;
 use super::follow::{end_of_watch, follow, AnswerStream, Applied, Next};
 use super::{barrier, propose, read_status, refuse_if_removed};
 use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
+use crate::domain::{kind, resources, scope};
 use crate::domain::{Command, DomainEvent, Outcome};
 
 /// Serves settings from a cluster node.
@@ -150,6 +151,43 @@ impl Settings for SettingsService {
         );
         Ok(Response::new(stream))
     }
+
+    async fn effective(&self, req: Request<EffectiveRequest>) -> Result<Response<EffectiveResponse>, Status> {
+        let req = req.into_inner();
+        check_resource_name(&req.kind, &req.name)?;
+        barrier(&self.node, req.stale).await?;
+        let reader = self.node.reader();
+        let view = reader.view();
+        if resources::read_resource(&view, &req.kind, &req.name)
+            .map_err(read_status)?
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "resource {}/{} not found",
+                req.kind, req.name
+            )));
+        }
+        let revision = domain::current_revision(&view).map_err(read_status)?;
+        let settings = scope::in_scope(&view, &req.kind, &req.name)
+            .map_err(read_status)?
+            .into_iter()
+            .map(|(key, s)| EffectiveSetting {
+                key,
+                value: s.value,
+                source: s.source,
+            })
+            .collect();
+        Ok(Response::new(EffectiveResponse { settings, revision }))
+    }
+}
+
+/// Checks the resource an Effective request names; the message names the field.
+fn check_resource_name(kind_name: &str, name: &str) -> Result<(), Status> {
+    if kind_name.is_empty() {
+        return Err(invalid("kind: must not be empty".into()));
+    }
+    kind::check_kind_name(kind_name).map_err(|e| invalid(format!("kind: {e}")))?;
+    resources::validate_name(name).map_err(invalid)
 }
 
 fn watch_event_of(ev: SettingEvent) -> WatchEvent {

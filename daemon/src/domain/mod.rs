@@ -5,6 +5,7 @@
 
 pub mod kind;
 pub mod resources;
+pub mod scope;
 pub mod settings;
 pub mod stats;
 #[cfg(test)]

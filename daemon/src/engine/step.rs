@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 
 use super::EngineCtx;
 use crate::domain::resources::{self, parse_object, ResourceRecord, RunEnd, RunRecord, MAX_OUTPUTS_BYTES};
+use crate::domain::scope;
 use crate::domain::Command;
 use crate::ops::{LogSink, Object, StepRequest, StepResult};
 
@@ -135,6 +136,8 @@ fn prepare(
     let (kind, _) = resources::read_kind(&view, &run.kind)
         .map_err(|e| format!("cannot read kind {}: {e}", run.kind))?
         .ok_or_else(|| format!("kind {} no longer exists", run.kind))?;
+    let settings = scope::in_scope(&view, &run.kind, &run.name)
+        .map_err(|e| format!("cannot read the settings in scope of {}/{}: {e}", run.kind, run.name))?;
     drop(view);
     let state = kind
         .state(&run.to)
@@ -160,7 +163,7 @@ fn prepare(
         run: state.run.clone(),
         work_dir,
         node_id: ctx.node_id,
-        settings: Default::default(),
+        settings: scope::values(settings),
     };
     let timeout = Duration::from_secs(state.timeout_secs());
     Ok((provider, req, timeout))

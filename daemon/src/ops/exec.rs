@@ -138,9 +138,11 @@ impl Provider for ExecProvider {
     }
 }
 
-/// The JSON object a script reads on stdin: the resource and the run. The
-/// event's args travel as text, as typed; a script gets each by the rule of
-/// `opsctl --set` ([`typed_value`]): `2` is a number, `"2"` and `v2` strings.
+/// The JSON object a script reads on stdin: the resource, the run and the
+/// settings in scope (`settings`, an object of strings). The event's args
+/// travel as text, as typed; a script gets each by the rule of `opsctl --set`
+/// ([`typed_value`]): `2` is a number, `"2"` and `v2` strings. Settings are
+/// always strings.
 fn stdin_document(req: &StepRequest) -> Vec<u8> {
     let args: Object = req.args.iter().map(|(k, v)| (k.clone(), typed_value(v))).collect();
     let doc = json!({
@@ -153,6 +155,7 @@ fn stdin_document(req: &StepRequest) -> Vec<u8> {
         "state": req.state,
         "run_id": req.run_id,
         "attempt": req.attempt,
+        "settings": req.settings,
     });
     let mut bytes = doc.to_string().into_bytes();
     bytes.push(b'\n');
@@ -225,7 +228,10 @@ mod tests {
             run: Some(script.into()),
             work_dir: dir.to_path_buf(),
             node_id: 7,
-            settings: Default::default(),
+            settings: BTreeMap::from([
+                ("LOG_LEVEL".to_string(), "debug".to_string()),
+                ("db/url".to_string(), "2".to_string()),
+            ]),
         }
     }
 
@@ -289,6 +295,7 @@ mod tests {
             json!({
                 "kind": "widget", "name": "w1", "spec": {"size": 3}, "outputs": {"earlier": "yes"},
                 "args": {"why": "testing", "count": 2, "tag": "2"}, "event": "create", "state": "making", "run_id": "r-42", "attempt": 2,
+                "settings": {"LOG_LEVEL": "debug", "db/url": "2"},
             })
         );
     }

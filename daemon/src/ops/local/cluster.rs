@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use opsd_proto::machine_env::{machine_env, skipped_settings};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -191,6 +192,13 @@ impl LocalProvider {
             }
         }
 
+        let skipped = skipped_settings(&req.settings);
+        if !skipped.is_empty() {
+            log.line(format!(
+                "settings in scope not given to the machines (not environment variable names, or a NUL in the value): {}",
+                skipped.join(", ")
+            ));
+        }
         let mut used_ports: BTreeSet<u16> = machines.values().map(|m| m.port).collect();
         let mut started = Vec::new();
         for i in 0..spec.size {
@@ -239,11 +247,8 @@ impl LocalProvider {
                 ),
             )
             .map_err(|e| with_outputs(e.into()))?;
-            let mut env = spec.env.clone();
-            env.push(("PORT".into(), port.to_string()));
-            env.push(("OPSD_HOST".into(), self.machine_host().to_string()));
-            env.push(("OPSD_CLUSTER".into(), req.name.clone()));
-            env.push(("OPSD_MACHINE".into(), i.to_string()));
+            // Settings in scope, then spec.env, then opsd's own (shared with `opsctl shell`).
+            let env = machine_env(&req.settings, &spec.env, &req.name, i, self.machine_host(), port);
             let pid = launch_detached(&image.start, &dir, &log_path, &env)
                 .await
                 .map_err(|e| with_outputs(format!("machine {i} of cluster {}: {e}", req.name).into()))?;
