@@ -425,18 +425,29 @@ fn update_pool(shared: &Arc<Shared>, route: &Route) {
 }
 
 /// Lets a replaced backend's connections go on for `drain`, then closes them.
+/// With none open it is retired at once, under the pool's lock, so that a
+/// connection being made to it either counts as open first or finds it
+/// retired (see [`connect`]).
 async fn drain(shared: Arc<Shared>, backend: Arc<Backend>, drain: Duration) {
-    if backend.open.load(Ordering::SeqCst) > 0 && !drain.is_zero() {
+    let idle = {
+        let _pool = lock(&shared.pool);
+        let idle = backend.open.load(Ordering::SeqCst) == 0 || drain.is_zero();
+        if idle {
+            backend.retire.cancel();
+        }
+        idle
+    };
+    if !idle {
         tokio::select! {
             _ = tokio::time::sleep(drain) => {}
             _ = backend.retire.cancelled() => {}
         }
+        let open = backend.open.load(Ordering::SeqCst);
+        if open > 0 {
+            info!(service = %shared.name, backend = %backend.address, open, "load balancer: drain timeout over; closing the connections left");
+        }
+        backend.retire.cancel();
     }
-    let open = backend.open.load(Ordering::SeqCst);
-    if open > 0 {
-        info!(service = %shared.name, backend = %backend.address, open, "load balancer: drain timeout over; closing the connections left");
-    }
-    backend.retire.cancel();
     lock(&shared.pool).draining.retain(|b| !Arc::ptr_eq(b, &backend));
 }
 
@@ -544,28 +555,11 @@ fn candidates(shared: &Shared) -> Vec<Arc<Backend>> {
 /// side closes, the backend's drain ends or the service stops.
 async fn proxy(shared: Arc<Shared>, client: TcpStream) {
     let _ = client.set_nodelay(true);
-    let mut connected = None;
-    for backend in candidates(&shared) {
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&backend.address));
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = shared.stop.cancelled() => return,
-        };
-        match result {
-            Ok(Ok(stream)) => {
-                connected = Some((backend, stream));
-                break;
-            }
-            Ok(Err(e)) => backend.connect_failed(format!("connect: {e}")),
-            Err(_) => backend.connect_failed(format!("connect: no answer within {} ms", CONNECT_TIMEOUT.as_millis())),
-        }
-    }
-    let Some((backend, upstream)) = connected else {
+    let Some((backend, upstream)) = connect(&shared).await else {
         debug!(service = %shared.name, "load balancer: no backend could take a connection; closing it");
         return;
     };
     let _ = upstream.set_nodelay(true);
-    backend.open.fetch_add(1, Ordering::SeqCst);
     backend.total.fetch_add(1, Ordering::SeqCst);
     let mut client = Counted::new(client, backend.bytes_in.clone());
     let mut upstream = Counted::new(upstream, backend.bytes_out.clone());
@@ -574,6 +568,49 @@ async fn proxy(shared: Arc<Shared>, client: TcpStream) {
         _ = backend.retire.cancelled() => {}
     }
     backend.open.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Connects to the first candidate backend that takes the connection,
+/// which then counts as open on it. It counts from before the connect,
+/// under the pool's lock: a swap's [`drain`] either sees it and waits, or
+/// retired the backend first, and then the backend is skipped. If every
+/// candidate was retired meanwhile (a swap between the pick and the
+/// connect), the new pool is asked once more.
+async fn connect(shared: &Shared) -> Option<(Arc<Backend>, TcpStream)> {
+    for _round in 0..2 {
+        let mut retired = false;
+        for backend in candidates(shared) {
+            {
+                let _pool = lock(&shared.pool);
+                if backend.retire.is_cancelled() {
+                    retired = true;
+                    continue;
+                }
+                backend.open.fetch_add(1, Ordering::SeqCst);
+            }
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&backend.address));
+            let result = tokio::select! {
+                r = attempt => Some(r),
+                _ = shared.stop.cancelled() => None,
+            };
+            match result {
+                Some(Ok(Ok(stream))) => return Some((backend, stream)),
+                Some(Ok(Err(e))) => backend.connect_failed(format!("connect: {e}")),
+                Some(Err(_)) => {
+                    backend.connect_failed(format!("connect: no answer within {} ms", CONNECT_TIMEOUT.as_millis()))
+                }
+                None => {}
+            }
+            backend.open.fetch_sub(1, Ordering::SeqCst);
+            if shared.stop.is_cancelled() {
+                return None;
+            }
+        }
+        if !retired {
+            break;
+        }
+    }
+    None
 }
 
 /// `HOST:PORT`, bracketing an IPv6 host.
