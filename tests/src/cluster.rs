@@ -472,6 +472,30 @@ impl Cluster {
     }
 }
 
+/// Machines of local clusters are detached processes that outlive opsd (by
+/// design): kills every process working in a directory under `root` (each
+/// machine runs in its own copy of its image there), so that no machine
+/// outlives the test that made it, passed or failed.
+pub fn kill_machines_under(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    if !root.is_absolute() {
+        return;
+    }
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(root)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let failing = std::thread::panicking();
@@ -483,6 +507,9 @@ impl Drop for Cluster {
         }
         // Each node kills its process, and prints its log tail when failing.
         self.nodes.clear();
+        if let Some(dir) = &self.dir {
+            kill_machines_under(dir.path());
+        }
         if failing || std::env::var_os("OPSD_TEST_KEEP").is_some_and(|v| v != "0") {
             if let Some(dir) = self.dir.take() {
                 eprintln!(

@@ -629,33 +629,6 @@ impl Bed {
     }
 }
 
-impl Drop for Bed {
-    /// Machines are detached processes that outlive opsd (by design): kills
-    /// every process working in a directory under the cluster's temp dir
-    /// (each machine runs in its own copy of its image there), so that no
-    /// backend outlives the scenario, passed or failed.
-    fn drop(&mut self) {
-        let root = self.cluster.dir().to_path_buf();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        if !root.is_absolute() {
-            return;
-        }
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
-                continue;
-            };
-            if pid == std::process::id() as i32 {
-                continue;
-            }
-            if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&root)) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::split_response;

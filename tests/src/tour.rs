@@ -81,7 +81,8 @@ impl Drop for Group {
 }
 
 /// Runs `script` in bash in `dir`, in a process group of its own that is
-/// killed (with everything the script started) when it ends; fails the test
+/// killed (with everything the script started, and the machines of the
+/// clusters it made) when it ends; fails the test
 /// if it takes longer than [`TOUR_TIMEOUT`].
 pub async fn run(script: &str, dir: &Path) -> TourOutput {
     let path: PathBuf = dir.join("tour.sh");
@@ -101,6 +102,8 @@ pub async fn run(script: &str, dir: &Path) -> TourOutput {
     let group = Group(child.id().expect("bash's pid") as i32);
     let status = tokio::time::timeout(TOUR_TIMEOUT, child.wait()).await;
     drop(group);
+    // The machines of the tour's clusters live in process groups of their own.
+    crate::cluster::kill_machines_under(dir);
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let output = TourOutput {
         success: matches!(status, Ok(Ok(s)) if s.success()),

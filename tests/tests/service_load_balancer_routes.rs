@@ -33,7 +33,6 @@ async fn free_port(host: &str) -> u16 {
 }
 
 #[tokio::test]
-#[ignore = "needs the service provider (written in parallel); un-ignore once it is merged"]
 async fn service_load_balancer_routes() {
     let cluster = Cluster::start(1, Options::default()).await;
     let node = cluster.node(0);

@@ -232,4 +232,11 @@ impl ResourceLookup for StateLookup {
         let r = resources::read_resource(&view, kind, name).ok()??;
         resources::parse_object("spec", &r.spec_json).ok()
     }
+
+    fn settings(&self, kind: &str, name: &str) -> std::collections::BTreeMap<String, String> {
+        let view = self.0.view();
+        crate::domain::scope::in_scope(&view, kind, name)
+            .map(crate::domain::scope::values)
+            .unwrap_or_default()
+    }
 }

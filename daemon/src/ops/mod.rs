@@ -242,6 +242,13 @@ pub trait ResourceLookup: Send + Sync {
         let _ = (kind, name);
         None
     }
+
+    /// The settings in scope of the resource (as a step of its own gets
+    /// them in [`StepRequest::settings`]).
+    fn settings(&self, kind: &str, name: &str) -> BTreeMap<String, String> {
+        let _ = (kind, name);
+        BTreeMap::new()
+    }
 }
 
 /// The provider contract: what a plug-in implements to make the work states

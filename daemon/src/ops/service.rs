@@ -128,7 +128,9 @@ impl ServiceProvider {
                 checks.len(),
                 machines.len()
             ));
-            let report = verify::run_checks(&checks, &machines, &BTreeMap::new(), log, cancel).await?;
+            // Exec checks get the settings in scope of the cluster they check.
+            let settings = self.lookup.settings("cluster", target);
+            let report = verify::run_checks(&checks, &machines, &settings, log, cancel).await?;
             if let Some(bad) = report.results.iter().find(|r| !r.passed) {
                 let still = active.as_deref().unwrap_or("no cluster");
                 return Err(Fail {
