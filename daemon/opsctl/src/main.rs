@@ -333,11 +333,11 @@ enum Command {
     /// is not on this host (naming the node that runs it: run opsctl shell
     /// there).
     #[command(after_long_help = "Examples:\n  \
-        opsctl create image/site --set source=\"$PWD\" --set start='exec python3 -m http.server $PORT --bind 127.0.0.1' --wait\n  \
-        opsctl create cluster/site --set image=site --set size=2 --wait\n  \
-        opsctl shell cluster/site\n  \
-        opsctl shell cluster/site --machine 1 -- sh -c 'pwd; ls; echo \"port $PORT\"'\n  \
-        opsctl delete cluster/site --wait")]
+        opsctl create image/box --set source=\"$PWD\" --set start='exec python3 -m http.server \"$PORT\" --bind \"$OPSD_HOST\"' --wait\n  \
+        opsctl create cluster/box --set image=box --set size=2 --wait\n  \
+        opsctl shell cluster/box\n  \
+        opsctl shell cluster/box --machine 1 -- sh -c 'pwd; ls; echo \"port $PORT\"'\n  \
+        opsctl delete cluster/box --wait")]
     Shell(ShellArgs),
     /// Print a completion script for SHELL on stdout.
     ///
