@@ -37,7 +37,8 @@ import uuid
 import grpc
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PROTO_FILES = ["opsd/v1/cluster.proto", "opsd/v1/settings.proto", "opsd/v1/resources.proto"]
+PROTO_FILES = ["opsd/v1/cluster.proto", "opsd/v1/settings.proto", "opsd/v1/resources.proto",
+               "opsd/v1/services.proto"]
 
 # The kind of the resource checks (tests/kinds/pycheck.toml): one work state
 # whose step reports outputs, enough to see every typed field of a run.
@@ -86,7 +87,7 @@ def generate_stubs(proto_dir, out_dir):
     sys.path.insert(0, out_dir)
     mods = {}
     for name in ("cluster_pb2", "cluster_pb2_grpc", "settings_pb2", "settings_pb2_grpc",
-                 "resources_pb2", "resources_pb2_grpc"):
+                 "resources_pb2", "resources_pb2_grpc", "services_pb2", "services_pb2_grpc"):
         mods[name] = importlib.import_module(f"opsd.v1.{name}")
     return mods
 
@@ -102,6 +103,8 @@ class Checker:
         self.settings = mods["settings_pb2_grpc"].SettingsStub(self.channel)
         self.r = mods["resources_pb2"]
         self.resources = mods["resources_pb2_grpc"].ResourcesStub(self.channel)
+        self.v = mods["services_pb2"]
+        self.services = mods["services_pb2_grpc"].ServicesStub(self.channel)
         # A fresh prefix per run: the checks own every key under it.
         self.prefix = f"pycheck/{uuid.uuid4().hex[:12]}/"
 
@@ -181,6 +184,19 @@ class Checker:
         expect(err is not None, "Get of a missing key", "an error", "success")
         expect_code(err, grpc.StatusCode.NOT_FOUND, "Get of a missing key")
         return "Settings.Get of a missing key fails NOT_FOUND"
+
+    def services_api(self):
+        local = self.services.Local(self.v.LocalRequest(), timeout=self.timeout)
+        expect(local.node_id > 0 and local.lb_host != "", "Services.Local", "a node id and an lb host",
+               (local.node_id, local.lb_host))
+        name = "pycheck-" + uuid.uuid4().hex[:8]
+        err = rpc_error(self.services.Resolve, self.v.ResolveRequest(name=name), timeout=self.timeout)
+        expect(err is not None, "Resolve of a missing service", "an error", "success")
+        expect_code(err, grpc.StatusCode.NOT_FOUND, "Resolve of a missing service")
+        expect(name in (err.details() or ""), "Resolve of a missing service: message",
+               f"a message naming {name}", err.details())
+        return (f"Services.Local answers (node {local.node_id}, lb host {local.lb_host}); "
+                f"Services.Resolve of a missing service fails NOT_FOUND naming it")
 
     def empty_key(self):
         err = rpc_error(self.put, "", "value")
@@ -410,7 +426,8 @@ def main():
                   f"(grpcio {grpc.__version__})", flush=True)
             ck = Checker(args.addr, args.timeout, mods)
             checks = [ck.connect, ck.status, ck.put_get, ck.stale_cas, ck.get_missing, ck.empty_key,
-                      ck.list_prefix, ck.delete_get, ck.watch, ck.resources_typed, ck.health, ck.reflection]
+                      ck.list_prefix, ck.delete_get, ck.watch, ck.resources_typed, ck.services_api, ck.health,
+                      ck.reflection]
             for check in checks:
                 current = check.__name__
                 print(f"ok: {check()}", flush=True)
