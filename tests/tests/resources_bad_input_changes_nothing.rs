@@ -68,7 +68,7 @@ async fn resources_bad_input_changes_nothing() {
         (
             "provider = \"exec\"",
             "provider = \"docker\"",
-            "provider: unknown provider \"docker\" (this node has: exec, local)",
+            "provider: unknown provider \"docker\" (this node has: exec, local, service)",
         ),
         ("run = 'kill -SEGV $$'\n", "", "state \"crashing\": run: missing"),
         (

@@ -175,16 +175,21 @@ pub async fn ls(args: LsArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
     Ok(())
 }
 
+/// One resource, read through the first node that answers.
+pub async fn fetch(target: &ResourceRef, stale: bool, nodes: &Nodes) -> Result<opsd_proto::v1::Resource> {
+    let request = GetResourceRequest {
+        kind: target.kind.clone(),
+        name: target.name.clone(),
+        stale,
+    };
+    Ok(nodes
+        .call_with(&request, |mut api, r| async move { api.resources.get(r).await })
+        .await?)
+}
+
 /// `opsctl get`: one resource.
 pub async fn get(args: GetArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
-    let request = GetResourceRequest {
-        kind: args.target.kind.clone(),
-        name: args.target.name.clone(),
-        stale: args.stale,
-    };
-    let resource = nodes
-        .call_with(&request, |mut api, r| async move { api.resources.get(r).await })
-        .await?;
+    let resource = fetch(&args.target, args.stale, nodes).await?;
     if resource.kind == crate::services::SERVICE_KIND {
         return crate::services::get_service(&resource, nodes, args.stale, printer).await;
     }

@@ -16,7 +16,7 @@ use clap::Args;
 use opsd_client::Nodes;
 use opsd_proto::json::struct_value;
 use opsd_proto::machine_env::machine_env;
-use opsd_proto::v1::{EffectiveRequest, GetResourceRequest, StatusRequest};
+use opsd_proto::v1::{EffectiveRequest, StatusRequest};
 use serde_json::Value;
 
 use crate::spec::ResourceRef;
@@ -161,14 +161,7 @@ fn spec_env(spec: &Value) -> Vec<(String, String)> {
 pub async fn run(args: ShellArgs, nodes: &Nodes) -> Result<ExitCode> {
     let target = args.target;
     let what = format!("{}/{}", target.kind, target.name);
-    let request = GetResourceRequest {
-        kind: target.kind.clone(),
-        name: target.name.clone(),
-        stale: false,
-    };
-    let resource = nodes
-        .call_with(&request, |mut api, r| async move { api.resources.get(r).await })
-        .await?;
+    let resource = crate::resources::fetch(&target, false, nodes).await?;
     let outputs = struct_value(resource.outputs.as_ref());
     let machines: Vec<&Value> = outputs
         .get("machines")

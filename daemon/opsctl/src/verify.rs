@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use opsd_client::Nodes;
-use opsd_proto::v1::{DoRequest, GetResourceRequest, RunOutcome};
+use opsd_proto::v1::{DoRequest, RunOutcome};
 
 use crate::render::Printer;
 use crate::spec::ResourceRef;
@@ -77,14 +77,7 @@ pub async fn verify(args: VerifyArgs, nodes: &Nodes, printer: Printer) -> Result
 
 /// `opsctl machines`: the machines recorded in the resource's outputs.
 pub async fn machines(args: MachinesArgs, nodes: &Nodes, printer: Printer) -> Result<()> {
-    let request = GetResourceRequest {
-        kind: args.target.kind.clone(),
-        name: args.target.name.clone(),
-        stale: args.stale,
-    };
-    let resource = nodes
-        .call_with(&request, |mut api, r| async move { api.resources.get(r).await })
-        .await?;
+    let resource = crate::resources::fetch(&args.target, args.stale, nodes).await?;
     printer.machines(&resource)?;
     Ok(())
 }
