@@ -33,6 +33,7 @@ use super::{
 };
 use crate::domain::kind::Kind;
 use crate::domain::Rejection;
+use crate::lb::follow::active_of;
 use crate::lb::service_spec;
 use crate::verify;
 
@@ -131,12 +132,12 @@ impl ServiceProvider {
             // Exec checks get the settings in scope of the cluster they check.
             let settings = self.lookup.settings("cluster", target);
             let report = verify::run_checks(&checks, &machines, &settings, log, cancel).await?;
-            if let Some(bad) = report.results.iter().find(|r| !r.passed) {
+            if let Some(why) = report.failure() {
                 let still = active.as_deref().unwrap_or("no cluster");
                 return Err(Fail {
                     error: StepError::Failed(format!(
-                        "cluster {target} failed its acceptance checks: {} on machine {} ({}): {}; service {} still serves {still}",
-                        bad.check, bad.machine, bad.address, bad.detail, req.name
+                        "cluster {target} failed its acceptance checks: {why}; service {} still serves {still}",
+                        req.name
                     )),
                     outputs: report.to_outputs(),
                 });
@@ -177,11 +178,6 @@ impl ServiceProvider {
         out.insert("previous".into(), json!(active));
         Ok(out)
     }
-}
-
-/// The cluster a service's outputs name as active.
-fn active_of(outputs: &Object) -> Option<String> {
-    outputs.get("active").and_then(Value::as_str).map(str::to_string)
 }
 
 #[async_trait::async_trait]
@@ -479,6 +475,36 @@ mod tests {
         );
         check(json!({"active": "v1", "previous": "v2"}), "swap-back", &[]).unwrap();
         check(serving, "destroy", &[]).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_swap_whose_checks_fail_reports_them_and_moves_nothing() {
+        // A port nothing listens on: bind one, then let it go.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let state = Arc::new(State::default());
+        state.put(
+            "v2",
+            "running",
+            json!({"checks": [{"type": "tcp", "retries": 0, "timeout": 1}]}),
+            json!({"machines": [{"index": 0, "address": closed.to_string()}]}),
+        );
+        let p = provider(state, Ok(vec![]));
+        let (log, _rx) = LogSink::channel();
+        let req = request("swap", json!({"active": "v1"}), &[("cluster", "v2")]);
+        match p.step(req, log, CancellationToken::new()).await {
+            StepResult::Failed { error, outputs } => {
+                assert!(
+                    error.starts_with(&format!(
+                        "cluster v2 failed its acceptance checks: check tcp#0 failed on machine 0 ({closed})"
+                    )),
+                    "{error}"
+                );
+                assert!(error.ends_with("; service web still serves v1"), "{error}");
+                assert_eq!(outputs["checks"]["passed"], json!(false));
+                assert!(!outputs.contains_key("active") && !outputs.contains_key("previous"));
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
     }
 
     #[tokio::test]
