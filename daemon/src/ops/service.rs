@@ -480,7 +480,10 @@ mod tests {
     #[tokio::test]
     async fn a_swap_whose_checks_fail_reports_them_and_moves_nothing() {
         // A port nothing listens on: bind one, then let it go.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let state = Arc::new(State::default());
         state.put(
             "v2",

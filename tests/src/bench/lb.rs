@@ -10,7 +10,9 @@
 //!   HTTP/1.1 connection, send `GET /` for the measured window, first
 //!   straight to web-v1's one machine, then through node 1's load balancer
 //!   (which proxies to that same machine), so the difference is the load
-//!   balancer alone. Requests per second and p99, and their ratio.
+//!   balancer alone. Requests per second and p99, and their ratio. Then the
+//!   same through HAProxy (Debian's, in TCP mode, its default threads), a
+//!   peer proxy measured in the same run on the same cores, if installed.
 //! - **swap propagation**: `swaps` swaps, alternately to web-v2 and back to
 //!   web-v1 (`Resources.Do` of `swap` with `cluster`); each is acknowledged
 //!   when `Resources.Watch` shows the service at rest again; from then,
@@ -37,6 +39,8 @@ pub struct LbFigures {
     pub direct: RowResult,
     /// Through a node's load balancer to the same backend.
     pub through_lb: RowResult,
+    /// Through HAProxy to the same backend; `None` if HAProxy is missing.
+    pub haproxy: Option<RowResult>,
     /// For each swap, from its acknowledgement to the last node routing new
     /// connections to the new cluster.
     pub swaps: Vec<Duration>,
@@ -164,6 +168,22 @@ pub async fn measure(warmup: Duration, measure: Duration, swaps: usize) -> Resul
         through_lb.ops_per_s, through_lb.p50_ms, through_lb.p99_ms, through_lb.errors
     );
 
+    let haproxy = match Haproxy::start(v1[0].address) {
+        Ok(proxy) => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let row = http_row(proxy.addr, CONNECTIONS, warmup, measure).await;
+            eprintln!(
+                "[bench] HTTP through HAProxy, {CONNECTIONS} connections: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                row.ops_per_s, row.p50_ms, row.p99_ms, row.errors
+            );
+            Some(row)
+        }
+        Err(why) => {
+            eprintln!("[bench] HTTP through HAProxy: not measured: {why}");
+            None
+        }
+    };
+
     let lbs = bed.lbs(&[0, 1, 2]);
     let mut times = Vec::new();
     for k in 0..swaps {
@@ -185,6 +205,61 @@ pub async fn measure(warmup: Duration, measure: Duration, swaps: usize) -> Resul
     Ok(LbFigures {
         direct,
         through_lb,
+        haproxy,
         swaps: times,
     })
+}
+
+/// HAProxy in TCP mode in front of one backend, on a port of 127.0.0.1 of
+/// its own, killed when dropped.
+struct Haproxy {
+    addr: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    fn start(backend: SocketAddr) -> Result<Haproxy, String> {
+        let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .ok_or("haproxy is not installed (.ci/bench-deps installs it)")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("a free port: {e}"))?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = dir.path().join("haproxy.cfg");
+        let text = format!(
+            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  \
+             timeout server 60s\nfrontend bench\n  bind {addr}\n  default_backend web\nbackend web\n  \
+             server m0 {backend}\n"
+        );
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
+        let child = std::process::Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{bin}: {e}"))?;
+        let proxy = Haproxy { addr, child, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("haproxy did not listen on {addr} within 5 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(proxy)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -63,6 +63,11 @@ pub struct Figures {
     pub direct_p99_ms: Option<f64>,
     /// `lb_rps` over `direct_rps`: 1.0 means the load balancer costs nothing.
     pub lb_ratio: Option<f64>,
+    /// HTTP requests per second through HAProxy (TCP mode) to the same
+    /// backend, 64 kept-alive connections: the peer proxy.
+    pub haproxy_rps: Option<f64>,
+    /// 99th-percentile latency of those, ms.
+    pub haproxy_p99_ms: Option<f64>,
     /// Median time from a swap's acknowledgement to every node routing new
     /// connections to the new cluster, ms.
     pub swap_switch_ms_median: Option<f64>,
@@ -105,6 +110,8 @@ pub fn to_json(rows: &[Row], f: &Figures) -> Value {
             "direct_rps": opt(f.direct_rps, 1),
             "direct_p99_ms": opt(f.direct_p99_ms, 3),
             "lb_ratio": opt(f.lb_ratio, 3),
+            "haproxy_rps": opt(f.haproxy_rps, 1),
+            "haproxy_p99_ms": opt(f.haproxy_p99_ms, 3),
             "swap_switch_ms_median": opt(f.swap_switch_ms_median, 1),
             "swap_switch_ms_max": opt(f.swap_switch_ms_max, 1),
         }
@@ -160,6 +167,15 @@ pub fn figures_table(f: &Figures) -> String {
         (
             "load balancer / straight (requests/s)",
             f.lb_ratio.map_or("not run".to_string(), |r| format!("{r:.2}")),
+        ),
+        ("HTTP through HAProxy, 64 connections", show(f.haproxy_rps, "/s")),
+        ("HTTP through HAProxy, p99", show(f.haproxy_p99_ms, "ms")),
+        (
+            "HAProxy / straight (requests/s)",
+            match (f.haproxy_rps, f.direct_rps) {
+                (Some(h), Some(d)) if d > 0.0 => format!("{:.2}", h / d),
+                _ => "not run".to_string(),
+            },
         ),
         (
             "swap to every node routing new connections, median",

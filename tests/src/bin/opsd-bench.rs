@@ -302,6 +302,20 @@ async fn run(config: Config, data: PathBuf) {
                 figs.direct_rps = Some(f.direct.ops_per_s);
                 figs.direct_p99_ms = Some(f.direct.p99_ms);
                 figs.lb_ratio = Some(f.ratio());
+                match &f.haproxy {
+                    Some(h) => {
+                        say!(
+                            "HTTP through HAProxy: {:.0}/s (p99 {:.2} ms), ratio to straight {:.2}; opsd's load balancer / HAProxy {:.2}",
+                            h.ops_per_s,
+                            h.p99_ms,
+                            h.ops_per_s / f.direct.ops_per_s.max(f64::MIN_POSITIVE),
+                            f.through_lb.ops_per_s / h.ops_per_s.max(f64::MIN_POSITIVE)
+                        );
+                        figs.haproxy_rps = Some(h.ops_per_s);
+                        figs.haproxy_p99_ms = Some(h.p99_ms);
+                    }
+                    None => notes.push("lb: HAProxy not measured (not installed)".into()),
+                }
                 if !times.is_empty() {
                     let median = if times.len() % 2 == 1 {
                         ms(times[times.len() / 2])
