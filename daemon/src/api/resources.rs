@@ -95,9 +95,8 @@ impl ResourcesService {
         let Some(provider) = self.engine.providers().get(&kind.provider) else {
             return Ok(());
         };
-        let spec = match serde_json::from_str::<serde_json::Value>(spec_json) {
-            Ok(serde_json::Value::Object(spec)) => spec,
-            _ => return Ok(()),
+        let Ok(spec) = domain::parse_object("spec", spec_json) else {
+            return Ok(());
         };
         provider.check_spec(&kind, &spec).map_err(Status::invalid_argument)
     }

@@ -11,11 +11,9 @@ use opsd_proto::v1::{
     Backend as ProtoBackend, BalancedService, Endpoints, LocalBalancer, LocalRequest, MachineEndpoint, NodeEndpoint,
 };
 
-use super::follow::active_of;
+use super::follow::{active_of, backends_of};
 use super::plane::{host_port, Balancer, LocalReport, ServiceReport};
-use super::CLUSTER_KIND;
 use crate::domain::resources::{self, ResourceRecord};
-use crate::ops::machines_of;
 
 /// How long a member has to answer `Local` when a service is resolved.
 pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -170,17 +168,7 @@ pub async fn endpoints(node: &ClusterNode, me: Option<&Balancer>, service: &Reso
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_string();
-    let backends = match &active {
-        None => Vec::new(),
-        Some(cluster) => {
-            let view = node.reader().view();
-            resources::read_resource(&view, CLUSTER_KIND, cluster)
-                .ok()
-                .flatten()
-                .map(|c| machines_of(&resources::parse_object("outputs", &c.outputs_json).unwrap_or_default()))
-                .unwrap_or_default()
-        }
-    };
+    let backends = backends_of(&node.reader().view(), active.as_deref()).unwrap_or_default();
     Endpoints {
         name: service.name.clone(),
         state: service.state.clone(),

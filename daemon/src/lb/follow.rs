@@ -12,7 +12,7 @@ use super::plane::{Balancer, Route};
 use super::{service_spec, CLUSTER_KIND, SERVICE_KIND};
 use crate::domain::resources::{self, ResourceRecord};
 use crate::domain::DomainEvent;
-use crate::ops::machines_of;
+use crate::ops::{machines_of, MachineAddr};
 
 /// The states in which a service is not served.
 pub const UNSERVED_STATES: [&str; 2] = ["destroying", "destroyed"];
@@ -42,13 +42,7 @@ fn route_of(view: &ReadView<'_>, service: &ResourceRecord) -> Result<Route, Stri
     let spec = service_spec(&spec)?;
     let outputs = resources::parse_object("outputs", &service.outputs_json)?;
     let active = active_of(&outputs);
-    let backends = match &active {
-        None => Vec::new(),
-        Some(cluster) => match resources::read_resource(view, CLUSTER_KIND, cluster).map_err(|e| e.to_string())? {
-            None => Vec::new(),
-            Some(c) => machines_of(&resources::parse_object("outputs", &c.outputs_json)?),
-        },
-    };
+    let backends = backends_of(view, active.as_deref())?;
     Ok(Route {
         name: service.name.clone(),
         port: spec.port,
@@ -57,6 +51,18 @@ fn route_of(view: &ReadView<'_>, service: &ResourceRecord) -> Result<Route, Stri
         active,
         backends,
     })
+}
+
+/// The machines of the active cluster `active`: none while no cluster is
+/// active or the cluster is gone.
+pub fn backends_of(view: &ReadView<'_>, active: Option<&str>) -> Result<Vec<MachineAddr>, String> {
+    let Some(cluster) = active else {
+        return Ok(Vec::new());
+    };
+    match resources::read_resource(view, CLUSTER_KIND, cluster).map_err(|e| e.to_string())? {
+        None => Ok(Vec::new()),
+        Some(c) => Ok(machines_of(&resources::parse_object("outputs", &c.outputs_json)?)),
+    }
 }
 
 /// A service's `outputs.active`, if set to a name.

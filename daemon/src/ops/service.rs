@@ -34,7 +34,7 @@ use super::{
 use crate::domain::kind::Kind;
 use crate::domain::Rejection;
 use crate::lb::follow::active_of;
-use crate::lb::service_spec;
+use crate::lb::{service_spec, CLUSTER_KIND};
 use crate::verify;
 
 /// How long `activate` waits for every node's load balancer to listen.
@@ -67,7 +67,7 @@ impl ServiceProvider {
 
     /// The cluster `name` with its outputs, if it exists and is running.
     fn running_cluster(&self, name: &str) -> Result<Object, String> {
-        match self.lookup.lookup("cluster", name) {
+        match self.lookup.lookup(CLUSTER_KIND, name) {
             None => Err(format!("cluster {name} does not exist")),
             Some((state, outputs)) if state == "running" => Ok(outputs),
             Some((state, _)) => Err(format!(
@@ -111,7 +111,7 @@ impl ServiceProvider {
         let outputs = self.running_cluster(target)?;
         let spec = self
             .lookup
-            .spec("cluster", target)
+            .spec(CLUSTER_KIND, target)
             .ok_or_else(|| format!("cluster {target} does not exist"))?;
         let checks = verify::parse_checks(&spec).map_err(|e| format!("cluster {target}: {e}"))?;
         let machines = machines_of(&outputs);
@@ -130,7 +130,7 @@ impl ServiceProvider {
                 machines.len()
             ));
             // Exec checks get the settings in scope of the cluster they check.
-            let settings = self.lookup.settings("cluster", target);
+            let settings = self.lookup.settings(CLUSTER_KIND, target);
             let report = verify::run_checks(&checks, &machines, &settings, log, cancel).await?;
             if let Some(why) = report.failure() {
                 let still = active.as_deref().unwrap_or("no cluster");
@@ -241,7 +241,7 @@ impl Provider for ServiceProvider {
                 "cluster {target} is already the active cluster"
             )));
         }
-        match self.lookup.lookup("cluster", &target) {
+        match self.lookup.lookup(CLUSTER_KIND, &target) {
             None => Err(Rejection::NotFound(format!("cluster {target} does not exist"))),
             Some((state, _)) if state != "running" => Err(Rejection::FailedPrecondition(format!(
                 "cluster {target} is {state}, not running: only a running cluster can serve"
