@@ -30,6 +30,8 @@ use crate::engine::{Engine, StateLookup};
 use crate::lb::api::ServicesService;
 use crate::lb::discovery::MemberListeners;
 use crate::lb::Balancer;
+use crate::ops::docker::DockerProvider;
+use crate::ops::ec2::Ec2Provider;
 use crate::ops::exec::ExecProvider;
 use crate::ops::local::LocalProvider;
 use crate::ops::service::ServiceProvider;
@@ -181,6 +183,13 @@ fn start_engine(node: &ClusterNode, data_dir: &std::path::Path, advertise: &str)
     let providers = Providers::new([
         Arc::new(ExecProvider::new(Duration::from_secs(5))) as Arc<dyn Provider>,
         Arc::new(LocalProvider::new(data_dir.join("local"), lookup.clone(), advertise)),
+        Arc::new(DockerProvider::new(
+            lookup.clone(),
+            node.cluster_id(),
+            advertise,
+            Some(node.clone()),
+        )),
+        Arc::new(Ec2Provider::new(lookup.clone())),
         Arc::new(ServiceProvider::new(lookup, Arc::new(MemberListeners(node.clone())))),
     ]);
     Engine::start(node.clone(), providers, data_dir.join("work")).context("starting the engine")

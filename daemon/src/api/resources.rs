@@ -73,7 +73,8 @@ impl ResourcesService {
         };
         drop(view);
         let takes = kind.state(&resource.state).is_some_and(|s| s.on.contains_key(event));
-        let Some(provider) = self.engine.providers().get(&kind.provider).filter(|_| takes) else {
+        let spec = domain::parse_object("spec", &resource.spec_json).unwrap_or_default();
+        let Some(provider) = self.engine.providers().for_resource(&kind, &spec).ok().filter(|_| takes) else {
             return Ok(());
         };
         let outputs = domain::parse_object("outputs", &resource.outputs_json).unwrap_or_default();
@@ -85,19 +86,26 @@ impl ResourcesService {
 
     /// Has the provider of `kind` check a new resource's spec (its checks,
     /// say) before anything is proposed: INVALID_ARGUMENT naming the field.
-    /// A kind this node does not know yet, or whose provider it lacks, is
-    /// left to the create itself to refuse.
+    /// A spec naming a provider (`spec.provider`) this node lacks, or one
+    /// that cannot run the kind, is refused here; a kind this node does not
+    /// know yet, or whose own provider it lacks, is left to the create
+    /// itself to refuse.
     fn check_spec(&self, kind: &str, spec_json: &str) -> Result<(), Status> {
         let view = self.node.reader().view();
         let Some((kind, _)) = domain::read_kind(&view, kind).map_err(read_status)? else {
             return Ok(());
         };
-        let Some(provider) = self.engine.providers().get(&kind.provider) else {
-            return Ok(());
-        };
         let Ok(spec) = domain::parse_object("spec", spec_json) else {
             return Ok(());
         };
+        if self.engine.providers().get(&kind.provider).is_none() && !spec.contains_key(crate::ops::PROVIDER_KEY) {
+            return Ok(());
+        }
+        let provider = self
+            .engine
+            .providers()
+            .for_resource(&kind, &spec)
+            .map_err(Status::invalid_argument)?;
         provider.check_spec(&kind, &spec).map_err(Status::invalid_argument)
     }
 

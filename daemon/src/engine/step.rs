@@ -142,17 +142,18 @@ fn prepare(
     let state = kind
         .state(&run.to)
         .ok_or_else(|| format!("kind {} has no state {}", kind.name, run.to))?;
+    let spec = parse_object("spec", &resource.spec_json)?;
     let provider = ctx
         .providers
-        .get(&kind.provider)
+        .for_resource(&kind, &spec)
         .cloned()
-        .ok_or_else(|| format!("provider {:?} is not available on node {}", kind.provider, ctx.node_id))?;
+        .map_err(|e| format!("node {}: {e}", ctx.node_id))?;
     let work_dir = ctx.work_root.join(format!("{}-{}", run.run_id(), run.attempt));
     std::fs::create_dir_all(&work_dir).map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
     let req = StepRequest {
         kind: run.kind.clone(),
         name: run.name.clone(),
-        spec: parse_object("spec", &resource.spec_json)?,
+        spec,
         outputs: parse_object("outputs", &resource.outputs_json)?,
         args: run.args.clone(),
         event: run.event.clone(),

@@ -10,6 +10,8 @@
 //! the node starts. Which providers exist is this node's business: the API
 //! checks a kind against them before proposing it; apply never does.
 
+pub mod docker;
+pub mod ec2;
 pub mod exec;
 pub mod files;
 pub mod local;
@@ -29,6 +31,13 @@ use crate::domain::Rejection;
 
 /// A JSON object: a resource's spec or outputs.
 pub type Object = Map<String, Value>;
+
+/// The spec key naming the provider of one resource, overriding its kind's
+/// default (`opsctl create cluster web --set provider=docker ...`).
+pub const PROVIDER_KEY: &str = "provider";
+
+/// [`PROVIDER_KEY`] as errors name it.
+const PROVIDER_KEY_FIELD: &str = "spec.provider";
 
 /// What a step gets to work on.
 #[derive(Debug, Clone)]
@@ -314,6 +323,41 @@ impl Providers {
     /// The names of the providers this node has, sorted.
     pub fn names(&self) -> Vec<&'static str> {
         self.by_name.keys().copied().collect()
+    }
+
+    /// The provider that runs the steps of a resource of `kind` with `spec`:
+    /// the one its spec names (`spec.provider`, docs/providers.md), else its
+    /// kind's (`provider = "..."`, the default for the kind's resources). A
+    /// provider named by the spec must exist on this node and accept the
+    /// kind (it has the steps the kind's states name); the error names
+    /// `spec.provider`.
+    pub fn for_resource(&self, kind: &Kind, spec: &Object) -> Result<&Arc<dyn Provider>, String> {
+        let name = match spec.get(PROVIDER_KEY) {
+            None | Some(Value::Null) => {
+                return self.get(&kind.provider).ok_or_else(|| {
+                    format!(
+                        "provider {:?} of kind {} is not available on this node (it has: {})",
+                        kind.provider,
+                        kind.name,
+                        self.names().join(", ")
+                    )
+                })
+            }
+            Some(Value::String(name)) => name,
+            Some(v) => return Err(format!("{PROVIDER_KEY_FIELD}: must be the name of a provider, not {v}")),
+        };
+        let provider = self.get(name).ok_or_else(|| {
+            format!(
+                "{PROVIDER_KEY_FIELD}: unknown provider {name:?} (this node has: {})",
+                self.names().join(", ")
+            )
+        })?;
+        if *name != kind.provider {
+            provider
+                .check_kind(kind)
+                .map_err(|e| format!("{PROVIDER_KEY_FIELD}: the {name} provider cannot run kind {}: {e}", kind.name))?;
+        }
+        Ok(provider)
     }
 
     /// Checks that this node has the kind's provider and that the provider

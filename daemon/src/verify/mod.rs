@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::ops::{LogSink, MachineAddr, Object, StepError};
+use crate::ops::{machines_of, Fail, LogSink, MachineAddr, Object, StepError, StepRequest};
 
 pub use probe::{host_and_port, MAX_BODY_BYTES};
 
@@ -501,6 +501,53 @@ pub async fn run_checks(
         report.results.extend(results.ok_or(StepError::Cancelled)?);
     }
     Ok(report)
+}
+
+/// The `verify_machines` step, whichever provider made the machines: runs
+/// the cluster's acceptance checks (`spec.checks`) against every machine in
+/// its outputs (`outputs.machines`), with the settings in scope as the exec
+/// checks' environment. The report is the step's outputs (`checks`), kept
+/// with the run and the resource whether the checks passed or not; a failed
+/// check fails the step, naming the check, the machine and what it saw, and
+/// leaves the machines running.
+pub(crate) async fn verify_machines(
+    req: &StepRequest,
+    log: &LogSink,
+    cancel: &CancellationToken,
+) -> Result<Object, Fail> {
+    let checks = parse_checks(&req.spec)?;
+    if checks.is_empty() {
+        log.line("no checks declared (spec.checks): nothing to verify");
+        return Ok(Report::default().to_outputs());
+    }
+    let machines = machines_of(&req.outputs);
+    log.line(format!(
+        "running {} check{} on {} machine{}",
+        checks.len(),
+        if checks.len() == 1 { "" } else { "s" },
+        machines.len(),
+        if machines.len() == 1 { "" } else { "s" }
+    ));
+    let report = run_checks(&checks, &machines, &req.settings, log, cancel).await?;
+    let outputs = report.to_outputs();
+    match report.failure() {
+        None => {
+            log.line(format!(
+                "every check passed on every machine ({} results)",
+                report.results.len()
+            ));
+            Ok(outputs)
+        }
+        Some(error) => {
+            log.line(format!(
+                "verification failed: {error}; the machines are kept for debugging"
+            ));
+            Err(Fail {
+                error: StepError::Failed(error),
+                outputs,
+            })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@ use super::machines::{free_port, is_running, known_machines, record_machines, st
 use super::{Fail, LocalProvider, StepOut};
 use crate::ops::files::{append_line, blocking, check_component, copy_tree, log_tail, remove_tree};
 use crate::ops::process::{is_alive, launch_detached, proc_stat};
-use crate::ops::{machines_of, LogSink, Object, StepError, StepRequest};
-use crate::verify::{parse_checks, run_checks};
+use crate::ops::{LogSink, Object, StepError, StepRequest};
 
 /// The most machines a cluster may have.
 pub const MAX_MACHINES: u64 = 64;
@@ -363,55 +362,6 @@ impl LocalProvider {
             .collect();
         out.insert("machines".into(), Value::Array(machines));
         Ok(out)
-    }
-}
-
-impl LocalProvider {
-    /// `verify_machines`: runs the cluster's acceptance checks
-    /// (`spec.checks`) against every machine in its outputs, with the
-    /// settings in scope as the exec checks' environment. The report is the
-    /// step's outputs (`checks`), kept with the run and the resource whether
-    /// the checks passed or not; a failed check fails the step, naming the
-    /// check, the machine and what it saw, and leaves the machines running.
-    pub(super) async fn verify_machines(
-        &self,
-        req: &StepRequest,
-        log: &LogSink,
-        cancel: &CancellationToken,
-    ) -> StepOut {
-        let checks = parse_checks(&req.spec)?;
-        if checks.is_empty() {
-            log.line("no checks declared (spec.checks): nothing to verify");
-            return Ok(crate::verify::Report::default().to_outputs());
-        }
-        let machines = machines_of(&req.outputs);
-        log.line(format!(
-            "running {} check{} on {} machine{}",
-            checks.len(),
-            if checks.len() == 1 { "" } else { "s" },
-            machines.len(),
-            if machines.len() == 1 { "" } else { "s" }
-        ));
-        let report = run_checks(&checks, &machines, &req.settings, log, cancel).await?;
-        let outputs = report.to_outputs();
-        match report.failure() {
-            None => {
-                log.line(format!(
-                    "every check passed on every machine ({} results)",
-                    report.results.len()
-                ));
-                Ok(outputs)
-            }
-            Some(error) => {
-                log.line(format!(
-                    "verification failed: {error}; the machines are kept for debugging"
-                ));
-                Err(Fail {
-                    error: StepError::Failed(error),
-                    outputs,
-                })
-            }
-        }
     }
 }
 

@@ -217,7 +217,7 @@ impl Provider for LocalProvider {
             Step::RestartMachines => self.start_machines(&req, &log, &cancel, false).await,
             Step::StopMachines => self.stop_machines(&req, &log, &cancel, false).await,
             Step::DestroyMachines => self.stop_machines(&req, &log, &cancel, true).await,
-            Step::VerifyMachines => self.verify_machines(&req, &log, &cancel).await,
+            Step::VerifyMachines => crate::verify::verify_machines(&req, &log, &cancel).await,
         };
         step_result(out)
     }
