@@ -67,8 +67,8 @@ async fn resources_bad_input_changes_nothing() {
     let refused = [
         (
             "provider = \"exec\"",
-            "provider = \"docker\"",
-            "provider: unknown provider \"docker\" (this node has: exec, local, service)",
+            "provider = \"podman\"",
+            "provider: unknown provider \"podman\" (this node has: docker, ec2, exec, local, service)",
         ),
         ("run = 'kill -SEGV $$'\n", "", "state \"crashing\": run: missing"),
         (
@@ -79,7 +79,7 @@ async fn resources_bad_input_changes_nothing() {
     ];
     for (line, edited, error) in refused {
         let source = JOB
-            .replace("kind = \"job\"", "kind = \"job-docker\"")
+            .replace("kind = \"job\"", "kind = \"job-podman\"")
             .replace(line, edited);
         expect(res::apply_kind(&addr, &source).await, Code::InvalidArgument, error);
     }
@@ -93,11 +93,11 @@ async fn resources_bad_input_changes_nothing() {
     );
     expect(
         c.get_kind(GetKindRequest {
-            name: "job-docker".into(),
+            name: "job-podman".into(),
         })
         .await,
         Code::NotFound,
-        "job-docker",
+        "job-podman",
     );
     let builtin = c
         .get_kind(GetKindRequest { name: "image".into() })
@@ -161,6 +161,27 @@ async fn resources_bad_input_changes_nothing() {
         c.create(create("job", "x", empty())).await,
         Code::InvalidArgument,
         "owner",
+    );
+    // A spec naming a provider this node lacks, or one that cannot run the kind.
+    expect(
+        c.create(create(
+            "job",
+            "x",
+            serde_json::json!({"owner": "x", "provider": "nope"}),
+        ))
+        .await,
+        Code::InvalidArgument,
+        "spec.provider: unknown provider \"nope\"",
+    );
+    expect(
+        c.create(create(
+            "job",
+            "x",
+            serde_json::json!({"owner": "x", "provider": "local"}),
+        ))
+        .await,
+        Code::InvalidArgument,
+        "spec.provider: the local provider cannot run kind job",
     );
     expect(
         c.create(create("job", "one", serde_json::json!({"owner": "x"}))).await,

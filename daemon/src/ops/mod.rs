@@ -353,9 +353,12 @@ impl Providers {
             )
         })?;
         if *name != kind.provider {
-            provider
-                .check_kind(kind)
-                .map_err(|e| format!("{PROVIDER_KEY_FIELD}: the {name} provider cannot run kind {}: {e}", kind.name))?;
+            provider.check_kind(kind).map_err(|e| {
+                format!(
+                    "{PROVIDER_KEY_FIELD}: the {name} provider cannot run kind {}: {e}",
+                    kind.name
+                )
+            })?;
         }
         Ok(provider)
     }
@@ -432,6 +435,52 @@ mod tests {
         providers.check(&kind("local")).unwrap();
         assert!(providers.get("docker").is_none());
         assert_eq!(providers.get("exec").map(|p| p.name()), Some("exec"));
+    }
+
+    #[test]
+    fn a_spec_may_name_another_provider_that_can_run_the_kind() {
+        /// A provider refusing every kind, as one lacking the kind's steps does.
+        struct Refusing;
+        #[async_trait::async_trait]
+        impl Provider for Refusing {
+            fn name(&self) -> &'static str {
+                "picky"
+            }
+            fn check_kind(&self, _: &Kind) -> Result<(), String> {
+                Err("it has no step build_image".into())
+            }
+            async fn step(&self, _: StepRequest, _: LogSink, _: CancellationToken) -> StepResult {
+                StepResult::failed("not a real provider")
+            }
+        }
+        let providers = Providers::new([
+            Arc::new(Named("local")) as Arc<dyn Provider>,
+            Arc::new(Named("docker")),
+            Arc::new(Refusing),
+        ]);
+        let app = kind("local");
+        let spec = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        let name = |spec: Object| providers.for_resource(&app, &spec).map(|p| p.name());
+        assert_eq!(name(spec(serde_json::json!({}))), Ok("local"));
+        assert_eq!(name(spec(serde_json::json!({"provider": null}))), Ok("local"));
+        assert_eq!(name(spec(serde_json::json!({"provider": "docker"}))), Ok("docker"));
+        assert_eq!(
+            name(spec(serde_json::json!({"provider": "ec2"}))),
+            Err("spec.provider: unknown provider \"ec2\" (this node has: docker, local, picky)".into())
+        );
+        assert_eq!(
+            name(spec(serde_json::json!({"provider": 7}))),
+            Err("spec.provider: must be the name of a provider, not 7".into())
+        );
+        assert_eq!(
+            name(spec(serde_json::json!({"provider": "picky"}))),
+            Err("spec.provider: the picky provider cannot run kind app: it has no step build_image".into())
+        );
+        let only_docker = Providers::new([Arc::new(Named("docker")) as Arc<dyn Provider>]);
+        assert_eq!(
+            only_docker.for_resource(&app, &Object::new()).map(|p| p.name()),
+            Err("provider \"local\" of kind app is not available on this node (it has: docker)".into())
+        );
     }
 
     #[test]
