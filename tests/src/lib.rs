@@ -41,11 +41,13 @@
 mod addresses;
 pub mod client;
 mod cluster;
+pub mod docker;
 pub mod docs;
 pub mod kinds;
 pub mod nemesis;
 mod node;
 pub mod opsctl;
+pub mod opsd_containers;
 pub mod resources;
 pub mod service;
 mod skip;

@@ -1,0 +1,183 @@
+//! opsd nodes in containers, for the scenarios whose fault is the
+//! container's network: an image of the `opsd` binary under test (`FROM
+//! scratch`, with the shared libraries it links: no registry needed), a
+//! bridge network of the test's own, and one container per node, found by
+//! its peers by container name. Everything is named after the test and this
+//! process, and removed when the [`OpsdContainers`] drops, even when the
+//! test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::api::StatusResponse;
+use crate::docker::docker;
+
+/// The client port of every node (each container has its own address).
+pub const CLIENT_PORT: u16 = 7700;
+
+/// A bridge network with opsd nodes on it, removed on drop.
+pub struct OpsdContainers {
+    /// Prefix of every name: the image tag, the network, the containers.
+    prefix: String,
+    /// The node containers' names, by index.
+    names: Vec<String>,
+}
+
+impl OpsdContainers {
+    /// Builds the image, makes the network and starts `nodes` containers:
+    /// the first bootstraps, the others join it.
+    pub fn start(test: &str, nodes: usize) -> OpsdContainers {
+        let prefix = format!("opsd-test-{}-{}", test.replace('_', "-"), std::process::id());
+        let bed = OpsdContainers {
+            names: (0..nodes).map(|i| format!("{prefix}-n{i}")).collect(),
+            prefix,
+        };
+        let context = image_context(&crate::opsd_bin());
+        let context_path = context.path().display().to_string();
+        docker(&["build", "--quiet", "--tag", &bed.image(), &context_path]).unwrap_or_else(|e| panic!("{e}"));
+        docker(&["network", "create", &bed.prefix]).unwrap_or_else(|e| panic!("{e}"));
+        for (i, name) in bed.names.iter().enumerate() {
+            let mut args = vec![
+                "run",
+                "--detach",
+                "--name",
+                name,
+                "--hostname",
+                name,
+                "--network",
+                &bed.prefix,
+            ];
+            let image = bed.image();
+            args.push(&image);
+            let join = format!("{}:{CLIENT_PORT}", bed.names[0]);
+            let listen = format!("0.0.0.0:{CLIENT_PORT}");
+            let peer = format!("0.0.0.0:{}", CLIENT_PORT + 1);
+            args.extend([
+                "--data-dir",
+                "/data",
+                "--listen",
+                &listen,
+                "--peer-listen",
+                &peer,
+                "--advertise",
+                name,
+            ]);
+            if i > 0 {
+                args.extend(["--join", &join]);
+            }
+            docker(&args).unwrap_or_else(|e| panic!("{e}"));
+        }
+        bed
+    }
+
+    /// The image's tag.
+    fn image(&self) -> String {
+        format!("{}:latest", self.prefix)
+    }
+
+    /// The client address of node `i` now (its container's address on the
+    /// network, which may change when it is connected again).
+    pub fn client_addr(&self, i: usize) -> String {
+        let format = format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            self.prefix
+        );
+        let ip = docker(&["inspect", "--format", &format, &self.names[i]]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !ip.is_empty(),
+            "node {i} ({}) has no address on {}",
+            self.names[i],
+            self.prefix
+        );
+        format!("{ip}:{CLIENT_PORT}")
+    }
+
+    /// The index of the node with Raft id `id`, by the member address
+    /// `status` gives it (its container's name).
+    pub fn index_of(&self, status: &StatusResponse, id: u64) -> usize {
+        let member = status
+            .members
+            .iter()
+            .find(|m| m.id == id)
+            .unwrap_or_else(|| panic!("no member {id} in {:?}", status.members));
+        let host = member.addr.rsplit_once(':').map_or(member.addr.as_str(), |(h, _)| h);
+        self.names
+            .iter()
+            .position(|n| n == host)
+            .unwrap_or_else(|| panic!("member {id} at {} is none of {:?}", member.addr, self.names))
+    }
+
+    /// Takes node `i`'s container off the network.
+    pub fn disconnect(&self, i: usize) {
+        docker(&["network", "disconnect", &self.prefix, &self.names[i]]).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Puts node `i`'s container back on the network.
+    pub fn connect(&self, i: usize) {
+        docker(&["network", "connect", &self.prefix, &self.names[i]]).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+impl Drop for OpsdContainers {
+    fn drop(&mut self) {
+        for name in &self.names {
+            if std::thread::panicking() {
+                if let Ok(logs) = docker(&["logs", "--tail", "30", name]) {
+                    eprintln!("== last lines of {name}:\n{logs}");
+                }
+            }
+            let _ = docker(&["rm", "--force", "--volumes", name]);
+        }
+        let _ = docker(&["network", "rm", &self.prefix]);
+        let _ = docker(&["image", "rm", "--force", &self.image()]);
+    }
+}
+
+/// A build context for an image of `binary`: `FROM scratch`, the binary as
+/// `/opsd` (the entrypoint), and the shared libraries `ldd` lists for it.
+fn image_context(binary: &Path) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("opsd-node-image-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("creating a build dir: {e}"));
+    let root = dir.path().join("rootfs");
+    copy_into(&root, binary, Path::new("/opsd"));
+    for lib in shared_libraries(binary) {
+        copy_into(&root, &lib, &lib);
+    }
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/opsd\"]\n",
+    )
+    .unwrap_or_else(|e| panic!("writing the Dockerfile: {e}"));
+    dir
+}
+
+/// The shared libraries `ldd` lists for `binary` (absolute paths), the
+/// dynamic loader included; none for a static one.
+fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .unwrap_or_else(|e| panic!("running ldd {}: {e}", binary.display()));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// Copies `file` (following symlinks) into `root` at `at`, an absolute
+/// path inside the image.
+fn copy_into(root: &Path, file: &Path, at: &Path) {
+    let dest = root.join(at.strip_prefix("/").unwrap_or(at));
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
+    }
+    std::fs::copy(file, &dest).unwrap_or_else(|e| panic!("copying {} to {}: {e}", file.display(), dest.display()));
+}
