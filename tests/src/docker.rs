@@ -191,9 +191,10 @@ impl Owned {
         self.list(&["network", "ls"], resource, "{{.Name}}")
     }
 
-    /// The images of `resource`, or of the whole opsd cluster, by id.
+    /// The images of `resource`, or of the whole opsd cluster, by id (not
+    /// the intermediate images of their builds, which go with them).
     pub fn images(&self, resource: Option<&str>) -> Vec<String> {
-        self.list(&["images", "-a"], resource, "{{.ID}}")
+        self.list(&["images"], resource, "{{.ID}}")
     }
 }
 

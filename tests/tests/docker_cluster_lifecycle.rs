@@ -133,7 +133,7 @@ async fn docker_cluster_lifecycle() {
 
     // Three containers on their own network; the checks pass against them.
     let checks = json!([
-        {"type": "http", "path": "/", "body": "^web m[0-2]$", "retries": 20, "interval": 0.2},
+        {"type": "http", "path": "/", "body": "^web m[0-2]\\s*$", "retries": 20, "interval": 0.2},
         {"type": "tcp"},
     ]);
     let c = create_and_rest(
