@@ -94,7 +94,7 @@ async fn docker_leader_killed_mid_create() {
         "ps",
         "-a",
         "--filter",
-        &format!("label=opsd.resource=cluster/web"),
+        "label=opsd.resource=cluster/web",
         "--filter",
         &format!(
             "label=opsd.cluster={}",
