@@ -172,6 +172,10 @@ async fn docker_cluster_lifecycle() {
     // opsctl machines and opsctl shell (docker exec) see the containers.
     let table = opsctl.json(&["machines", "cluster/web"]).await;
     assert_eq!(table.as_array().map(Vec::len), Some(3), "{table:#}");
+    for m in table.as_array().unwrap() {
+        assert_eq!(m["state"], json!("running"), "{m}");
+        assert!(m["container"].as_str().is_some_and(|c| !c.is_empty()), "{m}");
+    }
     let out = opsctl
         .run(&[
             "shell",
