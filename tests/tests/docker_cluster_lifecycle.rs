@@ -5,7 +5,7 @@
 //! 3 containers on its own network passes its acceptance checks, each
 //! machine answering at its container's address, with the containers'
 //! output in the run's log; `opsctl shell` runs a command in a container;
-//! stop and start; a machine that exits at once fails its cluster with the
+//! stop and start; a rebuild keeps the build running containers use; a machine that exits at once fails its cluster with the
 //! end of its log and stays listed; destroying the clusters and images
 //! leaves no container, network or image of this opsd cluster, as the
 //! engine itself lists them.
@@ -210,6 +210,15 @@ async fn docker_cluster_lifecycle() {
     assert_eq!(started.state, "running", "{outputs:#}");
     assert_eq!(machines_answer(&outputs, "web").await.len(), 3);
     assert_eq!(owned.containers(Some("cluster/web")).len(), 3, "start made twins");
+
+    // A rebuild while the cluster runs keeps the build its containers use.
+    opsctl.run(&["do", "image/web", "rebuild", "--wait"]).await;
+    assert_eq!(res::wait_resting(&addr, "image", "web", WAIT).await.state, "built");
+    let rebuild = res::history(&addr, "image", "web").await.unwrap();
+    let log = res::log_lines(&addr, &rebuild.last().unwrap().run_id).await.unwrap();
+    assert!(log.iter().any(|l| l.starts_with("kept the earlier build ")), "{log:#?}");
+    assert_eq!(owned.images(Some("image/web")).len(), 2);
+    assert_eq!(machines_answer(&outputs, "web").await.len(), 3);
 
     // A machine that exits at once: the cluster fails with the end of its
     // log, and the container stays listed for debugging.

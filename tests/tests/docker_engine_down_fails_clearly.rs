@@ -85,9 +85,14 @@ async fn docker_engine_down_fails_clearly() {
     })
     .await;
     let addr = cluster.node(0).client_addr();
-    res::create(&addr, "image", "web", json!({"provider": "docker", "source": source.path()}))
-        .await
-        .expect("create");
+    res::create(
+        &addr,
+        "image",
+        "web",
+        json!({"provider": "docker", "source": source.path()}),
+    )
+    .await
+    .expect("create");
     assert_eq!(res::wait_resting(&addr, "image", "web", WAIT).await.state, "failed");
     let runs = res::history(&addr, "image", "web").await.unwrap();
     let error = &runs.last().unwrap().error;

@@ -213,7 +213,13 @@ mod tests {
             {"index": 1, "address": "172.18.0.3:8080", "container": "def", "state": "exited"},
         ]});
         let ms = machines_json(&outputs);
-        assert_eq!((&ms[0]["state"], &ms[0]["container"]), (&json!("running"), &json!("abc")));
-        assert_eq!((&ms[1]["state"], &ms[1]["container"]), (&json!("stopped"), &json!("def")));
+        assert_eq!(
+            (&ms[0]["state"], &ms[0]["container"]),
+            (&json!("running"), &json!("abc"))
+        );
+        assert_eq!(
+            (&ms[1]["state"], &ms[1]["container"]),
+            (&json!("stopped"), &json!("def"))
+        );
     }
 }

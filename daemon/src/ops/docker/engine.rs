@@ -365,6 +365,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes the image `id` unless a container (running or stopped) uses
+    /// it: `Ok(false)` then. One that is not there is already removed.
+    pub async fn remove_unused_image(&self, id: &str) -> Result<bool, StepError> {
+        let options = RemoveImageOptionsBuilder::default().force(false).build();
+        match tokio::time::timeout(CALL_TIMEOUT, self.docker.remove_image(id, Some(options), None)).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) if not_found(&e) => Ok(true),
+            Ok(Err(DockerError::DockerResponseServerError { status_code: 409, .. })) => Ok(false),
+            Ok(Err(e)) => Err(StepError::Failed(format!(
+                "docker: removing the image {id}: {}",
+                describe(&e)
+            ))),
+            Err(_) => Err(StepError::Failed(format!(
+                "docker: removing the image {id}: no answer from the engine within {CALL_TIMEOUT:?}"
+            ))),
+        }
+    }
+
     /// Creates the bridge network `name` with `labels` unless it exists.
     pub async fn ensure_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<(), StepError> {
         let what = format!("inspecting the network {name}");

@@ -128,10 +128,12 @@ impl DockerProvider {
             if old.id == id || old.labels.get(LABEL_RUN).map(String::as_str) == Some(req.run_id.as_str()) {
                 continue;
             }
-            match or_cancelled(cancel, engine.remove_image(&old.id)).await {
-                Ok(()) => log.line(format!("removed the earlier build {} {}", old.id, old.tags.join(" "))),
-                Err(StepError::Cancelled) => return Err(StepError::Cancelled.into()),
-                Err(StepError::Failed(e)) => log.line(format!("kept the earlier build {}: {e}", old.id)),
+            match or_cancelled(cancel, engine.remove_unused_image(&old.id)).await? {
+                true => log.line(format!("removed the earlier build {} {}", old.id, old.tags.join(" "))),
+                false => log.line(format!(
+                    "kept the earlier build {}: a container uses it (image destroy removes it)",
+                    old.id
+                )),
             }
         }
         let mut out = Object::new();

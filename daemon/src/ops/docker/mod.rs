@@ -285,6 +285,47 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_cancelled_step_does_not_begin() {
+        let (log, _rx) = LogSink::channel();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let req = StepRequest {
+            kind: "cluster".into(),
+            name: "web".into(),
+            spec: Object::new(),
+            outputs: Object::new(),
+            args: BTreeMap::new(),
+            event: "create".into(),
+            state: "pending".into(),
+            run_id: "r1".into(),
+            attempt: 1,
+            step: Some("start_machines".into()),
+            run: None,
+            work_dir: std::env::temp_dir(),
+            node_id: 1,
+            settings: BTreeMap::new(),
+        };
+        assert_eq!(
+            provider().step(req.clone(), log.clone(), cancel).await,
+            StepResult::cancelled()
+        );
+        let e = provider()
+            .step(
+                StepRequest {
+                    step: Some("bake".into()),
+                    ..req
+                },
+                log,
+                CancellationToken::new(),
+            )
+            .await;
+        assert_eq!(
+            e,
+            StepResult::failed("the docker provider has no step \"bake\" (state pending of kind cluster)")
+        );
+    }
+
     #[test]
     fn names_are_docker_names_and_labels_are_exact() {
         let p = provider();
