@@ -269,9 +269,15 @@ pub async fn run(args: ShellArgs, nodes: &Nodes) -> Result<ExitCode> {
         .context("cannot listen for Ctrl-C")?;
     let mut quit =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()).context("cannot listen for Ctrl-\\")?;
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {shown:?} in machine {} of {what}", args.machine))?;
+    let mut child = cmd.spawn().with_context(|| {
+        let via = match &way {
+            Way::Docker { container } => {
+                format!(" (with `docker exec` into container {container}: is the docker CLI installed?)")
+            }
+            Way::Local { .. } => String::new(),
+        };
+        format!("cannot run {shown:?} in machine {} of {what}{via}", args.machine)
+    })?;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.with_context(|| format!("waiting for {shown:?}"))?,
