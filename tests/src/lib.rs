@@ -15,6 +15,9 @@
 //!   usable from spawned tasks.
 //! - [`tmpfs`]: a small filesystem of its own (root only), for a data dir on
 //!   a disk that fills up.
+//! - [`docker`]: for the docker provider's scenarios: whether Docker is
+//!   usable here, a registry-free test image, and what an opsd cluster made
+//!   on the engine, listed and removed by label.
 //! - [`service`]: the test backend machines run (`opsd-test-backend`), the
 //!   load balancers' hosts, a small HTTP client, and traffic through every
 //!   node's load balancer, for the service scenarios and the benchmark.

@@ -6,11 +6,10 @@
 //! process, and removed when the [`OpsdContainers`] drops, even when the
 //! test fails.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use crate::api::StatusResponse;
-use crate::docker::docker;
+use crate::docker::{copy_into, docker, shared_libraries};
 
 /// The client port of every node (each container has its own address).
 pub const CLIENT_PORT: u16 = 7700;
@@ -151,33 +150,4 @@ fn image_context(binary: &Path) -> tempfile::TempDir {
     )
     .unwrap_or_else(|e| panic!("writing the Dockerfile: {e}"));
     dir
-}
-
-/// The shared libraries `ldd` lists for `binary` (absolute paths), the
-/// dynamic loader included; none for a static one.
-fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .unwrap_or_else(|e| panic!("running ldd {}: {e}", binary.display()));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
-}
-
-/// Copies `file` (following symlinks) into `root` at `at`, an absolute
-/// path inside the image.
-fn copy_into(root: &Path, file: &Path, at: &Path) {
-    let dest = root.join(at.strip_prefix("/").unwrap_or(at));
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
-    }
-    std::fs::copy(file, &dest).unwrap_or_else(|e| panic!("copying {} to {}: {e}", file.display(), dest.display()));
 }

@@ -4,10 +4,15 @@
 //! Which way in a machine takes is decided in one place, [`way_in`], from
 //! the machine's record in the resource's `outputs.machines`: a local
 //! machine (it has a `dir`) is entered by running the command here, in its
-//! directory, with the environment it was started with. Providers that run
-//! machines elsewhere add their way there (a container id: `docker exec -it
-//! ID sh`; a host: `ssh -t HOST`) and [`Way::command`] builds it.
+//! directory, with the environment it was started with. A container of the
+//! docker provider (it has a `container`) is entered with the Docker CLI,
+//! `docker exec -i [-t] ID sh` (or the command): the CLI already does what
+//! an interactive session needs (a raw terminal, its size, signals), and
+//! it reaches the engine the operator's `DOCKER_HOST` names. Providers that
+//! run machines elsewhere add their way there (a host: `ssh -t HOST`) and
+//! [`Way::command`] builds it.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,6 +52,12 @@ enum Way {
         /// The variables opsd gave the machine.
         env: Vec<(String, String)>,
     },
+    /// A container of the `docker` provider: `docker exec` into it (it
+    /// already has the environment opsd gave it).
+    Docker {
+        /// The container's id.
+        container: String,
+    },
 }
 
 impl Way {
@@ -63,8 +74,30 @@ impl Way {
                 cmd.args(args).current_dir(dir).envs(env.iter().cloned());
                 cmd
             }
+            Way::Docker { container } => {
+                let mut cmd = tokio::process::Command::new("docker");
+                cmd.args(docker_exec_args(container, command, std::io::stdin().is_terminal()));
+                cmd
+            }
         }
     }
+}
+
+/// The arguments of `docker` entering `container`: `exec -i`, `-t` when
+/// opsctl runs on a terminal, then the command, or `sh` (a container's
+/// image need not have the user's `$SHELL`).
+fn docker_exec_args(container: &str, command: &[String], terminal: bool) -> Vec<String> {
+    let mut args = vec!["exec".to_string(), "-i".to_string()];
+    if terminal {
+        args.push("-t".into());
+    }
+    args.push(container.to_string());
+    if command.is_empty() {
+        args.push("sh".into());
+    } else {
+        args.extend(command.iter().cloned());
+    }
+    args
 }
 
 /// The user's shell: `$SHELL`, else /bin/sh.
@@ -102,6 +135,15 @@ enum NoWay {
 /// The way into `machine` (a record of `outputs.machines`), or why there is
 /// none from this host.
 fn way_in(machine: &Value, cx: &MachineContext, index: u64) -> Result<Way, NoWay> {
+    if let Some(container) = machine
+        .get("container")
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty())
+    {
+        return Ok(Way::Docker {
+            container: container.to_string(),
+        });
+    }
     if let Some(dir) = machine.get("dir").and_then(Value::as_str) {
         if !std::path::Path::new(dir).is_dir() {
             return Err(NoWay::NotHere { dir: dir.to_string() });
@@ -214,7 +256,10 @@ pub async fn run(args: ShellArgs, nodes: &Nodes) -> Result<ExitCode> {
     };
     let mut cmd = way.command(&args.command);
     let shown = if args.command.is_empty() {
-        login_shell()
+        match &way {
+            Way::Docker { .. } => "sh".to_string(),
+            Way::Local { .. } => login_shell(),
+        }
     } else {
         args.command.join(" ")
     };
@@ -224,9 +269,15 @@ pub async fn run(args: ShellArgs, nodes: &Nodes) -> Result<ExitCode> {
         .context("cannot listen for Ctrl-C")?;
     let mut quit =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()).context("cannot listen for Ctrl-\\")?;
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {shown:?} in machine {} of {what}", args.machine))?;
+    let mut child = cmd.spawn().with_context(|| {
+        let via = match &way {
+            Way::Docker { container } => {
+                format!(" (with `docker exec` into container {container}: is the docker CLI installed?)")
+            }
+            Way::Local { .. } => String::new(),
+        };
+        format!("cannot run {shown:?} in machine {} of {what}{via}", args.machine)
+    })?;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.with_context(|| format!("waiting for {shown:?}"))?,
@@ -286,7 +337,9 @@ mod tests {
     fn a_local_machine_is_entered_in_its_dir_with_its_environment() {
         let dir = tempfile::tempdir().unwrap();
         let machine = json!({"index": 1, "node": 2, "port": 4000, "dir": dir.path()});
-        let Way::Local { dir: got, env } = way_in(&machine, &cx(), 1).unwrap();
+        let Ok(Way::Local { dir: got, env }) = way_in(&machine, &cx(), 1) else {
+            panic!("a machine with a dir is local")
+        };
         assert_eq!(got, dir.path());
         let env: std::collections::BTreeMap<_, _> = env.into_iter().collect();
         assert_eq!(env["LEVEL"], "spec");
@@ -311,6 +364,27 @@ mod tests {
             panic!("a machine without a dir has no way in")
         };
         assert!(e.contains("no directory recorded"), "{e}");
+    }
+
+    #[test]
+    fn a_container_is_entered_with_docker_exec() {
+        let machine = json!({"index": 0, "address": "172.18.0.2:8080", "container": "abc123", "name": "opsd-c-web-0"});
+        let way = way_in(&machine, &cx(), 0).unwrap();
+        assert_eq!(
+            way,
+            Way::Docker {
+                container: "abc123".into()
+            }
+        );
+        assert_eq!(
+            docker_exec_args("abc123", &[], true),
+            ["exec", "-i", "-t", "abc123", "sh"]
+        );
+        let command = ["cat".to_string(), "/etc/hostname".to_string()];
+        assert_eq!(
+            docker_exec_args("abc123", &command, false),
+            ["exec", "-i", "abc123", "cat", "/etc/hostname"]
+        );
     }
 
     #[test]

@@ -30,9 +30,11 @@ fn text(result: &Value, key: &str) -> String {
 }
 
 /// The machines of a resource's outputs, one JSON object each: `machine`,
-/// `address`, `node`, `state` (`running` when a pid is recorded, else
-/// `stopped`), `pid`, `port`, `dir`, `log`, `checks` (`passed`, `failed`
-/// or null when no check ran on it) and `results` (its check results).
+/// `address`, `node`, `state` (`running` when a pid is recorded or the
+/// record says `state = "running"`, as a container's does, else
+/// `stopped`), `pid`, `port`, `dir`, `log`, `container`, `checks`
+/// (`passed`, `failed` or null when no check ran on it) and `results` (its
+/// check results).
 pub fn machines_json(outputs: &Value) -> Vec<Value> {
     let mut results: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
     for r in check_results(outputs) {
@@ -58,7 +60,7 @@ pub fn machines_json(outputs: &Value) -> Vec<Value> {
             } else {
                 json!("failed")
             };
-            let running = m["pid"].as_i64().is_some();
+            let running = m["pid"].as_i64().is_some() || m["state"] == json!("running");
             Some(json!({
                 "machine": index,
                 "address": address,
@@ -68,6 +70,7 @@ pub fn machines_json(outputs: &Value) -> Vec<Value> {
                 "port": m["port"],
                 "dir": m["dir"],
                 "log": m["log"],
+                "container": m["container"],
                 "checks": checks,
                 "results": mine,
             }))
@@ -201,5 +204,22 @@ mod tests {
         assert_eq!((&ms[2]["checks"], &ms[2]["node"]), (&Value::Null, &json!(2)));
         assert!(machines_json(&json!({})).is_empty());
         assert!(check_results(&json!({"checks": 3})).is_empty());
+    }
+
+    #[test]
+    fn a_container_is_running_by_its_recorded_state() {
+        let outputs = json!({"machines": [
+            {"index": 0, "address": "172.18.0.2:8080", "container": "abc", "state": "running"},
+            {"index": 1, "address": "172.18.0.3:8080", "container": "def", "state": "exited"},
+        ]});
+        let ms = machines_json(&outputs);
+        assert_eq!(
+            (&ms[0]["state"], &ms[0]["container"]),
+            (&json!("running"), &json!("abc"))
+        );
+        assert_eq!(
+            (&ms[1]["state"], &ms[1]["container"]),
+            (&json!("stopped"), &json!("def"))
+        );
     }
 }

@@ -4,16 +4,31 @@
 //! containers of it on a user-defined network. It runs the same steps as the
 //! local provider (a work state names its step), so the acceptance checks,
 //! services and the load balancer work on containers as on processes.
+//!
+//! Everything it makes is named and labelled after this opsd cluster
+//! ([`engine::LABEL_CLUSTER`]) and the resource ([`engine::LABEL_RESOURCE`]),
+//! and found again by those labels: a step that runs again after a takeover
+//! finds what the earlier attempt made (containers are named per cluster,
+//! resource and machine index, so there can be no twins), and a destroy
+//! removes everything carrying the resource's label, recorded or not.
 
+mod cluster;
 pub mod engine;
+mod image;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use opsd_cluster::ClusterNode;
 use tokio_util::sync::CancellationToken;
 
-use super::{refuse_run, step_result, LogSink, Provider, ResourceLookup, StepRequest, StepResult};
+use super::{
+    refuse_run, state_error, step_result, Fail, LogSink, Object, Provider, ResourceLookup, StepRequest, StepResult,
+};
 use crate::domain::kind::Kind;
+use engine::{Engine, LABEL_CLUSTER, LABEL_RESOURCE, LABEL_RUN};
+
+pub use cluster::DEFAULT_PORT;
 
 /// The provider of the built-in kinds on the Docker engine.
 pub struct DockerProvider {
@@ -47,7 +62,106 @@ impl DockerProvider {
             node,
         }
     }
+
+    /// The prefix of every name this provider gives on the engine:
+    /// `opsd-SCOPE`, in the characters Docker allows in names and image
+    /// repositories.
+    fn prefix(&self) -> String {
+        format!("opsd-{}", docker_name_part(&self.scope))
+    }
+
+    /// The name of something of resource `name`, with `suffix` (`-0`, ...).
+    fn engine_name(&self, name: &str, suffix: &str) -> String {
+        format!("{}-{}{suffix}", self.prefix(), docker_name_part(name))
+    }
+
+    /// The labels of everything made for resource `kind/name` by run `run`.
+    fn labels(&self, kind: &str, name: &str, run: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_CLUSTER.to_string(), self.scope.clone()),
+            (LABEL_RESOURCE.to_string(), format!("{kind}/{name}")),
+            (LABEL_RUN.to_string(), run.to_string()),
+        ])
+    }
 }
+
+/// `s` in the characters Docker allows in container, network and image
+/// repository names (lowercase letters, digits, `.`, `_`, `-`), anything
+/// else as `-`. Labels, not names, say exactly which resource a thing is.
+fn docker_name_part(s: &str) -> String {
+    let part: String = s
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_' | '.' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    let part = part.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    if part.is_empty() {
+        "x".to_string()
+    } else {
+        part
+    }
+}
+
+/// Connects to this node's Docker engine (`DOCKER_HOST`, else the local
+/// socket), or fails the step saying where it tried; stops at once if the
+/// step is cancelled.
+async fn connect(cancel: &CancellationToken) -> Result<Engine, Fail> {
+    tokio::select! {
+        engine = Engine::connect() => Ok(engine?),
+        _ = cancel.cancelled() => Err(super::StepError::Cancelled.into()),
+    }
+}
+
+/// The steps of the docker provider, as kinds name them (`step = "NAME"`):
+/// the local provider's names, with this provider's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Checks an image's source directory (it has a `Dockerfile`).
+    CopySource,
+    /// Builds the Docker image from the source directory.
+    BuildImage,
+    /// Removes the resource's Docker images.
+    RemoveImage,
+    /// Runs a cluster's containers (fresh ones for a new run).
+    StartMachines,
+    /// Starts a cluster's stopped containers again.
+    RestartMachines,
+    /// Stops a cluster's containers, keeping them.
+    StopMachines,
+    /// Removes a cluster's containers and its network.
+    DestroyMachines,
+    /// Runs a cluster's acceptance checks against its containers.
+    VerifyMachines,
+}
+
+/// Every step with its name: the dispatch table (one line per step).
+const STEPS: &[(&str, Step)] = &[
+    ("copy_source", Step::CopySource),
+    ("build_image", Step::BuildImage),
+    ("remove_image", Step::RemoveImage),
+    ("start_machines", Step::StartMachines),
+    ("restart_machines", Step::RestartMachines),
+    ("stop_machines", Step::StopMachines),
+    ("destroy_machines", Step::DestroyMachines),
+    ("verify_machines", Step::VerifyMachines),
+];
+
+impl Step {
+    /// The step called `name`, if there is one.
+    fn named(name: &str) -> Option<Step> {
+        STEPS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    /// The names of every step, for messages.
+    fn names() -> String {
+        STEPS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// What a step function returns: outputs, or why it failed.
+type StepOut = Result<Object, Fail>;
 
 #[async_trait::async_trait]
 impl Provider for DockerProvider {
@@ -55,13 +169,213 @@ impl Provider for DockerProvider {
         "docker"
     }
 
+    /// Every work state names one of the steps above; no state has a script.
     fn check_kind(&self, kind: &Kind) -> Result<(), String> {
         refuse_run(kind)?;
-        Err(format!("kind {:?}: the docker provider is not built yet", kind.name))
+        for (name, state) in kind.states.iter().filter(|(_, s)| s.work) {
+            match state.step.as_deref() {
+                None => {
+                    return Err(state_error(
+                        kind,
+                        name,
+                        "step",
+                        format_args!(
+                            "missing: a work state names the step it runs (one of {})",
+                            Step::names()
+                        ),
+                    ))
+                }
+                Some(step) if Step::named(step).is_none() => {
+                    return Err(state_error(
+                        kind,
+                        name,
+                        "step",
+                        format_args!("unknown step {step:?} (the docker provider has: {})", Step::names()),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A kind whose states build images checks an image's spec; one whose
+    /// states start machines checks a cluster's, checks included.
+    fn check_spec(&self, kind: &Kind, spec: &Object) -> Result<(), String> {
+        let uses = |step: &str| kind.states.values().any(|s| s.step.as_deref() == Some(step));
+        if uses("copy_source") || uses("build_image") {
+            image::image_spec(spec)?;
+        }
+        if uses("start_machines") || uses("restart_machines") {
+            cluster::cluster_spec(spec)?;
+        }
+        if uses("verify_machines") || uses("start_machines") {
+            crate::verify::parse_checks(spec)?;
+        }
+        Ok(())
     }
 
     async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult {
-        let _ = (&self.lookup, &self.scope, &self.host, &self.node, &log, &cancel);
-        step_result(Err(format!("the docker provider cannot run {} yet", req.state).into()))
+        if cancel.is_cancelled() {
+            return StepResult::cancelled();
+        }
+        let _ = (&self.host, &self.node);
+        let step = match req.step.as_deref().map(|name| (name, Step::named(name))) {
+            Some((_, Some(step))) => step,
+            Some((name, None)) => {
+                return StepResult::failed(format!(
+                    "the docker provider has no step {name:?} (state {} of kind {})",
+                    req.state, req.kind
+                ))
+            }
+            None => {
+                return StepResult::failed(format!(
+                    "state {} of kind {} names no step (the docker provider runs the step a work state names)",
+                    req.state, req.kind
+                ))
+            }
+        };
+        let out = match step {
+            Step::CopySource => self.copy_source(&req, &log, &cancel).await,
+            Step::BuildImage => self.build_image(&req, &log, &cancel).await,
+            Step::RemoveImage => self.remove_image(&req, &log, &cancel).await,
+            Step::StartMachines => self.start_machines(&req, &log, &cancel, true).await,
+            Step::RestartMachines => self.start_machines(&req, &log, &cancel, false).await,
+            Step::StopMachines => self.stop_machines(&req, &log, &cancel).await,
+            Step::DestroyMachines => self.destroy_machines(&req, &log, &cancel).await,
+            Step::VerifyMachines => crate::verify::verify_machines(&req, &log, &cancel).await,
+        };
+        step_result(out)
+    }
+}
+
+/// Runs an engine call unless the step is cancelled first.
+async fn or_cancelled<T>(
+    cancel: &CancellationToken,
+    call: impl std::future::Future<Output = Result<T, super::StepError>>,
+) -> Result<T, super::StepError> {
+    tokio::select! {
+        r = call => r,
+        _ = cancel.cancelled() => Err(super::StepError::Cancelled),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::kind::builtin;
+
+    struct NoResources;
+
+    impl ResourceLookup for NoResources {
+        fn lookup(&self, _: &str, _: &str) -> Option<(String, Object)> {
+            None
+        }
+    }
+
+    fn provider() -> DockerProvider {
+        DockerProvider::new(Arc::new(NoResources), "Cluster_01/x", "127.0.0.1", None)
+    }
+
+    #[test]
+    fn the_builtin_image_and_cluster_kinds_pass_the_check() {
+        for name in ["image", "cluster"] {
+            let kind = builtin(name).unwrap();
+            provider().check_kind(&kind).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_step_does_not_begin() {
+        let (log, _rx) = LogSink::channel();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let req = StepRequest {
+            kind: "cluster".into(),
+            name: "web".into(),
+            spec: Object::new(),
+            outputs: Object::new(),
+            args: BTreeMap::new(),
+            event: "create".into(),
+            state: "pending".into(),
+            run_id: "r1".into(),
+            attempt: 1,
+            step: Some("start_machines".into()),
+            run: None,
+            work_dir: std::env::temp_dir(),
+            node_id: 1,
+            settings: BTreeMap::new(),
+        };
+        assert_eq!(
+            provider().step(req.clone(), log.clone(), cancel).await,
+            StepResult::cancelled()
+        );
+        let e = provider()
+            .step(
+                StepRequest {
+                    step: Some("bake".into()),
+                    ..req
+                },
+                log,
+                CancellationToken::new(),
+            )
+            .await;
+        assert_eq!(
+            e,
+            StepResult::failed("the docker provider has no step \"bake\" (state pending of kind cluster)")
+        );
+    }
+
+    #[test]
+    fn names_are_docker_names_and_labels_are_exact() {
+        let p = provider();
+        assert_eq!(p.engine_name("Web v1", "-0"), "opsd-cluster_01-x-web-v1-0");
+        assert_eq!(docker_name_part("///"), "x");
+        let labels = p.labels("cluster", "Web v1", "r7");
+        assert_eq!(labels[LABEL_CLUSTER], "Cluster_01/x");
+        assert_eq!(labels[LABEL_RESOURCE], "cluster/Web v1");
+        assert_eq!(labels[LABEL_RUN], "r7");
+    }
+
+    #[test]
+    fn specs_are_checked_naming_the_field() {
+        let p = provider();
+        let spec = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        let image = builtin("image").unwrap();
+        let cluster = builtin("cluster").unwrap();
+        p.check_spec(&image, &spec(serde_json::json!({"source": "/src"})))
+            .unwrap();
+        let e = p
+            .check_spec(&image, &spec(serde_json::json!({"source": "/src", "build": "make"})))
+            .unwrap_err();
+        assert!(e.starts_with("spec.build: "), "{e}");
+        let e = p
+            .check_spec(&image, &spec(serde_json::json!({"start": 3})))
+            .unwrap_err();
+        assert!(e.starts_with("spec.source: required"), "{e}");
+        p.check_spec(
+            &cluster,
+            &spec(serde_json::json!({"image": "a", "size": 3, "port": 80})),
+        )
+        .unwrap();
+        for (bad, field) in [
+            (
+                serde_json::json!({"image": "a", "size": 1, "base_port": 9000}),
+                "spec.base_port: ",
+            ),
+            (serde_json::json!({"image": "a", "size": 1, "port": 0}), "spec.port: "),
+            (serde_json::json!({"image": "a", "size": 65}), "spec.size: "),
+            (
+                serde_json::json!({"image": "a", "size": 1, "env": {"PORT": "1"}}),
+                "spec.env.PORT: ",
+            ),
+            (
+                serde_json::json!({"image": "a", "size": 1, "checks": [{"type": "ping"}]}),
+                "spec.checks[0].type: ",
+            ),
+        ] {
+            let e = p.check_spec(&cluster, &spec(bad.clone())).unwrap_err();
+            assert!(e.starts_with(field), "{bad}: {e}");
+        }
     }
 }
