@@ -43,6 +43,7 @@ pub mod client;
 mod cluster;
 pub mod docs;
 pub mod kinds;
+pub mod moto;
 pub mod nemesis;
 mod node;
 pub mod opsctl;
