@@ -353,12 +353,9 @@ impl Providers {
             )
         })?;
         if *name != kind.provider {
-            provider.check_kind(kind).map_err(|e| {
-                format!(
-                    "{PROVIDER_KEY_FIELD}: the {name} provider cannot run kind {}: {e}",
-                    kind.name
-                )
-            })?;
+            provider
+                .check_kind(kind)
+                .map_err(|e| format!("{PROVIDER_KEY_FIELD}: the {name} provider cannot run kind {}: {e}", kind.name))?;
         }
         Ok(provider)
     }
