@@ -15,6 +15,9 @@
 //!   usable from spawned tasks.
 //! - [`tmpfs`]: a small filesystem of its own (root only), for a data dir on
 //!   a disk that fills up.
+//! - [`moto`]: a real EC2 API server (moto, from the project's virtualenv)
+//!   per test, read with EC2's own list calls, and the loopback endpoints
+//!   that hold an answer back or never answer, for the EC2 provider's tests.
 //! - [`service`]: the test backend machines run (`opsd-test-backend`), the
 //!   load balancers' hosts, a small HTTP client, and traffic through every
 //!   node's load balancer, for the service scenarios and the benchmark.

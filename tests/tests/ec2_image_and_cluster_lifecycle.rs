@@ -1,7 +1,7 @@
 //! The EC2 provider against a real EC2 API server (moto): an image becomes an
 //! AMI (a builder instance, `CreateImage`, the builder terminated), a
 //! 3-instance cluster of it runs with the right tags, key pair and security
-//! group, and destroying both leaves nothing: every instance terminated, the
+//! group, stops and starts the same instances again, and destroying both leaves nothing: every instance terminated, the
 //! group, the key, the private key's setting and the AMI gone, as EC2's own
 //! list calls say.
 //!
@@ -114,6 +114,26 @@ async fn ec2_image_and_cluster_lifecycle() {
     assert!(
         key.setting.expect("a setting").value.contains("PRIVATE KEY"),
         "not a private key"
+    );
+
+    // Stop keeps the instances (stopped); start runs the same ones again.
+    let ids: BTreeSet<String> = instances.iter().map(|i| i["id"].to_string()).collect();
+    res::do_event(&addr, "cluster", "web", "stop", &[], "pause")
+        .await
+        .expect("stop");
+    assert_eq!(res::wait_resting(&addr, "cluster", "web", WAIT).await.state, "stopped");
+    let stopped = moto.instances(&scope, "cluster/web").await;
+    assert!(stopped.iter().all(|i| i["state"] == "stopped"), "{stopped:?}");
+    res::do_event(&addr, "cluster", "web", "start", &[], "resume")
+        .await
+        .expect("start");
+    let web = res::wait_resting(&addr, "cluster", "web", WAIT).await;
+    assert_eq!(web.state, "running", "{:?}", res::json_of(web.outputs.as_ref()));
+    let restarted = moto.instances(&scope, "cluster/web").await;
+    assert!(restarted.iter().all(|i| i["state"] == "running"), "{restarted:?}");
+    assert_eq!(
+        restarted.iter().map(|i| i["id"].to_string()).collect::<BTreeSet<_>>(),
+        ids
     );
 
     // Destroy: every instance terminated, the group, the key and its setting gone.
