@@ -1,9 +1,9 @@
 //! The EC2 provider against a real EC2 API server (moto): an image becomes an
 //! AMI (a builder instance, `CreateImage`, the builder terminated), a
 //! 3-instance cluster of it runs with the right tags, key pair and security
-//! group, stops and starts the same instances again, and destroying both leaves nothing: every instance terminated, the
-//! group, the key, the private key's setting and the AMI gone, as EC2's own
-//! list calls say.
+//! group, stops and starts the same instances again, and destroying both
+//! leaves nothing: every instance terminated, the group, the key, the
+//! private key's setting and the AMI gone, as EC2's own list calls say.
 //!
 //! moto runs no workloads: this proves the API calls opsd makes, their tags
 //! and cleanup, not that the instances serve (the test declares no checks;
