@@ -189,7 +189,7 @@ fn start_engine(node: &ClusterNode, data_dir: &std::path::Path, advertise: &str)
             advertise,
             Some(node.clone()),
         )),
-        Arc::new(Ec2Provider::new(lookup.clone())),
+        Arc::new(Ec2Provider::new(lookup.clone(), node.cluster_id(), Some(node.clone()))),
         Arc::new(ServiceProvider::new(lookup, Arc::new(MemberListeners(node.clone())))),
     ]);
     Engine::start(node.clone(), providers, data_dir.join("work")).context("starting the engine")

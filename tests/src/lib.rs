@@ -18,6 +18,9 @@
 //! - [`docker`]: for the docker provider's scenarios: whether Docker is
 //!   usable here, a registry-free test image, and what an opsd cluster made
 //!   on the engine, listed and removed by label.
+//! - [`moto`]: a real EC2 API server (moto, from the project's virtualenv)
+//!   per test, read with EC2's own list calls, and the loopback endpoints
+//!   that hold an answer back or never answer, for the EC2 provider's tests.
 //! - [`service`]: the test backend machines run (`opsd-test-backend`), the
 //!   load balancers' hosts, a small HTTP client, and traffic through every
 //!   node's load balancer, for the service scenarios and the benchmark.
@@ -47,6 +50,7 @@ mod cluster;
 pub mod docker;
 pub mod docs;
 pub mod kinds;
+pub mod moto;
 pub mod nemesis;
 mod node;
 pub mod opsctl;

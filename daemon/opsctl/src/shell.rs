@@ -58,6 +58,16 @@ enum Way {
         /// The container's id.
         container: String,
     },
+    /// An instance of the `ec2` provider: `ssh` to its address with the
+    /// private key of the key pair opsd made for its cluster.
+    Ssh {
+        /// Who to log in as.
+        user: String,
+        /// The instance's public address, else its private one.
+        host: String,
+        /// The private key, saved where ssh reads it.
+        key_file: PathBuf,
+    },
 }
 
 impl Way {
@@ -77,6 +87,23 @@ impl Way {
             Way::Docker { container } => {
                 let mut cmd = tokio::process::Command::new("docker");
                 cmd.args(docker_exec_args(container, command, std::io::stdin().is_terminal()));
+                cmd
+            }
+            Way::Ssh { user, host, key_file } => {
+                let mut cmd = tokio::process::Command::new("ssh");
+                cmd.arg("-i").arg(key_file).args([
+                    "-o",
+                    "IdentitiesOnly=yes",
+                    "-o",
+                    "StrictHostKeyChecking=accept-new",
+                ]);
+                if command.is_empty() {
+                    cmd.arg("-t");
+                }
+                cmd.arg(format!("{user}@{host}"));
+                if !command.is_empty() {
+                    cmd.arg("--").args(command);
+                }
                 cmd
             }
         }
@@ -163,10 +190,78 @@ fn way_in(machine: &Value, cx: &MachineContext, index: u64) -> Result<Way, NoWay
             env,
         });
     }
+    if machine.get("instance_id").and_then(Value::as_str).is_some() {
+        return ssh_way(machine, cx, index, &ssh_key_dir());
+    }
     Err(NoWay::Other(format!(
         "machine {index} of {} has no directory recorded, and opsctl knows no other way into it",
         cx.what
     )))
+}
+
+/// The setting (in the cluster's scope) where the ec2 provider keeps the
+/// private key of the cluster's key pair.
+const SSH_KEY_SETTING: &str = "ec2/ssh_private_key";
+
+/// Where opsctl saves the private keys of EC2 clusters' key pairs for ssh:
+/// `~/.ssh/opsd` (else `.opsd-ssh` in the current directory, without a home).
+fn ssh_key_dir() -> PathBuf {
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".ssh").join("opsd"),
+        None => PathBuf::from(".opsd-ssh"),
+    }
+}
+
+/// The way into an EC2 instance (a machine record with an `instance_id`):
+/// ssh as its `ssh_user` to its public address (else its private one),
+/// with the private key of its key pair (`key_name`), read from the
+/// cluster's settings and saved under `key_dir` (mode 0600) for ssh.
+fn ssh_way(machine: &Value, cx: &MachineContext, index: u64, key_dir: &std::path::Path) -> Result<Way, NoWay> {
+    let field = |key: &str| machine.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let host = field("public_ip")
+        .or_else(|| field("private_ip"))
+        .ok_or_else(|| NoWay::Other(format!("machine {index} of {} has no address recorded", cx.what)))?;
+    let user = field("ssh_user").unwrap_or("ec2-user");
+    let key_name = field("key_name")
+        .ok_or_else(|| NoWay::Other(format!("machine {index} of {} has no key pair recorded", cx.what)))?;
+    let key = cx
+        .settings
+        .get(SSH_KEY_SETTING)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            NoWay::Other(format!(
+                "opsd holds no private key for key pair {key_name} of {} (the setting {SSH_KEY_SETTING} in its scope)",
+                cx.what
+            ))
+        })?;
+    let key_file = key_dir.join(format!("{key_name}.pem"));
+    save_private_key(key_dir, &key_file, key)
+        .map_err(|e| NoWay::Other(format!("cannot save the private key to {}: {e}", key_file.display())))?;
+    Ok(Way::Ssh {
+        user: user.to_string(),
+        host: host.to_string(),
+        key_file,
+    })
+}
+
+/// Writes `key` to `file` readable by its owner only (ssh refuses others),
+/// in `dir` (made, mode 0700, if missing).
+fn save_private_key(dir: &std::path::Path, file: &std::path::Path, key: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(key.as_bytes())?;
+    if !key.ends_with('\n') {
+        f.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// The indices present, as a range when they are contiguous (`0 to 2`).
@@ -258,7 +353,7 @@ pub async fn run(args: ShellArgs, nodes: &Nodes) -> Result<ExitCode> {
     let shown = if args.command.is_empty() {
         match &way {
             Way::Docker { .. } => "sh".to_string(),
-            Way::Local { .. } => login_shell(),
+            Way::Local { .. } | Way::Ssh { .. } => login_shell(),
         }
     } else {
         args.command.join(" ")
@@ -274,6 +369,7 @@ pub async fn run(args: ShellArgs, nodes: &Nodes) -> Result<ExitCode> {
             Way::Docker { container } => {
                 format!(" (with `docker exec` into container {container}: is the docker CLI installed?)")
             }
+            Way::Ssh { host, .. } => format!(" (with `ssh` to {host}: is ssh installed?)"),
             Way::Local { .. } => String::new(),
         };
         format!("cannot run {shown:?} in machine {} of {what}{via}", args.machine)
@@ -384,6 +480,88 @@ mod tests {
         assert_eq!(
             docker_exec_args("abc123", &command, false),
             ["exec", "-i", "abc123", "cat", "/etc/hostname"]
+        );
+    }
+
+    #[test]
+    fn an_ec2_instance_is_entered_by_ssh_with_its_clusters_key() {
+        let keys = tempfile::tempdir().unwrap();
+        let dir = keys.path().join("opsd");
+        let mut cx = cx();
+        cx.settings.insert(
+            SSH_KEY_SETTING.into(),
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----".into(),
+        );
+        let machine = json!({"index": 2, "address": "10.1.2.3:8080", "instance_id": "i-0abc",
+            "private_ip": "10.1.2.3", "public_ip": null, "ssh_user": "admin", "key_name": "opsd-c1-cluster-web"});
+        let way = ssh_way(&machine, &cx, 2, &dir).unwrap();
+        let key_file = dir.join("opsd-c1-cluster-web.pem");
+        assert_eq!(
+            way,
+            Way::Ssh {
+                user: "admin".into(),
+                host: "10.1.2.3".into(),
+                key_file: key_file.clone()
+            }
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(std::fs::read_to_string(&key_file).unwrap().ends_with("KEY-----\n"));
+        let args = |cmd: tokio::process::Command| -> Vec<String> {
+            let std = cmd.as_std();
+            std::iter::once(std.get_program())
+                .chain(std.get_args())
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let key = key_file.display().to_string();
+        assert_eq!(
+            args(way.command(&[])),
+            [
+                "ssh",
+                "-i",
+                &key,
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+                "-t",
+                "admin@10.1.2.3"
+            ]
+        );
+        assert_eq!(
+            args(way.command(&["uptime".into(), "-p".into()])),
+            [
+                "ssh",
+                "-i",
+                &key,
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+                "admin@10.1.2.3",
+                "--",
+                "uptime",
+                "-p"
+            ]
+        );
+        // A public address wins; the default user is ec2-user.
+        let public = json!({"index": 0, "instance_id": "i-1", "private_ip": "10.0.0.1",
+            "public_ip": "54.1.2.3", "key_name": "k"});
+        let Ok(Way::Ssh { user, host, .. }) = ssh_way(&public, &cx, 0, &dir) else {
+            panic!("an instance is entered by ssh")
+        };
+        assert_eq!((user.as_str(), host.as_str()), ("ec2-user", "54.1.2.3"));
+        // Without the private key there is no way in, and the error says where it should be.
+        let Err(NoWay::Other(e)) = ssh_way(&public, &super::tests::cx(), 0, &dir) else {
+            panic!("no key, no way in")
+        };
+        assert!(
+            e.contains("holds no private key for key pair k") && e.contains(SSH_KEY_SETTING),
+            "{e}"
         );
     }
 
