@@ -47,6 +47,7 @@ pub mod nemesis;
 mod node;
 pub mod opsctl;
 pub mod resources;
+pub mod selfdeploy;
 pub mod service;
 mod skip;
 pub mod tmpfs;

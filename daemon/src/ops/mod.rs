@@ -16,6 +16,7 @@ pub mod exec;
 pub mod files;
 pub mod local;
 pub mod process;
+pub mod selfdeploy;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -353,9 +354,12 @@ impl Providers {
             )
         })?;
         if *name != kind.provider {
-            provider
-                .check_kind(kind)
-                .map_err(|e| format!("{PROVIDER_KEY_FIELD}: the {name} provider cannot run kind {}: {e}", kind.name))?;
+            provider.check_kind(kind).map_err(|e| {
+                format!(
+                    "{PROVIDER_KEY_FIELD}: the {name} provider cannot run kind {}: {e}",
+                    kind.name
+                )
+            })?;
         }
         Ok(provider)
     }

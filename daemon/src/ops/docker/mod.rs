@@ -6,6 +6,7 @@
 //! services and the load balancer work on containers as on processes.
 
 pub mod engine;
+pub mod opsd_nodes;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{refuse_run, step_result, LogSink, Provider, ResourceLookup, StepRequest, StepResult};
 use crate::domain::kind::Kind;
+use opsd_nodes::OpsdStep;
 
 /// The provider of the built-in kinds on the Docker engine.
 pub struct DockerProvider {
@@ -57,11 +59,41 @@ impl Provider for DockerProvider {
 
     fn check_kind(&self, kind: &Kind) -> Result<(), String> {
         refuse_run(kind)?;
-        Err(format!("kind {:?}: the docker provider is not built yet", kind.name))
+        // The opsd-cluster kind's steps (opsd_nodes); the image and cluster
+        // steps are not built yet.
+        for (name, state) in kind.states.iter().filter(|(_, s)| s.work) {
+            match state.step.as_deref() {
+                Some(step) if OpsdStep::named(step).is_some() => {}
+                _ => {
+                    return Err(super::state_error(
+                        kind,
+                        name,
+                        "step",
+                        format_args!("the docker provider does not run {:?} yet", state.step),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An opsd-cluster's spec (`size`, `hosts`) is checked at create.
+    fn check_spec(&self, kind: &Kind, spec: &super::Object) -> Result<(), String> {
+        let starts_nodes = kind
+            .states
+            .values()
+            .any(|s| s.step.as_deref() == Some("start_opsd_nodes"));
+        if starts_nodes {
+            super::selfdeploy::nodes_spec(spec, &self.host)?;
+        }
+        Ok(())
     }
 
     async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult {
-        let _ = (&self.lookup, &self.scope, &self.host, &self.node, &log, &cancel);
+        if let Some(step) = req.step.as_deref().and_then(OpsdStep::named) {
+            return step_result(self.opsd_step(step, &req, &log, &cancel).await);
+        }
+        let _ = &self.lookup;
         step_result(Err(format!("the docker provider cannot run {} yet", req.state).into()))
     }
 }
