@@ -74,13 +74,7 @@ impl ResourcesService {
         drop(view);
         let takes = kind.state(&resource.state).is_some_and(|s| s.on.contains_key(event));
         let spec = domain::parse_object("spec", &resource.spec_json).unwrap_or_default();
-        let Some(provider) = self
-            .engine
-            .providers()
-            .for_resource(&kind, &spec)
-            .ok()
-            .filter(|_| takes)
-        else {
+        let Some(provider) = self.engine.providers().for_resource(&kind, &spec).ok().filter(|_| takes) else {
             return Ok(());
         };
         let outputs = domain::parse_object("outputs", &resource.outputs_json).unwrap_or_default();
