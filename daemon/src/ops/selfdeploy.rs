@@ -177,13 +177,16 @@ pub struct ImageFile {
 }
 
 /// The files of an opsd node's image, taken from this running process:
-/// the binary (`/proc/self/exe`), each shared library it links and the
-/// dynamic loader at the paths the loader lists them (what `ldd` prints: the
-/// loader itself answers, so this works inside such an image too), and
-/// `/bin/sh` with its libraries when this machine has one (exec kinds run
-/// their scripts with it on the leader).
+/// the binary (`/proc/self/exe`), each shared library it links at the path
+/// the dynamic loader finds it (what `ldd` prints: the loader itself is
+/// asked, so this works inside such an image too), the loader at the path
+/// the binary names (its ELF interpreter), and `/bin/sh` with its libraries
+/// when this machine has one (exec kinds run their scripts with it on the
+/// leader).
 pub fn image_files() -> Result<Vec<ImageFile>, String> {
-    let exe = PathBuf::from("/proc/self/exe");
+    // The loader opens the binary it lists: /proc/self/exe would be the
+    // loader itself there, so this process's exe is named by its pid.
+    let exe = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
     let loader = running_loader()?;
     let mut files = vec![ImageFile {
         path: OPSD_PATH.into(),
@@ -192,11 +195,16 @@ pub fn image_files() -> Result<Vec<ImageFile>, String> {
     }];
     let mut seen = BTreeSet::from([PathBuf::from(OPSD_PATH)]);
     let mut add_libraries = |binary: &Path, files: &mut Vec<ImageFile>| -> Result<(), String> {
-        for path in linked_libraries(&loader, binary)? {
+        let mut needed = linked_libraries(&loader, binary)?;
+        if let Some(interpreter) = elf_interpreter(binary)? {
+            needed.push(interpreter);
+        }
+        for path in needed {
             if seen.insert(path.clone()) {
+                let source = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 files.push(ImageFile {
-                    source: path.clone(),
                     path,
+                    source,
                     mode: 0o755,
                 });
             }
@@ -235,8 +243,53 @@ fn running_loader() -> Result<PathBuf, String> {
         })
 }
 
-/// The libraries `binary` links, and the loader, at the paths the loader
-/// lists them (`LOADER --list BINARY`, which is what `ldd` runs).
+/// The interpreter (dynamic loader) path an ELF binary names (`PT_INTERP`),
+/// where the kernel looks for it: the loader must be at that path in the
+/// image, whatever path this machine reaches it by. `None` for a static
+/// binary. Reads 64-bit little-endian ELF, as opsd is built.
+pub fn elf_interpreter(binary: &Path) -> Result<Option<PathBuf>, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let what = |e: &dyn std::fmt::Display| format!("{}: reading its ELF header: {e}", binary.display());
+    let mut f = std::fs::File::open(binary).map_err(|e| what(&e))?;
+    let mut header = [0u8; 64];
+    f.read_exact(&mut header).map_err(|e| what(&e))?;
+    if &header[..4] != b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return Err(what(&"not a 64-bit little-endian ELF file"));
+    }
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u64_at = |b: &[u8], at: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(x)
+    };
+    let (phoff, phentsize, phnum) = (u64_at(&header, 0x20), u16_at(&header, 0x36), u16_at(&header, 0x38));
+    if phentsize < 56 {
+        return Err(what(&"program headers too small"));
+    }
+    let mut table = vec![0u8; usize::from(phentsize) * usize::from(phnum)];
+    f.seek(SeekFrom::Start(phoff)).map_err(|e| what(&e))?;
+    f.read_exact(&mut table).map_err(|e| what(&e))?;
+    const PT_INTERP: u32 = 3;
+    for ph in table.chunks(usize::from(phentsize)) {
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) != PT_INTERP {
+            continue;
+        }
+        let (offset, size) = (u64_at(ph, 8), u64_at(ph, 32));
+        if size > 4096 {
+            return Err(what(&"interpreter path too long"));
+        }
+        let mut path = vec![0u8; size as usize];
+        f.seek(SeekFrom::Start(offset)).map_err(|e| what(&e))?;
+        f.read_exact(&mut path).map_err(|e| what(&e))?;
+        let end = path.iter().position(|b| *b == 0).unwrap_or(path.len());
+        let path = String::from_utf8_lossy(&path[..end]).into_owned();
+        return Ok(Some(PathBuf::from(path)));
+    }
+    Ok(None)
+}
+
+/// The libraries `binary` links, at the paths the loader finds them
+/// (`LOADER --list BINARY`, which is what `ldd` runs).
 fn linked_libraries(loader: &Path, binary: &Path) -> Result<Vec<PathBuf>, String> {
     let out = std::process::Command::new(loader)
         .arg("--list")
@@ -262,21 +315,20 @@ fn linked_libraries(loader: &Path, binary: &Path) -> Result<Vec<PathBuf>, String
 }
 
 /// Reads the loader's (`ldd`'s) list: `NAME => PATH (ADDR)` lines give a
-/// library's path, `PATH (ADDR)` lines the loader's; the vDSO (no path) is
-/// skipped. A library the loader could not find is an error naming it.
+/// library's path; the loader's own line (a path without `=>`, as the
+/// loader was invoked, not as binaries name it) and the vDSO are skipped.
+/// A library the loader could not find is an error naming it.
 pub fn parse_library_list(text: &str) -> Result<Vec<PathBuf>, String> {
     let mut paths = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let path = match line.split_once("=>") {
-            Some((name, rest)) => {
-                let rest = rest.trim();
-                if rest.starts_with("not found") {
-                    return Err(format!("library {} not found", name.trim()));
-                }
-                rest.split_whitespace().next().unwrap_or_default()
-            }
-            None => line.split_whitespace().next().unwrap_or_default(),
+        let Some((name, rest)) = line.split_once("=>") else {
+            continue;
         };
+        let rest = rest.trim();
+        if rest.starts_with("not found") {
+            return Err(format!("library {} not found", name.trim()));
+        }
+        let path = rest.split_whitespace().next().unwrap_or_default();
         if path.starts_with('/') {
             paths.push(PathBuf::from(path));
         }
@@ -543,7 +595,6 @@ mod tests {
             [
                 PathBuf::from("/lib/x86_64-linux-gnu/libstdc++.so.6"),
                 PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
             ]
         );
         let e = parse_library_list("\tlibfoo.so.1 => not found\n").unwrap_err();
@@ -555,12 +606,23 @@ mod tests {
         // The test binary is linked as opsd is: its files make an image.
         let files = image_files().unwrap();
         assert_eq!(files[0].path, PathBuf::from(OPSD_PATH));
+        // The loader is where binaries name it, not where this process mapped it from.
+        let interpreter = elf_interpreter(Path::new("/proc/self/exe")).unwrap().unwrap();
+        assert!(
+            files.iter().any(|f| f.path == interpreter),
+            "{interpreter:?} not in {files:?}"
+        );
         assert!(
             files.iter().any(|f| f.path.to_string_lossy().contains("libc.so")),
             "{files:?}"
         );
         assert!(
             files.iter().any(|f| f.path.to_string_lossy().contains("ld-linux")),
+            "{files:?}"
+        );
+        // Linked by every Rust binary, not by /bin/sh: the binary's own libraries are there.
+        assert!(
+            files.iter().any(|f| f.path.to_string_lossy().contains("libgcc_s")),
             "{files:?}"
         );
         let small: Vec<ImageFile> = files.into_iter().skip(1).collect();
