@@ -3,7 +3,8 @@
 //! opsd-cluster/prod --set size=3 --set provider=docker --wait`, the
 //! README's commands), which join its cluster (4 members); `opsctl do
 //! opsd-cluster/prod adopt --wait` hands the cluster to them and the seed
-//! leaves. With the seed stopped and one container killed (`docker kill`),
+//! leaves (another opsd-cluster, destroyed before that, leaves the cluster
+//! and its container goes). With the seed stopped and one container killed (`docker kill`),
 //! the two remaining nodes still take writes and serve every key written
 //! before the handoff. An adopted opsd-cluster cannot be destroyed.
 
@@ -45,7 +46,7 @@ async fn self_deploy_hands_the_cluster_to_containers() {
     }
     // The containers share the host's network: each node needs its own
     // loopback address with opsd's default ports free.
-    let hosts: Vec<String> = (0..3)
+    let hosts: Vec<String> = (0..4)
         .filter_map(|_| opsd_tests::loopback_host(&[7700, 7701]))
         .filter(|ip| ip.octets() != [127, 0, 0, 1])
         .map(|ip| ip.to_string())
@@ -70,6 +71,7 @@ async fn self_deploy_hands_the_cluster_to_containers() {
         written.push((key, value, put.revision));
     }
 
+    let (hosts, spare_host) = (hosts[..3].to_vec(), hosts[3].clone());
     let hosts_json = serde_json::to_string(&hosts).unwrap();
     let hosts_arg = format!("hosts={hosts_json}");
     opsctl_ok(
@@ -107,6 +109,46 @@ async fn self_deploy_hands_the_cluster_to_containers() {
             status.members
         );
     }
+
+    // Another opsd-cluster, destroyed before adoption: its node leaves the
+    // cluster and its container goes.
+    let spare_hosts = format!("hosts=[\"{spare_host}\"]");
+    opsctl_ok(
+        &seed,
+        &[
+            "create",
+            "opsd-cluster/spare",
+            "--set",
+            "size=1",
+            "--set",
+            &spare_hosts,
+            "--wait",
+        ],
+    )
+    .await;
+    let spare_addr = format!("{spare_host}:7700");
+    let status = client::status(&seed, Duration::from_secs(5)).await.unwrap();
+    assert!(
+        status.members.iter().any(|m| m.addr == spare_addr),
+        "{:?}",
+        status.members
+    );
+    assert_eq!(containers(&seed_status.cluster_id).len(), 4);
+    opsctl_ok(&seed, &["do", "opsd-cluster/spare", "destroy", "--wait"]).await;
+    assert_eq!(
+        res::get(&seed, "opsd-cluster", "spare").await.unwrap().state,
+        "destroyed"
+    );
+    let status = client::status(&seed, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(status.members.len(), 4, "{:?}", status.members);
+    assert!(
+        !status.members.iter().any(|m| m.addr == spare_addr),
+        "{:?}",
+        status.members
+    );
+    let left = containers(&seed_status.cluster_id);
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(!left.iter().any(|c| c.contains("-spare-")), "{left:?}");
 
     // Hand the cluster over, asking through a container: the seed leaves.
     opsctl_ok(&addrs[0], &["do", "opsd-cluster/prod", "adopt", "--wait"]).await;

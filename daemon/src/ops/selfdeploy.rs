@@ -401,12 +401,10 @@ where
                         log.line(format!("node {} at {addr} is a voter (caught up)", m.id));
                     }
                 }
-                Some(m) => {
-                    if reported.insert(format!("learner {addr}")) {
-                        log.line(format!("node {} at {addr} joined as a learner; catching up", m.id));
-                    }
+                Some(m) if reported.insert(format!("learner {addr}")) => {
+                    log.line(format!("node {} at {addr} joined as a learner; catching up", m.id));
                 }
-                None => {}
+                _ => {}
             }
         }
         if ids.len() == addrs.len() {

@@ -220,7 +220,7 @@ impl DockerProvider {
         let containers = engine
             .containers(&[(LABEL_SCOPE, &self.scope), (LABEL_RESOURCE, &names.resource)])
             .await?;
-        for c in containers.iter().filter(|c| !c.running()) {
+        if let Some(c) = containers.iter().find(|c| !c.running()) {
             let tail = engine.logs_tail(&c.id, LOG_TAIL).await.unwrap_or_default();
             return Err(StepError::Failed(format!(
                 "container {} stopped (exit code {}) before its node joined; its last lines:\n{}",
