@@ -196,6 +196,30 @@ impl Owned {
     pub fn images(&self, resource: Option<&str>) -> Vec<String> {
         self.list(&["images"], resource, "{{.ID}}")
     }
+
+    /// The volumes of `resource`, or of the whole opsd cluster, by name.
+    pub fn volumes(&self, resource: Option<&str>) -> Vec<String> {
+        self.list(&["volume", "ls"], resource, "{{.Name}}")
+    }
+
+    /// Prints the last `lines` lines of every container's output (for a
+    /// failing test).
+    pub fn print_logs(&self, lines: usize) {
+        for name in self.try_list(&["ps", "-a"], None, "{{.Names}}").unwrap_or_default() {
+            let tail = Command::new("docker")
+                .args(["logs", "--tail", &lines.to_string(), &name])
+                .output()
+                .map(|o| {
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                })
+                .unwrap_or_default();
+            eprintln!("==== container {name}, last {lines} lines ====\n{tail}");
+        }
+    }
 }
 
 impl Drop for Owned {
@@ -204,11 +228,17 @@ impl Drop for Owned {
             return;
         }
         // Never panics: it may run while a failed test unwinds.
+        if std::thread::panicking() {
+            self.print_logs(40);
+        }
         let containers = self.try_list(&["ps", "-a"], None, "{{.ID}}").unwrap_or_default();
         if !containers.is_empty() {
             let mut args = vec!["rm", "-f"];
             args.extend(containers.iter().map(String::as_str));
             let _ = docker(&args);
+        }
+        for volume in self.try_list(&["volume", "ls"], None, "{{.Name}}").unwrap_or_default() {
+            let _ = docker(&["volume", "rm", "-f", &volume]);
         }
         for network in self.try_list(&["network", "ls"], None, "{{.Name}}").unwrap_or_default() {
             let _ = docker(&["network", "rm", &network]);

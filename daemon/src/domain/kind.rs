@@ -453,6 +453,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("image", include_str!("../../kinds/image.toml")),
     ("cluster", include_str!("../../kinds/cluster.toml")),
     ("service", include_str!("../../kinds/service.toml")),
+    ("opsd-cluster", include_str!("../../kinds/opsd-cluster.toml")),
 ];
 
 /// A built-in kind by name.
@@ -486,7 +487,12 @@ mod tests {
         for (name, source) in BUILTIN {
             let kind = Kind::parse(source).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(kind.name, *name);
-            assert_eq!(kind.provider, if *name == "service" { "service" } else { "local" });
+            let provider = match *name {
+                "service" => "service",
+                "opsd-cluster" => "docker",
+                _ => "local",
+            };
+            assert_eq!(kind.provider, provider);
             assert_eq!(builtin(name), Some(kind));
         }
         assert_eq!(builtin("nope"), None);

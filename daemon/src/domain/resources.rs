@@ -63,7 +63,7 @@ pub struct KindRecord {
 /// The revision of the built-in kinds this build embeds (`daemon/kinds/`).
 /// Bump it whenever a built-in kind file changes: a leader installs its
 /// built-in kinds only over older revisions (a test pins the files to it).
-pub const BUILTIN_REVISION: u64 = 3;
+pub const BUILTIN_REVISION: u64 = 4;
 
 /// A kind as stored in [`KINDS`], as JSON so that a later build reads it
 /// (new fields of [`Kind`] need a serde default): the compiled kind apply

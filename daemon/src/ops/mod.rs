@@ -16,6 +16,7 @@ pub mod exec;
 pub mod files;
 pub mod local;
 pub mod process;
+pub mod selfdeploy;
 pub mod service;
 
 use std::collections::BTreeMap;

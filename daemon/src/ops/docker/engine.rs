@@ -435,6 +435,53 @@ impl Engine {
         Ok(())
     }
 
+    /// Creates the named volume `name` with `labels` unless it exists (a
+    /// node's data that outlives its container, for opsd's own nodes).
+    pub async fn ensure_volume(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<(), StepError> {
+        let what = format!("inspecting the volume {name}");
+        if within_found(what, CALL_TIMEOUT, self.docker.inspect_volume(name))
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let request = bollard::models::VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(label_map(labels)),
+            ..Default::default()
+        };
+        within(
+            format!("creating the volume {name}"),
+            CALL_TIMEOUT,
+            self.docker.create_volume(request),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the volume `name`; one that is not there is already removed.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), StepError> {
+        let options = bollard::query_parameters::RemoveVolumeOptionsBuilder::default()
+            .force(true)
+            .build();
+        within_found(
+            format!("removing the volume {name}"),
+            CALL_TIMEOUT,
+            self.docker.remove_volume(name, Some(options)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The names of the volumes carrying all of `labels`.
+    pub async fn volumes(&self, labels: &[(&str, &str)]) -> Result<Vec<String>, StepError> {
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+            .filters(&label_filters(labels))
+            .build();
+        let listed = within("listing volumes", CALL_TIMEOUT, self.docker.list_volumes(Some(options))).await?;
+        Ok(listed.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
+    }
+
     /// Every container (running or not) carrying all of `labels`.
     pub async fn containers(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>, StepError> {
         let options = ListContainersOptionsBuilder::default()
@@ -474,6 +521,18 @@ impl Engine {
     /// and starts it unless it runs; returns it as inspected after start.
     pub async fn run(&self, spec: &ContainerSpec) -> Result<Container, StepError> {
         let existing = self.find(&spec.name).await?;
+        // A name is only ever given to one resource's container: one of
+        // another resource (names fold case and odd characters) is refused.
+        if let Some(c) = &existing {
+            let theirs = c.labels.get(LABEL_RESOURCE);
+            if theirs != spec.labels.get(LABEL_RESOURCE) {
+                return Err(StepError::Failed(format!(
+                    "docker: the container name {} is taken by {}",
+                    spec.name,
+                    theirs.map_or("a container opsd did not make".to_string(), |r| format!("resource {r}"))
+                )));
+            }
+        }
         let id = match existing {
             Some(c) if c.running() => return Ok(c),
             Some(c) => c.id,

@@ -15,6 +15,7 @@
 mod cluster;
 pub mod engine;
 mod image;
+pub mod opsd_nodes;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -134,6 +135,12 @@ enum Step {
     DestroyMachines,
     /// Runs a cluster's acceptance checks against its containers.
     VerifyMachines,
+    /// opsd-cluster: builds this opsd's image and starts its nodes.
+    StartOpsdNodes,
+    /// opsd-cluster: hands the opsd cluster to its nodes.
+    AdoptOpsdNodes,
+    /// opsd-cluster: its nodes leave, their containers go.
+    DestroyOpsdNodes,
 }
 
 /// Every step with its name: the dispatch table (one line per step).
@@ -146,6 +153,9 @@ const STEPS: &[(&str, Step)] = &[
     ("stop_machines", Step::StopMachines),
     ("destroy_machines", Step::DestroyMachines),
     ("verify_machines", Step::VerifyMachines),
+    ("start_opsd_nodes", Step::StartOpsdNodes),
+    ("adopt_opsd_nodes", Step::AdoptOpsdNodes),
+    ("destroy_opsd_nodes", Step::DestroyOpsdNodes),
 ];
 
 impl Step {
@@ -200,7 +210,8 @@ impl Provider for DockerProvider {
     }
 
     /// A kind whose states build images checks an image's spec; one whose
-    /// states start machines checks a cluster's, checks included.
+    /// states start machines checks a cluster's, checks included; one whose
+    /// states start opsd nodes an opsd-cluster's.
     fn check_spec(&self, kind: &Kind, spec: &Object) -> Result<(), String> {
         let uses = |step: &str| kind.states.values().any(|s| s.step.as_deref() == Some(step));
         if uses("copy_source") || uses("build_image") {
@@ -208,6 +219,9 @@ impl Provider for DockerProvider {
         }
         if uses("start_machines") || uses("restart_machines") {
             cluster::cluster_spec(spec)?;
+        }
+        if uses("start_opsd_nodes") {
+            super::selfdeploy::nodes_spec(spec, &self.host)?;
         }
         if uses("verify_machines") || uses("start_machines") {
             crate::verify::parse_checks(spec)?;
@@ -219,7 +233,6 @@ impl Provider for DockerProvider {
         if cancel.is_cancelled() {
             return StepResult::cancelled();
         }
-        let _ = (&self.host, &self.node);
         let step = match req.step.as_deref().map(|name| (name, Step::named(name))) {
             Some((_, Some(step))) => step,
             Some((name, None)) => {
@@ -244,6 +257,9 @@ impl Provider for DockerProvider {
             Step::StopMachines => self.stop_machines(&req, &log, &cancel).await,
             Step::DestroyMachines => self.destroy_machines(&req, &log, &cancel).await,
             Step::VerifyMachines => crate::verify::verify_machines(&req, &log, &cancel).await,
+            Step::StartOpsdNodes => self.start_opsd_nodes(&req, &log, &cancel).await,
+            Step::AdoptOpsdNodes => self.adopt_opsd_nodes(&req, &log, &cancel).await,
+            Step::DestroyOpsdNodes => self.destroy_opsd_nodes(&req, &log, &cancel).await,
         };
         step_result(out)
     }
@@ -261,7 +277,7 @@ async fn or_cancelled<T>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::domain::kind::builtin;
 
@@ -273,13 +289,34 @@ mod tests {
         }
     }
 
-    fn provider() -> DockerProvider {
+    /// A provider of the scope `Cluster_01/x`, finding no resources.
+    pub(super) fn provider() -> DockerProvider {
         DockerProvider::new(Arc::new(NoResources), "Cluster_01/x", "127.0.0.1", None)
+    }
+
+    /// A request to run `step` for cluster `web` (run r1, attempt 1).
+    pub(super) fn request(step: &str) -> StepRequest {
+        StepRequest {
+            kind: "cluster".into(),
+            name: "web".into(),
+            spec: Object::new(),
+            outputs: Object::new(),
+            args: BTreeMap::new(),
+            event: "create".into(),
+            state: "pending".into(),
+            run_id: "r1".into(),
+            attempt: 1,
+            step: Some(step.into()),
+            run: None,
+            work_dir: std::env::temp_dir(),
+            node_id: 1,
+            settings: BTreeMap::new(),
+        }
     }
 
     #[test]
     fn the_builtin_image_and_cluster_kinds_pass_the_check() {
-        for name in ["image", "cluster"] {
+        for name in ["image", "cluster", "opsd-cluster"] {
             let kind = builtin(name).unwrap();
             provider().check_kind(&kind).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
@@ -290,22 +327,7 @@ mod tests {
         let (log, _rx) = LogSink::channel();
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let req = StepRequest {
-            kind: "cluster".into(),
-            name: "web".into(),
-            spec: Object::new(),
-            outputs: Object::new(),
-            args: BTreeMap::new(),
-            event: "create".into(),
-            state: "pending".into(),
-            run_id: "r1".into(),
-            attempt: 1,
-            step: Some("start_machines".into()),
-            run: None,
-            work_dir: std::env::temp_dir(),
-            node_id: 1,
-            settings: BTreeMap::new(),
-        };
+        let req = request("start_machines");
         assert_eq!(
             provider().step(req.clone(), log.clone(), cancel).await,
             StepResult::cancelled()
