@@ -13,6 +13,7 @@
 pub mod docker;
 pub mod ec2;
 pub mod exec;
+pub mod fields;
 pub mod files;
 pub mod local;
 pub mod process;
@@ -377,6 +378,97 @@ impl Providers {
             )),
         }
     }
+}
+
+/// The steps of a provider whose work states name the step they run
+/// (`step = "NAME"` in the kind file: `local`, `docker`, `ec2`): the one
+/// table each such provider keeps, checking kinds against it and finding the
+/// step of a request in it, so the provider itself only says what each step
+/// does.
+pub struct NamedSteps<S: 'static> {
+    /// The provider's name, for messages.
+    provider: &'static str,
+    /// Each step with its name.
+    steps: &'static [(&'static str, S)],
+}
+
+impl<S: Copy> NamedSteps<S> {
+    /// The table of `provider`'s `steps`.
+    pub const fn new(provider: &'static str, steps: &'static [(&'static str, S)]) -> Self {
+        NamedSteps { provider, steps }
+    }
+
+    /// The step called `name`, if there is one.
+    pub fn named(&self, name: &str) -> Option<S> {
+        self.steps.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    /// The names of every step, for messages.
+    fn names(&self) -> String {
+        self.steps.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Checks a kind: every work state names one of these steps, and no
+    /// state has a script. The error names the state and the key.
+    pub fn check_kind(&self, kind: &Kind) -> Result<(), String> {
+        refuse_run(kind)?;
+        for (name, state) in kind.states.iter().filter(|(_, s)| s.work) {
+            match state.step.as_deref() {
+                None => {
+                    return Err(state_error(
+                        kind,
+                        name,
+                        "step",
+                        format_args!(
+                            "missing: a work state of a {} kind names the step it runs (one of {})",
+                            self.provider,
+                            self.names()
+                        ),
+                    ))
+                }
+                Some(step) if self.named(step).is_none() => {
+                    return Err(state_error(
+                        kind,
+                        name,
+                        "step",
+                        format_args!(
+                            "unknown step {step:?} (the {} provider has: {})",
+                            self.provider,
+                            self.names()
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The step `req` runs, or what the step ends with instead: cancelled
+    /// before it began, or failed because its state names no step of ours.
+    pub fn to_run(&self, req: &StepRequest, cancel: &CancellationToken) -> Result<S, StepResult> {
+        if cancel.is_cancelled() {
+            return Err(StepResult::cancelled());
+        }
+        match req.step.as_deref() {
+            Some(name) => self.named(name).ok_or_else(|| {
+                StepResult::failed(format!(
+                    "the {} provider has no step {name:?} (state {} of kind {})",
+                    self.provider, req.state, req.kind
+                ))
+            }),
+            None => Err(StepResult::failed(format!(
+                "state {} of kind {} names no step (the {} provider runs the step a work state names)",
+                req.state, req.kind, self.provider
+            ))),
+        }
+    }
+}
+
+/// Whether a work state of `kind` runs the step `name` (which spec checks a
+/// provider's `check_spec` applies follows from the steps a kind uses).
+pub fn uses_step(kind: &Kind, name: &str) -> bool {
+    kind.states.values().any(|s| s.step.as_deref() == Some(name))
 }
 
 /// `kind "K": state "S": KEY: MESSAGE`, the form of kind errors, for

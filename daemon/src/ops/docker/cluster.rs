@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::engine::{Container, ContainerSpec, Engine, Network, LABEL_CLUSTER, LABEL_INDEX, LABEL_RESOURCE, LABEL_RUN};
 use super::image::start_command;
 use super::{connect, or_cancelled, DockerProvider, StepOut};
-use crate::ops::{Fail, LogSink, Object, StepError, StepRequest};
+use crate::ops::{fields, Fail, LogSink, Object, StepError, StepRequest};
 
 // How long after its start a container must still be running (the local
 // provider's window), and the time a stopped container gets between SIGTERM
@@ -28,14 +28,8 @@ pub const DEFAULT_PORT: u16 = 8080;
 /// container. Its recorded address is the container's IP on its network.
 const LISTEN_HOST: &str = "0.0.0.0";
 
-/// The most machines a cluster may have (the local provider's limit).
-const MAX_MACHINES: u64 = crate::ops::local::MAX_MACHINES;
-
 /// Lines of a container's log shown when it exited at once.
 const LOG_TAIL_LINES: usize = 20;
-
-/// Environment variables opsd sets for every machine; `spec.env` may not.
-const MACHINE_VARS: [&str; 4] = ["PORT", "OPSD_HOST", "OPSD_CLUSTER", "OPSD_MACHINE"];
 
 /// A cluster's spec, checked.
 pub(super) struct ClusterSpec {
@@ -59,22 +53,8 @@ struct ImageInfo {
 /// Checks a cluster's spec, naming the field at fault (its `checks` are
 /// checked by [`crate::verify::parse_checks`]).
 pub(super) fn cluster_spec(spec: &Object) -> Result<ClusterSpec, String> {
-    let image = match spec.get("image") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        None | Some(Value::Null) => return Err("spec.image: required: the name of a built docker image".into()),
-        Some(v) => return Err(format!("spec.image: must be the name of an image, not {v}")),
-    };
-    let size = match spec.get("size") {
-        None | Some(Value::Null) => {
-            return Err(format!(
-                "spec.size: required: the number of machines, 1 to {MAX_MACHINES}"
-            ))
-        }
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (1..=MAX_MACHINES).contains(n))
-            .ok_or_else(|| format!("spec.size: must be an integer from 1 to {MAX_MACHINES}, not {v}"))?,
-    };
+    let image = fields::image(spec)?;
+    let size = fields::size(spec)?;
     if spec.get("base_port").is_some_and(|v| !v.is_null()) {
         return Err(
             "spec.base_port: not supported by the docker provider: every container has its own address; \
@@ -82,35 +62,8 @@ pub(super) fn cluster_spec(spec: &Object) -> Result<ClusterSpec, String> {
                 .into(),
         );
     }
-    let port = match spec.get("port") {
-        None | Some(Value::Null) => DEFAULT_PORT,
-        Some(v) => v
-            .as_u64()
-            .filter(|p| (1..=65535).contains(p))
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| format!("spec.port: must be a port, 1 to 65535, not {v}"))?,
-    };
-    let mut env = Vec::new();
-    match spec.get("env") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(vars)) => {
-            for (k, v) in vars {
-                if k.is_empty() || k.contains('=') || k.contains('\0') {
-                    return Err(format!("spec.env: {k:?} is not a valid environment variable name"));
-                }
-                if MACHINE_VARS.contains(&k.as_str()) {
-                    return Err(format!(
-                        "spec.env.{k}: set by opsd for each machine; it cannot be given"
-                    ));
-                }
-                match v {
-                    Value::String(s) if !s.contains('\0') => env.push((k.clone(), s.clone())),
-                    _ => return Err(format!("spec.env.{k}: must be a string")),
-                }
-            }
-        }
-        Some(_) => return Err("spec.env: must be a table of strings".into()),
-    }
+    let port = fields::port(spec, DEFAULT_PORT)?;
+    let env = fields::env(spec)?;
     Ok(ClusterSpec { image, size, port, env })
 }
 

@@ -24,7 +24,7 @@ use opsd_cluster::ClusterNode;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    refuse_run, state_error, step_result, Fail, LogSink, Object, Provider, ResourceLookup, StepRequest, StepResult,
+    step_result, uses_step, Fail, LogSink, NamedSteps, Object, Provider, ResourceLookup, StepRequest, StepResult,
 };
 use crate::domain::kind::Kind;
 use engine::{Engine, LABEL_CLUSTER, LABEL_RESOURCE, LABEL_RUN};
@@ -144,31 +144,22 @@ enum Step {
 }
 
 /// Every step with its name: the dispatch table (one line per step).
-const STEPS: &[(&str, Step)] = &[
-    ("copy_source", Step::CopySource),
-    ("build_image", Step::BuildImage),
-    ("remove_image", Step::RemoveImage),
-    ("start_machines", Step::StartMachines),
-    ("restart_machines", Step::RestartMachines),
-    ("stop_machines", Step::StopMachines),
-    ("destroy_machines", Step::DestroyMachines),
-    ("verify_machines", Step::VerifyMachines),
-    ("start_opsd_nodes", Step::StartOpsdNodes),
-    ("adopt_opsd_nodes", Step::AdoptOpsdNodes),
-    ("destroy_opsd_nodes", Step::DestroyOpsdNodes),
-];
-
-impl Step {
-    /// The step called `name`, if there is one.
-    fn named(name: &str) -> Option<Step> {
-        STEPS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
-    }
-
-    /// The names of every step, for messages.
-    fn names() -> String {
-        STEPS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-    }
-}
+const STEPS: NamedSteps<Step> = NamedSteps::new(
+    "docker",
+    &[
+        ("copy_source", Step::CopySource),
+        ("build_image", Step::BuildImage),
+        ("remove_image", Step::RemoveImage),
+        ("start_machines", Step::StartMachines),
+        ("restart_machines", Step::RestartMachines),
+        ("stop_machines", Step::StopMachines),
+        ("destroy_machines", Step::DestroyMachines),
+        ("verify_machines", Step::VerifyMachines),
+        ("start_opsd_nodes", Step::StartOpsdNodes),
+        ("adopt_opsd_nodes", Step::AdoptOpsdNodes),
+        ("destroy_opsd_nodes", Step::DestroyOpsdNodes),
+    ],
+);
 
 /// What a step function returns: outputs, or why it failed.
 type StepOut = Result<Object, Fail>;
@@ -181,39 +172,14 @@ impl Provider for DockerProvider {
 
     /// Every work state names one of the steps above; no state has a script.
     fn check_kind(&self, kind: &Kind) -> Result<(), String> {
-        refuse_run(kind)?;
-        for (name, state) in kind.states.iter().filter(|(_, s)| s.work) {
-            match state.step.as_deref() {
-                None => {
-                    return Err(state_error(
-                        kind,
-                        name,
-                        "step",
-                        format_args!(
-                            "missing: a work state names the step it runs (one of {})",
-                            Step::names()
-                        ),
-                    ))
-                }
-                Some(step) if Step::named(step).is_none() => {
-                    return Err(state_error(
-                        kind,
-                        name,
-                        "step",
-                        format_args!("unknown step {step:?} (the docker provider has: {})", Step::names()),
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
+        STEPS.check_kind(kind)
     }
 
     /// A kind whose states build images checks an image's spec; one whose
     /// states start machines checks a cluster's, checks included; one whose
     /// states start opsd nodes an opsd-cluster's.
     fn check_spec(&self, kind: &Kind, spec: &Object) -> Result<(), String> {
-        let uses = |step: &str| kind.states.values().any(|s| s.step.as_deref() == Some(step));
+        let uses = |step| uses_step(kind, step);
         if uses("copy_source") || uses("build_image") {
             image::image_spec(spec)?;
         }
@@ -230,23 +196,9 @@ impl Provider for DockerProvider {
     }
 
     async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult {
-        if cancel.is_cancelled() {
-            return StepResult::cancelled();
-        }
-        let step = match req.step.as_deref().map(|name| (name, Step::named(name))) {
-            Some((_, Some(step))) => step,
-            Some((name, None)) => {
-                return StepResult::failed(format!(
-                    "the docker provider has no step {name:?} (state {} of kind {})",
-                    req.state, req.kind
-                ))
-            }
-            None => {
-                return StepResult::failed(format!(
-                    "state {} of kind {} names no step (the docker provider runs the step a work state names)",
-                    req.state, req.kind
-                ))
-            }
+        let step = match STEPS.to_run(&req, &cancel) {
+            Ok(step) => step,
+            Err(ended) => return ended,
         };
         let out = match step {
             Step::CopySource => self.copy_source(&req, &log, &cancel).await,

@@ -13,15 +13,14 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, KeyType, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, KeyType, ResourceType};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::instances::{self, Found, Launch, STATE_TIMEOUT};
+use super::instances::{self, owner_tags, Found, Launch, STATE_TIMEOUT};
 use super::sdk::{code, describe, pause, Ec2};
 use super::spec::{
     client_token, cluster_spec, machine_user_data, resource_name, ClusterSpec, SSH_KEY_SETTING, TAG_CLUSTER,
-    TAG_RESOURCE,
 };
 use super::{Ec2Provider, StepOut};
 use crate::ops::{Fail, LogSink, Object, StepError, StepRequest};
@@ -287,16 +286,12 @@ impl Ec2Provider {
             let call = ec2.client.delete_key_pair().key_name(name).send();
             ec2.call("DeleteKeyPair", cancel, call).await?;
         }
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::KeyPair)
-            .tags(Tag::builder().key(TAG_CLUSTER).value(&self.scope).build())
-            .tags(
-                Tag::builder()
-                    .key(TAG_RESOURCE)
-                    .value(format!("cluster/{}", req.name))
-                    .build(),
-            )
-            .build();
+        let tags = owner_tags(
+            ResourceType::KeyPair,
+            &self.scope,
+            &format!("cluster/{}", req.name),
+            None,
+        );
         let call = ec2
             .client
             .create_key_pair()
@@ -345,16 +340,12 @@ impl Ec2Provider {
             }
             None => None,
         };
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::SecurityGroup)
-            .tags(Tag::builder().key(TAG_CLUSTER).value(&self.scope).build())
-            .tags(
-                Tag::builder()
-                    .key(TAG_RESOURCE)
-                    .value(format!("cluster/{}", req.name))
-                    .build(),
-            )
-            .build();
+        let tags = owner_tags(
+            ResourceType::SecurityGroup,
+            &self.scope,
+            &format!("cluster/{}", req.name),
+            None,
+        );
         let call = ec2
             .client
             .create_security_group()

@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{Filter, ResourceType};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::instances::{self, Launch, LIVE, STATE_TIMEOUT};
+use super::instances::{self, owner_tags, Launch, LIVE, STATE_TIMEOUT};
 use super::sdk::{pause, Ec2};
-use super::spec::{ami_name, builder_user_data, client_token, image_spec, TAG_CLUSTER, TAG_RESOURCE, TAG_RUN};
+use super::spec::{ami_name, builder_user_data, client_token, image_spec, TAG_CLUSTER, TAG_RESOURCE};
 use super::{Ec2Provider, StepOut};
 use crate::ops::{LogSink, Object, StepError, StepRequest};
 
@@ -134,12 +134,7 @@ impl Ec2Provider {
                         )),
                         c => c,
                     })?;
-                let tags = TagSpecification::builder()
-                    .resource_type(ResourceType::Image)
-                    .tags(Tag::builder().key(TAG_CLUSTER).value(&self.scope).build())
-                    .tags(Tag::builder().key(TAG_RESOURCE).value(&resource).build())
-                    .tags(Tag::builder().key(TAG_RUN).value(&req.run_id).build())
-                    .build();
+                let tags = owner_tags(ResourceType::Image, &self.scope, &resource, Some(&req.run_id));
                 let call = ec2
                     .client
                     .create_image()

@@ -73,6 +73,20 @@ fn filter(name: &str, values: &[&str]) -> Filter {
     f.build()
 }
 
+/// The tags of something of `resource` other than an instance (its key
+/// pair, security group, AMI): this opsd cluster, the resource and, for
+/// what a run made, the run.
+pub fn owner_tags(kind: ResourceType, scope: &str, resource: &str, run_id: Option<&str>) -> TagSpecification {
+    let spec = TagSpecification::builder()
+        .resource_type(kind)
+        .tags(Tag::builder().key(TAG_CLUSTER).value(scope).build())
+        .tags(Tag::builder().key(TAG_RESOURCE).value(resource).build());
+    match run_id {
+        Some(run) => spec.tags(Tag::builder().key(TAG_RUN).value(run).build()).build(),
+        None => spec.build(),
+    }
+}
+
 /// The tags every instance of `resource` carries.
 pub fn tags(scope: &str, resource: &str, run_id: &str, role: &str, index: Option<u64>) -> TagSpecification {
     let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);

@@ -24,7 +24,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    refuse_run, state_error, step_result, Fail, LogSink, Object, Provider, ResourceLookup, StepError, StepRequest,
+    step_result, uses_step, Fail, LogSink, NamedSteps, Object, Provider, ResourceLookup, StepError, StepRequest,
     StepResult,
 };
 use crate::domain::kind::Kind;
@@ -139,8 +139,10 @@ enum Step {
     VerifyMachines,
 }
 
-impl Step {
-    const ALL: [(&'static str, Step); 8] = [
+/// Every step with its name: the dispatch table.
+const STEPS: NamedSteps<Step> = NamedSteps::new(
+    "ec2",
+    &[
         ("copy_source", Step::CopySource),
         ("build_image", Step::BuildImage),
         ("remove_image", Step::RemoveImage),
@@ -149,16 +151,8 @@ impl Step {
         ("stop_machines", Step::StopMachines),
         ("destroy_machines", Step::DestroyMachines),
         ("verify_machines", Step::VerifyMachines),
-    ];
-
-    fn named(name: &str) -> Option<Step> {
-        Step::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
-    }
-
-    fn names() -> String {
-        Step::ALL.map(|(n, _)| n).join(", ")
-    }
-}
+    ],
+);
 
 #[async_trait::async_trait]
 impl Provider for Ec2Provider {
@@ -168,38 +162,13 @@ impl Provider for Ec2Provider {
 
     /// Every work state names one of the steps above; no state has a script.
     fn check_kind(&self, kind: &Kind) -> Result<(), String> {
-        refuse_run(kind)?;
-        for (name, state) in kind.states.iter().filter(|(_, s)| s.work) {
-            match state.step.as_deref() {
-                Some(step) if Step::named(step).is_some() => {}
-                Some(step) => {
-                    return Err(state_error(
-                        kind,
-                        name,
-                        "step",
-                        format_args!("unknown step {step:?} (the ec2 provider has: {})", Step::names()),
-                    ))
-                }
-                None => {
-                    return Err(state_error(
-                        kind,
-                        name,
-                        "step",
-                        format_args!(
-                            "missing: the ec2 provider runs the step a work state names ({})",
-                            Step::names()
-                        ),
-                    ))
-                }
-            }
-        }
-        Ok(())
+        STEPS.check_kind(kind)
     }
 
     /// An image kind's spec (it copies a source) and a cluster kind's spec
     /// (it starts machines) are checked before anything is written.
     fn check_spec(&self, kind: &Kind, spec: &Object) -> Result<(), String> {
-        let uses = |step: &str| kind.states.values().any(|s| s.step.as_deref() == Some(step));
+        let uses = |step| uses_step(kind, step);
         if uses("copy_source") {
             spec::image_spec(spec)?;
         }
@@ -211,16 +180,9 @@ impl Provider for Ec2Provider {
     }
 
     async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult {
-        if cancel.is_cancelled() {
-            return StepResult::cancelled();
-        }
-        let Some(step) = req.step.as_deref().and_then(Step::named) else {
-            return StepResult::failed(format!(
-                "state {} of kind {} names no step of the ec2 provider ({})",
-                req.state,
-                req.kind,
-                Step::names()
-            ));
+        let step = match STEPS.to_run(&req, &cancel) {
+            Ok(step) => step,
+            Err(ended) => return ended,
         };
         let out = match step {
             Step::CopySource => self.start_builder(&req, &log, &cancel).await,

@@ -6,10 +6,7 @@
 
 use serde_json::Value;
 
-use crate::ops::Object;
-
-/// The most instances a cluster may have.
-pub const MAX_INSTANCES: u64 = 64;
+use crate::ops::{fields, Object};
 
 /// The instance type used when a spec names none.
 pub const DEFAULT_INSTANCE_TYPE: &str = "t3.micro";
@@ -102,20 +99,7 @@ pub fn image_spec(spec: &Object) -> Result<ImageSpec, String> {
         None | Some(Value::Null) => return Err("spec.source: required: the AMI to build from (ami-...)".into()),
         Some(v) => return Err(format!("spec.source: must be an AMI id (ami-...), not {v}")),
     };
-    let build = match spec.get("build") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("spec.build[{i}]: must be a string (a shell command)"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err("spec.build: must be a string or an array of strings (shell commands)".into()),
-    };
+    let build = fields::build_commands(spec)?;
     let build_timeout_secs = match spec.get("build_timeout") {
         None | Some(Value::Null) => 1800,
         Some(v) => v
@@ -134,29 +118,9 @@ pub fn image_spec(spec: &Object) -> Result<ImageSpec, String> {
 
 /// Checks a cluster's spec.
 pub fn cluster_spec(spec: &Object) -> Result<ClusterSpec, String> {
-    let image = match spec.get("image") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        None | Some(Value::Null) => return Err("spec.image: required: the name of a built ec2 image".into()),
-        Some(v) => return Err(format!("spec.image: must be the name of an image, not {v}")),
-    };
-    let size = match spec.get("size") {
-        None | Some(Value::Null) => {
-            return Err(format!(
-                "spec.size: required: the number of instances, 1 to {MAX_INSTANCES}"
-            ))
-        }
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (1..=MAX_INSTANCES).contains(n))
-            .ok_or_else(|| format!("spec.size: must be an integer from 1 to {MAX_INSTANCES}, not {v}"))?,
-    };
-    let port = match spec.get("port") {
-        None | Some(Value::Null) => 80,
-        Some(v) => v
-            .as_u64()
-            .filter(|p| (1..=65535).contains(p))
-            .ok_or_else(|| format!("spec.port: must be a port, 1 to 65535, not {v}"))? as u16,
-    };
+    let image = fields::image(spec)?;
+    let size = fields::size(spec)?;
+    let port = fields::port(spec, 80)?;
     let allow_from = match spec.get("allow_from") {
         None | Some(Value::Null) => DEFAULT_ALLOW_FROM.map(String::from).to_vec(),
         Some(Value::String(s)) => vec![s.clone()],

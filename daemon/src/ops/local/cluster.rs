@@ -13,12 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::machines::{free_port, is_running, known_machines, record_machines, stop_running, Machine, START_CHECK};
 use super::{Fail, LocalProvider, StepOut};
+use crate::ops::fields;
 use crate::ops::files::{append_line, blocking, check_component, copy_tree, log_tail, remove_tree};
 use crate::ops::process::{is_alive, launch_detached, proc_stat};
 use crate::ops::{LogSink, Object, StepError, StepRequest};
-
-/// The most machines a cluster may have.
-pub const MAX_MACHINES: u64 = 64;
 
 /// Lines of a machine's log shown when it died at once.
 const LOG_TAIL_LINES: usize = 20;
@@ -37,24 +35,11 @@ struct ImageInfo {
     start: String,
 }
 
-/// Environment variables opsd sets for every machine; `spec.env` may not.
-const MACHINE_VARS: [&str; 4] = ["PORT", "OPSD_HOST", "OPSD_CLUSTER", "OPSD_MACHINE"];
-
 /// Checks a cluster's spec, naming the field at fault (its `checks` are
 /// checked by [`crate::verify::parse_checks`]).
 pub(super) fn cluster_spec(spec: &Object) -> Result<ClusterSpec, String> {
-    let image = match spec.get("image") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        None | Some(Value::Null) => return Err("spec.image: required: the name of a built image".into()),
-        Some(v) => return Err(format!("spec.image: must be the name of an image, not {v}")),
-    };
-    let size = match spec.get("size") {
-        None | Some(Value::Null) => return Err("spec.size: required: the number of machines, 1 to 64".into()),
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (1..=MAX_MACHINES).contains(n))
-            .ok_or_else(|| format!("spec.size: must be an integer from 1 to {MAX_MACHINES}, not {v}"))?,
-    };
+    let image = fields::image(spec)?;
+    let size = fields::size(spec)?;
     let base_port = match spec.get("base_port") {
         None | Some(Value::Null) => None,
         Some(v) => {
@@ -67,27 +52,7 @@ pub(super) fn cluster_spec(spec: &Object) -> Result<ClusterSpec, String> {
             Some(port as u16)
         }
     };
-    let mut env = Vec::new();
-    match spec.get("env") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(vars)) => {
-            for (k, v) in vars {
-                if k.is_empty() || k.contains('=') || k.contains('\0') {
-                    return Err(format!("spec.env: {k:?} is not a valid environment variable name"));
-                }
-                if MACHINE_VARS.contains(&k.as_str()) {
-                    return Err(format!(
-                        "spec.env.{k}: set by opsd for each machine; it cannot be given"
-                    ));
-                }
-                match v {
-                    Value::String(s) if !s.contains('\0') => env.push((k.clone(), s.clone())),
-                    _ => return Err(format!("spec.env.{k}: must be a string")),
-                }
-            }
-        }
-        Some(_) => return Err("spec.env: must be a table of strings".into()),
-    }
+    let env = fields::env(spec)?;
     Ok(ClusterSpec {
         image,
         size,

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{LocalProvider, StepOut};
+use crate::ops::fields::build_commands;
 use crate::ops::files::{blocking, check_component, copy_tree, remove_tree};
 use crate::ops::process::{describe_status, run_logged, shell, Ended};
 use crate::ops::{LogSink, Object, StepError, StepRequest};
@@ -186,24 +187,6 @@ fn owned_image_dir(req: &StepRequest, verb: &str) -> Result<Option<PathBuf>, Str
         ));
     }
     Ok(Some(dir))
-}
-
-/// `spec.build`: absent, one command, or an array of commands.
-fn build_commands(spec: &Object) -> Result<Vec<String>, String> {
-    match spec.get("build") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("spec.build[{i}]: must be a string (a shell command)"))
-            })
-            .collect(),
-        Some(_) => Err("spec.build: must be a string or an array of strings (shell commands)".into()),
-    }
 }
 
 #[cfg(test)]

@@ -30,11 +30,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    refuse_run, state_error, step_result, Fail, LogSink, Object, Provider, ResourceLookup, StepRequest, StepResult,
+    step_result, uses_step, Fail, LogSink, NamedSteps, Object, Provider, ResourceLookup, StepRequest, StepResult,
 };
 use crate::domain::kind::Kind;
 
-pub use cluster::MAX_MACHINES;
 pub use image::BUILD_GRACE;
 pub use machines::{START_CHECK, STOP_GRACE};
 
@@ -113,9 +112,10 @@ enum Step {
     VerifyMachines,
 }
 
-impl Step {
-    /// Every step with its name.
-    const ALL: [(&'static str, Step); 8] = [
+/// Every step with its name: the dispatch table.
+const STEPS: NamedSteps<Step> = NamedSteps::new(
+    "local",
+    &[
         ("copy_source", Step::CopySource),
         ("build_image", Step::BuildImage),
         ("remove_image", Step::RemoveImage),
@@ -124,18 +124,8 @@ impl Step {
         ("stop_machines", Step::StopMachines),
         ("destroy_machines", Step::DestroyMachines),
         ("verify_machines", Step::VerifyMachines),
-    ];
-
-    /// The step called `name`, if there is one.
-    fn named(name: &str) -> Option<Step> {
-        Step::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
-    }
-
-    /// The names of every step, for messages.
-    fn names() -> String {
-        Step::ALL.map(|(n, _)| n).join(", ")
-    }
-}
+    ],
+);
 
 /// What a step function returns: outputs, or why it failed.
 type StepOut = Result<Object, Fail>;
@@ -148,39 +138,14 @@ impl Provider for LocalProvider {
 
     /// Every work state names one of the steps above; no state has a script.
     fn check_kind(&self, kind: &Kind) -> Result<(), String> {
-        refuse_run(kind)?;
-        for (name, state) in kind.states.iter().filter(|(_, s)| s.work) {
-            match state.step.as_deref() {
-                None => {
-                    return Err(state_error(
-                        kind,
-                        name,
-                        "step",
-                        format_args!(
-                            "missing: a work state of a local kind names the step it runs (one of {})",
-                            Step::names()
-                        ),
-                    ))
-                }
-                Some(step) if Step::named(step).is_none() => {
-                    return Err(state_error(
-                        kind,
-                        name,
-                        "step",
-                        format_args!("unknown step {step:?} (the local provider has: {})", Step::names()),
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
+        STEPS.check_kind(kind)
     }
 
     /// A kind whose states start machines (`start_machines`) is a cluster
     /// kind: its spec must be a cluster's, checks included. A kind that only
     /// verifies (`verify_machines`) must have valid checks.
     fn check_spec(&self, kind: &Kind, spec: &Object) -> Result<(), String> {
-        let uses = |step: &str| kind.states.values().any(|s| s.step.as_deref() == Some(step));
+        let uses = |step| uses_step(kind, step);
         if uses("start_machines") || uses("restart_machines") {
             cluster::cluster_spec(spec)?;
         }
@@ -191,23 +156,9 @@ impl Provider for LocalProvider {
     }
 
     async fn step(&self, req: StepRequest, log: LogSink, cancel: CancellationToken) -> StepResult {
-        if cancel.is_cancelled() {
-            return StepResult::cancelled();
-        }
-        let step = match req.step.as_deref().map(|name| (name, Step::named(name))) {
-            Some((_, Some(step))) => step,
-            Some((name, None)) => {
-                return StepResult::failed(format!(
-                    "the local provider has no step {name:?} (state {} of kind {})",
-                    req.state, req.kind
-                ))
-            }
-            None => {
-                return StepResult::failed(format!(
-                    "state {} of kind {} names no step (the local provider runs the step a work state names)",
-                    req.state, req.kind
-                ))
-            }
+        let step = match STEPS.to_run(&req, &cancel) {
+            Ok(step) => step,
+            Err(ended) => return ended,
         };
         let out = match step {
             Step::CopySource => self.copy_source(&req, &log, &cancel).await,
@@ -241,7 +192,7 @@ mod tests {
             }
             f.provider.check_kind(&kind).unwrap_or_else(|e| panic!("{name}: {e}"));
             for state in kind.states.values().filter(|s| s.work) {
-                assert!(Step::named(state.step.as_deref().unwrap()).is_some());
+                assert!(STEPS.named(state.step.as_deref().unwrap()).is_some());
             }
         }
     }
