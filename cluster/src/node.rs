@@ -277,6 +277,11 @@ pub(crate) struct NodeInner {
     removal_notices: Mutex<(usize, NodeId, String)>,
     /// Wakes the task that checks removal notices with the leader.
     check_removal: Notify,
+    /// Held by each membership change this node proposes (joins, removals,
+    /// promotions), one at a time: openraft changes a membership in two
+    /// steps, and another change between them would leave the cluster in
+    /// the joint config, where the promoter promotes no one.
+    membership_changes: tokio::sync::Mutex<()>,
 }
 
 /// A running node. Cheap to clone.
@@ -443,6 +448,7 @@ impl ClusterNode {
             failure,
             removal_notices: Mutex::new((0, 0, String::new())),
             check_removal: Notify::new(),
+            membership_changes: tokio::sync::Mutex::new(()),
         });
         let node = ClusterNode { inner };
         let peer = peer_listener.local_addr().ok();
@@ -489,6 +495,7 @@ impl ClusterNode {
                     _ = tokio::time::sleep(PROMOTE_EVERY) => {}
                 }
                 if let Some(id) = node.learner_to_promote() {
+                    let _one_at_a_time = node.inner.membership_changes.lock().await;
                     let res = node
                         .inner
                         .raft
@@ -1307,6 +1314,16 @@ impl ClusterNode {
         retain: bool,
         deadline: Instant,
     ) -> Result<(), ClusterError> {
+        let _one_at_a_time = match tokio::time::timeout_at(deadline.into(), self.inner.membership_changes.lock()).await
+        {
+            Ok(guard) => guard,
+            Err(_) => {
+                return Err(ClusterError::Timeout {
+                    what: "the membership change (another was under way)".into(),
+                    waited_ms: self.inner.request_timeout.as_millis() as u64,
+                })
+            }
+        };
         loop {
             let remaining = deadline
                 .saturating_duration_since(Instant::now())
