@@ -248,6 +248,16 @@ pub trait ResourceLookup: Send + Sync {
     /// The resource's current state and outputs, or `None` if it does not exist.
     fn lookup(&self, kind: &str, name: &str) -> Option<(String, Object)>;
 
+    /// The outputs of the image `name` a cluster runs, which must exist and
+    /// be built: every provider of the `cluster` kind finds its image so.
+    fn built_image(&self, name: &str) -> Result<Object, String> {
+        match self.lookup("image", name) {
+            None => Err(format!("image {name} does not exist")),
+            Some((state, outputs)) if state == "built" => Ok(outputs),
+            Some((state, _)) => Err(format!("image {name} is {state}, not built")),
+        }
+    }
+
     /// The resource's spec, or `None` if it does not exist.
     fn spec(&self, kind: &str, name: &str) -> Option<Object> {
         let _ = (kind, name);

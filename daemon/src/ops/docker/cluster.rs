@@ -138,13 +138,7 @@ impl DockerProvider {
     /// The built docker image a cluster runs (see [`same_engine`] for where).
     fn cluster_image(&self, spec: &ClusterSpec) -> Result<ImageInfo, String> {
         let name = &spec.image;
-        let (state, outputs) = self
-            .lookup
-            .lookup("image", name)
-            .ok_or_else(|| format!("image {name} does not exist"))?;
-        if state != "built" {
-            return Err(format!("image {name} is {state}, not built"));
-        }
+        let outputs = self.lookup.built_image(name)?;
         let Some(on) = outputs.get("engine").and_then(Value::as_str) else {
             return Err(format!(
                 "image {name} is not a docker image (it has no outputs.engine): a docker cluster runs an image \

@@ -51,10 +51,7 @@ impl Ec2Provider {
     /// The AMI of the cluster's image: an ec2 image in state built.
     fn cluster_image(&self, spec: &ClusterSpec) -> Result<ImageInfo, String> {
         let name = &spec.image;
-        let (state, outputs) = self
-            .lookup
-            .lookup("image", name)
-            .ok_or_else(|| format!("spec.image: image {name} does not exist"))?;
+        let outputs = self.lookup.built_image(name).map_err(|e| format!("spec.image: {e}"))?;
         let provider = self
             .lookup
             .spec("image", name)
@@ -64,9 +61,6 @@ impl Ec2Provider {
             return Err(format!(
                 "spec.image: image {name} is built by the {provider} provider; an ec2 cluster runs an ec2 image"
             ));
-        }
-        if state != "built" {
-            return Err(format!("spec.image: image {name} is {state}, not built"));
         }
         let ami = outputs
             .get("ami")

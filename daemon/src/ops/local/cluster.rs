@@ -70,13 +70,7 @@ impl LocalProvider {
     /// The built image a cluster runs, checked to live on this node.
     fn cluster_image(&self, req: &StepRequest, spec: &ClusterSpec) -> Result<ImageInfo, String> {
         let name = &spec.image;
-        let (state, outputs) = self
-            .lookup
-            .lookup("image", name)
-            .ok_or_else(|| format!("image {name} does not exist"))?;
-        if state != "built" {
-            return Err(format!("image {name} is {state}, not built"));
-        }
+        let outputs = self.lookup.built_image(name)?;
         let field = |key: &str| -> Result<&Value, String> {
             match outputs.get(key) {
                 None | Some(Value::Null) => Err(format!("image {name} has no outputs.{key}")),
