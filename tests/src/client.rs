@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use opsd_client::{Api, Credentials, NodeAddr, Timeouts};
+use opsd_client::{Api, NodeAddr, Timeouts};
 use opsd_proto::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest, PutResponse,
     StatusRequest, StatusResponse,
@@ -54,7 +54,7 @@ pub fn connect_with(addr: &str, request_timeout: Option<Duration>) -> Clients {
         request: request_timeout,
         ..Timeouts::default()
     };
-    Api::lazy(&node, timeouts, Credentials::principal(PRINCIPAL))
+    Api::lazy(&node, timeouts, crate::access::credentials(addr))
 }
 
 /// The node's own view (`Cluster.Status`, never forwarded), or the error, within `timeout`.

@@ -44,6 +44,7 @@
 //! # }
 //! ```
 
+pub mod access;
 mod addresses;
 pub mod client;
 mod cluster;

@@ -146,6 +146,13 @@ impl Node {
     /// Starts opsd with `config`. Does not wait for it: see [`Node::wait_ready`].
     /// Panics if the binary is missing or cannot be started.
     pub fn spawn(config: NodeConfig) -> Node {
+        // A node that joins shares its seed's cluster (and so its token and
+        // CA); one that does not is the cluster's bootstrap node.
+        let seed_dir = config.join.iter().find_map(|seed| crate::access::bootstrap_dir(seed));
+        crate::access::register(
+            &config.listen.to_string(),
+            seed_dir.as_deref().unwrap_or(&config.data_dir),
+        );
         let node = Node {
             config,
             child: Mutex::new(None),

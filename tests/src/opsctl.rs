@@ -23,6 +23,10 @@ impl Opsctl {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(opsctl_bin());
         cmd.env_remove("OPSD_ADDR")
+            .env_remove("OPSD_TOKEN")
+            .env_remove("OPSD_TOKEN_FILE")
+            .env_remove("OPSD_CA")
+            .envs(crate::access::opsctl_env(&self.addr))
             .arg("--addr")
             .arg(&self.addr)
             .args(args)

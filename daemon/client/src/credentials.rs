@@ -15,6 +15,11 @@ pub struct Credentials {
     /// The principal as a metadata value; `None` sends none (the server then
     /// records `anonymous`).
     principal: Option<MetadataValue<Ascii>>,
+    /// The bearer token, sent as `authorization: Bearer TOKEN`; `None` sends none.
+    token: Option<MetadataValue<Ascii>>,
+    /// The cluster CA (PEM) the server's certificate must chain to; `None`
+    /// dials plain HTTP/2.
+    ca_pem: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl Credentials {
@@ -36,7 +41,30 @@ impl Credentials {
             }
         }
         let value = MetadataValue::try_from(text.as_str()).unwrap_or_else(|_| MetadataValue::from_static("unknown"));
-        Self { principal: Some(value) }
+        Self {
+            principal: Some(value),
+            ..Self::default()
+        }
+    }
+
+    /// These credentials, sending `token` (`opsd1.ID.SECRET`) with every
+    /// request. A token that cannot be a header value is refused here.
+    pub fn with_token(mut self, token: &str) -> Result<Self, String> {
+        let value = MetadataValue::try_from(format!("Bearer {}", token.trim()))
+            .map_err(|_| "token: must be printable ASCII".to_string())?;
+        self.token = Some(value);
+        Ok(self)
+    }
+
+    /// These credentials, trusting the cluster CA `pem` and dialling TLS.
+    pub fn with_ca(mut self, pem: Vec<u8>) -> Self {
+        self.ca_pem = Some(std::sync::Arc::new(pem));
+        self
+    }
+
+    /// The cluster CA the server must prove itself against, if any.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca_pem.as_deref().map(|v| v.as_slice())
     }
 
     /// Acting as the user running this process: `$USER`, else `$LOGNAME`,
@@ -89,6 +117,9 @@ impl Interceptor for Credentials {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(principal) = &self.principal {
             request.metadata_mut().insert(PRINCIPAL_KEY, principal.clone());
+        }
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("authorization", token.clone());
         }
         Ok(request)
     }

@@ -6,6 +6,7 @@
 pub mod kind;
 pub mod resources;
 pub mod scope;
+pub mod security;
 pub mod settings;
 pub mod stats;
 #[cfg(test)]

@@ -1,0 +1,109 @@
+//! What a test's clients need to reach a cluster with security on: the
+//! bootstrap node's admin token (`admin.token`) and the cluster CA (`ca.pem`),
+//! both written into the data dir of the node that bootstrapped the cluster.
+//!
+//! The harness registers each node's client address with the data dir of
+//! its cluster's bootstrap node ([`register`]); every client the harness
+//! makes ([`credentials`], [`opsctl_env`]) then finds what it needs by
+//! address. The files' contents are cached when first read, so a test that
+//! later wipes the bootstrap node's data dir keeps its access.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use opsd_client::Credentials;
+
+/// The admin token file the bootstrap node writes into its data dir.
+pub const TOKEN_FILE: &str = "admin.token";
+/// The cluster CA certificate every node keeps in its data dir.
+pub const CA_FILE: &str = "ca.pem";
+
+#[derive(Clone, Default)]
+struct Access {
+    dir: PathBuf,
+    token: Option<String>,
+    ca: Option<Vec<u8>>,
+}
+
+static REGISTRY: Mutex<BTreeMap<String, Access>> = Mutex::new(BTreeMap::new());
+
+/// Registers the client address `addr` as a node of the cluster bootstrapped
+/// by the node whose data dir is `bootstrap_dir`.
+pub fn register(addr: &str, bootstrap_dir: &Path) {
+    let mut map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    let known = map.values().find(|a| a.dir == bootstrap_dir).cloned();
+    map.insert(
+        addr.to_string(),
+        known.unwrap_or_else(|| Access {
+            dir: bootstrap_dir.to_path_buf(),
+            ..Access::default()
+        }),
+    );
+}
+
+/// The bootstrap data dir registered for `addr` (the first address of a
+/// comma-separated list), if any.
+pub fn bootstrap_dir(addr: &str) -> Option<PathBuf> {
+    let first = addr.split(',').next().unwrap_or(addr).trim();
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(first)
+        .map(|a| a.dir.clone())
+}
+
+/// The token and CA for `addr`, read (once) from its bootstrap data dir.
+fn access(addr: &str) -> Access {
+    let first = addr.split(',').next().unwrap_or(addr).trim().to_string();
+    let mut map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(entry) = map.get(&first).cloned() else {
+        return Access::default();
+    };
+    let mut entry = entry;
+    if entry.token.is_none() {
+        entry.token = std::fs::read_to_string(entry.dir.join(TOKEN_FILE))
+            .ok()
+            .map(|t| t.trim().to_string());
+    }
+    if entry.ca.is_none() {
+        entry.ca = std::fs::read(entry.dir.join(CA_FILE)).ok();
+    }
+    // Every address of the same cluster shares what was read.
+    for a in map.values_mut().filter(|a| a.dir == entry.dir) {
+        a.token = entry.token.clone();
+        a.ca = entry.ca.clone();
+    }
+    entry
+}
+
+/// Credentials for a client of `addr`: the admin token and the cluster CA
+/// when its cluster has them, else none (an unregistered address).
+pub fn credentials(addr: &str) -> Credentials {
+    let access = access(addr);
+    let mut credentials = Credentials::principal(crate::client::PRINCIPAL);
+    if let Some(token) = &access.token {
+        credentials = credentials
+            .with_token(token)
+            .unwrap_or_else(|e| panic!("the admin token of {}: {e}", access.dir.display()));
+    }
+    if let Some(ca) = access.ca {
+        credentials = credentials.with_ca(ca);
+    }
+    credentials
+}
+
+/// The environment an `opsctl` run against `addr` needs: `OPSD_TOKEN`
+/// and `OPSD_CA` as files in the bootstrap node's data dir (or copies of
+/// them, once read), nothing for an unregistered address.
+pub fn opsctl_env(addr: &str) -> Vec<(String, String)> {
+    let access = access(addr);
+    let mut env = Vec::new();
+    if let Some(token) = access.token {
+        env.push(("OPSD_TOKEN".to_string(), token));
+    }
+    if access.ca.is_some() {
+        env.push(("OPSD_CA".to_string(), access.dir.join(CA_FILE).display().to_string()));
+    }
+    env
+}
