@@ -123,8 +123,16 @@ fn get(txn: &Txn<'_>, key: &str) -> Result<Option<SettingRecord>, TxnError> {
 /// is the one before plus fields at its end, so an older record is too short
 /// to decode as a newer one).
 fn decode_record(bytes: &[u8]) -> Result<SettingRecord, TxnError> {
-    bincode::deserialize(bytes).or_else(|e| {
-        if let Ok(old) = bincode::deserialize::<AuditedRecord>(bytes) {
+    use bincode::Options;
+    // Each format must take the bytes whole: a damaged newer record must not
+    // pass for an older one with bytes to spare.
+    let exact = || {
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .reject_trailing_bytes()
+    };
+    exact().deserialize(bytes).or_else(|e| {
+        if let Ok(old) = exact().deserialize::<AuditedRecord>(bytes) {
             return Ok(SettingRecord {
                 key: old.key,
                 value: old.value,
@@ -136,7 +144,8 @@ fn decode_record(bytes: &[u8]) -> Result<SettingRecord, TxnError> {
             });
         }
         let old: UnauditedRecord =
-            bincode::deserialize(bytes).map_err(|_| TxnError(format!("undecodable setting record: {e}")))?;
+            exact()
+            .deserialize(bytes).map_err(|_| TxnError(format!("undecodable setting record: {e}")))?;
         Ok(SettingRecord {
             key: old.key,
             value: old.value,
