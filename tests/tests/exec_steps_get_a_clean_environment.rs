@@ -59,7 +59,9 @@ async fn start(extra_args: &[&str]) -> Cluster {
     config
         .env
         .push(("AWS_SECRET_ACCESS_KEY".to_string(), "leak-me".to_string()));
-    config.env.push(("OPSD_SMUGGLED".to_string(), "from-opsd-env".to_string()));
+    config
+        .env
+        .push(("OPSD_SMUGGLED".to_string(), "from-opsd-env".to_string()));
     let home = config.data_dir.parent().expect("the node's home").to_path_buf();
     std::fs::create_dir_all(&home).unwrap();
     for dir in [cluster.dir(), home.as_path()] {
@@ -80,7 +82,9 @@ async fn dump(cluster: &Cluster) -> Vec<String> {
         ("scope/kind/envdump/db/url", "not a variable name"),
         ("scope/kind/envdump/OPSD_KIND", "a setting does not win over opsd's own"),
     ] {
-        client::put(&addr, key, value).await.unwrap_or_else(|e| panic!("put {key}: {e}"));
+        client::put(&addr, key, value)
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
     }
     res::apply_kind(&addr, ENV_DUMP).await.expect("apply the kind");
     res::create(&addr, "envdump", "one", json!({})).await.expect("create");
@@ -115,19 +119,27 @@ async fn exec_steps_get_a_clean_environment() {
     assert_eq!(var(&lines, "LANG"), Some("C.UTF-8"), "{all}");
     let home = var(&lines, "HOME").expect("HOME");
     assert_eq!(said(&lines, "pwd"), vec![home], "HOME is the work dir:\n{all}");
-    assert!(home.starts_with(&cluster.node(0).data_dir().display().to_string()), "{all}");
+    assert!(
+        home.starts_with(&cluster.node(0).data_dir().display().to_string()),
+        "{all}"
+    );
     assert_eq!(said(&lines, "home"), vec!["writable"], "{all}");
     assert_eq!(var(&lines, "GREETING"), Some("hello"), "settings in scope:\n{all}");
     assert_eq!(var(&lines, "OPSD_KIND"), Some("envdump"), "opsd's own win:\n{all}");
     assert_eq!(var(&lines, "OPSD_NAME"), Some("one"), "{all}");
-    assert!(var(&lines, "OPSD_RUN_ID").is_some() && var(&lines, "OPSD_OUTPUTS").is_some(), "{all}");
+    assert!(
+        var(&lines, "OPSD_RUN_ID").is_some() && var(&lines, "OPSD_OUTPUTS").is_some(),
+        "{all}"
+    );
     assert!(!all.contains("db/url"), "not a variable name: not given:\n{all}");
     let names: Vec<&str> = lines
         .iter()
         .filter_map(|l| l.strip_prefix("env: "))
         .filter_map(|l| l.split_once('=').map(|(k, _)| k))
         .collect();
-    let allowed = ["PATH", "HOME", "LANG", "GREETING", "DATA_DIR", "PWD", "SHLVL", "_", "OLDPWD"];
+    let allowed = [
+        "PATH", "HOME", "LANG", "GREETING", "DATA_DIR", "PWD", "SHLVL", "_", "OLDPWD",
+    ];
     for name in &names {
         assert!(
             name.starts_with("OPSD_") || allowed.contains(name),
@@ -173,9 +185,15 @@ async fn exec_steps_get_a_clean_environment() {
     }
     assert!(data.contains(&"cannot read node.json"), "{all}");
     assert!(data.contains(&"cannot list db"), "{all}");
-    assert_eq!(said(&lines, "home"), vec!["writable"], "its work dir is its own:\n{all}");
+    assert_eq!(
+        said(&lines, "home"),
+        vec!["writable"],
+        "its work dir is its own:\n{all}"
+    );
     // opsd itself goes on as root: its own files are still its own.
-    assert!(client::get(&cluster.node(0).client_addr(), "scope/kind/envdump/GREETING", false)
-        .await
-        .is_ok());
+    assert!(
+        client::get(&cluster.node(0).client_addr(), "scope/kind/envdump/GREETING", false)
+            .await
+            .is_ok()
+    );
 }

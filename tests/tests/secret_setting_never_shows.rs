@@ -63,7 +63,11 @@ fn sha256_hex(text: &str) -> String {
         .expect("sha256sum");
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// Everything opsctl printed, kept to be searched at the end.
@@ -73,7 +77,8 @@ struct Seen(String);
 impl Seen {
     async fn json(&mut self, opsctl: &Opsctl, args: &[&str]) -> Value {
         let v = opsctl.json(args).await;
-        self.0.push_str(&format!("opsctl {args:?}: {v}\n"));
+        // What it printed, not what it was given (a put's arguments hold the value).
+        self.0.push_str(&format!("opsctl {}: {v}\n", args[0]));
         v
     }
 
@@ -81,8 +86,8 @@ impl Seen {
         let out = opsctl.run(args).await;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "opsctl {args:?}: {stderr}\n{stdout}");
-        self.0.push_str(&format!("opsctl {args:?}:\n{stdout}{stderr}\n"));
+        assert!(out.status.success(), "opsctl {}: {stderr}\n{stdout}", args[0]);
+        self.0.push_str(&format!("opsctl {}:\n{stdout}{stderr}\n", args[0]));
         stdout
     }
 
@@ -130,9 +135,13 @@ async fn secret_setting_never_shows() {
     let put = seen.json(&opsctl, &["settings", "put", KEY, &secret, "--secret"]).await;
     assert_eq!(put["previous"], Value::Null, "{put}");
     let again = seen.json(&opsctl, &["settings", "put", KEY, &secret]).await;
-    assert_eq!(again["previous"]["value"], "***", "the previous setting is masked: {again}");
+    assert_eq!(
+        again["previous"]["value"], "***",
+        "the previous setting is masked: {again}"
+    );
     assert_eq!(again["previous"]["secret"], true, "{again}");
-    seen.json(&opsctl, &["settings", "put", "scope/kind/leaky/PLAIN", "visible"]).await;
+    seen.json(&opsctl, &["settings", "put", "scope/kind/leaky/PLAIN", "visible"])
+        .await;
     seen.json(
         &opsctl,
         &["settings", "put", "scope/kind/leaky/EXPECTED_SHA", &sha256_hex(&secret)],
@@ -141,14 +150,21 @@ async fn secret_setting_never_shows() {
 
     // get, ls, effective: table and JSON.
     let got = seen.json(&opsctl, &["settings", "get", KEY]).await;
-    assert_eq!((got["value"].as_str(), got["secret"].as_bool()), (Some("***"), Some(true)), "{got}");
+    assert_eq!(
+        (got["value"].as_str(), got["secret"].as_bool()),
+        (Some("***"), Some(true)),
+        "{got}"
+    );
     assert_eq!(seen.table(&opsctl, &["settings", "get", KEY]).await, "***\n");
     let listed = seen.json(&opsctl, &["settings", "ls", "scope/kind/leaky/"]).await;
     let token = listed.as_array().unwrap().iter().find(|s| s["key"] == KEY).cloned();
     assert_eq!(token.map(|t| t["value"].clone()), Some(json!("***")), "{listed}");
     assert!(listed.to_string().contains("visible"), "other settings show: {listed}");
     let table = seen.table(&opsctl, &["settings", "ls"]).await;
-    assert!(table.lines().any(|l| l.starts_with(KEY) && l.contains("***")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with(KEY) && l.contains("***")),
+        "{table}"
+    );
 
     // The API answers the same, even to a stale read.
     let mut api = cluster.node(1).client();
@@ -189,7 +205,11 @@ async fn secret_setting_never_shows() {
     let one = res::wait_resting(&addr, "leaky", "one", WAIT).await;
     assert_eq!(one.state, "leaked", "{one:?}");
     let outputs = res::json_of(one.outputs.as_ref());
-    assert_eq!(outputs["hash"], sha256_hex(&secret), "the step got the real value: {outputs}");
+    assert_eq!(
+        outputs["hash"],
+        sha256_hex(&secret),
+        "the step got the real value: {outputs}"
+    );
     assert_eq!(outputs["echoed"], "***", "outputs are masked too: {outputs}");
     seen.add("resource", &one);
     let history = res::history(&addr, "leaky", "one").await.unwrap();
@@ -201,7 +221,9 @@ async fn secret_setting_never_shows() {
     );
     assert!(lines.iter().any(|l| l == "on stderr: ***"), "{lines:#?}");
     assert!(
-        lines.iter().any(|l| l.contains(r#""TOKEN":"***""#) && l.contains(r#""PLAIN":"visible""#)),
+        lines
+            .iter()
+            .any(|l| l.contains(r#""TOKEN":"***""#) && l.contains(r#""PLAIN":"visible""#)),
         "the stdin document's line, masked: {lines:#?}"
     );
     seen.add("log", &lines);
@@ -214,14 +236,23 @@ async fn secret_setting_never_shows() {
     seen.json(&opsctl, &["history", "leaky/one"]).await;
 
     let effective = seen.json(&opsctl, &["settings", "effective", "leaky/one"]).await;
-    let token = effective.as_array().unwrap().iter().find(|s| s["key"] == "TOKEN").cloned().unwrap();
+    let token = effective
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "TOKEN")
+        .cloned()
+        .unwrap();
     assert_eq!(
         (token["value"].as_str(), token["secret"].as_bool()),
         (Some("***"), Some(true)),
         "{effective}"
     );
     let table = seen.table(&opsctl, &["settings", "effective", "leaky/one"]).await;
-    assert!(table.lines().any(|l| l.starts_with("TOKEN") && l.contains("***")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("TOKEN") && l.contains("***")),
+        "{table}"
+    );
     let api_effective = api
         .settings
         .effective(EffectiveRequest {
@@ -242,7 +273,10 @@ async fn secret_setting_never_shows() {
             nix::sys::signal::Signal::SIGINT,
         )
         .unwrap();
-        let lines = tokio::time::timeout(Duration::from_secs(20), lines).await.unwrap().unwrap();
+        let lines = tokio::time::timeout(Duration::from_secs(20), lines)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(lines.iter().any(|l| l.contains(KEY) && l.contains("***")), "{lines:#?}");
         seen.add("watch", &lines);
     }
@@ -258,13 +292,16 @@ async fn secret_setting_never_shows() {
     let revealed = opsctl.run(&["settings", "get", KEY, "--reveal"]).await;
     assert!(revealed.status.success(), "{revealed:?}");
     assert_eq!(String::from_utf8_lossy(&revealed.stdout), format!("{secret}\n"));
-    let effective = opsctl
-        .json(&["settings", "effective", "leaky/one", "--reveal"])
-        .await;
+    let effective = opsctl.json(&["settings", "effective", "leaky/one", "--reveal"]).await;
     assert!(effective.to_string().contains(&secret), "{effective}");
     // --secret=false makes it ordinary again.
-    opsctl.json(&["settings", "put", KEY, "public now", "--secret=false"]).await;
+    opsctl
+        .json(&["settings", "put", KEY, "public now", "--secret=false"])
+        .await;
     let got = opsctl.json(&["settings", "get", KEY]).await;
-    assert_eq!((got["value"].as_str(), got["secret"].as_bool()), (Some("public now"), Some(false)));
+    assert_eq!(
+        (got["value"].as_str(), got["secret"].as_bool()),
+        (Some("public now"), Some(false))
+    );
     let _ = client::delete(&addr, KEY).await;
 }

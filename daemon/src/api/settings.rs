@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status};
 use super::caller::{trigger_of, Caller};
 use super::follow::{end_of_watch, follow, AnswerStream, Applied, Next};
 use super::{barrier, propose, read_status, refuse_if_removed};
-use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
 use crate::domain::security::{Object, Verb};
+use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
 use crate::domain::{kind, resources, scope};
 use crate::domain::{Command, DomainEvent, Outcome};
 

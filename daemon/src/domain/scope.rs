@@ -93,11 +93,7 @@ pub fn in_scope(view: &ReadView<'_>, kind: &str, name: &str) -> Result<BTreeMap<
     for prefix in prefixes(kind, name) {
         records.extend(settings::list(view, &prefix)?);
     }
-    let mut merged = merge(
-        kind,
-        name,
-        records.iter().map(|r| (r.key.as_str(), r.value.as_str())),
-    );
+    let mut merged = merge(kind, name, records.iter().map(|r| (r.key.as_str(), r.value.as_str())));
     for scoped in merged.values_mut() {
         scoped.secret = records.iter().any(|r| r.secret && r.key == scoped.source);
     }
@@ -107,11 +103,7 @@ pub fn in_scope(view: &ReadView<'_>, kind: &str, name: &str) -> Result<BTreeMap<
 /// The values of the secret settings among `scoped`: what the engine masks
 /// out of a step's log.
 pub fn secret_values(scoped: &BTreeMap<String, Scoped>) -> Vec<String> {
-    scoped
-        .values()
-        .filter(|s| s.secret)
-        .map(|s| s.value.clone())
-        .collect()
+    scoped.values().filter(|s| s.secret).map(|s| s.value.clone()).collect()
 }
 
 /// Only the values of [`in_scope`]: what a step gets.

@@ -143,9 +143,9 @@ fn decode_record(bytes: &[u8]) -> Result<SettingRecord, TxnError> {
                 secret: false,
             });
         }
-        let old: UnauditedRecord =
-            exact()
-            .deserialize(bytes).map_err(|_| TxnError(format!("undecodable setting record: {e}")))?;
+        let old: UnauditedRecord = exact()
+            .deserialize(bytes)
+            .map_err(|_| TxnError(format!("undecodable setting record: {e}")))?;
         Ok(SettingRecord {
             key: old.key,
             value: old.value,
@@ -516,10 +516,16 @@ mod tests {
     fn a_secret_stays_secret_until_a_put_says_otherwise() {
         let mut s = State::new();
         s.put("plain", "1", None);
-        assert!(!s.get("plain").unwrap().secret, "a put without the flag makes no secret");
+        assert!(
+            !s.get("plain").unwrap().secret,
+            "a put without the flag makes no secret"
+        );
         put_secret(&mut s, "new", "1", None);
         assert!(!s.get("new").unwrap().secret, "a new key is not secret unless said");
-        assert!(matches!(put_secret(&mut s, "k", "s1", Some(true)), Outcome::SettingPut { .. }));
+        assert!(matches!(
+            put_secret(&mut s, "k", "s1", Some(true)),
+            Outcome::SettingPut { .. }
+        ));
         assert!(s.get("k").unwrap().secret);
         s.put("k", "s2", None);
         let r = s.get("k").unwrap();

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::EngineCtx;
-use crate::domain::resources::{self, parse_object, ResourceRecord, RunEnd, RunRecord, MAX_OUTPUTS_BYTES};
 use crate::domain::mask::Masker;
+use crate::domain::resources::{self, parse_object, ResourceRecord, RunEnd, RunRecord, MAX_OUTPUTS_BYTES};
 use crate::domain::scope;
 use crate::domain::Command;
 use crate::ops::{LogSink, Object, StepRequest, StepResult};
@@ -56,13 +56,7 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
         Ok((_, _, _, masker)) => masker.clone(),
         Err(_) => Masker::default(),
     };
-    let forwarder = tokio::spawn(forward_log(
-        ctx.clone(),
-        run.index,
-        run.attempt,
-        lines,
-        masker.clone(),
-    ));
+    let forwarder = tokio::spawn(forward_log(ctx.clone(), run.index, run.attempt, lines, masker.clone()));
     let (result, timed_out) = match prepared {
         Err(error) => (StepResult::failed(error), None),
         Ok((provider, req, timeout, _)) => {

@@ -28,10 +28,10 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::process::{describe_status, run_logged, user_shell, Ended};
-use opsd_proto::machine_env::is_env_setting;
 use super::{state_error, LogSink, Object, Provider, StepRequest, StepResult};
 use crate::domain::kind::Kind;
 use crate::domain::resources::json_type;
+use opsd_proto::machine_env::is_env_setting;
 
 /// The file name, in the attempt's work directory, that `OPSD_OUTPUTS` names.
 const OUTPUTS_FILE: &str = "outputs.json";

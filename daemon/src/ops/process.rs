@@ -99,7 +99,9 @@ pub fn set_exec_user(user: ExecUser, data_dir: &Path) -> Result<(), String> {
     chmod(&data_dir, 0o711)?;
     let entries = std::fs::read_dir(&data_dir).map_err(|e| format!("cannot read {}: {e}", data_dir.display()))?;
     for entry in entries.flatten() {
-        let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
         if meta.file_type().is_symlink() {
             continue;
         }
