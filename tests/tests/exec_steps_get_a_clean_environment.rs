@@ -196,4 +196,53 @@ async fn exec_steps_get_a_clean_environment() {
             .await
             .is_ok()
     );
+
+    // The local provider's build commands and machines run as nobody too,
+    // in a clean environment, in directories that are theirs.
+    let addr = cluster.node(0).client_addr();
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("index.html"), "hello\n").unwrap();
+    res::create(
+        &addr,
+        "image",
+        "site",
+        json!({
+            "source": source.path(),
+            "build": ["id -u > BUILT_BY", "env > BUILD_ENV"],
+            "start": "id -u > STARTED_BY; env > MACHINE_ENV; exec sleep 300",
+        }),
+    )
+    .await
+    .expect("create the image");
+    let image = res::wait_resting(&addr, "image", "site", WAIT).await;
+    assert_eq!(image.state, "built", "{image:?}");
+    let outputs = res::json_of(image.outputs.as_ref());
+    let image_dir = std::path::PathBuf::from(outputs["dir"].as_str().expect("the image's dir"));
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert_eq!(read(image_dir.join("BUILT_BY")).trim(), nobody.uid.to_string());
+    let build_env = read(image_dir.join("BUILD_ENV"));
+    assert!(!build_env.contains("leak-me"), "{build_env}");
+    assert!(
+        build_env.lines().any(|l| l == "PATH=/usr/local/bin:/usr/bin:/bin"),
+        "{build_env}"
+    );
+    res::create(&addr, "cluster", "c", json!({"image": "site", "size": 1}))
+        .await
+        .expect("create the cluster");
+    let c = res::wait_resting(&addr, "cluster", "c", WAIT).await;
+    assert_eq!(c.state, "running", "{c:?}");
+    let outputs = res::json_of(c.outputs.as_ref());
+    let machine_dir = std::path::PathBuf::from(outputs["machines"][0]["dir"].as_str().expect("machine 0's dir"));
+    let started_by = machine_dir.join("STARTED_BY");
+    opsd_tests::wait_until(
+        "machine 0 to write who it is",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async { std::fs::read_to_string(&started_by).map_err(|e| e.to_string()) },
+    )
+    .await;
+    assert_eq!(read(started_by).trim(), nobody.uid.to_string());
+    let machine_env = read(machine_dir.join("MACHINE_ENV"));
+    assert!(!machine_env.contains("leak-me"), "{machine_env}");
+    assert!(machine_env.lines().any(|l| l == "OPSD_MACHINE=0"), "{machine_env}");
 }
