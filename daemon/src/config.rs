@@ -368,6 +368,25 @@ mod tests {
     }
 
     #[test]
+    fn exec_user_is_resolved_or_refused_naming_the_flag() {
+        assert_eq!(parse(&[]).unwrap().exec_user, None);
+        let root = parse(&["--exec-user", "root"]).unwrap().exec_user.expect("root exists");
+        assert_eq!((root.name.as_str(), root.uid, root.gid), ("root", 0, 0));
+        let err = parse(&["--exec-user", "no-such-user-here"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--exec-user: ") && err.contains("no-such-user-here"),
+            "{err}"
+        );
+        let err = parse(&["--exec-user", " "]).unwrap_err().to_string();
+        assert!(err.starts_with("--exec-user: must not be empty"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("opsd.toml");
+        std::fs::write(&f, "exec_user = \"root\"\n").unwrap();
+        let c = parse(&["--config", f.to_str().unwrap()]).unwrap();
+        assert_eq!(c.exec_user.map(|u| u.uid), Some(0), "from the file too");
+    }
+
+    #[test]
     fn lb_host_defaults_to_the_listen_host_and_takes_no_port() {
         assert_eq!(parse(&[]).unwrap().lb_host, "127.0.0.1");
         assert_eq!(parse(&["--listen", "127.0.0.5:9000"]).unwrap().lb_host, "127.0.0.5");
