@@ -146,6 +146,13 @@ async fn exec_steps_get_a_clean_environment() {
             "{name} is not something a step gets:\n{all}"
         );
     }
+    if nix::unistd::geteuid().is_root() {
+        let log = std::fs::read_to_string(cluster.node(0).log_path()).unwrap();
+        assert!(
+            log.contains("runs as root without --exec-user") && log.contains("--exec-user USER"),
+            "opsd as root without --exec-user warns, recommending the flag:\n{log}"
+        );
+    }
     drop(cluster);
 
     // An unknown --exec-user: refused, naming the flag.
