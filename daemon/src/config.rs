@@ -9,6 +9,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::ops::process::ExecUser;
+
 /// The opsd operations daemon: one node of a replicated opsd cluster.
 ///
 /// Started with an empty data dir and no --join, it bootstraps a single-node
@@ -83,6 +85,12 @@ pub struct Flags {
     /// turns the check off [default: 64].
     #[arg(long, env = "OPSD_MIN_FREE_MB", global = true)]
     pub min_free_mb: Option<u64>,
+    /// Run user commands (exec steps, exec checks, the local provider's
+    /// build commands and machines) as this unprivileged user, rather than
+    /// as opsd's own user: the advice for production. opsd must start as
+    /// root to switch users; it refuses to start if the user does not exist.
+    #[arg(long, env = "OPSD_EXEC_USER", global = true, value_name = "USER")]
+    pub exec_user: Option<String>,
 }
 
 /// What opsd does instead of starting the node.
@@ -141,6 +149,7 @@ struct FileConfig {
     write_timeout_ms: Option<u64>,
     join_timeout_ms: Option<u64>,
     min_free_mb: Option<u64>,
+    exec_user: Option<String>,
 }
 
 /// The resolved settings.
@@ -174,6 +183,8 @@ pub struct Config {
     pub join_timeout: Duration,
     /// Free space the data dir's filesystem must keep, in MiB (0: no floor).
     pub min_free_mb: u64,
+    /// The user user commands run as (`--exec-user`); `None`: opsd's own.
+    pub exec_user: Option<ExecUser>,
 }
 
 impl Config {
@@ -237,6 +248,11 @@ impl Config {
         if write_timeout_ms < 10 {
             bail!("--write-timeout-ms: must be at least 10");
         }
+        let exec_user = match flags.exec_user.or(file.exec_user) {
+            Some(name) if name.trim().is_empty() => bail!("--exec-user: must not be empty"),
+            Some(name) => Some(ExecUser::resolve(name.trim()).map_err(|e| anyhow!(e))?),
+            None => None,
+        };
         Ok(Config {
             data_dir: flags
                 .data_dir
@@ -255,6 +271,7 @@ impl Config {
             write_timeout: Duration::from_millis(write_timeout_ms),
             join_timeout: Duration::from_millis(flags.join_timeout_ms.or(file.join_timeout_ms).unwrap_or(60_000)),
             min_free_mb: flags.min_free_mb.or(file.min_free_mb).unwrap_or(DEFAULT_MIN_FREE_MB),
+            exec_user,
         })
     }
 }
@@ -348,6 +365,25 @@ mod tests {
         assert!(c.join.is_empty());
         assert_eq!(c.min_free_mb, 64);
         assert_eq!(parse(&["--min-free-mb", "0"]).unwrap().min_free_mb, 0);
+    }
+
+    #[test]
+    fn exec_user_is_resolved_or_refused_naming_the_flag() {
+        assert_eq!(parse(&[]).unwrap().exec_user, None);
+        let root = parse(&["--exec-user", "root"]).unwrap().exec_user.expect("root exists");
+        assert_eq!((root.name.as_str(), root.uid, root.gid), ("root", 0, 0));
+        let err = parse(&["--exec-user", "no-such-user-here"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--exec-user: ") && err.contains("no-such-user-here"),
+            "{err}"
+        );
+        let err = parse(&["--exec-user", " "]).unwrap_err().to_string();
+        assert!(err.starts_with("--exec-user: must not be empty"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("opsd.toml");
+        std::fs::write(&f, "exec_user = \"root\"\n").unwrap();
+        let c = parse(&["--config", f.to_str().unwrap()]).unwrap();
+        assert_eq!(c.exec_user.map(|u| u.uid), Some(0), "from the file too");
     }
 
     #[test]

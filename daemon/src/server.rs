@@ -47,6 +47,32 @@ pub const EXIT_DISK: u8 = 75;
 #[error("{0}")]
 pub struct DiskError(pub String);
 
+/// Sets who user commands (exec steps and checks, the local provider's
+/// builds and machines) run as: `--exec-user`, or opsd's own user, with a
+/// warning if that is root.
+fn run_user_commands_as(config: &Config) -> anyhow::Result<()> {
+    let euid = nix::unistd::geteuid();
+    match &config.exec_user {
+        Some(user) => {
+            if !euid.is_root() && euid.as_raw() != user.uid {
+                bail!(
+                    "--exec-user {}: opsd runs as uid {euid}, not root, so it cannot run commands as another user \
+                     (start opsd as root, or drop --exec-user)",
+                    user.name
+                );
+            }
+            crate::ops::process::set_exec_user(user.clone(), &config.data_dir).map_err(|e| anyhow!(e))?;
+            info!(user = %user.name, uid = user.uid, gid = user.gid, "user commands run as the exec user");
+        }
+        None if euid.is_root() => warn!(
+            "opsd runs as root without --exec-user: exec steps, exec checks, build commands and machines run as root \
+             too; start opsd with --exec-user USER (an unprivileged user) in production"
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
 /// Runs a node until it is told to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut data_dir = DataDir::open(&config.data_dir)?;
@@ -59,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             identity.cluster_id.as_deref().unwrap_or("?")
         );
     }
+    run_user_commands_as(&config)?;
     let min_free_bytes = config.min_free_mb.saturating_mul(MB);
     if let Some(why) = below_floor(&config.data_dir, min_free_bytes) {
         return Err(DiskError(format!(

@@ -107,6 +107,7 @@ pub async fn get(addr: &str, key: &str, stale: bool) -> Result<GetResponse, Stat
     let request = GetRequest {
         key: key.to_string(),
         stale,
+        ..Default::default()
     };
     retry_unavailable(|| async { connect(addr).settings.get(request.clone()).await })
         .await

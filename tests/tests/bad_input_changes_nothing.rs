@@ -129,6 +129,7 @@ async fn bad_input_changes_nothing() {
             s.get(GetRequest {
                 key: String::new(),
                 stale: false,
+                ..Default::default()
             })
             .await,
             Code::InvalidArgument,
@@ -175,6 +176,7 @@ async fn bad_input_changes_nothing() {
                 s.get(GetRequest {
                     key: "app/missing".into(),
                     stale,
+                    ..Default::default()
                 })
                 .await,
                 Code::NotFound,

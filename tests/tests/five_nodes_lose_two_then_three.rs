@@ -136,6 +136,7 @@ async fn expect_no_quorum(cluster: &Cluster, s: usize, acked: &(String, u64)) {
             .get(opsd_tests::api::GetRequest {
                 key: acked.0.clone(),
                 stale: false,
+                ..Default::default()
             })
             .await
     })

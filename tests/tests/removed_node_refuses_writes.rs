@@ -87,6 +87,7 @@ async fn removed_node_refuses_writes() {
         .get(GetRequest {
             key: "members/before".into(),
             stale: false,
+            ..Default::default()
         })
         .await;
     let err = read.expect_err("the removed node served a linearizable read");

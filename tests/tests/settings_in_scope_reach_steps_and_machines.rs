@@ -87,9 +87,9 @@ async fn settings_in_scope_reach_steps_and_machines() {
     assert_eq!(
         effective,
         json!([
-            {"key": "GREETING", "value": "hello", "source": "scope/global/GREETING"},
-            {"key": "LEVEL", "value": "resource", "source": "scope/resource/echo/one/LEVEL"},
-            {"key": "db/url", "value": "postgres://db:5432/echo", "source": "scope/kind/echo/db/url"},
+            {"key": "GREETING", "value": "hello", "source": "scope/global/GREETING", "secret": false},
+            {"key": "LEVEL", "value": "resource", "source": "scope/resource/echo/one/LEVEL", "secret": false},
+            {"key": "db/url", "value": "postgres://db:5432/echo", "source": "scope/kind/echo/db/url", "secret": false},
         ])
     );
     let out = opsctl.run(&["settings", "effective", "echo/one"]).await;

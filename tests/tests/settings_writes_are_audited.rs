@@ -224,6 +224,7 @@ async fn settings_writes_are_audited() {
     let mut empty = Request::new(GetRequest {
         key: "db/url".into(),
         stale: false,
+        ..Default::default()
     });
     empty.metadata_mut().insert(HEADER, "".parse().expect("ascii"));
     assert_refused_naming_the_header("Settings.Get", c.settings.get(empty).await.unwrap_err());

@@ -167,7 +167,7 @@ impl Printer {
         if self.format == OutputFormat::Json {
             let list = settings
                 .iter()
-                .map(|s| json!({"key": s.key, "value": s.value, "source": s.source}))
+                .map(|s| json!({"key": s.key, "value": s.value, "source": s.source, "secret": s.secret}))
                 .collect();
             return write_json(&mut out, &Value::Array(list));
         }
@@ -860,6 +860,7 @@ fn setting_json(setting: &Setting) -> Value {
         "changed_by": setting.changed_by,
         "change_reason": setting.change_reason,
         "changed_at": time_json(time_ms(setting.changed_at.as_ref())),
+        "secret": setting.secret,
     })
 }
 

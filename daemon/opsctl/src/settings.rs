@@ -15,6 +15,19 @@ pub enum SettingsCommand {
     /// Set KEY to VALUE and print the revision of the write.
     ///
     /// With --output json, prints {"revision": N, "previous": SETTING or null}.
+    ///
+    /// --secret marks the setting secret: steps and machines get its value
+    /// as usual, but every answer (get, ls, watch, effective, the previous
+    /// setting of a put or rm) shows it as `***`, and a step's log lines
+    /// have it masked out. Once secret, a key stays secret through every put
+    /// without --secret; `--secret=false` makes it an ordinary setting again.
+    /// `settings get KEY --reveal` shows the value to a caller allowed to
+    /// reveal it.
+    #[command(after_long_help = "Examples:\n  \
+        opsctl settings put scope/kind/app/DB_PASSWORD 'correct horse' --secret\n  \
+        opsctl settings get scope/kind/app/DB_PASSWORD            # prints ***\n  \
+        opsctl settings get scope/kind/app/DB_PASSWORD --reveal\n  \
+        opsctl settings put scope/kind/app/DB_PASSWORD public --secret=false")]
     Put {
         /// The key to set.
         key: String,
@@ -29,8 +42,15 @@ pub enum SettingsCommand {
         /// Why, kept with the setting as its change_reason (audit).
         #[arg(long, default_value = "")]
         reason: String,
+        /// Mark the setting secret (shown as `***`); `--secret=false` makes
+        /// it ordinary again. Without it, a key keeps what it was.
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        secret: Option<bool>,
     },
     /// Print the value of KEY, and nothing else.
+    ///
+    /// A secret setting's value prints as `***`, for every caller, unless
+    /// --reveal is given (and the caller may reveal it).
     ///
     /// With --output json, prints the whole setting: key, value,
     /// create_revision, mod_revision, version, and who made the last change,
@@ -43,11 +63,15 @@ pub enum SettingsCommand {
         /// faster and works without quorum, but may miss the latest writes.
         #[arg(long)]
         stale: bool,
+        /// Print a secret setting's real value: refused (permission denied)
+        /// unless the caller may reveal settings/KEY.
+        #[arg(long)]
+        reveal: bool,
     },
     /// List settings whose key starts with PREFIX (all settings by default), in key order.
     ///
     /// The table cuts long values; --output json prints them whole, as an
-    /// array of settings.
+    /// array of settings. Secret settings' values show as `***`.
     Ls {
         /// Only keys starting with this.
         #[arg(default_value = "")]
@@ -103,7 +127,8 @@ pub enum SettingsCommand {
     /// (under the cluster's spec.env). The table shows KEY, VALUE and FROM
     /// (the settings key the value comes from, the one to change); with
     /// --output json, an array of {"key", "value", "source"}. A resource that
-    /// does not exist is an error (exit code 1).
+    /// does not exist is an error (exit code 1). Secret settings show as
+    /// `***` (and "secret": true in JSON) unless --reveal is given.
     #[command(after_long_help = "Examples:\n  \
         opsctl settings put scope/global/LOG_LEVEL info\n  \
         opsctl settings put scope/kind/app/LOG_LEVEL debug --reason \"debugging app\"\n  \
@@ -118,6 +143,10 @@ pub enum SettingsCommand {
         /// faster and works without quorum, but may miss the latest writes.
         #[arg(long)]
         stale: bool,
+        /// Print the real values of secret settings: refused (permission
+        /// denied) unless the caller may reveal every secret one in scope.
+        #[arg(long)]
+        reveal: bool,
     },
 }
 
@@ -129,20 +158,22 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
             value,
             expected_revision,
             reason,
+            secret,
         } => {
             let request = PutRequest {
                 key,
                 value,
                 expected_revision,
                 reason,
+                secret,
             };
             let answer = nodes
                 .write_with(&request, |mut api, r| async move { api.settings.put(r).await })
                 .await?;
             printer.revision(answer.revision, answer.previous.as_ref())?;
         }
-        SettingsCommand::Get { key, stale } => {
-            let request = GetRequest { key, stale };
+        SettingsCommand::Get { key, stale, reveal } => {
+            let request = GetRequest { key, stale, reveal };
             let answer = nodes
                 .call_with(&request, |mut api, r| async move { api.settings.get(r).await })
                 .await?;
@@ -174,11 +205,12 @@ pub async fn run(command: SettingsCommand, nodes: &Nodes, printer: Printer) -> R
             printer.revision(answer.revision, answer.previous.as_ref())?;
         }
         SettingsCommand::Watch { prefix } => watch(prefix, nodes, printer).await?,
-        SettingsCommand::Effective { target, stale } => {
+        SettingsCommand::Effective { target, stale, reveal } => {
             let request = EffectiveRequest {
                 kind: target.kind,
                 name: target.name,
                 stale,
+                reveal,
             };
             let answer = nodes
                 .call_with(&request, |mut api, r| async move { api.settings.effective(r).await })

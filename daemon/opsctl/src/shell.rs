@@ -326,10 +326,13 @@ pub async fn run(args: ShellArgs, nodes: &Nodes) -> Result<ExitCode> {
         .find(|m| m.get("index").and_then(Value::as_u64) == Some(args.machine))
         .ok_or_else(|| anyhow!("--machine {}: {what} has {}", args.machine, describe_indices(&indices)))?;
 
+    // The shell gets what the machine gets: the real values of secret
+    // settings too, so the caller must be allowed to reveal them.
     let request = EffectiveRequest {
         kind: target.kind.clone(),
         name: target.name.clone(),
         stale: false,
+        reveal: true,
     };
     let settings = nodes
         .call_with(&request, |mut api, r| async move { api.settings.effective(r).await })

@@ -159,6 +159,7 @@ mod tests {
                 source: "api".into(),
                 at_ms: 1,
             },
+            secret: false,
         };
         AppliedEvent::Applied {
             index: 1,

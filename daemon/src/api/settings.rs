@@ -9,9 +9,10 @@ use opsd_proto::v1::{
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::caller::trigger_of;
+use super::caller::{trigger_of, Caller};
 use super::follow::{end_of_watch, follow, AnswerStream, Applied, Next};
 use super::{barrier, propose, read_status, refuse_if_removed};
+use crate::domain::security::{Object, Verb};
 use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
 use crate::domain::{kind, resources, scope};
 use crate::domain::{Command, DomainEvent, Outcome};
@@ -32,8 +33,8 @@ impl SettingsService {
     /// setting it replaced.
     async fn write(&self, cmd: Command) -> Result<(u64, Option<Setting>), Status> {
         match propose(&self.node, cmd).await? {
-            (_, Outcome::SettingPut { previous, revision }) => Ok((revision, previous.map(to_proto))),
-            (_, Outcome::SettingDeleted { previous, revision }) => Ok((revision, Some(to_proto(previous)))),
+            (_, Outcome::SettingPut { previous, revision }) => Ok((revision, previous.map(masked))),
+            (_, Outcome::SettingDeleted { previous, revision }) => Ok((revision, Some(masked(previous)))),
             (_, other) => Err(Status::internal(format!(
                 "unexpected outcome of a settings write: {other:?}"
             ))),
@@ -41,16 +42,29 @@ impl SettingsService {
     }
 }
 
-fn to_proto(r: SettingRecord) -> Setting {
+/// A setting as answered, a secret one's value shown as `***`.
+fn masked(r: SettingRecord) -> Setting {
+    to_proto(r, false)
+}
+
+/// A setting as answered: a secret one's value is `***` unless `reveal`
+/// (which the caller was checked for).
+fn to_proto(r: SettingRecord, reveal: bool) -> Setting {
+    let value = if r.secret && !reveal {
+        domain::MASK.to_string()
+    } else {
+        r.value
+    };
     Setting {
         key: r.key,
-        value: r.value,
+        value,
         create_revision: r.create_revision,
         mod_revision: r.mod_revision,
         version: r.version,
         changed_by: r.changed.principal,
         change_reason: r.changed.reason,
         changed_at: Some(opsd_proto::time::timestamp(r.changed.at_ms)),
+        secret: r.secret,
     }
 }
 
@@ -65,17 +79,29 @@ impl Settings for SettingsService {
         let req = req.into_inner();
         domain::validate_key(&req.key).map_err(invalid)?;
         domain::validate_value(&req.value).map_err(invalid)?;
-        let cmd = Command::PutSetting {
-            key: req.key,
-            value: req.value,
-            expected_revision: req.expected_revision,
-            trigger,
+        // A put that does not mention secrecy is the command every build
+        // reads; only one that sets it needs the newer command.
+        let cmd = match req.secret {
+            None => Command::PutSetting {
+                key: req.key,
+                value: req.value,
+                expected_revision: req.expected_revision,
+                trigger,
+            },
+            Some(secret) => Command::PutSettingV2 {
+                key: req.key,
+                value: req.value,
+                expected_revision: req.expected_revision,
+                trigger,
+                secret: Some(secret),
+            },
         };
         let (revision, previous) = self.write(cmd).await?;
         Ok(Response::new(PutResponse { revision, previous }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let caller = Caller::of(&req)?.clone();
         let req = req.into_inner();
         domain::validate_key(&req.key).map_err(invalid)?;
         barrier(&self.node, req.stale).await?;
@@ -83,10 +109,16 @@ impl Settings for SettingsService {
         let view = reader.view();
         let revision = domain::current_revision(&view).map_err(read_status)?;
         match domain::read(&view, &req.key).map_err(read_status)? {
-            Some(r) => Ok(Response::new(GetResponse {
-                setting: Some(to_proto(r)),
-                revision,
-            })),
+            Some(r) => {
+                let reveal = req.reveal && r.secret;
+                if reveal {
+                    caller.require(Verb::Reveal, &Object::Setting(&r.key))?;
+                }
+                Ok(Response::new(GetResponse {
+                    setting: Some(to_proto(r, reveal)),
+                    revision,
+                }))
+            }
             None => Err(Status::not_found(format!("setting {:?} not found", req.key))),
         }
     }
@@ -106,7 +138,7 @@ impl Settings for SettingsService {
         let revision = domain::current_revision(&view).map_err(read_status)?;
         let settings = domain::list(&view, &req.prefix).map_err(read_status)?;
         Ok(Response::new(ListResponse {
-            settings: settings.into_iter().map(to_proto).collect(),
+            settings: settings.into_iter().map(masked).collect(),
             revision,
         }))
     }
@@ -153,6 +185,7 @@ impl Settings for SettingsService {
     }
 
     async fn effective(&self, req: Request<EffectiveRequest>) -> Result<Response<EffectiveResponse>, Status> {
+        let caller = Caller::of(&req)?.clone();
         let req = req.into_inner();
         check_resource_name(&req.kind, &req.name)?;
         barrier(&self.node, req.stale).await?;
@@ -168,13 +201,23 @@ impl Settings for SettingsService {
             )));
         }
         let revision = domain::current_revision(&view).map_err(read_status)?;
-        let settings = scope::in_scope(&view, &req.kind, &req.name)
-            .map_err(read_status)?
+        let scoped = scope::in_scope(&view, &req.kind, &req.name).map_err(read_status)?;
+        if req.reveal {
+            for s in scoped.values().filter(|s| s.secret) {
+                caller.require(Verb::Reveal, &Object::Setting(&s.source))?;
+            }
+        }
+        let settings = scoped
             .into_iter()
             .map(|(key, s)| EffectiveSetting {
                 key,
-                value: s.value,
+                value: if s.secret && !req.reveal {
+                    domain::MASK.to_string()
+                } else {
+                    s.value
+                },
                 source: s.source,
+                secret: s.secret,
             })
             .collect();
         Ok(Response::new(EffectiveResponse { settings, revision }))
@@ -198,7 +241,7 @@ fn watch_event_of(ev: SettingEvent) -> WatchEvent {
     };
     WatchEvent {
         r#type: kind as i32,
-        setting: Some(to_proto(record)),
+        setting: Some(masked(record)),
         revision,
     }
 }

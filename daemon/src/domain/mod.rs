@@ -4,6 +4,7 @@
 //! (another proposal may have won), answering with a rejection, never a panic.
 
 pub mod kind;
+pub mod mask;
 pub mod resources;
 pub mod scope;
 pub mod security;
@@ -166,6 +167,21 @@ pub enum Command {
         /// The proposer's [`resources::BUILTIN_REVISION`]: apply keeps the
         /// newest, so an older leader never brings an old definition back.
         revision: u64,
+    },
+    /// Set a setting and say whether it is secret: [`Command::PutSetting`]
+    /// with the flag (proposed only for a put that sets it, so a cluster
+    /// that never marks a secret never needs a build that decodes this).
+    PutSettingV2 {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Compare-and-set: the key's mod_revision must equal this (0: absent).
+        expected_revision: Option<u64>,
+        /// Who asked, why, and when; recorded on the setting.
+        trigger: Trigger,
+        /// Whether the setting is secret from now on; `None` keeps what it was.
+        secret: Option<bool>,
     },
 }
 
@@ -372,7 +388,10 @@ impl Command {
     pub fn may_share_entry(&self) -> bool {
         matches!(
             self,
-            Command::PutSetting { .. } | Command::DeleteSetting { .. } | Command::AppendRunLog { .. }
+            Command::PutSetting { .. }
+                | Command::PutSettingV2 { .. }
+                | Command::DeleteSetting { .. }
+                | Command::AppendRunLog { .. }
         )
     }
 }
@@ -414,7 +433,14 @@ fn apply_command(txn: &mut Txn<'_>, entry: EntryInfo, command: Command) -> Resul
             value,
             expected_revision,
             trigger,
-        } => settings::apply_put(txn, &key, &value, expected_revision, trigger),
+        } => settings::apply_put(txn, &key, &value, expected_revision, trigger, None),
+        Command::PutSettingV2 {
+            key,
+            value,
+            expected_revision,
+            trigger,
+            secret,
+        } => settings::apply_put(txn, &key, &value, expected_revision, trigger, secret),
         Command::DeleteSetting {
             key,
             expected_revision,

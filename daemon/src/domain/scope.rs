@@ -33,6 +33,8 @@ pub struct Scoped {
     /// The full settings key the value was read from
     /// (`scope/kind/app/LOG_LEVEL`): which one to change to change it.
     pub source: String,
+    /// Whether that setting is secret (its value masked in answers and logs).
+    pub secret: bool,
 }
 
 /// The three prefixes whose keys apply to `kind`/`name`, least specific
@@ -77,6 +79,7 @@ pub fn merge<'a>(
                 Scoped {
                     value: value.to_string(),
                     source: key.to_string(),
+                    secret: false,
                 },
             ),
         );
@@ -90,11 +93,17 @@ pub fn in_scope(view: &ReadView<'_>, kind: &str, name: &str) -> Result<BTreeMap<
     for prefix in prefixes(kind, name) {
         records.extend(settings::list(view, &prefix)?);
     }
-    Ok(merge(
-        kind,
-        name,
-        records.iter().map(|r| (r.key.as_str(), r.value.as_str())),
-    ))
+    let mut merged = merge(kind, name, records.iter().map(|r| (r.key.as_str(), r.value.as_str())));
+    for scoped in merged.values_mut() {
+        scoped.secret = records.iter().any(|r| r.secret && r.key == scoped.source);
+    }
+    Ok(merged)
+}
+
+/// The values of the secret settings among `scoped`: what the engine masks
+/// out of a step's log.
+pub fn secret_values(scoped: &BTreeMap<String, Scoped>) -> Vec<String> {
+    scoped.values().filter(|s| s.secret).map(|s| s.value.clone()).collect()
 }
 
 /// Only the values of [`in_scope`]: what a step gets.
@@ -197,9 +206,39 @@ mod tests {
             BTreeMap::from([("A".to_string(), "2".to_string()), ("B".to_string(), "3".to_string())])
         );
         assert_eq!(got["A"].source, "scope/kind/app/A");
+        assert!(!got["A"].secret);
         assert_eq!(
             in_scope(&s.state.view(), "db", "x").unwrap()["A"].source,
             "scope/global/A"
         );
+    }
+
+    #[test]
+    fn in_scope_says_which_values_are_secret() {
+        let mut s = TestState::new();
+        for (key, value, secret) in [
+            ("scope/global/TOKEN", "global-token", Some(true)),
+            ("scope/kind/app/TOKEN", "kind-token", None),
+            ("scope/global/PASSWORD", "pw", Some(true)),
+            ("scope/kind/app/PASSWORD", "plain-pw", Some(false)),
+            ("scope/global/LEVEL", "info", None),
+        ] {
+            s.apply(Command::PutSettingV2 {
+                key: key.into(),
+                value: value.into(),
+                expected_revision: None,
+                trigger: Trigger::unrecorded(),
+                secret,
+            });
+        }
+        let got = in_scope(&s.state.view(), "app", "web").unwrap();
+        assert!(!got["TOKEN"].secret, "the winning (kind) setting is not secret");
+        assert!(!got["PASSWORD"].secret);
+        assert!(!got["LEVEL"].secret);
+        let other = in_scope(&s.state.view(), "db", "x").unwrap();
+        assert!(other["TOKEN"].secret && other["PASSWORD"].secret && !other["LEVEL"].secret);
+        let mut secrets = secret_values(&other);
+        secrets.sort();
+        assert_eq!(secrets, vec!["global-token".to_string(), "pw".to_string()]);
     }
 }

@@ -35,6 +35,25 @@ pub struct SettingRecord {
     /// configuration, and who changed them is audit. On a delete event, the
     /// delete's. Empty for a setting last written before changes were recorded.
     pub changed: Trigger,
+    /// A secret setting: stored, replicated and given to steps and machines
+    /// as any other, but its value is shown as [`MASK`] by every answer
+    /// unless revealed, and masked out of run logs. False for records written
+    /// before settings could be secret.
+    pub secret: bool,
+}
+
+/// What a secret value is shown as.
+pub const MASK: &str = "***";
+
+/// A setting as stored before it could be secret: still read (not secret).
+#[derive(Deserialize)]
+struct AuditedRecord {
+    key: String,
+    value: String,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+    changed: Trigger,
 }
 
 /// A setting as stored before changes were recorded: still read, so that a
@@ -100,10 +119,33 @@ fn get(txn: &Txn<'_>, key: &str) -> Result<Option<SettingRecord>, TxnError> {
     txn.get(TABLE, key.as_bytes())?.map(|b| decode_record(&b)).transpose()
 }
 
+/// Decodes a stored record of any of the three formats, newest first (each
+/// is the one before plus fields at its end, so an older record is too short
+/// to decode as a newer one).
 fn decode_record(bytes: &[u8]) -> Result<SettingRecord, TxnError> {
-    bincode::deserialize(bytes).or_else(|e| {
-        let old: UnauditedRecord =
-            bincode::deserialize(bytes).map_err(|_| TxnError(format!("undecodable setting record: {e}")))?;
+    use bincode::Options;
+    // Each format must take the bytes whole: a damaged newer record must not
+    // pass for an older one with bytes to spare.
+    let exact = || {
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .reject_trailing_bytes()
+    };
+    exact().deserialize(bytes).or_else(|e| {
+        if let Ok(old) = exact().deserialize::<AuditedRecord>(bytes) {
+            return Ok(SettingRecord {
+                key: old.key,
+                value: old.value,
+                create_revision: old.create_revision,
+                mod_revision: old.mod_revision,
+                version: old.version,
+                changed: old.changed,
+                secret: false,
+            });
+        }
+        let old: UnauditedRecord = exact()
+            .deserialize(bytes)
+            .map_err(|_| TxnError(format!("undecodable setting record: {e}")))?;
         Ok(SettingRecord {
             key: old.key,
             value: old.value,
@@ -111,6 +153,7 @@ fn decode_record(bytes: &[u8]) -> Result<SettingRecord, TxnError> {
             mod_revision: old.mod_revision,
             version: old.version,
             changed: Trigger::unrecorded(),
+            secret: false,
         })
     })
 }
@@ -145,13 +188,16 @@ pub fn current_revision(view: &ReadView<'_>) -> Result<u64, TxnError> {
     Ok(revision_of(view.get(META, KEY_REVISION)?))
 }
 
-/// Applies a put, asked for by `trigger`.
+/// Applies a put, asked for by `trigger`. `secret`: `Some` sets whether the
+/// setting is secret; `None` keeps what it was (not secret for a new key),
+/// so that a secret stays secret through a put that does not mention it.
 pub fn apply_put(
     txn: &mut Txn<'_>,
     key: &str,
     value: &str,
     expected_revision: Option<u64>,
     trigger: Trigger,
+    secret: Option<bool>,
 ) -> Result<Outcome, TxnError> {
     if let Err(e) = validate_key(key).and_then(|_| validate_value(value)) {
         return Ok(Outcome::Rejected(Rejection::InvalidArgument(e)));
@@ -168,6 +214,7 @@ pub fn apply_put(
         mod_revision: revision,
         version: previous.as_ref().map(|p| p.version + 1).unwrap_or(1),
         changed: trigger,
+        secret: secret.unwrap_or_else(|| previous.as_ref().is_some_and(|p| p.secret)),
     };
     txn.put(TABLE, key.as_bytes(), &encode(&record)?)?;
     txn.emit(encode(&DomainEvent::Setting(SettingEvent::Put(record)))?);
@@ -454,6 +501,96 @@ mod tests {
         assert_eq!(events[0].record().changed, by("carol"), "watchers see who deleted it");
     }
 
+    fn put_secret(s: &mut State, key: &str, value: &str, secret: Option<bool>) -> Outcome {
+        s.apply(Command::PutSettingV2 {
+            key: key.into(),
+            value: value.into(),
+            expected_revision: None,
+            trigger: by("alice"),
+            secret,
+        })
+        .0
+    }
+
+    #[test]
+    fn a_secret_stays_secret_until_a_put_says_otherwise() {
+        let mut s = State::new();
+        s.put("plain", "1", None);
+        assert!(
+            !s.get("plain").unwrap().secret,
+            "a put without the flag makes no secret"
+        );
+        put_secret(&mut s, "new", "1", None);
+        assert!(!s.get("new").unwrap().secret, "a new key is not secret unless said");
+        assert!(matches!(
+            put_secret(&mut s, "k", "s1", Some(true)),
+            Outcome::SettingPut { .. }
+        ));
+        assert!(s.get("k").unwrap().secret);
+        s.put("k", "s2", None);
+        let r = s.get("k").unwrap();
+        assert!(r.secret && r.value == "s2", "an old-style put keeps it secret: {r:?}");
+        put_secret(&mut s, "k", "s3", None);
+        assert!(s.get("k").unwrap().secret, "a put without the flag keeps it secret");
+        let (_, events) = settings_apply(
+            &mut s,
+            Command::PutSettingV2 {
+                key: "k".into(),
+                value: "public".into(),
+                expected_revision: None,
+                trigger: by("bob"),
+                secret: Some(false),
+            },
+        );
+        assert!(!s.get("k").unwrap().secret, "false makes it ordinary again");
+        assert!(!events[0].record().secret, "watchers see the flag of the new record");
+        put_secret(&mut s, "plain", "2", Some(true));
+        assert!(s.get("plain").unwrap().secret, "an ordinary key can be made secret");
+    }
+
+    #[test]
+    fn a_secret_put_is_validated_as_any_put() {
+        let mut s = State::new();
+        assert!(matches!(
+            put_secret(&mut s, "has space", "v", Some(true)),
+            Outcome::Rejected(Rejection::InvalidArgument(m)) if m.starts_with("key")
+        ));
+        assert!(list(&s.state.view(), "").unwrap().is_empty());
+    }
+
+    #[test]
+    fn records_written_before_settings_could_be_secret_still_read() {
+        #[derive(Serialize)]
+        struct Audited<'a> {
+            key: &'a str,
+            value: &'a str,
+            create_revision: u64,
+            mod_revision: u64,
+            version: u64,
+            changed: Trigger,
+        }
+        let bytes = bincode::serialize(&Audited {
+            key: "k",
+            value: "v",
+            create_revision: 3,
+            mod_revision: 5,
+            version: 2,
+            changed: by("bob"),
+        })
+        .unwrap();
+        let r = decode_record(&bytes).unwrap();
+        assert_eq!(
+            (r.key.as_str(), r.value.as_str(), r.mod_revision, r.version, r.secret),
+            ("k", "v", 5, 2, false)
+        );
+        assert_eq!(r.changed, by("bob"));
+        let mut current = r.clone();
+        current.secret = true;
+        let decoded = decode_record(&encode(&current).unwrap()).unwrap();
+        assert_eq!(decoded, current, "today's records round-trip with the flag");
+        assert!(decode_record(&bytes[..bytes.len() - 1]).is_err());
+    }
+
     #[test]
     fn records_written_before_changes_were_recorded_still_read() {
         #[derive(Serialize)]
@@ -478,6 +615,7 @@ mod tests {
             ("k", "v", 5, 2)
         );
         assert_eq!(r.changed.principal, "", "nobody is made up for an old change");
+        assert!(!r.secret);
         assert!(
             decode_record(&bytes[..bytes.len() - 1]).is_err(),
             "a damaged record is still refused"

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::EngineCtx;
+use crate::domain::mask::Masker;
 use crate::domain::resources::{self, parse_object, ResourceRecord, RunEnd, RunRecord, MAX_OUTPUTS_BYTES};
 use crate::domain::scope;
 use crate::domain::Command;
@@ -48,10 +49,17 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
         by_user,
     } = job;
     let (sink, lines) = LogSink::channel();
-    let forwarder = tokio::spawn(forward_log(ctx.clone(), run.index, run.attempt, lines));
-    let (result, timed_out) = match prepare(&ctx, &run, &resource) {
+    let prepared = prepare(&ctx, &run, &resource);
+    // The secret settings in scope are masked out of everything the step
+    // reports before it is proposed: its log lines, its error, its outputs.
+    let masker = match &prepared {
+        Ok((_, _, _, masker)) => masker.clone(),
+        Err(_) => Masker::default(),
+    };
+    let forwarder = tokio::spawn(forward_log(ctx.clone(), run.index, run.attempt, lines, masker.clone()));
+    let (result, timed_out) = match prepared {
         Err(error) => (StepResult::failed(error), None),
-        Ok((provider, req, timeout)) => {
+        Ok((provider, req, timeout, _)) => {
             let step = provider.step(req, sink, cancel.clone());
             tokio::pin!(step);
             tokio::select! {
@@ -64,6 +72,7 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
             }
         }
     };
+    let result = mask_result(&masker, result);
     // Every line is recorded before the finish, which closes the run's log.
     let _ = forwarder.await;
     if by_user.load(Ordering::SeqCst) {
@@ -113,6 +122,30 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
     }
 }
 
+/// A step's result with the secret values masked out of its error and the
+/// strings of its outputs.
+fn mask_result(masker: &Masker, result: StepResult) -> StepResult {
+    if masker.is_empty() {
+        return result;
+    }
+    let outputs = |o: Object| {
+        let mut v = serde_json::Value::Object(o);
+        masker.mask_json(&mut v);
+        match v {
+            serde_json::Value::Object(o) => o,
+            _ => Object::new(),
+        }
+    };
+    match result {
+        StepResult::Succeeded { outputs: o } => StepResult::Succeeded { outputs: outputs(o) },
+        StepResult::Failed { error, outputs: o } => StepResult::Failed {
+            error: masker.mask(&error),
+            outputs: outputs(o),
+        },
+        StepResult::Cancelled { outputs: o } => StepResult::Cancelled { outputs: outputs(o) },
+    }
+}
+
 /// Outputs within the limit, or none: a failure's outputs are a courtesy.
 fn bounded(outputs_json: String) -> String {
     if outputs_json.len() > MAX_OUTPUTS_BYTES {
@@ -126,12 +159,13 @@ fn outputs_text(outputs: Object) -> String {
     serde_json::Value::Object(outputs).to_string()
 }
 
-/// The provider, request and timeout of a run's step, or why it cannot run.
-fn prepare(
-    ctx: &EngineCtx,
-    run: &RunRecord,
-    resource: &ResourceRecord,
-) -> Result<(Arc<dyn crate::ops::Provider>, StepRequest, Duration), String> {
+/// What a run's step needs: its provider, request, timeout, and the masker of
+/// the secret settings in scope.
+type Prepared = (Arc<dyn crate::ops::Provider>, StepRequest, Duration, Masker);
+
+/// The provider, request, timeout and masker of a run's step, or why it
+/// cannot run.
+fn prepare(ctx: &EngineCtx, run: &RunRecord, resource: &ResourceRecord) -> Result<Prepared, String> {
     let view = ctx.node.reader().view();
     let (kind, _) = resources::read_kind(&view, &run.kind)
         .map_err(|e| format!("cannot read kind {}: {e}", run.kind))?
@@ -139,6 +173,7 @@ fn prepare(
     let settings = scope::in_scope(&view, &run.kind, &run.name)
         .map_err(|e| format!("cannot read the settings in scope of {}/{}: {e}", run.kind, run.name))?;
     drop(view);
+    let masker = Masker::new(scope::secret_values(&settings));
     let state = kind
         .state(&run.to)
         .ok_or_else(|| format!("kind {} has no state {}", kind.name, run.to))?;
@@ -150,6 +185,7 @@ fn prepare(
         .map_err(|e| format!("node {}: {e}", ctx.node_id))?;
     let work_dir = ctx.work_root.join(format!("{}-{}", run.run_id(), run.attempt));
     std::fs::create_dir_all(&work_dir).map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
+    crate::ops::process::give_to_exec_user(&work_dir)?;
     let req = StepRequest {
         kind: run.kind.clone(),
         name: run.name.clone(),
@@ -167,11 +203,18 @@ fn prepare(
         settings: scope::values(settings),
     };
     let timeout = Duration::from_secs(state.timeout_secs());
-    Ok((provider, req, timeout))
+    Ok((provider, req, timeout, masker))
 }
 
-/// Proposes the step's log lines in batches until the step drops its sink.
-async fn forward_log(ctx: Arc<EngineCtx>, run: u64, attempt: u32, mut lines: mpsc::UnboundedReceiver<String>) {
+/// Proposes the step's log lines, the secret values masked out, in batches
+/// until the step drops its sink.
+async fn forward_log(
+    ctx: Arc<EngineCtx>,
+    run: u64,
+    attempt: u32,
+    mut lines: mpsc::UnboundedReceiver<String>,
+    masker: Masker,
+) {
     let mut open = true;
     while open {
         let Some(first) = lines.recv().await else { return };
@@ -185,6 +228,11 @@ async fn forward_log(ctx: Arc<EngineCtx>, run: u64, attempt: u32, mut lines: mps
                     break;
                 }
                 Err(_) => break,
+            }
+        }
+        if !masker.is_empty() {
+            for line in &mut batch {
+                *line = masker.mask(line);
             }
         }
         for line in &batch {

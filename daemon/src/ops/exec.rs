@@ -4,7 +4,10 @@
 //!
 //! The script runs under `/bin/sh -c` in its own process group, in the
 //! attempt's scratch directory, with the resource as one JSON object on stdin
-//! and `OPSD_*` variables in its environment. Its stdout and stderr lines go
+//! and a clean environment: `PATH`, `HOME` (the scratch directory), `LANG`,
+//! the settings in scope whose keys are variable names, and `OPSD_*`
+//! variables (nothing of opsd's own environment). With `--exec-user` it runs
+//! as that user. Its stdout and stderr lines go
 //! to the run's log as they arrive; it may write a JSON object to the file
 //! named by `OPSD_OUTPUTS`, merged into the resource's outputs; exit 0 is
 //! success. Cancelling the step sends SIGTERM to the whole group, then SIGKILL
@@ -24,10 +27,11 @@ use opsd_proto::json::typed_value;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::process::{describe_status, run_logged, shell, Ended};
+use super::process::{describe_status, run_logged, user_shell, Ended};
 use super::{state_error, LogSink, Object, Provider, StepRequest, StepResult};
 use crate::domain::kind::Kind;
 use crate::domain::resources::json_type;
+use opsd_proto::machine_env::is_env_setting;
 
 /// The file name, in the attempt's work directory, that `OPSD_OUTPUTS` names.
 const OUTPUTS_FILE: &str = "outputs.json";
@@ -103,8 +107,15 @@ impl Provider for ExecProvider {
         }
         let stdin = stdin_document(&req);
 
-        let mut cmd = shell(&script);
+        // A clean environment (PATH, HOME, LANG), then the settings in scope
+        // whose keys are variable names, then opsd's own, which win.
+        let mut cmd = user_shell(&script, &req.work_dir);
         cmd.current_dir(&req.work_dir)
+            .envs(
+                req.settings
+                    .iter()
+                    .filter(|(k, v)| is_env_setting(k, v) && !k.starts_with("OPSD_")),
+            )
             .env("OPSD_KIND", &req.kind)
             .env("OPSD_NAME", &req.name)
             .env("OPSD_STATE", &req.state)

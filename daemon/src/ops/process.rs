@@ -41,6 +41,155 @@ pub fn shell(script: &str) -> Command {
     cmd
 }
 
+/// The `PATH` a user's command starts with.
+pub const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// The `LANG` a user's command starts with: UTF-8, no locale's rules.
+pub const USER_LANG: &str = "C.UTF-8";
+
+/// The unprivileged user that user commands run as (`--exec-user`), resolved
+/// when opsd starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecUser {
+    /// Its name.
+    pub name: String,
+    /// Its user id.
+    pub uid: u32,
+    /// Its primary group id.
+    pub gid: u32,
+}
+
+impl ExecUser {
+    /// Looks `name` up in the system's user database; the error names the
+    /// flag, for a refusal to start.
+    pub fn resolve(name: &str) -> Result<ExecUser, String> {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(user)) => Ok(ExecUser {
+                name: user.name,
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+            }),
+            Ok(None) => Err(format!("--exec-user: no user named {name:?} on this system")),
+            Err(e) => Err(format!("--exec-user: cannot look up user {name:?}: {e}")),
+        }
+    }
+}
+
+/// The user user commands run as and the (absolute) data dir, set once
+/// when opsd starts (never in tests of this crate, which run commands as
+/// themselves).
+static EXEC_USER: std::sync::OnceLock<(ExecUser, std::path::PathBuf)> = std::sync::OnceLock::new();
+
+/// Sets the user user commands run as, and closes the data dir to it: the
+/// data dir may be searched but not listed by others, everything directly
+/// in it but the trees where user commands run (`work`, `local`) becomes
+/// its owner's alone, and from now on opsd makes files and directories
+/// private (umask 077), opening only what it gives the user
+/// ([`give_to_exec_user`]). Only the first call counts.
+pub fn set_exec_user(user: ExecUser, data_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let data_dir = std::path::absolute(data_dir).map_err(|e| format!("resolving the data dir: {e}"))?;
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe {
+        nix::libc::umask(0o077);
+    }
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot close {} to the exec user: {e}", p.display()))
+    };
+    chmod(&data_dir, 0o711)?;
+    let entries = std::fs::read_dir(&data_dir).map_err(|e| format!("cannot read {}: {e}", data_dir.display()))?;
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let path = entry.path();
+        let mode = meta.permissions().mode() & 0o7777;
+        let open_tree = matches!(entry.file_name().to_str(), Some("work" | "local"));
+        chmod(&path, if open_tree { 0o711 } else { mode & 0o700 })?;
+    }
+    let _ = EXEC_USER.set((user, data_dir));
+    Ok(())
+}
+
+/// The user user commands run as, if `--exec-user` was given.
+pub fn exec_user() -> Option<&'static ExecUser> {
+    EXEC_USER.get().map(|(u, _)| u)
+}
+
+/// `/bin/sh -c SCRIPT` for a command that is the user's (an exec step, a
+/// build command, a machine, an exec check): it starts from a clean
+/// environment, not opsd's (which may hold cloud credentials), with only
+/// `PATH` ([`USER_PATH`]), `HOME` (`home`) and `LANG` ([`USER_LANG`]); the
+/// caller adds the variables it gives (`OPSD_*`, settings). With
+/// `--exec-user` it runs as that user, its supplementary groups dropped.
+pub fn user_shell(script: &str, home: &Path) -> Command {
+    let mut cmd = shell(script);
+    cmd.env_clear()
+        .env("PATH", USER_PATH)
+        .env("HOME", home)
+        .env("LANG", USER_LANG);
+    if let Some(user) = exec_user() {
+        // Set before exec: the group first, then (as root) the supplementary
+        // groups are cleared, then the user.
+        cmd.gid(user.gid).uid(user.uid);
+    }
+    cmd
+}
+
+/// Makes `path` (a file or directory opsd made for a user's command) the
+/// exec user's, if there is one, with its contents when `recursive`, and
+/// lets that user reach it: every directory above it, up to the data dir,
+/// gets search (x) permission for others, but not read, so the data dir's
+/// other files stay out of sight (the data dir's own parents must let the
+/// user search them: the operator's choice). Nothing to do without `--exec-user`.
+pub fn give_to_exec_user(path: &Path) -> Result<(), String> {
+    give(path, false)
+}
+
+/// [`give_to_exec_user`], with everything under `path`.
+pub fn give_tree_to_exec_user(path: &Path) -> Result<(), String> {
+    give(path, true)
+}
+
+fn give(path: &Path, recursive: bool) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((user, data_dir)) = EXEC_USER.get() else {
+        return Ok(());
+    };
+    let owner = |p: &Path| {
+        std::os::unix::fs::lchown(p, Some(user.uid), Some(user.gid))
+            .map_err(|e| format!("cannot give {} to the exec user {}: {e}", p.display(), user.name))
+    };
+    owner(path)?;
+    if recursive && path.is_dir() {
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            for entry in entries.flatten() {
+                let p = entry.path();
+                owner(&p)?;
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    // Up to the data dir, not beyond: its parents are the operator's.
+    for dir in path.ancestors().skip(1).take_while(|d| d.starts_with(data_dir)) {
+        let Ok(meta) = std::fs::metadata(dir) else { break };
+        let mode = meta.permissions().mode();
+        if mode & 0o001 != 0 {
+            continue;
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode((mode & 0o7777) | 0o001))
+            .map_err(|e| format!("cannot open {} to the exec user: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// "exited with status N" or "killed by signal NAME", for error messages.
 pub fn describe_status(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
@@ -247,16 +396,17 @@ impl LineSplitter {
     }
 }
 
-/// Starts `command` detached (see [`LAUNCHER`]) in `dir` with `env` added,
-/// its output appended to `log_path`, and returns its pid, which leads its
-/// own process group. It outlives opsd.
+/// Starts `command` detached (see [`LAUNCHER`]) in `dir`, as a user's
+/// command ([`user_shell`]: a clean environment with `HOME` set to `dir`, as
+/// the exec user) with `env` added, its output appended to `log_path`, and
+/// returns its pid, which leads its own process group. It outlives opsd.
 pub async fn launch_detached(
     command: &str,
     dir: &Path,
     log_path: &Path,
     env: &[(String, String)],
 ) -> Result<i32, String> {
-    let mut cmd = shell(LAUNCHER);
+    let mut cmd = user_shell(LAUNCHER, dir);
     cmd.arg("opsd-machine")
         .arg(command)
         .arg(log_path)

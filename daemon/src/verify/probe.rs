@@ -4,6 +4,7 @@
 //! shell command in a process group of its own, killed on timeout.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{compile, one_line, Check, Probe};
-use crate::ops::process::{describe_status, shell};
+use crate::ops::process::{describe_status, user_shell};
 use crate::ops::MachineAddr;
 
 /// The most bytes of a response (headers and body) read by an http check.
@@ -232,7 +233,9 @@ async fn exec(
     timeout: Duration,
 ) -> Result<String, String> {
     let (host, port) = host_and_port(&machine.address).unwrap_or_default();
-    let mut cmd = shell(command);
+    // A user's command: a clean environment (HOME is `/`: a check has no
+    // directory of its own), as the exec user.
+    let mut cmd = user_shell(command, Path::new("/"));
     cmd.envs(env)
         .env("OPSD_MACHINE_ADDRESS", &machine.address)
         .env("OPSD_MACHINE_HOST", host)

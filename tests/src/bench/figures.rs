@@ -248,6 +248,7 @@ pub async fn failover(cluster: &Cluster, kills: usize) -> Vec<Duration> {
                 .get(opsd_tests::api::GetRequest {
                     key: "failover/none".into(),
                     stale: true,
+                    ..Default::default()
                 })
                 .await;
         }

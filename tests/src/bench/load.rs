@@ -198,7 +198,11 @@ impl Client {
                 .map(drop)
                 .map_err(|e| format!("opsd put: {:?}: {}", e.code(), e.message())),
             (Client::Opsd(c), Workload::Get) => c
-                .get(opsd_proto::v1::GetRequest { key, stale: false })
+                .get(opsd_proto::v1::GetRequest {
+                    key,
+                    stale: false,
+                    ..Default::default()
+                })
                 .await
                 .map(drop)
                 .map_err(|e| format!("opsd get: {:?}: {}", e.code(), e.message())),

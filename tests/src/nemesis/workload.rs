@@ -167,6 +167,7 @@ pub async fn read(ctx: &Ctx, client: usize, clients: &mut Clients, key: &str) ->
         .get(GetRequest {
             key: key.to_string(),
             stale: false,
+            ..Default::default()
         })
         .await;
     let end = ctx.history.now();

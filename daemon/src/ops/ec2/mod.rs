@@ -90,11 +90,13 @@ impl Ec2Provider {
                 .unwrap_or(0),
         };
         let command = match key {
-            Some(value) => Command::PutSetting {
+            // A private key: secret, so no answer or log shows it.
+            Some(value) => Command::PutSettingV2 {
                 key: setting.clone(),
                 value,
                 expected_revision: None,
                 trigger,
+                secret: Some(true),
             },
             None => {
                 if !self

@@ -15,7 +15,7 @@ use super::machines::{free_port, is_running, known_machines, record_machines, st
 use super::{Fail, LocalProvider, StepOut};
 use crate::ops::fields;
 use crate::ops::files::{append_line, blocking, check_component, copy_tree, log_tail, remove_tree};
-use crate::ops::process::{is_alive, launch_detached, proc_stat};
+use crate::ops::process::{give_to_exec_user, give_tree_to_exec_user, is_alive, launch_detached, proc_stat};
 use crate::ops::{LogSink, Object, StepError, StepRequest};
 
 /// Lines of a machine's log shown when it died at once.
@@ -205,6 +205,13 @@ impl LocalProvider {
                 ),
             )
             .map_err(|e| with_outputs(e.into()))?;
+            // The machine is the user's: the exec user's, in its own copy.
+            blocking({
+                let (dir, log_path) = (dir.clone(), log_path.clone());
+                move || give_tree_to_exec_user(&dir).and_then(|()| give_to_exec_user(&log_path))
+            })
+            .await
+            .map_err(|e: String| with_outputs(e.into()))?;
             // Settings in scope, then spec.env, then opsd's own (shared with `opsctl shell`).
             let env = machine_env(&req.settings, &spec.env, &req.name, i, self.machine_host(), port);
             let pid = launch_detached(&image.start, &dir, &log_path, &env)

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{LocalProvider, StepOut};
 use crate::ops::fields::build_commands;
 use crate::ops::files::{blocking, check_component, copy_tree, remove_tree};
-use crate::ops::process::{describe_status, run_logged, shell, Ended};
+use crate::ops::process::{describe_status, give_tree_to_exec_user, run_logged, user_shell, Ended};
 use crate::ops::{LogSink, Object, StepError, StepRequest};
 
 /// Time a build command gets between SIGTERM and SIGKILL when its step is
@@ -116,10 +116,17 @@ impl LocalProvider {
             )
             .into());
         }
+        // The build commands are the user's: the exec user's, in a clean
+        // environment, in a copy that user owns.
+        blocking({
+            let dir = dir.clone();
+            move || give_tree_to_exec_user(&dir)
+        })
+        .await?;
         for (i, command) in commands.iter().enumerate() {
             let n = i + 1;
             log.line(format!("$ {command}"));
-            let mut cmd = shell(command);
+            let mut cmd = user_shell(command, &dir);
             cmd.current_dir(&dir).env("OPSD_IMAGE", &req.name);
             let what = format!("build command {n} (`{command}`)");
             match run_logged(cmd, &what, None, log, cancel, BUILD_GRACE).await? {
