@@ -1,0 +1,107 @@
+//! The bootstrap admin token: made by the node that bootstraps a cluster,
+//! written to `<data-dir>/admin.token` (mode 0600) before `InitSecurity`
+//! (which carries only its hash) is proposed, and proposed again by a
+//! leader that finds the file but no security in its state (a crash between
+//! the write and the proposal).
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use opsd_cluster::ClusterNode;
+use tracing::{info, warn};
+
+use crate::domain::security::{self as sec};
+use crate::domain::{decode_outcome, Command, Outcome};
+
+/// The admin token file in the bootstrap node's data dir.
+pub const TOKEN_FILE: &str = "admin.token";
+
+/// Makes the admin token and writes it to `data_dir/admin.token` (mode
+/// 0600, atomically: a temporary file renamed into place). Returns its id
+/// and the SHA-256 of its secret.
+pub fn write_admin_token(data_dir: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+    let (id, secret) = sec::new_token_secret().map_err(|e| anyhow!(e))?;
+    let path = data_dir.join(TOKEN_FILE);
+    let temp = data_dir.join(format!("{TOKEN_FILE}.tmp"));
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .with_context(|| format!("writing {}", temp.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    writeln!(file, "{}", sec::token_text(&id, &secret)).with_context(|| format!("writing {}", temp.display()))?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp, &path).with_context(|| format!("renaming {} into place", temp.display()))?;
+    if let Ok(dir) = std::fs::File::open(data_dir) {
+        let _ = dir.sync_all();
+    }
+    info!(path = %path.display(), "wrote the admin token (mode 0600); take it off this node and make narrower tokens");
+    Ok((id, sec::secret_hash(&secret)))
+}
+
+/// The id and secret hash of the admin token in `data_dir`, if it holds one.
+pub fn read_admin_token(data_dir: &Path) -> Option<(String, Vec<u8>)> {
+    let text = std::fs::read_to_string(data_dir.join(TOKEN_FILE)).ok()?;
+    let (id, secret) = sec::parse_token(&text).ok()?;
+    Some((id, sec::secret_hash(&secret)))
+}
+
+/// Until the state holds security: whenever this node leads and its data
+/// dir holds `admin.token`, proposes `InitSecurity` with its hash.
+pub fn spawn_initialiser(node: ClusterNode, data_dir: PathBuf) {
+    let leadership = node.leadership();
+    tokio::spawn(async move {
+        loop {
+            let done = sec::initialised(&node.reader().view()).unwrap_or(false);
+            if done {
+                return;
+            }
+            if leadership.borrow().is_some() {
+                if let Some((id, hash)) = read_admin_token(&data_dir) {
+                    let cmd = Command::InitSecurity {
+                        admin_token_id: id,
+                        admin_token_hash: hash,
+                        at_ms: crate::engine::now_ms(),
+                    };
+                    match crate::propose::replicate(&node, &cmd).await {
+                        Ok((_, answer)) => match decode_outcome(&answer) {
+                            Ok(Outcome::SecurityChanged { .. }) => {
+                                info!("security initialised: the admin token in the data dir is the admin's");
+                                return;
+                            }
+                            Ok(Outcome::SecurityUnchanged) => return,
+                            other => warn!("initialising security: {other:?}"),
+                        },
+                        Err(e) => warn!("initialising security: {e}; retrying"),
+                    }
+                }
+            }
+            if node.is_removed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_token_is_written_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, hash) = write_admin_token(dir.path()).unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(read_admin_token(dir.path()), Some((id, hash)));
+        assert!(!dir.path().join(format!("{TOKEN_FILE}.tmp")).exists());
+    }
+}
