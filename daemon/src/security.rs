@@ -52,40 +52,66 @@ pub fn read_admin_token(data_dir: &Path) -> Option<(String, Vec<u8>)> {
     Some((id, sec::secret_hash(&secret)))
 }
 
+/// One attempt to initialise security from `data_dir`'s admin token:
+/// `Ok(true)` once the state holds security (whoever initialised it).
+async fn try_init(node: &ClusterNode, data_dir: &Path) -> Result<bool, String> {
+    if sec::initialised(&node.reader().view()).map_err(|e| e.to_string())? {
+        return Ok(true);
+    }
+    let Some((id, hash)) = read_admin_token(data_dir) else {
+        return Ok(false);
+    };
+    let cmd = Command::InitSecurity {
+        admin_token_id: id,
+        admin_token_hash: hash,
+        at_ms: crate::engine::now_ms(),
+    };
+    let (_, answer) = crate::propose::replicate(node, &cmd).await.map_err(|e| e.to_string())?;
+    match decode_outcome(&answer)? {
+        Outcome::SecurityChanged { .. } => {
+            info!("security initialised: the admin token in the data dir is the admin's");
+            Ok(true)
+        }
+        Outcome::SecurityUnchanged => Ok(true),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// At bootstrap, before the client API is served: proposes `InitSecurity`
+/// until it is applied, so that the admin token works from the first request.
+pub async fn init_at_bootstrap(node: &ClusterNode, data_dir: &Path) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match try_init(node, data_dir).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => return Err(anyhow!("{}: the admin token is missing", data_dir.join(TOKEN_FILE).display())),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(anyhow!("initialising security: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Until the state holds security: whenever this node leads and its data
-/// dir holds `admin.token`, proposes `InitSecurity` with its hash.
+/// dir holds `admin.token`, proposes `InitSecurity` with its hash (a node
+/// that crashed between writing the token and proposing it).
 pub fn spawn_initialiser(node: ClusterNode, data_dir: PathBuf) {
     let leadership = node.leadership();
     tokio::spawn(async move {
         loop {
-            let done = sec::initialised(&node.reader().view()).unwrap_or(false);
-            if done {
-                return;
-            }
-            if leadership.borrow().is_some() {
-                if let Some((id, hash)) = read_admin_token(&data_dir) {
-                    let cmd = Command::InitSecurity {
-                        admin_token_id: id,
-                        admin_token_hash: hash,
-                        at_ms: crate::engine::now_ms(),
-                    };
-                    match crate::propose::replicate(&node, &cmd).await {
-                        Ok((_, answer)) => match decode_outcome(&answer) {
-                            Ok(Outcome::SecurityChanged { .. }) => {
-                                info!("security initialised: the admin token in the data dir is the admin's");
-                                return;
-                            }
-                            Ok(Outcome::SecurityUnchanged) => return,
-                            other => warn!("initialising security: {other:?}"),
-                        },
-                        Err(e) => warn!("initialising security: {e}; retrying"),
-                    }
-                }
-            }
             if node.is_removed() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            let leading = leadership.borrow().is_some();
+            if leading || sec::initialised(&node.reader().view()).unwrap_or(false) {
+                match try_init(&node, &data_dir).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => warn!("initialising security: {e}; retrying"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
 }

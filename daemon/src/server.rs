@@ -119,6 +119,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     match start {
         Start::Bootstrap => {
             node.initialize().await?;
+            crate::security::init_at_bootstrap(&node, &config.data_dir).await?;
             info!(
                 node_id = node.node_id(),
                 cluster_id = node.cluster_id(),

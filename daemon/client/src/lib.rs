@@ -32,7 +32,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use address::NodeAddr;
-pub use credentials::{Credentials, PRINCIPAL_KEY};
+pub use credentials::Credentials;
 pub use failover::{describe_status, is_stream_break, CallError, Failure, Nodes, Patience, Timeouts};
 pub use settings_watch::{SettingsWatch, WatchItem};
 

@@ -97,10 +97,19 @@ impl Caller {
             .ok_or_else(|| Status::unauthenticated("malformed token: send it as authorization: Bearer TOKEN"))?;
         let (id, secret) = sec::parse_token(text).map_err(Status::unauthenticated)?;
         let read = |e: opsd_cluster::TxnError| Status::internal(format!("reading the state: {e}"));
-        let token = sec::read_token(view, &id)
-            .map_err(read)?
-            .filter(|t| sec::constant_time_eq(&t.secret_sha256, &sec::secret_hash(&secret)))
-            .ok_or_else(|| Status::unauthenticated(UNKNOWN_TOKEN))?;
+        let found = sec::read_token(view, &id).map_err(read)?;
+        // Compared even when absent, so an unknown id takes as long.
+        let hash = sec::secret_hash(&secret);
+        let stored = found.as_ref().map(|t| t.secret_sha256.as_slice()).unwrap_or(&[0u8; 32]);
+        let matches = sec::constant_time_eq(stored, &hash);
+        let Some(token) = found.filter(|_| matches) else {
+            if !sec::initialised(view).map_err(read)? {
+                return Err(Status::unavailable(
+                    "this node has not applied the cluster's users and tokens yet; retry, here or on another node",
+                ));
+            }
+            return Err(Status::unauthenticated(UNKNOWN_TOKEN));
+        };
         if let Some(at) = token.expires_at_ms.filter(|at| *at <= now_ms) {
             return Err(Status::unauthenticated(format!(
                 "expired token: token {id} expired at {}",
