@@ -660,3 +660,252 @@ pub fn apply_revoke_token(txn: &mut Txn<'_>, id: &str) -> Result<Outcome, TxnErr
     txn.delete(TOKENS, id.as_bytes())?;
     changed(txn, format!("token {id} revoked"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::testing::TestState;
+    use crate::domain::Command;
+
+    const ID: &str = "0123456789abcdef";
+
+    #[test]
+    fn rules_parse_verbs_and_patterns() {
+        let r = Rule::parse("do,read:resources/app/*").unwrap();
+        assert_eq!(r.verbs, vec![Verb::Read, Verb::Do]);
+        assert_eq!(r.to_string(), "read,do:resources/app/*");
+        assert!(r.grants(Verb::Do, "resources/app/x"));
+        assert!(!r.grants(Verb::Write, "resources/app/x"));
+        assert!(!r.grants(Verb::Do, "resources/db/x"));
+        let all = Rule::parse("*:*").unwrap();
+        assert_eq!(all.to_string(), "*:*");
+        assert!(Verb::ALL.iter().all(|v| all.grants(*v, "cluster")));
+        let exact = Rule::parse("admin:cluster").unwrap();
+        assert!(exact.grants(Verb::Admin, "cluster"));
+        assert!(!exact.grants(Verb::Admin, "security"));
+        assert!(Rule::parse("read:settings/app/*").unwrap().grants(Verb::Read, "settings/app/db/url"));
+        assert!(Rule::parse("read,read:kinds/app").is_ok());
+    }
+
+    #[test]
+    fn a_bad_rule_is_refused_naming_it() {
+        for bad in [
+            "deploy:resources/*",
+            "read",
+            "read:",
+            "read:resources/*/x",
+            "read:nowhere/x",
+            "read:settings/a b",
+            ":settings/x",
+        ] {
+            let e = Rule::parse(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+        assert!(Rule::parse(&format!("read:settings/{}", "x".repeat(MAX_RULE))).is_err());
+        // Multi-byte text never panics.
+        assert!(Rule::parse("read:settings/é").is_ok());
+        assert!(Rule::parse("read:é*").is_err());
+    }
+
+    #[test]
+    fn a_rule_grants_some_under_a_prefix() {
+        let r = Rule::parse("read:resources/app/*").unwrap();
+        assert!(r.grants_some_under(Verb::Read, "resources/"));
+        assert!(r.grants_some_under(Verb::Read, "resources/app/"));
+        assert!(r.grants_some_under(Verb::Read, "resources/app/x/"));
+        assert!(!r.grants_some_under(Verb::Read, "resources/db/"));
+        assert!(!r.grants_some_under(Verb::Write, "resources/"));
+        let exact = Rule::parse("read:settings/a").unwrap();
+        assert!(exact.grants_some_under(Verb::Read, "settings/"));
+        assert!(!exact.grants_some_under(Verb::Read, "settings/b"));
+    }
+
+    #[test]
+    fn tokens_parse_and_hash() {
+        let secret = [0xabu8; SECRET_BYTES];
+        let text = token_text(ID, &secret);
+        assert_eq!(text, format!("opsd1.{ID}.{}", "ab".repeat(32)));
+        assert_eq!(parse_token(&text).unwrap(), (ID.to_string(), secret.to_vec()));
+        for bad in [
+            "",
+            "opsd1",
+            "opsd2.0123456789abcdef.00",
+            "opsd1.0123.00",
+            &format!("opsd1.{ID}.{}", "zz".repeat(32)),
+            &format!("opsd1.{ID}.{}", "ab".repeat(31)),
+            &format!("opsd1.{ID}.{}.x", "ab".repeat(32)),
+            &format!("opsd1.{}.{}", "ABCDEF0123456789", "ab".repeat(32)),
+        ] {
+            let e = parse_token(bad).unwrap_err();
+            assert!(e.starts_with("malformed token"), "{bad}: {e}");
+            assert!(!e.contains(&"ab".repeat(32)), "the secret is never echoed");
+        }
+        let (id, secret) = new_token_secret().unwrap();
+        assert!(validate_token_id(&id).is_ok());
+        assert_eq!(secret.len(), SECRET_BYTES);
+        assert_ne!(new_token_secret().unwrap().1, secret, "random secrets");
+        assert_eq!(secret_hash(b"abc").len(), 32);
+    }
+
+    #[test]
+    fn constant_time_eq_compares_bytes() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    fn changed(out: &Outcome) -> bool {
+        matches!(out, Outcome::SecurityChanged { .. })
+    }
+
+    fn refused(out: Outcome, needle: &str) -> Rejection {
+        match out {
+            Outcome::Rejected(r) => {
+                let text = format!("{r:?}");
+                assert!(text.contains(needle), "{text} lacks {needle:?}");
+                r
+            }
+            other => panic!("expected a rejection naming {needle:?}, got {other:?}"),
+        }
+    }
+
+    fn init(s: &mut TestState) {
+        let (out, events) = s.apply(Command::InitSecurity {
+            admin_token_id: ID.into(),
+            admin_token_hash: vec![1; 32],
+            at_ms: 10,
+        });
+        assert!(changed(&out), "{out:?}");
+        assert!(matches!(events[..], [DomainEvent::Security { .. }]));
+    }
+
+    fn token(id: &str, user: &str) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            user: user.into(),
+            secret_sha256: vec![2; 32],
+            created_at_ms: 10,
+            expires_at_ms: None,
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn init_makes_the_admin_once() {
+        let mut s = TestState::new();
+        assert!(!initialised(&s.state.view()).unwrap());
+        init(&mut s);
+        let view = s.state.view();
+        assert!(initialised(&view).unwrap());
+        let admin = read_user(&view, ADMIN).unwrap().unwrap();
+        assert_eq!(admin.roles, vec![ADMIN.to_string()]);
+        assert!(read_role(&view, ADMIN).unwrap().unwrap().builtin);
+        assert_eq!(read_token(&view, ID).unwrap().unwrap().user, ADMIN);
+        drop(view);
+        let (again, events) = s.apply(Command::InitSecurity {
+            admin_token_id: "ffffffffffffffff".into(),
+            admin_token_hash: vec![3; 32],
+            at_ms: 20,
+        });
+        assert_eq!(again, Outcome::SecurityUnchanged);
+        assert!(events.is_empty());
+        assert!(read_token(&s.state.view(), "ffffffffffffffff").unwrap().is_none());
+        // A malformed init is refused.
+        let mut fresh = TestState::new();
+        refused(
+            fresh
+                .apply(Command::InitSecurity {
+                    admin_token_id: "x".into(),
+                    admin_token_hash: vec![1; 32],
+                    at_ms: 1,
+                })
+                .0,
+            "token id",
+        );
+        assert!(!initialised(&fresh.state.view()).unwrap());
+    }
+
+    #[test]
+    fn roles_users_and_tokens_apply_and_refuse() {
+        let mut s = TestState::new();
+        init(&mut s);
+        let put_role = |name: &str, rules: &[&str]| Command::PutRole {
+            name: name.into(),
+            rules: rules.iter().map(|r| r.to_string()).collect(),
+        };
+        assert!(changed(&s.apply(put_role("deployer", &["do,read:resources/app/*"])).0));
+        refused(s.apply(put_role("bad", &["deploy:resources/*"])).0, "unknown verb");
+        refused(s.apply(put_role("bad", &[])).0, "rules");
+        refused(s.apply(put_role("bad name", &["read:*"])).0, "name");
+        refused(s.apply(put_role(ADMIN, &["read:*"])).0, "built in");
+        assert!(read_role(&s.state.view(), "bad").unwrap().is_none());
+
+        let create_user = |name: &str, roles: &[&str]| Command::CreateUser {
+            name: name.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            at_ms: 11,
+        };
+        assert!(changed(&s.apply(create_user("ci", &["deployer"])).0));
+        refused(s.apply(create_user("ci", &["deployer"])).0, "already exists");
+        refused(s.apply(create_user("x", &["nope"])).0, "nope");
+        refused(s.apply(create_user("x", &["deployer", "deployer"])).0, "twice");
+        assert!(read_user(&s.state.view(), "x").unwrap().is_none());
+        let role = read_role(&s.state.view(), "deployer").unwrap().unwrap();
+        assert!(role.users.contains("ci"));
+        // A role in use is not removed; replacing its rules keeps its users.
+        refused(s.apply(Command::DeleteRole { name: "deployer".into() }).0, "held by ci");
+        assert!(changed(&s.apply(put_role("deployer", &["read:*"])).0));
+        assert!(read_role(&s.state.view(), "deployer").unwrap().unwrap().users.contains("ci"));
+        refused(s.apply(Command::DeleteRole { name: ADMIN.into() }).0, "built in");
+        refused(s.apply(Command::DeleteRole { name: "nope".into() }).0, "not found");
+
+        let id = "aaaaaaaaaaaaaaaa";
+        assert!(changed(&s.apply(Command::CreateToken { token: token(id, "ci") }).0));
+        refused(s.apply(Command::CreateToken { token: token(id, "ci") }).0, "already exists");
+        refused(s.apply(Command::CreateToken { token: token("bbbbbbbbbbbbbbbb", "nobody") }).0, "nobody");
+        let mut bad = token("cccccccccccccccc", "ci");
+        bad.secret_sha256 = vec![1; 3];
+        refused(s.apply(Command::CreateToken { token: bad }).0, "32 bytes");
+        let mut bad = token("cccccccccccccccc", "ci");
+        bad.expires_at_ms = Some(5);
+        refused(s.apply(Command::CreateToken { token: bad }).0, "ttl");
+        let mut bad = token("cccccccccccccccc", "ci");
+        bad.description = "d".repeat(MAX_DESCRIPTION + 1);
+        refused(s.apply(Command::CreateToken { token: bad }).0, "description");
+        assert!(read_user(&s.state.view(), "ci").unwrap().unwrap().tokens.contains(id));
+
+        // Revoking deletes the token; a second revoke finds nothing.
+        let (out, events) = s.apply(Command::RevokeToken { id: id.into() });
+        assert!(changed(&out));
+        assert!(matches!(events[..], [DomainEvent::Security { .. }]));
+        assert!(read_token(&s.state.view(), id).unwrap().is_none());
+        refused(s.apply(Command::RevokeToken { id: id.into() }).0, "not found");
+
+        // Deleting a user revokes its tokens and frees its roles.
+        s.apply(Command::CreateToken { token: token(id, "ci") });
+        assert!(changed(&s.apply(Command::DeleteUser { name: "ci".into() }).0));
+        let view = s.state.view();
+        assert!(read_token(&view, id).unwrap().is_none());
+        assert!(read_user(&view, "ci").unwrap().is_none());
+        assert!(read_role(&view, "deployer").unwrap().unwrap().users.is_empty());
+        drop(view);
+        assert!(changed(&s.apply(Command::DeleteRole { name: "deployer".into() }).0));
+        refused(s.apply(Command::DeleteUser { name: "ci".into() }).0, "not found");
+    }
+
+    #[test]
+    fn the_last_admin_cannot_be_deleted() {
+        let mut s = TestState::new();
+        init(&mut s);
+        refused(s.apply(Command::DeleteUser { name: ADMIN.into() }).0, "last admin");
+        s.apply(Command::CreateUser {
+            name: "root2".into(),
+            roles: vec![ADMIN.into()],
+            at_ms: 1,
+        });
+        assert!(changed(&s.apply(Command::DeleteUser { name: ADMIN.into() }).0));
+        assert!(read_token(&s.state.view(), ID).unwrap().is_none(), "its token went with it");
+        refused(s.apply(Command::DeleteUser { name: "root2".into() }).0, "last admin");
+    }
+}
