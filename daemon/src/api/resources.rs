@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::caller::{require as allowed, Caller};
 use crate::domain::security::{Object, Verb};
-use super::follow::{follow_as, end_of_watch, follow, just, AnswerStream, Applied, Next};
+use super::follow::{end_of_watch, follow_as, just, AnswerStream, Applied, Next};
 use super::{barrier, cluster_status, propose, read_status, refuse_if_removed, rejection_status};
 use crate::domain::kind::Kind;
 use crate::domain::resources::{self as domain, parse_run_id, ResourceRecord, RunOutcome, RunRecord};
