@@ -42,21 +42,25 @@ pub fn register(addr: &str, bootstrap_dir: &Path) {
     );
 }
 
-/// The bootstrap data dir registered for `addr` (the first address of a
-/// comma-separated list), if any.
+/// The first address of a comma-separated list that is registered (a
+/// list may start with a dead address no node ever had), else the first.
+fn registered(map: &BTreeMap<String, Access>, addr: &str) -> String {
+    let mut addrs = addr.split(',').map(str::trim);
+    let first = addrs.clone().next().unwrap_or(addr).to_string();
+    addrs.find(|a| map.contains_key(*a)).map(str::to_string).unwrap_or(first)
+}
+
+/// The bootstrap data dir registered for `addr` (the first registered
+/// address of a comma-separated list), if any.
 pub fn bootstrap_dir(addr: &str) -> Option<PathBuf> {
-    let first = addr.split(',').next().unwrap_or(addr).trim();
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(first)
-        .map(|a| a.dir.clone())
+    let map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&registered(&map, addr)).map(|a| a.dir.clone())
 }
 
 /// The token and CA for `addr`, read (once) from its bootstrap data dir.
 fn access(addr: &str) -> Access {
-    let first = addr.split(',').next().unwrap_or(addr).trim().to_string();
     let mut map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    let first = registered(&map, addr);
     let Some(entry) = map.get(&first).cloned() else {
         return Access::default();
     };
