@@ -47,7 +47,9 @@ fn operator_credentials() -> anyhow::Result<Credentials> {
         },
     };
     match token {
-        Some(t) => Credentials::anonymous().with_token(&t).map_err(|e| anyhow!("OPSD_TOKEN: {e}")),
+        Some(t) => Credentials::anonymous()
+            .with_token(&t)
+            .map_err(|e| anyhow!("OPSD_TOKEN: {e}")),
         None => Ok(Credentials::anonymous()),
     }
 }

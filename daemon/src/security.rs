@@ -84,7 +84,12 @@ pub async fn init_at_bootstrap(node: &ClusterNode, data_dir: &Path) -> anyhow::R
     loop {
         match try_init(node, data_dir).await {
             Ok(true) => return Ok(()),
-            Ok(false) => return Err(anyhow!("{}: the admin token is missing", data_dir.join(TOKEN_FILE).display())),
+            Ok(false) => {
+                return Err(anyhow!(
+                    "{}: the admin token is missing",
+                    data_dir.join(TOKEN_FILE).display()
+                ))
+            }
             Err(e) if std::time::Instant::now() > deadline => {
                 return Err(anyhow!("initialising security: {e}"));
             }

@@ -47,7 +47,10 @@ pub fn register(addr: &str, bootstrap_dir: &Path) {
 fn registered(map: &BTreeMap<String, Access>, addr: &str) -> String {
     let mut addrs = addr.split(',').map(str::trim);
     let first = addrs.clone().next().unwrap_or(addr).to_string();
-    addrs.find(|a| map.contains_key(*a)).map(str::to_string).unwrap_or(first)
+    addrs
+        .find(|a| map.contains_key(*a))
+        .map(str::to_string)
+        .unwrap_or(first)
 }
 
 /// The bootstrap data dir registered for `addr` (the first registered

@@ -114,7 +114,10 @@ async fn every_method(addr: &str) -> Vec<String> {
         .map(|s| s.name)
         .filter(|n| n.starts_with("opsd.v1."))
         .collect();
-    assert!(services.len() >= 5, "the opsd.v1 services reflection lists: {services:?}");
+    assert!(
+        services.len() >= 5,
+        "the opsd.v1 services reflection lists: {services:?}"
+    );
     let mut methods = Vec::new();
     for service in &services {
         let files = reflect(
@@ -166,7 +169,13 @@ async fn call(addr: &str, path: &str, token: Option<&str>) -> tonic::Status {
 /// What the cluster holds, as the admin sees it: to show nothing changed.
 async fn everything(addr: &str) -> String {
     let mut c = client::connect(addr);
-    let settings = c.settings.list(ListRequest::default()).await.unwrap().into_inner().settings;
+    let settings = c
+        .settings
+        .list(ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .settings;
     let kinds = c.resources.list_kinds(ListKindsRequest {}).await.unwrap().into_inner();
     let resources = c
         .resources
@@ -208,7 +217,11 @@ async fn security_every_rpc_needs_a_token() {
         .expect("revoke");
 
     let methods = every_method(&addr).await;
-    for expected in ["/opsd.v1.Security/WhoAmI", "/opsd.v1.Settings/Put", "/opsd.v1.Resources/Do"] {
+    for expected in [
+        "/opsd.v1.Security/WhoAmI",
+        "/opsd.v1.Settings/Put",
+        "/opsd.v1.Resources/Do",
+    ] {
         assert!(methods.iter().any(|m| m == expected), "{expected} in {methods:?}");
     }
     let before = everything(&addr).await;

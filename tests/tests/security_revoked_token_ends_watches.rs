@@ -20,7 +20,9 @@ async fn security_revoked_token_ends_watches() {
     let leader = cluster.leader().await;
     let leader_addr = cluster.node(leader).client_addr();
     res::apply_kind(&leader_addr, kinds::NOOP).await.expect("apply noop");
-    res::create(&leader_addr, "noop", "w", json!({})).await.expect("create noop/w");
+    res::create(&leader_addr, "noop", "w", json!({}))
+        .await
+        .expect("create noop/w");
 
     let token = access::make_user(&leader_addr, "watcher", &["read:*"], 0).await;
     let id = token.split('.').nth(1).unwrap().to_string();
@@ -103,7 +105,12 @@ async fn security_revoked_token_ends_watches() {
         })
         .await
         .unwrap_or_else(|_| panic!("the settings watch on {addr} was still open {WITHIN:?} after the revoke"));
-        assert_eq!(ended.code(), Code::Unauthenticated, "{addr}: {}", client::describe(&ended));
+        assert_eq!(
+            ended.code(),
+            Code::Unauthenticated,
+            "{addr}: {}",
+            client::describe(&ended)
+        );
         assert!(ended.message().contains("revoked"), "{addr}: {}", ended.message());
     }
     let ended = tokio::time::timeout(WITHIN, async {
@@ -123,7 +130,16 @@ async fn security_revoked_token_ends_watches() {
     for addr in &addrs {
         let mut c = access::clients_with_token(addr, Some(&token), Some(Duration::from_secs(5)));
         let refused = c.security.who_am_i(WhoAmIRequest {}).await.unwrap_err();
-        assert_eq!(refused.code(), Code::Unauthenticated, "{addr}: {}", client::describe(&refused));
-        assert!(refused.message().contains("unknown or revoked token"), "{}", refused.message());
+        assert_eq!(
+            refused.code(),
+            Code::Unauthenticated,
+            "{addr}: {}",
+            client::describe(&refused)
+        );
+        assert!(
+            refused.message().contains("unknown or revoked token"),
+            "{}",
+            refused.message()
+        );
     }
 }

@@ -56,7 +56,9 @@ async fn security_scoped_token() {
     res::apply_kind(&addr, kinds::ONE_STEP_JOB).await.expect("apply job");
     res::create(&addr, "app", "x", json!({})).await.expect("create app/x");
     res::wait_state(&addr, "app", "x", "ready", Duration::from_secs(30)).await;
-    client::put(&addr, "db/password", "s3cret").await.expect("a setting outside the role");
+    client::put(&addr, "db/password", "s3cret")
+        .await
+        .expect("a setting outside the role");
 
     // The admin makes the role, the user and its token with opsctl.
     admin
@@ -78,7 +80,10 @@ async fn security_scoped_token() {
     assert!(token.starts_with("opsd1."), "{token}");
     let listed = admin.json(&["tokens", "ls", "--user", "ci"]).await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
-    assert!(!listed.to_string().contains(token.split('.').nth(2).unwrap()), "a secret is never listed");
+    assert!(
+        !listed.to_string().contains(token.split('.').nth(2).unwrap()),
+        "a secret is never listed"
+    );
 
     let ci = As {
         opsctl: &admin,
@@ -93,7 +98,11 @@ async fn security_scoped_token() {
     ci.ok(&["do", "app/x", "deploy", "--arg", "version=2", "--wait"]).await;
     let history = admin.json(&["history", "app/x"]).await;
     let last = history.as_array().unwrap().last().unwrap().clone();
-    assert_eq!((last["event"].as_str(), last["principal"].as_str()), (Some("deploy"), Some("ci")), "{last}");
+    assert_eq!(
+        (last["event"].as_str(), last["principal"].as_str()),
+        (Some("deploy"), Some("ci")),
+        "{last}"
+    );
     ci.ok(&["get", "app/x"]).await;
     ci.ok(&["history", "app/x"]).await;
 
@@ -102,15 +111,36 @@ async fn security_scoped_token() {
     ci.denied(&["create", "job/y"], "write", "resources/job/y").await;
     ci.denied(&["create", "app/y"], "write", "resources/app/y").await;
     ci.denied(&["delete", "app/x"], "write", "resources/app/x").await;
-    ci.denied(&["settings", "get", "db/password"], "read", "settings/db/password").await;
-    ci.denied(&["settings", "put", "db/password", "x"], "write", "settings/db/password").await;
+    ci.denied(&["settings", "get", "db/password"], "read", "settings/db/password")
+        .await;
+    ci.denied(
+        &["settings", "put", "db/password", "x"],
+        "write",
+        "settings/db/password",
+    )
+    .await;
     ci.denied(&["cluster", "remove", "1"], "admin", "cluster").await;
-    ci.denied(&["kinds", "apply", &kinds::path("noop.toml").display().to_string()], "write", "kinds/noop").await;
+    ci.denied(
+        &["kinds", "apply", &kinds::path("noop.toml").display().to_string()],
+        "write",
+        "kinds/noop",
+    )
+    .await;
     ci.denied(&["users", "create", "eve"], "admin", "security").await;
-    ci.denied(&["tokens", "create", "--user", "ci"], "admin", "security").await;
-    assert_eq!(admin.json(&["ls"]).await, before, "a refused call changed the resources");
+    ci.denied(&["tokens", "create", "--user", "ci"], "admin", "security")
+        .await;
     assert_eq!(
-        client::get(&addr, "db/password", false).await.unwrap().setting.unwrap().value,
+        admin.json(&["ls"]).await,
+        before,
+        "a refused call changed the resources"
+    );
+    assert_eq!(
+        client::get(&addr, "db/password", false)
+            .await
+            .unwrap()
+            .setting
+            .unwrap()
+            .value,
         "s3cret"
     );
     // Listings show only what the role may read.
@@ -120,7 +150,12 @@ async fn security_scoped_token() {
 
     // A role with an unknown verb or a bad pattern: INVALID_ARGUMENT, nothing written.
     let roles_before = admin.json(&["roles", "ls"]).await;
-    for rule in ["deploy:resources/app/*", "read:resources/*/x", "read:", "read:nowhere/x"] {
+    for rule in [
+        "deploy:resources/app/*",
+        "read:resources/*/x",
+        "read:",
+        "read:nowhere/x",
+    ] {
         let err = admin.fails(&["roles", "create", "broken", "--rule", rule], 1).await;
         assert!(err.contains("invalid") && err.contains(rule), "rule {rule:?}: {err}");
     }
@@ -130,9 +165,7 @@ async fn security_scoped_token() {
     admin.fails(&["users", "rm", "admin"], 1).await;
 
     // An expired token is refused.
-    let short = admin
-        .json(&["tokens", "create", "--user", "ci", "--ttl", "1s"])
-        .await;
+    let short = admin.json(&["tokens", "create", "--user", "ci", "--ttl", "1s"]).await;
     let short = short["token"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let expired = As {

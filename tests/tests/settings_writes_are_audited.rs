@@ -224,15 +224,13 @@ async fn settings_writes_are_audited() {
         assert_unauthenticated("Settings.Put", status);
         let status = c
             .resources
-            .create(malformed(
-                CreateResourceRequest {
-                    kind: "job".into(),
-                    name: "never".into(),
-                    spec: Some(Default::default()),
-                    labels: Default::default(),
-                    reason: String::new(),
-                },
-            ))
+            .create(malformed(CreateResourceRequest {
+                kind: "job".into(),
+                name: "never".into(),
+                spec: Some(Default::default()),
+                labels: Default::default(),
+                reason: String::new(),
+            }))
             .await
             .unwrap_err();
         assert_unauthenticated("Resources.Create", status);

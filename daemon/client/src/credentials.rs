@@ -6,7 +6,6 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-
 /// The credentials sent with every request of an [`crate::Api`].
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
@@ -43,7 +42,6 @@ impl Credentials {
     pub fn ca_pem(&self) -> Option<&[u8]> {
         self.ca_pem.as_deref().map(|v| v.as_slice())
     }
-
 }
 
 impl Interceptor for Credentials {

@@ -31,8 +31,8 @@ use crate::kinds::KindsCommand;
 use crate::render::{OutputFormat, Printer};
 use crate::resources::{CreateArgs, DeleteArgs, DoArgs, GetArgs, LsArgs};
 use crate::runs::{CancelArgs, HistoryArgs, LogsArgs, RunArgs, RunsArgs, StatsArgs};
-use crate::services::ResolveArgs;
 use crate::security::{RolesCommand, TokensCommand, UsersCommand};
+use crate::services::ResolveArgs;
 use crate::settings::SettingsCommand;
 use crate::shell::ShellArgs;
 use crate::verify::{MachinesArgs, VerifyArgs};
@@ -108,7 +108,13 @@ struct Cli {
 
     /// The token to send (`opsd1.ID.SECRET`). Prefer OPSD_TOKEN or a token
     /// file: a command line is visible to other users of the host.
-    #[arg(long, global = true, env = "OPSD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        global = true,
+        env = "OPSD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     token: Option<String>,
 
     /// A file holding the token (mode 0600); default ./opsd-data/admin.token

@@ -204,7 +204,10 @@ fn print_user(printer: Printer, u: &User) -> io::Result<()> {
         ("name", one_line(&u.name, None)),
         ("roles", dash_if_empty(one_line(&u.roles.join(", "), None))),
         ("tokens", dash_if_empty(u.token_ids.join(", "))),
-        ("created", dash_if_empty(time_text(u.created_at.as_ref()).unwrap_or_default())),
+        (
+            "created",
+            dash_if_empty(time_text(u.created_at.as_ref()).unwrap_or_default()),
+        ),
     ])
     .write_rows(&mut out)
 }
@@ -266,8 +269,14 @@ fn print_token(printer: Printer, t: &Token) -> io::Result<()> {
     key_values(&[
         ("id", t.id.clone()),
         ("user", one_line(&t.user, None)),
-        ("created", dash_if_empty(time_text(t.created_at.as_ref()).unwrap_or_default())),
-        ("expires", time_text(t.expires_at.as_ref()).unwrap_or_else(|| "never".into())),
+        (
+            "created",
+            dash_if_empty(time_text(t.created_at.as_ref()).unwrap_or_default()),
+        ),
+        (
+            "expires",
+            time_text(t.expires_at.as_ref()).unwrap_or_else(|| "never".into()),
+        ),
         ("description", dash_if_empty(one_line(&t.description, None))),
     ])
     .write_rows(&mut out)
@@ -344,11 +353,7 @@ pub async fn roles(command: RolesCommand, nodes: &Nodes, printer: Printer) -> Re
 /// Runs one `opsctl tokens ...` command.
 pub async fn tokens(command: TokensCommand, nodes: &Nodes, printer: Printer) -> Result<()> {
     match command {
-        TokensCommand::Create {
-            user,
-            ttl,
-            description,
-        } => {
+        TokensCommand::Create { user, ttl, description } => {
             let request = CreateTokenRequest {
                 user,
                 ttl_seconds: ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),

@@ -143,7 +143,9 @@ impl Caller {
             .filter(|t| t.user == self.principal)
             .ok_or_else(|| Status::unauthenticated(format!("{UNKNOWN_TOKEN}: the token of this stream was revoked")))?;
         if token.expires_at_ms.is_some_and(|at| at <= engine::now_ms()) {
-            return Err(Status::unauthenticated("expired token: the token of this stream expired"));
+            return Err(Status::unauthenticated(
+                "expired token: the token of this stream expired",
+            ));
         }
         Ok(())
     }
@@ -367,8 +369,15 @@ mod tests {
         for (header, message) in cases {
             let status = identify(&s, header.as_deref(), 5).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated, "{header:?}");
-            assert!(status.message().starts_with(&message), "{header:?}: {}", status.message());
-            assert!(!status.message().contains(&"07".repeat(32)), "the secret is never echoed");
+            assert!(
+                status.message().starts_with(&message),
+                "{header:?}: {}",
+                status.message()
+            );
+            assert!(
+                !status.message().contains(&"07".repeat(32)),
+                "the secret is never echoed"
+            );
         }
     }
 

@@ -18,11 +18,11 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::caller::{require as allowed, Caller};
-use crate::domain::security::{Object, Verb};
 use super::follow::{end_of_watch, follow_as, just, AnswerStream, Applied, Next};
 use super::{barrier, cluster_status, propose, read_status, refuse_if_removed, rejection_status};
 use crate::domain::kind::Kind;
 use crate::domain::resources::{self as domain, parse_run_id, ResourceRecord, RunOutcome, RunRecord};
+use crate::domain::security::{Object, Verb};
 use crate::domain::{stats, Command, DomainEvent, Outcome};
 use crate::engine::{self, Engine, EngineError};
 
@@ -344,7 +344,11 @@ impl Resources for ResourcesService {
     }
 
     async fn create(&self, req: Request<CreateResourceRequest>) -> Result<Response<ResourceChange>, Status> {
-        let caller = allowed(&req, Verb::Write, &resource_of(&req.get_ref().kind, &req.get_ref().name))?;
+        let caller = allowed(
+            &req,
+            Verb::Write,
+            &resource_of(&req.get_ref().kind, &req.get_ref().name),
+        )?;
         refuse_if_removed(&self.node)?;
         let trigger = caller.trigger(req.get_ref().reason.clone())?;
         let req = req.into_inner();
@@ -406,7 +410,11 @@ impl Resources for ResourcesService {
     }
 
     async fn delete(&self, req: Request<DeleteResourceRequest>) -> Result<Response<ResourceChange>, Status> {
-        let caller = allowed(&req, Verb::Write, &resource_of(&req.get_ref().kind, &req.get_ref().name))?;
+        let caller = allowed(
+            &req,
+            Verb::Write,
+            &resource_of(&req.get_ref().kind, &req.get_ref().name),
+        )?;
         let trigger = caller.trigger(req.get_ref().reason.clone())?;
         let req = req.into_inner();
         let actor = self.actor(&req.kind, &req.name).await?;
@@ -467,33 +475,41 @@ impl Resources for ResourcesService {
         };
         let mine = move |k: &str, n: &str| k == req.kind && n == req.name;
         let reader = self.node.reader().clone();
-        let stream = follow_as(caller, reader, events, self.stop.clone(), 1024, Some(first), move |seen| {
-            let send = |event| ResourceEvent { event: Some(event) };
-            match seen {
-                Applied::Event(DomainEvent::Resource(r)) if mine(&r.kind, &r.name) => Next::Send(send(
-                    resource_event::Event::Resource(resource_to_proto(r, kind.as_ref())),
-                )),
-                Applied::Event(DomainEvent::ResourceDeleted(r)) if mine(&r.kind, &r.name) => {
-                    Next::SendLast(send(resource_event::Event::Deleted(resource_to_proto(r, None))))
+        let stream = follow_as(
+            caller,
+            reader,
+            events,
+            self.stop.clone(),
+            1024,
+            Some(first),
+            move |seen| {
+                let send = |event| ResourceEvent { event: Some(event) };
+                match seen {
+                    Applied::Event(DomainEvent::Resource(r)) if mine(&r.kind, &r.name) => Next::Send(send(
+                        resource_event::Event::Resource(resource_to_proto(r, kind.as_ref())),
+                    )),
+                    Applied::Event(DomainEvent::ResourceDeleted(r)) if mine(&r.kind, &r.name) => {
+                        Next::SendLast(send(resource_event::Event::Deleted(resource_to_proto(r, None))))
+                    }
+                    Applied::Event(DomainEvent::Run(r)) if mine(&r.kind, &r.name) => {
+                        Next::Send(send(resource_event::Event::Run(run_to_proto(r))))
+                    }
+                    Applied::Event(DomainEvent::RunLog {
+                        run,
+                        kind: k,
+                        name: n,
+                        first_line,
+                        lines,
+                    }) if mine(&k, &n) => Next::Send(send(resource_event::Event::Log(LogLines {
+                        run_id: domain::run_id(run),
+                        first_line,
+                        lines,
+                        dropped: 0,
+                    }))),
+                    other => end_of_watch(other, None),
                 }
-                Applied::Event(DomainEvent::Run(r)) if mine(&r.kind, &r.name) => {
-                    Next::Send(send(resource_event::Event::Run(run_to_proto(r))))
-                }
-                Applied::Event(DomainEvent::RunLog {
-                    run,
-                    kind: k,
-                    name: n,
-                    first_line,
-                    lines,
-                }) if mine(&k, &n) => Next::Send(send(resource_event::Event::Log(LogLines {
-                    run_id: domain::run_id(run),
-                    first_line,
-                    lines,
-                    dropped: 0,
-                }))),
-                other => end_of_watch(other, None),
-            }
-        });
+            },
+        );
         Ok(Response::new(stream))
     }
 
@@ -579,32 +595,42 @@ impl Resources for ResourcesService {
             return Ok(Response::new(just(first)));
         }
         let reader = self.node.reader().clone();
-        let stream = follow_as(caller, reader, events, self.stop.clone(), 256, Some(first), move |seen| match seen {
-            Applied::Event(DomainEvent::RunLog {
-                run, first_line, lines, ..
-            }) if run == index => {
-                // Skip lines already sent from the stored log.
-                let skip = sent.saturating_sub(first_line) as usize;
-                if skip >= lines.len() {
-                    return Next::Skip;
+        let stream = follow_as(
+            caller,
+            reader,
+            events,
+            self.stop.clone(),
+            256,
+            Some(first),
+            move |seen| match seen {
+                Applied::Event(DomainEvent::RunLog {
+                    run, first_line, lines, ..
+                }) if run == index => {
+                    // Skip lines already sent from the stored log.
+                    let skip = sent.saturating_sub(first_line) as usize;
+                    if skip >= lines.len() {
+                        return Next::Skip;
+                    }
+                    let start = first_line + skip as u64;
+                    sent = first_line + lines.len() as u64;
+                    Next::Send(LogLines {
+                        run_id: run_id.clone(),
+                        first_line: start,
+                        lines: lines.into_iter().skip(skip).collect(),
+                        dropped: 0,
+                    })
                 }
-                let start = first_line + skip as u64;
-                sent = first_line + lines.len() as u64;
-                Next::Send(LogLines {
-                    run_id: run_id.clone(),
-                    first_line: start,
-                    lines: lines.into_iter().skip(skip).collect(),
-                    dropped: 0,
-                })
-            }
-            // The finish comes after the last line.
-            Applied::Event(DomainEvent::Run(r)) if r.index == index && r.outcome != RunOutcome::Running => Next::End,
-            Applied::Event(_) => Next::Skip,
-            Applied::SnapshotInstalled { .. } | Applied::Lagged { .. } => {
-                Next::Fail(Status::aborted("the log follower fell behind; read the log again"))
-            }
-            Applied::Stopping => Next::End,
-        });
+                // The finish comes after the last line.
+                Applied::Event(DomainEvent::Run(r)) if r.index == index && r.outcome != RunOutcome::Running => {
+                    Next::End
+                }
+                Applied::Event(_) => Next::Skip,
+                Applied::SnapshotInstalled { .. } | Applied::Lagged { .. } => {
+                    Next::Fail(Status::aborted("the log follower fell behind; read the log again"))
+                }
+                Applied::Stopping => Next::End,
+            },
+        );
         Ok(Response::new(stream))
     }
 

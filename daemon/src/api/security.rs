@@ -5,10 +5,10 @@ use opsd_cluster::ClusterNode;
 use opsd_proto::time;
 use opsd_proto::v1::security_server::Security;
 use opsd_proto::v1::{
-    CreateTokenRequest, CreateTokenResponse, CreateUserRequest, DeleteRoleRequest, DeleteUserRequest,
-    GetRoleRequest, GetTokenRequest, GetUserRequest, ListRolesRequest, ListRolesResponse, ListTokensRequest,
-    ListTokensResponse, ListUsersRequest, ListUsersResponse, PutRoleRequest, RevokeTokenRequest, Role, Token, User,
-    WhoAmIRequest, WhoAmIResponse,
+    CreateTokenRequest, CreateTokenResponse, CreateUserRequest, DeleteRoleRequest, DeleteUserRequest, GetRoleRequest,
+    GetTokenRequest, GetUserRequest, ListRolesRequest, ListRolesResponse, ListTokensRequest, ListTokensResponse,
+    ListUsersRequest, ListUsersResponse, PutRoleRequest, RevokeTokenRequest, Role, Token, User, WhoAmIRequest,
+    WhoAmIResponse,
 };
 use tonic::{Request, Response, Status};
 

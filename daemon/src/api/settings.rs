@@ -12,9 +12,9 @@ use tonic::{Request, Response, Status};
 use super::caller::{require, Caller};
 use super::follow::{end_of_watch, follow_as, AnswerStream, Applied, Next};
 use super::{barrier, propose, read_status, refuse_if_removed};
+use crate::domain::security::{Object, Verb};
 use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
 use crate::domain::{kind, resources, scope};
-use crate::domain::security::{Object, Verb};
 use crate::domain::{Command, DomainEvent, Outcome};
 
 /// Serves settings from a cluster node.

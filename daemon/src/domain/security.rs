@@ -23,7 +23,14 @@ pub enum Verb {
 
 impl Verb {
     /// Every verb, in the order they are listed.
-    pub const ALL: [Verb; 6] = [Verb::Read, Verb::Write, Verb::Do, Verb::Cancel, Verb::Reveal, Verb::Admin];
+    pub const ALL: [Verb; 6] = [
+        Verb::Read,
+        Verb::Write,
+        Verb::Do,
+        Verb::Cancel,
+        Verb::Reveal,
+        Verb::Admin,
+    ];
 
     /// The verb's name in rules and messages.
     pub fn as_str(self) -> &'static str {
@@ -164,7 +171,10 @@ impl Rule {
                 set.insert(v);
             } else {
                 let known: Vec<&str> = Verb::ALL.iter().map(|v| v.as_str()).collect();
-                return bad(format!("unknown verb {verb:?} (known: {}, or * for all)", known.join(", ")));
+                return bad(format!(
+                    "unknown verb {verb:?} (known: {}, or * for all)",
+                    known.join(", ")
+                ));
             }
         }
         let pattern = pattern.trim();
@@ -172,7 +182,9 @@ impl Rule {
             return bad("the pattern must not be empty (* matches everything)".into());
         }
         if let Some(c) = pattern.chars().find(|c| c.is_whitespace() || c.is_control()) {
-            return bad(format!("the pattern must not contain whitespace or control characters (found {c:?})"));
+            return bad(format!(
+                "the pattern must not contain whitespace or control characters (found {c:?})"
+            ));
         }
         if pattern.strip_suffix('*').unwrap_or(pattern).contains('*') {
             return bad("a * may only end the pattern (a prefix match)".into());
@@ -180,7 +192,9 @@ impl Rule {
         const ROOTS: [&str; 5] = ["settings/", "kinds/", "resources/", "cluster", "security"];
         let root_ok = pattern == "*"
             || ROOTS.iter().any(|r| pattern.starts_with(r))
-            || ROOTS.iter().any(|r| r.starts_with(pattern.trim_end_matches('*')) && pattern.ends_with('*'));
+            || ROOTS
+                .iter()
+                .any(|r| r.starts_with(pattern.trim_end_matches('*')) && pattern.ends_with('*'));
         if !root_ok {
             return bad(format!(
                 "the pattern must start with one of settings/, kinds/, resources/, cluster, security (or be *); got {pattern:?}"
@@ -300,7 +314,9 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), String> {
 /// Checks a token id: 16 lowercase hex digits.
 pub fn validate_token_id(id: &str) -> Result<(), String> {
     if id.len() != TOKEN_ID_HEX || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(format!("token id: must be {TOKEN_ID_HEX} lowercase hex digits, got {id:?}"));
+        return Err(format!(
+            "token id: must be {TOKEN_ID_HEX} lowercase hex digits, got {id:?}"
+        ));
     }
     Ok(())
 }
@@ -347,7 +363,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -363,7 +379,8 @@ pub fn new_token_secret() -> Result<(String, Vec<u8>), String> {
     let rng = ring::rand::SystemRandom::new();
     let mut id = [0u8; TOKEN_ID_HEX / 2];
     let mut secret = vec![0u8; SECRET_BYTES];
-    rng.fill(&mut id).map_err(|_| "the system's random source failed".to_string())?;
+    rng.fill(&mut id)
+        .map_err(|_| "the system's random source failed".to_string())?;
     rng.fill(&mut secret)
         .map_err(|_| "the system's random source failed".to_string())?;
     Ok((to_hex(&id), secret))
@@ -432,9 +449,7 @@ fn tput<T: Serialize>(txn: &mut Txn<'_>, table: &str, key: &str, v: &T) -> Resul
 }
 
 fn meta(txn: &Txn<'_>) -> Result<Option<SecurityMeta>, TxnError> {
-    txn.get(META, KEY_META)?
-        .map(|b| super::decode(&b, META))
-        .transpose()
+    txn.get(META, KEY_META)?.map(|b| super::decode(&b, META)).transpose()
 }
 
 fn reject(r: Rejection) -> Result<Outcome, TxnError> {
@@ -683,7 +698,9 @@ mod tests {
         let exact = Rule::parse("admin:cluster").unwrap();
         assert!(exact.grants(Verb::Admin, "cluster"));
         assert!(!exact.grants(Verb::Admin, "security"));
-        assert!(Rule::parse("read:settings/app/*").unwrap().grants(Verb::Read, "settings/app/db/url"));
+        assert!(Rule::parse("read:settings/app/*")
+            .unwrap()
+            .grants(Verb::Read, "settings/app/db/url"));
         assert!(Rule::parse("read,read:kinds/app").is_ok());
     }
 
@@ -854,16 +871,35 @@ mod tests {
         let role = read_role(&s.state.view(), "deployer").unwrap().unwrap();
         assert!(role.users.contains("ci"));
         // A role in use is not removed; replacing its rules keeps its users.
-        refused(s.apply(Command::DeleteRole { name: "deployer".into() }).0, "held by ci");
+        refused(
+            s.apply(Command::DeleteRole {
+                name: "deployer".into(),
+            })
+            .0,
+            "held by ci",
+        );
         assert!(changed(&s.apply(put_role("deployer", &["read:*"])).0));
-        assert!(read_role(&s.state.view(), "deployer").unwrap().unwrap().users.contains("ci"));
+        assert!(read_role(&s.state.view(), "deployer")
+            .unwrap()
+            .unwrap()
+            .users
+            .contains("ci"));
         refused(s.apply(Command::DeleteRole { name: ADMIN.into() }).0, "built in");
         refused(s.apply(Command::DeleteRole { name: "nope".into() }).0, "not found");
 
         let id = "aaaaaaaaaaaaaaaa";
         assert!(changed(&s.apply(Command::CreateToken { token: token(id, "ci") }).0));
-        refused(s.apply(Command::CreateToken { token: token(id, "ci") }).0, "already exists");
-        refused(s.apply(Command::CreateToken { token: token("bbbbbbbbbbbbbbbb", "nobody") }).0, "nobody");
+        refused(
+            s.apply(Command::CreateToken { token: token(id, "ci") }).0,
+            "already exists",
+        );
+        refused(
+            s.apply(Command::CreateToken {
+                token: token("bbbbbbbbbbbbbbbb", "nobody"),
+            })
+            .0,
+            "nobody",
+        );
         let mut bad = token("cccccccccccccccc", "ci");
         bad.secret_sha256 = vec![1; 3];
         refused(s.apply(Command::CreateToken { token: bad }).0, "32 bytes");
@@ -890,7 +926,12 @@ mod tests {
         assert!(read_user(&view, "ci").unwrap().is_none());
         assert!(read_role(&view, "deployer").unwrap().unwrap().users.is_empty());
         drop(view);
-        assert!(changed(&s.apply(Command::DeleteRole { name: "deployer".into() }).0));
+        assert!(changed(
+            &s.apply(Command::DeleteRole {
+                name: "deployer".into()
+            })
+            .0
+        ));
         refused(s.apply(Command::DeleteUser { name: "ci".into() }).0, "not found");
     }
 
@@ -905,7 +946,10 @@ mod tests {
             at_ms: 1,
         });
         assert!(changed(&s.apply(Command::DeleteUser { name: ADMIN.into() }).0));
-        assert!(read_token(&s.state.view(), ID).unwrap().is_none(), "its token went with it");
+        assert!(
+            read_token(&s.state.view(), ID).unwrap().is_none(),
+            "its token went with it"
+        );
         refused(s.apply(Command::DeleteUser { name: "root2".into() }).0, "last admin");
     }
 }

@@ -14,9 +14,9 @@ use super::plane::Balancer;
 use super::{CLUSTER_KIND, SERVICE_KIND};
 use crate::api::caller::{require, Caller};
 use crate::api::follow::AnswerStream;
-use crate::domain::security::{Object, Verb};
 use crate::api::{barrier, read_status, refuse_if_removed};
 use crate::domain::resources::{self, ResourceRecord};
+use crate::domain::security::{Object, Verb};
 use crate::domain::DomainEvent;
 
 /// Serves the load balancer's state and discovery from a node.
