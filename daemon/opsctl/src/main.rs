@@ -359,12 +359,12 @@ enum Command {
         opsctl shell cluster/box --machine 1 -- sh -c 'pwd; ls; echo \"port $PORT\"'\n  \
         opsctl delete cluster/box --wait")]
     Shell(ShellArgs),
-    /// Manage users: who may call the cluster (needs admin:security).
-    #[command(subcommand)]
-    Users(UsersCommand),
     /// Manage roles: what users may do (needs admin:security).
     #[command(subcommand)]
     Roles(RolesCommand),
+    /// Manage users: who may call the cluster (needs admin:security).
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Make, list and revoke tokens (needs admin:security).
     #[command(subcommand)]
     Tokens(TokensCommand),
