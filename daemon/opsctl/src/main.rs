@@ -50,8 +50,14 @@ use crate::verify::{MachinesArgs, VerifyArgs};
         Resources (images, clusters, services, anything a kind file describes) \
         are state machines: `kinds apply` registers a kind, `create` makes a \
         resource of it, `do` sends it an event, and every work state it enters \
-        is a run, recorded with who asked and why (`runs`, `history`, `logs`, \
-        `stats`), with the user of your token as who asked.\n\n        Every request carries a token (`opsd1.ID.SECRET`), found in this         order: --token or OPSD_TOKEN; else --token-file or OPSD_TOKEN_FILE;         else ./opsd-data/admin.token if it exists (what `make run` leaves);         else none, and the node answers \"unauthenticated\". The node that         bootstraps a cluster writes its admin token to DATA_DIR/admin.token;         make narrower tokens with `opsctl tokens create`.",
+        is a run, recorded with who asked (the user of your token) and why \
+        (`runs`, `history`, `logs`, `stats`).\n\n\
+        Every request carries a token (`opsd1.ID.SECRET`), found in this \
+        order: --token or OPSD_TOKEN; else --token-file or OPSD_TOKEN_FILE; \
+        else ./opsd-data/admin.token if it exists (what `make run` leaves); \
+        else none, and the node answers \"unauthenticated\". The node that \
+        bootstraps a cluster writes its admin token to DATA_DIR/admin.token; \
+        make narrower tokens with `opsctl tokens create`.",
     after_long_help = "Addresses: each request goes to the first address in --addr \
         that answers. opsctl moves on to the next address when a node cannot be \
         reached within 2 seconds or answers \"unavailable\" (no leader or no \
@@ -76,6 +82,7 @@ use crate::verify::{MachinesArgs, VerifyArgs};
         OPSD_TOKEN_FILE  a file holding the token, as --token-file\n\n\
         Examples:\n  \
         opsctl status\n  \
+        opsctl whoami\n  \
         opsctl --addr 10.0.0.1:7700,10.0.0.2:7700 cluster members\n  \
         opsctl settings put db/url postgres://db:5432/app\n  \
         opsctl --output json settings ls db/\n  \
