@@ -49,7 +49,7 @@ pub type ServicesApi = ServicesClient<AuthChannel>;
 /// `opsd.v1.Security` with credentials.
 pub type SecurityApi = SecurityClient<AuthChannel>;
 
-/// The client API of one node: its four services over one channel, every
+/// The client API of one node: its five services over one channel, every
 /// request carrying the same credentials. Cheap to clone (clones share the
 /// connection).
 #[derive(Debug, Clone)]
