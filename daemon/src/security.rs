@@ -135,4 +135,32 @@ mod tests {
         assert_eq!(read_admin_token(dir.path()), Some((id, hash)));
         assert!(!dir.path().join(format!("{TOKEN_FILE}.tmp")).exists());
     }
+
+    #[tokio::test]
+    async fn a_leader_with_the_token_file_and_no_security_proposes_it() {
+        use std::sync::Arc;
+
+        use crate::domain::{Domain, TABLES};
+        // The crash between writing the file and proposing: a node whose
+        // state has no security yet, and the file in its data dir.
+        let dir = tempfile::tempdir().unwrap();
+        let tables = TABLES.iter().map(|t| t.to_string()).collect();
+        let node = opsd_cluster::testing::start_single_node(dir.path(), tables, Arc::new(Domain))
+            .await
+            .unwrap();
+        assert!(!sec::initialised(&node.reader().view()).unwrap());
+        let tokens = tempfile::tempdir().unwrap();
+        let (id, hash) = write_admin_token(tokens.path()).unwrap();
+        spawn_initialiser(node.clone(), tokens.path().to_path_buf());
+        let started = std::time::Instant::now();
+        while !sec::initialised(&node.reader().view()).unwrap() {
+            assert!(started.elapsed() < Duration::from_secs(20), "never initialised");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let token = sec::read_token(&node.reader().view(), &id).unwrap().unwrap();
+        assert_eq!((token.user.as_str(), token.secret_sha256), (sec::ADMIN, hash));
+        // Once initialised, nothing more is proposed.
+        assert!(try_init(&node, tokens.path()).await.unwrap());
+        node.shutdown().await;
+    }
 }
