@@ -1,12 +1,13 @@
 //! Revoking a token ends what it opened: on a 3-node cluster a token opens a
-//! settings watch on every node and a resource watch; once it is revoked,
+//! settings watch on every node, a resource watch and a `logs --follow` of
+//! a running step; once it is revoked,
 //! every one of those streams ends with UNAUTHENTICATED within seconds (each
 //! node re-checks the token as it applies the revoke), and new calls with it
 //! fail on every node.
 
 use std::time::{Duration, Instant};
 
-use opsd_tests::api::{RevokeTokenRequest, WatchRequest, WatchResourceRequest, WhoAmIRequest};
+use opsd_tests::api::{LogsRequest, RevokeTokenRequest, WatchRequest, WatchResourceRequest, WhoAmIRequest};
 use opsd_tests::resources as res;
 use opsd_tests::{access, client, kinds, Cluster, Options};
 use serde_json::json;
@@ -23,6 +24,17 @@ async fn security_revoked_token_ends_watches() {
     res::create(&leader_addr, "noop", "w", json!({}))
         .await
         .expect("create noop/w");
+    res::apply_kind(&leader_addr, kinds::SLOW_AND_HANGING)
+        .await
+        .expect("apply slow");
+    res::create(&leader_addr, "slow", "s", json!({}))
+        .await
+        .expect("create slow/s");
+    let running = res::do_event(&leader_addr, "slow", "s", "work", &[], "a long step")
+        .await
+        .expect("work")
+        .run
+        .expect("a run");
 
     let token = access::make_user(&leader_addr, "watcher", &["read:*"], 0).await;
     let id = token.split('.').nth(1).unwrap().to_string();
@@ -75,6 +87,17 @@ async fn security_revoked_token_ends_watches() {
         .await
         .expect("the resource as it is")
         .expect("a first message");
+    let mut logs = tokio::time::timeout(
+        WITHIN,
+        c.resources.logs(LogsRequest {
+            run_id: running.run_id.clone(),
+            follow: true,
+        }),
+    )
+    .await
+    .expect("opening a log follow hung")
+    .expect("a log follow")
+    .into_inner();
     // The watches work before the revoke.
     client::put(&leader_addr, "seen/before", "1").await.expect("put");
     for (addr, stream) in &mut settings_watches {
@@ -125,6 +148,21 @@ async fn security_revoked_token_ends_watches() {
     .await
     .expect("the resource watch was still open after the revoke");
     assert_eq!(ended.code(), Code::Unauthenticated, "{}", client::describe(&ended));
+    let ended = tokio::time::timeout(WITHIN, async {
+        loop {
+            match logs.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the log follow ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the log follow was still open after the revoke");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{}", client::describe(&ended));
+    res::cancel(&leader_addr, &running.run_id)
+        .await
+        .expect("cancel the long step");
 
     // New calls with it fail on every node.
     for addr in &addrs {
