@@ -9,7 +9,7 @@ BIN := target/debug
 ## run: build opsd and opsctl, and start a single-node opsd on 127.0.0.1:7700 (data in ./opsd-data)
 run: deps
 	$(CARGO) build --bin opsd --bin opsctl
-	@echo "opsd starting; in another terminal: $(BIN)/opsctl status"
+	@echo "opsd starting; in another terminal: $(BIN)/opsctl whoami (opsctl reads the admin token from ./opsd-data/admin.token)"
 	$(BIN)/opsd
 
 ## test: unit tests and the end-to-end scenarios against real opsd processes; ends by

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "opsd/v1/settings.proto",
         "opsd/v1/resources.proto",
         "opsd/v1/services.proto",
+        "opsd/v1/security.proto",
     ];
     let peer = "opsd/v1/peer.proto";
     for f in client.iter().chain([&peer]) {

@@ -12,5 +12,6 @@ pub mod lb;
 pub mod ops;
 pub mod propose;
 pub mod recover;
+pub mod security;
 pub mod server;
 pub mod verify;

@@ -11,6 +11,7 @@ use opsd_cluster::{new_cluster_id, ClusterConfig, ClusterNode, DataDir, NodeInfo
 use opsd_proto::transport;
 use opsd_proto::v1::cluster_server::ClusterServer;
 use opsd_proto::v1::resources_server::ResourcesServer;
+use opsd_proto::v1::security_server::SecurityServer;
 use opsd_proto::v1::services_server::ServicesServer;
 use opsd_proto::v1::settings_server::SettingsServer;
 use opsd_proto::v1::{JoinRequest, StatusRequest};
@@ -23,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::api::caller;
 use crate::api::cluster::ClusterService;
 use crate::api::resources::ResourcesService;
+use crate::api::security::SecurityService;
 use crate::api::settings::SettingsService;
 use crate::config::Config;
 use crate::domain::{Domain, TABLES};
@@ -113,6 +115,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let start = match (&identity.cluster_id, config.join.is_empty()) {
         (None, true) => {
             data_dir.set_cluster_id(&new_cluster_id())?;
+            // Written before InitSecurity (its hash) is proposed: a crash in
+            // between leaves the file, and the initialiser proposes it again.
+            crate::security::write_admin_token(&config.data_dir).context("making the admin token")?;
             Start::Bootstrap
         }
         (None, false) => {
@@ -141,6 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     match start {
         Start::Bootstrap => {
             node.initialize().await?;
+            crate::security::init_at_bootstrap(&node, &config.data_dir).await?;
             info!(
                 node_id = node.node_id(),
                 cluster_id = node.cluster_id(),
@@ -167,6 +173,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     crate::propose::spawn_builtin_kind_installer(node.clone());
+    crate::security::spawn_initialiser(node.clone(), config.data_dir.clone());
     let engine = start_engine(&node, &config.data_dir, &config.advertise)?;
     let balancer = Balancer::new(node.node_id(), &config.lb_host, &lb_client_host(&config));
     let following = crate::lb::follow::start(&node, balancer.clone());
@@ -247,13 +254,14 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine, balance
     // Every service, health and reflection included, learns its caller in
     // one layer before any handler runs.
     transport::server()
-        .layer(caller::layer())
+        .layer(caller::layer(node.reader().clone()))
         .layer(tower::util::MapResponseLayer::new(
             crate::api::undecodable_is_invalid_argument,
         ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+        .add_service(SecurityServer::new(SecurityService::new(node.clone())))
         .add_service(SettingsServer::new(SettingsService::new(node.clone(), stop.clone())))
         .add_service(ServicesServer::new(ServicesService::new(
             node.clone(),
@@ -328,6 +336,9 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
         .await;
     health
         .set_service_status(service_name::<ServicesServer<ServicesService>>(), status)
+        .await;
+    health
+        .set_service_status(service_name::<SecurityServer<SecurityService>>(), status)
         .await;
 }
 

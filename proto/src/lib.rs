@@ -27,10 +27,6 @@ pub mod peer {
     tonic::include_proto!("opsd.peer.v1");
 }
 
-/// The metadata key naming who made a request (the principal), as
-/// `resources.proto` documents it: read by the server, sent by clients.
-pub const PRINCIPAL_KEY: &str = "x-opsd-principal";
-
 /// The encoded descriptor set of the client API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("opsd_descriptor");
 

@@ -11,7 +11,10 @@ protobuf's own json_format, and a malformed Struct or Duration refused), the
 standard gRPC health service and server reflection.
 
 Usage:
-    python opsd_client_check.py --addr HOST:PORT
+    OPSD_TOKEN=opsd1.ID.SECRET python opsd_client_check.py --addr HOST:PORT
+
+Every call carries the token (OPSD_TOKEN, or --token-file) as the metadata
+`authorization: Bearer TOKEN`; health and reflection need none.
 
 HOST:PORT is the node's client (gRPC API) address. The node must be the only
 member of its cluster. The script prints one line per check that passed and
@@ -24,6 +27,7 @@ Needs: grpcio, grpcio-tools, grpcio-health-checking, grpcio-reflection
 """
 
 import argparse
+import collections
 import importlib
 import os
 import queue
@@ -92,13 +96,46 @@ def generate_stubs(proto_dir, out_dir):
     return mods
 
 
+class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
+                                                   "wait_for_ready", "compression")),
+               grpc.ClientCallDetails):
+    pass
+
+
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                  grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer TOKEN` to every call."""
+
+    def __init__(self, token):
+        self.header = ("authorization", "Bearer " + token)
+
+    def _details(self, d):
+        metadata = list(d.metadata or []) + [self.header]
+        return _Details(d.method, d.timeout, metadata, d.credentials,
+                        getattr(d, "wait_for_ready", None), getattr(d, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
 class Checker:
-    def __init__(self, addr, timeout, mods):
+    def __init__(self, addr, timeout, mods, token=None):
         self.addr = addr
         self.timeout = timeout
         self.c = mods["cluster_pb2"]
         self.s = mods["settings_pb2"]
         self.channel = grpc.insecure_channel(addr)
+        if token:
+            self.channel = grpc.intercept_channel(self.channel, BearerToken(token))
         self.cluster = mods["cluster_pb2_grpc"].ClusterStub(self.channel)
         self.settings = mods["settings_pb2_grpc"].SettingsStub(self.channel)
         self.r = mods["resources_pb2"]
@@ -106,6 +143,7 @@ class Checker:
         self.v = mods["services_pb2"]
         self.services = mods["services_pb2_grpc"].ServicesStub(self.channel)
         # A fresh prefix per run: the checks own every key under it.
+        self.user = os.environ.get("OPSD_EXPECT_USER", "admin")
         self.prefix = f"pycheck/{uuid.uuid4().hex[:12]}/"
 
     # -- helpers -----------------------------------------------------------
@@ -292,7 +330,7 @@ class Checker:
         from google.protobuf import duration_pb2, json_format, struct_pb2
 
         r = self.r
-        md = (("x-opsd-principal", "pycheck"),)
+        md = ()
         self.resources.ApplyKind(r.ApplyKindRequest(source=PYCHECK_KIND), timeout=self.timeout, metadata=md)
         name = "py-" + uuid.uuid4().hex[:12]
         spec = struct_pb2.Struct()
@@ -318,7 +356,7 @@ class Checker:
         expect(d.get("outcome") == "RUN_OUTCOME_SUCCEEDED" and d.get("source") == "TRIGGER_SOURCE_API",
                "Run in canonical JSON: outcome and source", "RUN_OUTCOME_SUCCEEDED, TRIGGER_SOURCE_API",
                (d.get("outcome"), d.get("source")))
-        expect(d.get("principal") == "pycheck", "Run.principal", "pycheck", d.get("principal"))
+        expect(d.get("principal") == self.user, "Run.principal (the token's user)", self.user, d.get("principal"))
         expect(d.get("outputs") == {"answer": 42.0, "tags": ["a"]}, "Run.outputs (a Struct)",
                {"answer": 42, "tags": ["a"]}, d.get("outputs"))
         duration = d.get("duration", "")
@@ -415,6 +453,7 @@ def main():
     ap.add_argument("--addr", required=True, help="the node's client address, HOST:PORT")
     ap.add_argument("--proto-dir", default=os.path.join(REPO, "proto"),
                     help="the directory holding opsd/v1/*.proto (default: the repo's proto/)")
+    ap.add_argument("--token-file", help="a file holding the token (default: $OPSD_TOKEN)")
     ap.add_argument("--timeout", type=float, default=15.0, help="seconds for each call (default 15)")
     args = ap.parse_args()
 
@@ -424,7 +463,11 @@ def main():
             mods = generate_stubs(args.proto_dir, out)
             print(f"ok: generated Python stubs for {', '.join(PROTO_FILES)} with grpcio-tools "
                   f"(grpcio {grpc.__version__})", flush=True)
-            ck = Checker(args.addr, args.timeout, mods)
+            token = os.environ.get("OPSD_TOKEN", "").strip()
+            if args.token_file:
+                with open(args.token_file) as f:
+                    token = f.read().strip()
+            ck = Checker(args.addr, args.timeout, mods, token or None)
             checks = [ck.connect, ck.status, ck.put_get, ck.stale_cas, ck.get_missing, ck.empty_key,
                       ck.list_prefix, ck.delete_get, ck.watch, ck.resources_typed, ck.services_api, ck.health,
                       ck.reflection]

@@ -42,21 +42,28 @@ pub fn register(addr: &str, bootstrap_dir: &Path) {
     );
 }
 
-/// The bootstrap data dir registered for `addr` (the first address of a
-/// comma-separated list), if any.
+/// The first address of a comma-separated list that is registered (a
+/// list may start with a dead address no node ever had), else the first.
+fn registered(map: &BTreeMap<String, Access>, addr: &str) -> String {
+    let mut addrs = addr.split(',').map(str::trim);
+    let first = addrs.clone().next().unwrap_or(addr).to_string();
+    addrs
+        .find(|a| map.contains_key(*a))
+        .map(str::to_string)
+        .unwrap_or(first)
+}
+
+/// The bootstrap data dir registered for `addr` (the first registered
+/// address of a comma-separated list), if any.
 pub fn bootstrap_dir(addr: &str) -> Option<PathBuf> {
-    let first = addr.split(',').next().unwrap_or(addr).trim();
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(first)
-        .map(|a| a.dir.clone())
+    let map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&registered(&map, addr)).map(|a| a.dir.clone())
 }
 
 /// The token and CA for `addr`, read (once) from its bootstrap data dir.
 fn access(addr: &str) -> Access {
-    let first = addr.split(',').next().unwrap_or(addr).trim().to_string();
     let mut map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    let first = registered(&map, addr);
     let Some(entry) = map.get(&first).cloned() else {
         return Access::default();
     };
@@ -81,7 +88,7 @@ fn access(addr: &str) -> Access {
 /// when its cluster has them, else none (an unregistered address).
 pub fn credentials(addr: &str) -> Credentials {
     let access = access(addr);
-    let mut credentials = Credentials::principal(crate::client::PRINCIPAL);
+    let mut credentials = Credentials::anonymous();
     if let Some(token) = &access.token {
         credentials = credentials
             .with_token(token)
@@ -106,4 +113,59 @@ pub fn opsctl_env(addr: &str) -> Vec<(String, String)> {
         env.push(("OPSD_CA".to_string(), access.dir.join(CA_FILE).display().to_string()));
     }
     env
+}
+
+/// Makes role `user`-role granting `rules`, the user `user` holding it, and
+/// a token for that user (expiring after `ttl_seconds`, 0: never), through
+/// the admin token of `addr`'s cluster; returns the token's text.
+pub async fn make_user(addr: &str, user: &str, rules: &[&str], ttl_seconds: u64) -> String {
+    use opsd_proto::v1::{CreateTokenRequest, CreateUserRequest, PutRoleRequest};
+    let mut admin = crate::client::connect(addr);
+    let role = format!("{user}-role");
+    admin
+        .security
+        .put_role(PutRoleRequest {
+            name: role.clone(),
+            rules: rules.iter().map(|r| r.to_string()).collect(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("put role {role}: {}", crate::client::describe(&e)));
+    admin
+        .security
+        .create_user(CreateUserRequest {
+            name: user.to_string(),
+            roles: vec![role],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create user {user}: {}", crate::client::describe(&e)));
+    admin
+        .security
+        .create_token(CreateTokenRequest {
+            user: user.to_string(),
+            ttl_seconds,
+            description: format!("{user}'s test token"),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create a token for {user}: {}", crate::client::describe(&e)))
+        .into_inner()
+        .secret_token
+}
+
+/// Clients of `addr` sending `token` (and trusting the cluster's CA, if
+/// any) instead of the admin token; no per-request timeout if `request` is None.
+pub fn clients_with_token(addr: &str, token: Option<&str>, request: Option<std::time::Duration>) -> crate::Clients {
+    let node = opsd_client::NodeAddr::parse(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    let timeouts = opsd_client::Timeouts {
+        connect: std::time::Duration::from_secs(2),
+        request,
+        ..opsd_client::Timeouts::default()
+    };
+    let mut credentials = Credentials::anonymous();
+    if let Some(token) = token {
+        credentials = credentials.with_token(token).unwrap_or_else(|e| panic!("{e}"));
+    }
+    if let Some(ca) = access(addr).ca {
+        credentials = credentials.with_ca(ca);
+    }
+    opsd_client::Api::lazy(&node, timeouts, credentials)
 }

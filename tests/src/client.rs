@@ -24,11 +24,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// progress, a node restarting) before returning the last error.
 pub const RETRY_BUDGET: Duration = Duration::from_secs(30);
 
-/// The principal every scenario acts as: sent with every request.
-pub const PRINCIPAL: &str = "e2e-tester";
+/// The user every scenario acts as: the harness's clients send the
+/// bootstrap admin token (`admin.token`), whose user is `admin`.
+pub const PRINCIPAL: &str = "admin";
 
 /// Connected clients of one node's API (`addr`, `cluster`, `settings`,
-/// `resources`), every request acting as [`PRINCIPAL`]. Cheap to clone; the
+/// `resources`), every request carrying the admin token (acting as [`PRINCIPAL`]). Cheap to clone; the
 /// channel connects lazily and reconnects on the next call after the node
 /// comes back.
 pub type Clients = Api;

@@ -210,6 +210,10 @@ impl Node {
             }
         }
         cmd.envs(self.config.env.iter().map(|(k, v)| (k, v)));
+        if why == "recover" {
+            // `opsd recover` removes the node's old id: it needs the cluster's token.
+            cmd.envs(crate::access::opsctl_env(&self.client_addr()));
+        }
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {

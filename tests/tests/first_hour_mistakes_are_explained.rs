@@ -3,8 +3,8 @@
 //! client port belongs (opsctl and `opsd --join`), asking before the node is
 //! up (`status --wait`), and what the logs look like in a file: no colour
 //! codes, a fatal error said exactly once, and a restarted node saying what
-//! it restored instead of claiming to lead. Also: without $USER, requests are
-//! made as the OS login name.
+//! it restored instead of claiming to lead. Also: a forgotten token is
+//! explained, and requests are made as the token's user (not $USER).
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -122,9 +122,21 @@ async fn first_hour_mistakes_are_explained() {
     assert_eq!(said.matches("cannot listen").count(), 1, "{said}");
     assert!(!said.contains('\x1b'), "colour codes in a file: {said}");
 
-    // Without $USER or $LOGNAME, the principal is the OS login name.
-    let login = Command::new("id").arg("-un").output().expect("id -un");
-    let login = String::from_utf8_lossy(&login.stdout).trim().to_string();
+    // A forgotten token: every call but status is refused, saying how to
+    // give one; with it, the token's user is who asked.
+    let forgot = opsctl
+        .command(&["settings", "put", "who/am-i", "x"])
+        .env_remove("OPSD_TOKEN")
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(forgot.status.code(), Some(1), "{}", text(&forgot));
+    assert!(
+        String::from_utf8_lossy(&forgot.stderr).contains("no token: give --token, OPSD_TOKEN or a token file"),
+        "{}",
+        text(&forgot)
+    );
     let put = opsctl
         .command(&["--output", "json", "settings", "put", "who/am-i", "x"])
         .env_remove("USER")
@@ -134,7 +146,7 @@ async fn first_hour_mistakes_are_explained() {
         .unwrap();
     assert!(put.status.success(), "{}", text(&put));
     let got = opsctl.json(&["settings", "get", "who/am-i"]).await;
-    assert_eq!(got["changed_by"], login.as_str(), "{got}");
+    assert_eq!(got["changed_by"], "admin", "{got}");
 
     // A leader killed and restarted says what it restored, then its role.
     node.kill9();

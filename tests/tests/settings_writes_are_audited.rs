@@ -1,9 +1,11 @@
-//! Who changed what is audit, for settings as for runs: the principal a
-//! client names in its `x-opsd-principal` header reaches a run's trigger and
-//! a setting's last-change fields on every node, a write naming none is
-//! recorded as `anonymous`, and a malformed header is refused by every
-//! service with INVALID_ARGUMENT naming it, changing nothing.
+//! Who changed what is audit, for settings as for runs: the user of the
+//! token a request carries reaches a run's trigger and a setting's
+//! last-change fields on every node; a request without a token, or with a
+//! malformed one, is refused by every service with UNAUTHENTICATED, changing
+//! nothing; and the old `x-opsd-principal` header names no one.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opsd_tests::api::watch_event::Type;
@@ -11,7 +13,7 @@ use opsd_tests::api::{
     CreateResourceRequest, DeleteRequest, GetRequest, PutRequest, Setting, StatusRequest, WatchRequest,
 };
 use opsd_tests::resources as res;
-use opsd_tests::{client, kinds, Cluster, Options};
+use opsd_tests::{access, client, kinds, Cluster, Options};
 use tonic::{Code, Request};
 
 const HEADER: &str = "x-opsd-principal";
@@ -20,21 +22,27 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// Clients sending no principal of their own (the harness's clients act as
-/// [`client::PRINCIPAL`]), so each request can name its own.
+/// Clients sending no token of their own (the harness's clients send the
+/// admin's), so each request can carry its user's.
 fn anonymous(addr: &str) -> client::Clients {
-    let node = opsd_client::NodeAddr::parse(addr).expect("a HOST:PORT address");
-    let timeouts = opsd_client::Timeouts {
-        connect: Duration::from_secs(2),
-        request: Some(client::REQUEST_TIMEOUT),
-        ..opsd_client::Timeouts::default()
-    };
-    opsd_client::Api::lazy(&node, timeouts, opsd_client::Credentials::anonymous())
+    access::clients_with_token(addr, None, Some(client::REQUEST_TIMEOUT))
 }
 
+/// Each test user's token, made once.
+static TOKENS: OnceLock<HashMap<String, String>> = OnceLock::new();
+
 fn as_principal<T>(principal: &str, msg: T) -> Request<T> {
+    let token = &TOKENS.get().expect("the users were made")[principal];
     let mut req = Request::new(msg);
-    req.metadata_mut().insert(HEADER, principal.parse().expect("ascii"));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    req
+}
+
+fn malformed<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", "Bearer opsd1.nope".parse().expect("ascii"));
     req
 }
 
@@ -47,14 +55,13 @@ fn put(key: &str, value: &str) -> PutRequest {
     }
 }
 
-fn assert_refused_naming_the_header(what: &str, status: tonic::Status) {
+fn assert_unauthenticated(what: &str, status: tonic::Status) {
     assert_eq!(
         status.code(),
-        Code::InvalidArgument,
+        Code::Unauthenticated,
         "{what}: {}",
         client::describe(&status)
     );
-    assert!(status.message().contains(HEADER), "{what}: {}", status.message());
 }
 
 async fn setting_on(addr: &str, key: &str) -> Setting {
@@ -72,6 +79,14 @@ async fn settings_writes_are_audited() {
     let follower = cluster.followers().await[0];
     let leader_addr = cluster.node(leader).client_addr();
     let follower_addr = cluster.node(follower).client_addr();
+    let mut tokens = HashMap::new();
+    for user in ["alice", "bob", "carol", "dave"] {
+        let token = access::make_user(&leader_addr, user, &["read,write,do:*"], 0).await;
+        tokens.insert(user.to_string(), token);
+    }
+    TOKENS.set(tokens).expect("made once");
+    // The follower has the users once it has applied what the leader has.
+    client::get(&follower_addr, "absent", false).await.ok();
 
     // A write through a follower is forwarded; who asked travels with it.
     let before = now_ms();
@@ -117,9 +132,13 @@ async fn settings_writes_are_audited() {
     assert_eq!(rewritten.previous.expect("a previous setting").changed_by, "alice");
     assert_eq!(setting_on(&leader_addr, "db/url").await.changed_by, "bob");
 
-    // No header: anonymous. The client library's credentials: its principal.
-    c.settings.put(put("db/pool", "8")).await.expect("put without a header");
-    assert_eq!(setting_on(&leader_addr, "db/pool").await.changed_by, "anonymous");
+    // No token: refused, nothing written. The harness's token: its user.
+    let status = c.settings.put(put("db/never", "8")).await.unwrap_err();
+    assert_unauthenticated("Settings.Put without a token", status);
+    c.settings
+        .put(as_principal("alice", put("db/pool", "8")))
+        .await
+        .expect("put as alice");
     client::put(&leader_addr, "db/user", "ops")
         .await
         .expect("put through the harness's client");
@@ -193,41 +212,37 @@ async fn settings_writes_are_audited() {
         "every run of the creation names dave: {history:?}"
     );
 
-    // A malformed principal is refused by every service, before any handler
-    // runs, and nothing is written.
-    let too_long = "p".repeat(129);
-    for bad in [too_long.as_str(), "tab\there"] {
-        let status = c
-            .settings
-            .put(as_principal(bad, put("db/never", "x")))
-            .await
-            .unwrap_err();
-        assert_refused_naming_the_header("Settings.Put", status);
+    // The old principal header names no one: the token's user is recorded.
+    let mut claimed = as_principal("bob", put("db/claimed", "x"));
+    claimed.metadata_mut().insert(HEADER, "mallory".parse().expect("ascii"));
+    c.settings.put(claimed).await.expect("put as bob, claiming mallory");
+    assert_eq!(setting_on(&leader_addr, "db/claimed").await.changed_by, "bob");
+
+    // A malformed token is refused by every service, and nothing is written.
+    {
+        let status = c.settings.put(malformed(put("db/never", "x"))).await.unwrap_err();
+        assert_unauthenticated("Settings.Put", status);
         let status = c
             .resources
-            .create(as_principal(
-                bad,
-                CreateResourceRequest {
-                    kind: "job".into(),
-                    name: "never".into(),
-                    spec: Some(Default::default()),
-                    labels: Default::default(),
-                    reason: String::new(),
-                },
-            ))
+            .create(malformed(CreateResourceRequest {
+                kind: "job".into(),
+                name: "never".into(),
+                spec: Some(Default::default()),
+                labels: Default::default(),
+                reason: String::new(),
+            }))
             .await
             .unwrap_err();
-        assert_refused_naming_the_header("Resources.Create", status);
-        let status = c.cluster.status(as_principal(bad, StatusRequest {})).await.unwrap_err();
-        assert_refused_naming_the_header("Cluster.Status", status);
+        assert_unauthenticated("Resources.Create", status);
+        let status = c.cluster.status(malformed(StatusRequest {})).await.unwrap_err();
+        assert_unauthenticated("Cluster.Status", status);
     }
-    let mut empty = Request::new(GetRequest {
+    let get = GetRequest {
         key: "db/url".into(),
         stale: false,
         ..Default::default()
-    });
-    empty.metadata_mut().insert(HEADER, "".parse().expect("ascii"));
-    assert_refused_naming_the_header("Settings.Get", c.settings.get(empty).await.unwrap_err());
+    };
+    assert_unauthenticated("Settings.Get", c.settings.get(malformed(get)).await.unwrap_err());
     let absent = client::get(&leader_addr, "db/never", false).await.unwrap_err();
     assert_eq!(absent.code(), Code::NotFound, "a refused write wrote nothing");
     let absent = res::get(&leader_addr, "job", "never").await.unwrap_err();

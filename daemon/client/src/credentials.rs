@@ -1,20 +1,14 @@
-//! Who is asking: the one place a request gets its credentials. Today that
-//! is the principal, a name the server records on runs and audit entries; an
-//! authentication token would be added here, and every caller of [`crate::Api`]
-//! would send it.
+//! Who is asking: the one place a request gets its credentials: a bearer
+//! token (`authorization: Bearer opsd1.ID.SECRET`), whose user the server
+//! records on runs and audit entries, and the cluster CA to dial TLS with.
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-pub use opsd_proto::PRINCIPAL_KEY;
-
 /// The credentials sent with every request of an [`crate::Api`].
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
-    /// The principal as a metadata value; `None` sends none (the server then
-    /// records `anonymous`).
-    principal: Option<MetadataValue<Ascii>>,
     /// The bearer token, sent as `authorization: Bearer TOKEN`; `None` sends none.
     token: Option<MetadataValue<Ascii>>,
     /// The cluster CA (PEM) the server's certificate must chain to; `None`
@@ -23,28 +17,10 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// No credentials: the server treats the caller as `anonymous`.
+    /// No credentials: the server refuses every call but the few a joining
+    /// node makes (and health checks).
     pub fn anonymous() -> Self {
         Self::default()
-    }
-
-    /// Acting as `name`. Metadata must be printable ASCII, so anything else is
-    /// written as a Rust-style escape (`é` becomes `\u{e9}`): the name stays
-    /// recognisable instead of the request failing.
-    pub fn principal(name: &str) -> Self {
-        let mut text = String::with_capacity(name.len());
-        for c in name.chars() {
-            if c == ' ' || c.is_ascii_graphic() {
-                text.push(c);
-            } else {
-                text.extend(c.escape_default());
-            }
-        }
-        let value = MetadataValue::try_from(text.as_str()).unwrap_or_else(|_| MetadataValue::from_static("unknown"));
-        Self {
-            principal: Some(value),
-            ..Self::default()
-        }
     }
 
     /// These credentials, sending `token` (`opsd1.ID.SECRET`) with every
@@ -66,58 +42,10 @@ impl Credentials {
     pub fn ca_pem(&self) -> Option<&[u8]> {
         self.ca_pem.as_deref().map(|v| v.as_slice())
     }
-
-    /// Acting as the user running this process: `$USER`, else `$LOGNAME`,
-    /// else the login name of this process's user id in the password
-    /// database, else `uid N`. Until authentication arrives this is a claim,
-    /// but a truthful one wherever the environment is bare (cron, systemd,
-    /// containers).
-    pub fn login_user() -> Self {
-        let from_env = ["USER", "LOGNAME"]
-            .iter()
-            .filter_map(|var| std::env::var(var).ok())
-            .map(|name| name.trim().to_string())
-            .find(|name| !name.is_empty());
-        Self::principal(&from_env.unwrap_or_else(os_login_name))
-    }
-}
-
-/// The login name of this process's real user id, from the password
-/// database; `uid N` if it has no entry.
-fn os_login_name() -> String {
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
-    user_name(uid).unwrap_or_else(|| format!("uid {uid}"))
-}
-
-/// The name the password database gives `uid`, if any.
-fn user_name(uid: libc::uid_t) -> Option<String> {
-    let mut buffer = vec![0 as libc::c_char; 4096];
-    loop {
-        // SAFETY: every pointer is to a live local of the right type, and
-        // the buffer's length is passed with it; getpwuid_r writes only there.
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        let code = unsafe { libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
-        if code == libc::ERANGE && buffer.len() < 1 << 20 {
-            buffer.resize(buffer.len() * 2, 0);
-            continue;
-        }
-        if code != 0 || found.is_null() || entry.pw_name.is_null() {
-            return None;
-        }
-        // SAFETY: on success pw_name points to a NUL-terminated string in `buffer`.
-        let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
-        let name = name.to_string_lossy().trim().to_string();
-        return (!name.is_empty()).then_some(name);
-    }
 }
 
 impl Interceptor for Credentials {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(principal) = &self.principal {
-            request.metadata_mut().insert(PRINCIPAL_KEY, principal.clone());
-        }
         if let Some(token) = &self.token {
             request.metadata_mut().insert("authorization", token.clone());
         }
@@ -129,27 +57,14 @@ impl Interceptor for Credentials {
 mod tests {
     use super::*;
 
-    fn sent(mut credentials: Credentials) -> Option<String> {
-        let request = credentials.call(Request::new(())).unwrap();
-        request
-            .metadata()
-            .get(PRINCIPAL_KEY)
-            .map(|v| v.to_str().unwrap().to_string())
-    }
-
     #[test]
-    fn the_principal_is_sent_as_printable_ascii() {
-        assert_eq!(sent(Credentials::principal("alice")).as_deref(), Some("alice"));
-        assert_eq!(sent(Credentials::principal("josé")).as_deref(), Some("jos\\u{e9}"));
-        assert_eq!(sent(Credentials::principal("a\tb")).as_deref(), Some("a\\tb"));
-        assert_eq!(sent(Credentials::anonymous()), None);
-    }
-
-    #[test]
-    fn the_os_login_name_comes_from_the_password_database() {
-        // uid 0 is root on every Linux; an id nobody has reads as a number.
-        assert_eq!(user_name(0).as_deref(), Some("root"));
-        assert_eq!(user_name(4_000_000_123), None);
-        assert!(!os_login_name().is_empty());
+    fn the_token_is_sent_as_a_bearer_header() {
+        let mut with = Credentials::anonymous().with_token(" opsd1.a.b\n").unwrap();
+        let request = with.call(Request::new(())).unwrap();
+        let sent = request.metadata().get("authorization").unwrap().to_str().unwrap();
+        assert_eq!(sent, "Bearer opsd1.a.b");
+        let request = Credentials::anonymous().call(Request::new(())).unwrap();
+        assert!(request.metadata().get("authorization").is_none());
+        assert!(Credentials::anonymous().with_token("opsd1.a\nb").is_err());
     }
 }

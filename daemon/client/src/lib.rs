@@ -3,9 +3,9 @@
 //! failover, credentials and timeouts are written once:
 //!
 //! - [`NodeAddr`]: a node's client address, `HOST:PORT`, checked when parsed.
-//! - [`Credentials`]: who is asking, sent with every request (today the
-//!   `x-opsd-principal` metadata; tokens go here too).
-//! - [`Api`]: the four services of one node, every request carrying the
+//! - [`Credentials`]: who is asking, sent with every request (a bearer
+//!   token, `authorization: Bearer opsd1.ID.SECRET`).
+//! - [`Api`]: the five services of one node, every request carrying the
 //!   credentials.
 //! - [`Nodes`]: a request with address failover over several nodes, with a
 //!   connect timeout and a per-request timeout.
@@ -25,13 +25,14 @@ mod settings_watch;
 
 use opsd_proto::v1::cluster_client::ClusterClient;
 use opsd_proto::v1::resources_client::ResourcesClient;
+use opsd_proto::v1::security_client::SecurityClient;
 use opsd_proto::v1::services_client::ServicesClient;
 use opsd_proto::v1::settings_client::SettingsClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use address::NodeAddr;
-pub use credentials::{Credentials, PRINCIPAL_KEY};
+pub use credentials::Credentials;
 pub use failover::{describe_status, is_stream_break, CallError, Failure, Nodes, Patience, Timeouts};
 pub use settings_watch::{SettingsWatch, WatchItem};
 
@@ -45,8 +46,10 @@ pub type SettingsApi = SettingsClient<AuthChannel>;
 pub type ResourcesApi = ResourcesClient<AuthChannel>;
 /// `opsd.v1.Services` with credentials.
 pub type ServicesApi = ServicesClient<AuthChannel>;
+/// `opsd.v1.Security` with credentials.
+pub type SecurityApi = SecurityClient<AuthChannel>;
 
-/// The client API of one node: its four services over one channel, every
+/// The client API of one node: its five services over one channel, every
 /// request carrying the same credentials. Cheap to clone (clones share the
 /// connection).
 #[derive(Debug, Clone)]
@@ -61,6 +64,8 @@ pub struct Api {
     pub resources: ResourcesApi,
     /// `opsd.v1.Services`: the load balancers and discovery.
     pub services: ServicesApi,
+    /// `opsd.v1.Security`: users, roles and tokens.
+    pub security: SecurityApi,
 }
 
 impl Api {
@@ -72,7 +77,8 @@ impl Api {
             cluster: ClusterClient::with_interceptor(channel.clone(), credentials.clone()),
             settings: SettingsClient::with_interceptor(channel.clone(), credentials.clone()),
             resources: ResourcesClient::with_interceptor(channel.clone(), credentials.clone()),
-            services: ServicesClient::with_interceptor(channel, credentials),
+            services: ServicesClient::with_interceptor(channel.clone(), credentials.clone()),
+            security: SecurityClient::with_interceptor(channel, credentials),
         }
     }
 

@@ -10,6 +10,7 @@ mod kinds;
 mod render;
 mod resources;
 mod runs;
+mod security;
 mod services;
 mod settings;
 mod shell;
@@ -30,6 +31,7 @@ use crate::kinds::KindsCommand;
 use crate::render::{OutputFormat, Printer};
 use crate::resources::{CreateArgs, DeleteArgs, DoArgs, GetArgs, LsArgs};
 use crate::runs::{CancelArgs, HistoryArgs, LogsArgs, RunArgs, RunsArgs, StatsArgs};
+use crate::security::{RolesCommand, TokensCommand, UsersCommand};
 use crate::services::ResolveArgs;
 use crate::settings::SettingsCommand;
 use crate::shell::ShellArgs;
@@ -48,8 +50,14 @@ use crate::verify::{MachinesArgs, VerifyArgs};
         Resources (images, clusters, services, anything a kind file describes) \
         are state machines: `kinds apply` registers a kind, `create` makes a \
         resource of it, `do` sends it an event, and every work state it enters \
-        is a run, recorded with who asked and why (`runs`, `history`, `logs`, \
-        `stats`). Requests carry your login name ($USER) as the principal.",
+        is a run, recorded with who asked (the user of your token) and why \
+        (`runs`, `history`, `logs`, `stats`).\n\n\
+        Every request carries a token (`opsd1.ID.SECRET`), found in this \
+        order: --token or OPSD_TOKEN; else --token-file or OPSD_TOKEN_FILE; \
+        else ./opsd-data/admin.token if it exists (what `make run` leaves); \
+        else none, and the node answers \"unauthenticated\". The node that \
+        bootstraps a cluster writes its admin token to DATA_DIR/admin.token; \
+        make narrower tokens with `opsctl tokens create`.",
     after_long_help = "Addresses: each request goes to the first address in --addr \
         that answers. opsctl moves on to the next address when a node cannot be \
         reached within 2 seconds or answers \"unavailable\" (no leader or no \
@@ -69,9 +77,12 @@ use crate::verify::{MachinesArgs, VerifyArgs};
         printed on stderr as `error: MESSAGE (what the code means)`) or a run \
         waited for with --wait did not succeed, 2 for a usage error.\n\n\
         Environment:\n  OPSD_ADDR  default for --addr, e.g. \
-        OPSD_ADDR=10.0.0.1:7700,10.0.0.2:7700\n\n\
+        OPSD_ADDR=10.0.0.1:7700,10.0.0.2:7700\n  \
+        OPSD_TOKEN  the token, as --token\n  \
+        OPSD_TOKEN_FILE  a file holding the token, as --token-file\n\n\
         Examples:\n  \
         opsctl status\n  \
+        opsctl whoami\n  \
         opsctl --addr 10.0.0.1:7700,10.0.0.2:7700 cluster members\n  \
         opsctl settings put db/url postgres://db:5432/app\n  \
         opsctl --output json settings ls db/\n  \
@@ -101,6 +112,22 @@ struct Cli {
         value_parser = NodeAddr::parse
     )]
     addr: Vec<NodeAddr>,
+
+    /// The token to send (`opsd1.ID.SECRET`). Prefer OPSD_TOKEN or a token
+    /// file: a command line is visible to other users of the host.
+    #[arg(
+        long,
+        global = true,
+        env = "OPSD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+
+    /// A file holding the token (mode 0600); default ./opsd-data/admin.token
+    /// when it exists.
+    #[arg(long, global = true, env = "OPSD_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
 
     /// How to print results: `table` for people, `json` for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
@@ -339,6 +366,20 @@ enum Command {
         opsctl shell cluster/box --machine 1 -- sh -c 'pwd; ls; echo \"port $PORT\"'\n  \
         opsctl delete cluster/box --wait")]
     Shell(ShellArgs),
+    /// Manage roles: what users may do (needs admin:security).
+    #[command(subcommand)]
+    Roles(RolesCommand),
+    /// Manage users: who may call the cluster (needs admin:security).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Make, list and revoke tokens (needs admin:security).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Show who the token acts as: its user, roles, rules and expiry.
+    ///
+    /// With --output json, an object with user, token_id, roles, rules and
+    /// expires_at (null: never).
+    Whoami,
     /// Print a completion script for SHELL on stdout.
     ///
     /// Load it in the current shell, or install it where the shell looks for
@@ -382,7 +423,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let nodes = Nodes::new(cli.addr, Timeouts::default(), Credentials::login_user());
+    let mut credentials = Credentials::anonymous();
+    if let Some(token) = security::find_token(cli.token, cli.token_file)? {
+        credentials = credentials.with_token(&token).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let nodes = Nodes::new(cli.addr, Timeouts::default(), credentials);
     let printer = Printer::new(cli.output);
     runtime.block_on(async {
         let done = match cli.command {
@@ -405,6 +450,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Command::History(args) => runs::history(args, &nodes, printer).await,
             Command::Stats(args) => runs::stats(args, &nodes, printer).await,
             Command::Shell(args) => return shell::run(args, &nodes).await,
+            Command::Users(command) => security::users(command, &nodes, printer).await,
+            Command::Roles(command) => security::roles(command, &nodes, printer).await,
+            Command::Tokens(command) => security::tokens(command, &nodes, printer).await,
+            Command::Whoami => security::whoami(&nodes, printer).await,
             Command::Completion { .. } => Ok(()),
         };
         done.map(|()| ExitCode::SUCCESS)

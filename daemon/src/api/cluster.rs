@@ -9,7 +9,9 @@ use opsd_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::caller::{require, Caller};
 use super::cluster_status;
+use crate::domain::security::{Object, Verb};
 
 /// Serves cluster status and membership from a node.
 pub struct ClusterService {
@@ -74,7 +76,10 @@ fn validate_addr(field: &str, addr: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        // SEAM(join-token): a joining node asks without a token; any valid
+        // token may ask too, and an invalid one is refused.
+        Caller::of_or_anonymous(&req)?;
         let s = self.node.status();
         let leader_id = s.leader.as_ref().map(|l| l.0);
         Ok(Response::new(StatusResponse {
@@ -94,7 +99,8 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn members(&self, _: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+    async fn members(&self, req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        require(&req, Verb::Read, &Object::Cluster)?;
         let view = self.node.members_view().await.map_err(cluster_status)?;
         Ok(Response::new(MembersResponse {
             members: view.members.into_iter().map(health_to_proto).collect(),
@@ -105,6 +111,12 @@ impl Cluster for ClusterService {
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        // SEAM(join-token): a joining node has no token yet, so a request
+        // without one is let through; one with a token needs admin:cluster.
+        let caller = Caller::of_or_anonymous(&req)?;
+        if caller.token_id.is_some() {
+            caller.require(Verb::Admin, &Object::Cluster)?;
+        }
         let req = req.into_inner();
         if req.node_id == 0 {
             return Err(Status::invalid_argument("node_id: must not be 0"));
@@ -128,6 +140,7 @@ impl Cluster for ClusterService {
     }
 
     async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<RemoveResponse>, Status> {
+        require(&req, Verb::Admin, &Object::Cluster)?;
         let id = req.into_inner().node_id;
         if id == 0 {
             return Err(Status::invalid_argument("node_id: must not be 0"));

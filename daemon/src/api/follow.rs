@@ -7,12 +7,13 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use opsd_cluster::AppliedEvent;
+use opsd_cluster::{AppliedEvent, StateReader};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use super::caller::Caller;
 use crate::domain::DomainEvent;
 
 /// A stream of answers, as a streaming RPC returns it.
@@ -110,6 +111,33 @@ where
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+/// As [`follow`], for a stream opened by `caller`: whenever users, roles or
+/// tokens change, the caller's token is checked again against `reader`
+/// (this node's applied state), and the stream ends with UNAUTHENTICATED
+/// once it no longer works (revoked, its user deleted, expired).
+pub fn follow_as<T, F>(
+    caller: Caller,
+    reader: StateReader,
+    events: broadcast::Receiver<AppliedEvent>,
+    stop: watch::Receiver<bool>,
+    buffer: usize,
+    first: Option<T>,
+    mut next: F,
+) -> AnswerStream<T>
+where
+    T: Send + 'static,
+    F: FnMut(Applied) -> Next<T> + Send + 'static,
+{
+    follow(events, stop, buffer, first, move |seen| {
+        if let Applied::Event(DomainEvent::Security { .. }) = &seen {
+            if let Err(status) = caller.recheck(&reader) {
+                return Next::Fail(status);
+            }
+        }
+        next(seen)
+    })
 }
 
 /// How a watch ends on what is not an event (skipped): ABORTED when the

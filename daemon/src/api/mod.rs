@@ -6,6 +6,7 @@ pub mod caller;
 pub mod cluster;
 pub mod follow;
 pub mod resources;
+pub mod security;
 pub mod settings;
 
 use opsd_cluster::{ClusterError, ClusterNode};

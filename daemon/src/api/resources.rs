@@ -17,11 +17,12 @@ use opsd_proto::{json, prost_types, time};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::caller::trigger_of;
-use super::follow::{end_of_watch, follow, just, AnswerStream, Applied, Next};
+use super::caller::{require as allowed, Caller};
+use super::follow::{end_of_watch, follow_as, just, AnswerStream, Applied, Next};
 use super::{barrier, cluster_status, propose, read_status, refuse_if_removed, rejection_status};
 use crate::domain::kind::Kind;
 use crate::domain::resources::{self as domain, parse_run_id, ResourceRecord, RunOutcome, RunRecord};
+use crate::domain::security::{Object, Verb};
 use crate::domain::{stats, Command, DomainEvent, Outcome};
 use crate::engine::{self, Engine, EngineError};
 
@@ -271,9 +272,24 @@ fn since_cutoff(since: Option<&prost_types::Duration>) -> Result<Option<i64>, St
     Ok((since_ms > 0).then(|| engine::now_ms().saturating_sub(since_ms.min(i64::MAX as u64) as i64)))
 }
 
+/// The object a request on resource `kind`/`name` acts on.
+fn resource_of<'a>(kind: &'a str, name: &'a str) -> Object<'a> {
+    Object::Resource { kind, name }
+}
+
+/// The path prefix of the resources of `kind` (every resource's, if empty).
+fn resources_prefix(kind: &str) -> String {
+    if kind.is_empty() {
+        "resources/".into()
+    } else {
+        format!("resources/{kind}/")
+    }
+}
+
 #[tonic::async_trait]
 impl Resources for ResourcesService {
     async fn apply_kind(&self, req: Request<ApplyKindRequest>) -> Result<Response<KindInfo>, Status> {
+        let caller = Caller::of(&req)?.clone();
         let source = req.into_inner().source;
         require("source", &source)?;
         if source.len() > MAX_KIND_SOURCE {
@@ -284,6 +300,7 @@ impl Resources for ResourcesService {
         }
         // Compiled here, by this node's rules; apply stores what the command carries.
         let kind = domain::compile_kind(&source).map_err(rejection_status)?;
+        caller.require(Verb::Write, &Object::Kind(&kind.name))?;
         // Only here: which providers exist is this node's business, not apply's.
         self.engine.providers().check(&kind).map_err(Status::invalid_argument)?;
         let put = Command::PutKind {
@@ -299,16 +316,23 @@ impl Resources for ResourcesService {
         Ok(Response::new(kind_to_proto(&kind, Some(&record))))
     }
 
-    async fn list_kinds(&self, _: Request<ListKindsRequest>) -> Result<Response<ListKindsResponse>, Status> {
+    async fn list_kinds(&self, req: Request<ListKindsRequest>) -> Result<Response<ListKindsResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        caller.require_some_under(Verb::Read, "kinds/")?;
         barrier(&self.node, false).await?;
         let view = self.node.reader().view();
         let kinds = domain::list_kinds(&view).map_err(read_status)?;
         Ok(Response::new(ListKindsResponse {
-            kinds: kinds.iter().map(|(k, r)| kind_to_proto(k, r.as_ref())).collect(),
+            kinds: kinds
+                .iter()
+                .filter(|(k, _)| caller.allows(Verb::Read, &Object::Kind(&k.name)))
+                .map(|(k, r)| kind_to_proto(k, r.as_ref()))
+                .collect(),
         }))
     }
 
     async fn get_kind(&self, req: Request<GetKindRequest>) -> Result<Response<KindInfo>, Status> {
+        allowed(&req, Verb::Read, &Object::Kind(&req.get_ref().name))?;
         let name = req.into_inner().name;
         require("name", &name)?;
         barrier(&self.node, false).await?;
@@ -320,8 +344,13 @@ impl Resources for ResourcesService {
     }
 
     async fn create(&self, req: Request<CreateResourceRequest>) -> Result<Response<ResourceChange>, Status> {
+        let caller = allowed(
+            &req,
+            Verb::Write,
+            &resource_of(&req.get_ref().kind, &req.get_ref().name),
+        )?;
         refuse_if_removed(&self.node)?;
-        let trigger = trigger_of(&req, req.get_ref().reason.clone())?;
+        let trigger = caller.trigger(req.get_ref().reason.clone())?;
         let req = req.into_inner();
         require("kind", &req.kind)?;
         domain::validate_name(&req.name).map_err(Status::invalid_argument)?;
@@ -339,6 +368,7 @@ impl Resources for ResourcesService {
     }
 
     async fn get(&self, req: Request<GetResourceRequest>) -> Result<Response<Resource>, Status> {
+        allowed(&req, Verb::Read, &resource_of(&req.get_ref().kind, &req.get_ref().name))?;
         let req = req.into_inner();
         require("kind", &req.kind)?;
         require("name", &req.name)?;
@@ -355,7 +385,9 @@ impl Resources for ResourcesService {
     }
 
     async fn list(&self, req: Request<ListResourcesRequest>) -> Result<Response<ListResourcesResponse>, Status> {
+        let caller = Caller::of(&req)?.clone();
         let req = req.into_inner();
+        caller.require_some_under(Verb::Read, &resources_prefix(&req.kind))?;
         barrier(&self.node, req.stale).await?;
         let view = self.node.reader().view();
         if !req.kind.is_empty() && domain::read_kind(&view, &req.kind).map_err(read_status)?.is_none() {
@@ -364,6 +396,9 @@ impl Resources for ResourcesService {
         let mut kinds: BTreeMap<String, Option<Kind>> = BTreeMap::new();
         let mut out = Vec::new();
         for r in domain::list_resources(&view, &req.kind).map_err(read_status)? {
+            if !caller.allows(Verb::Read, &resource_of(&r.kind, &r.name)) {
+                continue;
+            }
             if !kinds.contains_key(&r.kind) {
                 let k = domain::read_kind(&view, &r.kind).map_err(read_status)?.map(|k| k.0);
                 kinds.insert(r.kind.clone(), k);
@@ -375,7 +410,12 @@ impl Resources for ResourcesService {
     }
 
     async fn delete(&self, req: Request<DeleteResourceRequest>) -> Result<Response<ResourceChange>, Status> {
-        let trigger = trigger_of(&req, req.get_ref().reason.clone())?;
+        let caller = allowed(
+            &req,
+            Verb::Write,
+            &resource_of(&req.get_ref().kind, &req.get_ref().name),
+        )?;
+        let trigger = caller.trigger(req.get_ref().reason.clone())?;
         let req = req.into_inner();
         let actor = self.actor(&req.kind, &req.name).await?;
         let committed = actor
@@ -387,7 +427,8 @@ impl Resources for ResourcesService {
     }
 
     async fn r#do(&self, req: Request<DoRequest>) -> Result<Response<ResourceChange>, Status> {
-        let trigger = trigger_of(&req, req.get_ref().reason.clone())?;
+        let caller = allowed(&req, Verb::Do, &resource_of(&req.get_ref().kind, &req.get_ref().name))?;
+        let trigger = caller.trigger(req.get_ref().reason.clone())?;
         let req = req.into_inner();
         require("event", &req.event)?;
         let actor = self.actor(&req.kind, &req.name).await?;
@@ -407,6 +448,7 @@ impl Resources for ResourcesService {
     type WatchStream = AnswerStream<ResourceEvent>;
 
     async fn watch(&self, req: Request<WatchResourceRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = allowed(&req, Verb::Read, &resource_of(&req.get_ref().kind, &req.get_ref().name))?.clone();
         let req = req.into_inner();
         require("kind", &req.kind)?;
         require("name", &req.name)?;
@@ -432,42 +474,57 @@ impl Resources for ResourcesService {
             ))),
         };
         let mine = move |k: &str, n: &str| k == req.kind && n == req.name;
-        let stream = follow(events, self.stop.clone(), 1024, Some(first), move |seen| {
-            let send = |event| ResourceEvent { event: Some(event) };
-            match seen {
-                Applied::Event(DomainEvent::Resource(r)) if mine(&r.kind, &r.name) => Next::Send(send(
-                    resource_event::Event::Resource(resource_to_proto(r, kind.as_ref())),
-                )),
-                Applied::Event(DomainEvent::ResourceDeleted(r)) if mine(&r.kind, &r.name) => {
-                    Next::SendLast(send(resource_event::Event::Deleted(resource_to_proto(r, None))))
+        let reader = self.node.reader().clone();
+        let stream = follow_as(
+            caller,
+            reader,
+            events,
+            self.stop.clone(),
+            1024,
+            Some(first),
+            move |seen| {
+                let send = |event| ResourceEvent { event: Some(event) };
+                match seen {
+                    Applied::Event(DomainEvent::Resource(r)) if mine(&r.kind, &r.name) => Next::Send(send(
+                        resource_event::Event::Resource(resource_to_proto(r, kind.as_ref())),
+                    )),
+                    Applied::Event(DomainEvent::ResourceDeleted(r)) if mine(&r.kind, &r.name) => {
+                        Next::SendLast(send(resource_event::Event::Deleted(resource_to_proto(r, None))))
+                    }
+                    Applied::Event(DomainEvent::Run(r)) if mine(&r.kind, &r.name) => {
+                        Next::Send(send(resource_event::Event::Run(run_to_proto(r))))
+                    }
+                    Applied::Event(DomainEvent::RunLog {
+                        run,
+                        kind: k,
+                        name: n,
+                        first_line,
+                        lines,
+                    }) if mine(&k, &n) => Next::Send(send(resource_event::Event::Log(LogLines {
+                        run_id: domain::run_id(run),
+                        first_line,
+                        lines,
+                        dropped: 0,
+                    }))),
+                    other => end_of_watch(other, None),
                 }
-                Applied::Event(DomainEvent::Run(r)) if mine(&r.kind, &r.name) => {
-                    Next::Send(send(resource_event::Event::Run(run_to_proto(r))))
-                }
-                Applied::Event(DomainEvent::RunLog {
-                    run,
-                    kind: k,
-                    name: n,
-                    first_line,
-                    lines,
-                }) if mine(&k, &n) => Next::Send(send(resource_event::Event::Log(LogLines {
-                    run_id: domain::run_id(run),
-                    first_line,
-                    lines,
-                    dropped: 0,
-                }))),
-                other => end_of_watch(other, None),
-            }
-        });
+            },
+        );
         Ok(Response::new(stream))
     }
 
     async fn list_runs(&self, req: Request<ListRunsRequest>) -> Result<Response<ListRunsResponse>, Status> {
+        let caller = Caller::of(&req)?.clone();
         let req = req.into_inner();
         if req.kind.is_empty() != req.name.is_empty() {
             return Err(Status::invalid_argument(
                 "kind and name: give both (one resource's runs) or neither",
             ));
+        }
+        if req.kind.is_empty() {
+            caller.require_some_under(Verb::Read, "resources/")?;
+        } else {
+            caller.require(Verb::Read, &resource_of(&req.kind, &req.name))?;
         }
         let outcome = outcome_filter(req.outcome)?;
         let since = since_cutoff(req.since.as_ref())?;
@@ -480,6 +537,7 @@ impl Resources for ResourcesService {
         let view = self.node.reader().view();
         let keep = |r: &RunRecord| {
             outcome.is_none_or(|o| r.outcome == o)
+                && caller.allows(Verb::Read, &resource_of(&r.kind, &r.name))
                 && (req.kind.is_empty() || (r.kind == req.kind && r.name == req.name))
         };
         let runs = if req.kind.is_empty() {
@@ -497,11 +555,15 @@ impl Resources for ResourcesService {
     }
 
     async fn get_run(&self, req: Request<GetRunRequest>) -> Result<Response<Run>, Status> {
+        let caller = Caller::of(&req)?.clone();
         let index = parse_run_id(&req.into_inner().run_id).map_err(Status::invalid_argument)?;
         barrier(&self.node, false).await?;
         let view = self.node.reader().view();
         match domain::read_run(&view, index).map_err(read_status)? {
-            Some(r) => Ok(Response::new(run_to_proto(r))),
+            Some(r) => {
+                caller.require(Verb::Read, &resource_of(&r.kind, &r.name))?;
+                Ok(Response::new(run_to_proto(r)))
+            }
             None => Err(Status::not_found(format!("run {} not found", domain::run_id(index)))),
         }
     }
@@ -509,6 +571,7 @@ impl Resources for ResourcesService {
     type LogsStream = AnswerStream<LogLines>;
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let caller = Caller::of(&req)?.clone();
         let req = req.into_inner();
         let index = parse_run_id(&req.run_id).map_err(Status::invalid_argument)?;
         barrier(&self.node, false).await?;
@@ -517,6 +580,7 @@ impl Resources for ResourcesService {
         let Some(run) = domain::read_run(&view, index).map_err(read_status)? else {
             return Err(Status::not_found(format!("run {} not found", domain::run_id(index))));
         };
+        caller.require(Verb::Read, &resource_of(&run.kind, &run.name))?;
         let log = domain::read_log(&view, index).map_err(read_status)?;
         drop(view);
         let run_id = domain::run_id(index);
@@ -530,42 +594,55 @@ impl Resources for ResourcesService {
         if !(req.follow && run.outcome == RunOutcome::Running) {
             return Ok(Response::new(just(first)));
         }
-        let stream = follow(events, self.stop.clone(), 256, Some(first), move |seen| match seen {
-            Applied::Event(DomainEvent::RunLog {
-                run, first_line, lines, ..
-            }) if run == index => {
-                // Skip lines already sent from the stored log.
-                let skip = sent.saturating_sub(first_line) as usize;
-                if skip >= lines.len() {
-                    return Next::Skip;
+        let reader = self.node.reader().clone();
+        let stream = follow_as(
+            caller,
+            reader,
+            events,
+            self.stop.clone(),
+            256,
+            Some(first),
+            move |seen| match seen {
+                Applied::Event(DomainEvent::RunLog {
+                    run, first_line, lines, ..
+                }) if run == index => {
+                    // Skip lines already sent from the stored log.
+                    let skip = sent.saturating_sub(first_line) as usize;
+                    if skip >= lines.len() {
+                        return Next::Skip;
+                    }
+                    let start = first_line + skip as u64;
+                    sent = first_line + lines.len() as u64;
+                    Next::Send(LogLines {
+                        run_id: run_id.clone(),
+                        first_line: start,
+                        lines: lines.into_iter().skip(skip).collect(),
+                        dropped: 0,
+                    })
                 }
-                let start = first_line + skip as u64;
-                sent = first_line + lines.len() as u64;
-                Next::Send(LogLines {
-                    run_id: run_id.clone(),
-                    first_line: start,
-                    lines: lines.into_iter().skip(skip).collect(),
-                    dropped: 0,
-                })
-            }
-            // The finish comes after the last line.
-            Applied::Event(DomainEvent::Run(r)) if r.index == index && r.outcome != RunOutcome::Running => Next::End,
-            Applied::Event(_) => Next::Skip,
-            Applied::SnapshotInstalled { .. } | Applied::Lagged { .. } => {
-                Next::Fail(Status::aborted("the log follower fell behind; read the log again"))
-            }
-            Applied::Stopping => Next::End,
-        });
+                // The finish comes after the last line.
+                Applied::Event(DomainEvent::Run(r)) if r.index == index && r.outcome != RunOutcome::Running => {
+                    Next::End
+                }
+                Applied::Event(_) => Next::Skip,
+                Applied::SnapshotInstalled { .. } | Applied::Lagged { .. } => {
+                    Next::Fail(Status::aborted("the log follower fell behind; read the log again"))
+                }
+                Applied::Stopping => Next::End,
+            },
+        );
         Ok(Response::new(stream))
     }
 
     async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<Run>, Status> {
-        let trigger = trigger_of(&req, req.get_ref().reason.clone())?;
+        let caller = Caller::of(&req)?.clone();
+        let trigger = caller.trigger(req.get_ref().reason.clone())?;
         let index = parse_run_id(&req.into_inner().run_id).map_err(Status::invalid_argument)?;
         barrier(&self.node, false).await?;
         let run = domain::read_run(&self.node.reader().view(), index)
             .map_err(read_status)?
             .ok_or_else(|| Status::not_found(format!("run {} not found", domain::run_id(index))))?;
+        caller.require(Verb::Cancel, &resource_of(&run.kind, &run.name))?;
         if run.outcome != RunOutcome::Running {
             return Err(Status::failed_precondition(format!(
                 "run {} already ended: {}",
@@ -586,6 +663,7 @@ impl Resources for ResourcesService {
     }
 
     async fn history(&self, req: Request<HistoryRequest>) -> Result<Response<ListRunsResponse>, Status> {
+        allowed(&req, Verb::Read, &resource_of(&req.get_ref().kind, &req.get_ref().name))?;
         let req = req.into_inner();
         require("kind", &req.kind)?;
         require("name", &req.name)?;
@@ -608,7 +686,9 @@ impl Resources for ResourcesService {
     }
 
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        let caller = Caller::of(&req)?.clone();
         let req = req.into_inner();
+        caller.require_some_under(Verb::Read, &resources_prefix(&req.kind))?;
         let since = since_cutoff(req.since.as_ref())?;
         barrier(&self.node, false).await?;
         let view = self.node.reader().view();
@@ -619,6 +699,7 @@ impl Resources for ResourcesService {
         Ok(Response::new(StatsResponse {
             transitions: rows
                 .into_iter()
+                .filter(|s| caller.allows_some_under(Verb::Read, &resources_prefix(&s.kind)))
                 .map(|s| TransitionStats {
                     kind: s.kind,
                     from: s.from,

@@ -9,8 +9,8 @@ use opsd_proto::v1::{
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::caller::{trigger_of, Caller};
-use super::follow::{end_of_watch, follow, AnswerStream, Applied, Next};
+use super::caller::{require, Caller};
+use super::follow::{end_of_watch, follow_as, AnswerStream, Applied, Next};
 use super::{barrier, propose, read_status, refuse_if_removed};
 use crate::domain::security::{Object, Verb};
 use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
@@ -75,7 +75,8 @@ fn invalid(e: String) -> Status {
 #[tonic::async_trait]
 impl Settings for SettingsService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let trigger = trigger_of(&req, req.get_ref().reason.clone())?;
+        let caller = require(&req, Verb::Write, &Object::Setting(&req.get_ref().key))?;
+        let trigger = caller.trigger(req.get_ref().reason.clone())?;
         let req = req.into_inner();
         domain::validate_key(&req.key).map_err(invalid)?;
         domain::validate_value(&req.value).map_err(invalid)?;
@@ -101,7 +102,7 @@ impl Settings for SettingsService {
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let caller = Caller::of(&req)?.clone();
+        let caller = require(&req, Verb::Read, &Object::Setting(&req.get_ref().key))?.clone();
         let req = req.into_inner();
         domain::validate_key(&req.key).map_err(invalid)?;
         barrier(&self.node, req.stale).await?;
@@ -124,6 +125,7 @@ impl Settings for SettingsService {
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let caller = Caller::of(&req)?.clone();
         let req = req.into_inner();
         if req.prefix.len() > domain::MAX_KEY_BYTES {
             return Err(invalid(format!(
@@ -132,19 +134,25 @@ impl Settings for SettingsService {
                 domain::MAX_KEY_BYTES
             )));
         }
+        caller.require_some_under(Verb::Read, &format!("settings/{}", req.prefix))?;
         barrier(&self.node, req.stale).await?;
         let reader = self.node.reader();
         let view = reader.view();
         let revision = domain::current_revision(&view).map_err(read_status)?;
         let settings = domain::list(&view, &req.prefix).map_err(read_status)?;
         Ok(Response::new(ListResponse {
-            settings: settings.into_iter().map(masked).collect(),
+            settings: settings
+                .into_iter()
+                .filter(|s| caller.allows(Verb::Read, &Object::Setting(&s.key)))
+                .map(masked)
+                .collect(),
             revision,
         }))
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let trigger = trigger_of(&req, req.get_ref().reason.clone())?;
+        let caller = require(&req, Verb::Write, &Object::Setting(&req.get_ref().key))?;
+        let trigger = caller.trigger(req.get_ref().reason.clone())?;
         let req = req.into_inner();
         domain::validate_key(&req.key).map_err(invalid)?;
         let cmd = Command::DeleteSetting {
@@ -159,6 +167,7 @@ impl Settings for SettingsService {
     type WatchStream = AnswerStream<WatchEvent>;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&req)?.clone();
         let prefix = req.into_inner().prefix;
         if prefix.len() > domain::MAX_KEY_BYTES {
             return Err(invalid(format!(
@@ -166,15 +175,23 @@ impl Settings for SettingsService {
                 domain::MAX_KEY_BYTES
             )));
         }
+        caller.require_some_under(Verb::Read, &format!("settings/{prefix}"))?;
         refuse_if_removed(&self.node)?;
         let mut last = 0u64;
-        let stream = follow(
+        let reader = self.node.reader().clone();
+        let watcher = caller.clone();
+        let stream = follow_as(
+            caller,
+            reader,
             self.node.subscribe(),
             self.stop.clone(),
             256,
             None,
             move |seen| match seen {
-                Applied::Event(DomainEvent::Setting(ev)) if ev.record().key.starts_with(&prefix) => {
+                Applied::Event(DomainEvent::Setting(ev))
+                    if ev.record().key.starts_with(&prefix)
+                        && watcher.allows(Verb::Read, &Object::Setting(&ev.record().key)) =>
+                {
                     last = ev.record().mod_revision;
                     Next::Send(watch_event_of(ev))
                 }
@@ -185,7 +202,15 @@ impl Settings for SettingsService {
     }
 
     async fn effective(&self, req: Request<EffectiveRequest>) -> Result<Response<EffectiveResponse>, Status> {
-        let caller = Caller::of(&req)?.clone();
+        let caller = require(
+            &req,
+            Verb::Read,
+            &Object::Resource {
+                kind: &req.get_ref().kind,
+                name: &req.get_ref().name,
+            },
+        )?
+        .clone();
         let req = req.into_inner();
         check_resource_name(&req.kind, &req.name)?;
         barrier(&self.node, req.stale).await?;
@@ -209,6 +234,7 @@ impl Settings for SettingsService {
         }
         let settings = scoped
             .into_iter()
+            .filter(|(key, _)| caller.allows(Verb::Read, &Object::Setting(key)))
             .map(|(key, s)| EffectiveSetting {
                 key,
                 value: if s.secret && !req.reveal {

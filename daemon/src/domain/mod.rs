@@ -34,6 +34,10 @@ pub const TABLES: &[&str] = &[
     resources::RUN_LOGS,
     stats::FINISHED,
     stats::BUCKETS,
+    security::ROLES,
+    security::USERS,
+    security::TOKENS,
+    security::META,
 ];
 
 /// The format of an encoded command: its first byte. Format 1 is the bare
@@ -183,6 +187,52 @@ pub enum Command {
         /// Whether the setting is secret from now on; `None` keeps what it was.
         secret: Option<bool>,
     },
+    /// Make the `admin` role, the `admin` user and its first token (the
+    /// bootstrap's `admin.token`). Applied once; a second is a no-op.
+    InitSecurity {
+        /// The admin token's id.
+        admin_token_id: String,
+        /// SHA-256 of its secret (made by the proposer, never replicated).
+        admin_token_hash: Vec<u8>,
+        /// When, by the proposer's clock.
+        at_ms: i64,
+    },
+    /// Create or replace a role (not `admin`); the rules are re-parsed by apply.
+    PutRole {
+        /// The name.
+        name: String,
+        /// The rules, in text form (`VERB[,VERB...]:PATTERN`).
+        rules: Vec<String>,
+    },
+    /// Remove a role nobody holds.
+    DeleteRole {
+        /// The name.
+        name: String,
+    },
+    /// Create a user holding existing roles.
+    CreateUser {
+        /// The name.
+        name: String,
+        /// Its roles.
+        roles: Vec<String>,
+        /// When, by the proposer's clock.
+        at_ms: i64,
+    },
+    /// Delete a user and revoke its tokens (never the last admin).
+    DeleteUser {
+        /// The name.
+        name: String,
+    },
+    /// Create a token; its secret was made by the proposer, only its hash is here.
+    CreateToken {
+        /// The token as stored.
+        token: security::TokenRecord,
+    },
+    /// Revoke (delete) a token.
+    RevokeToken {
+        /// The token's id.
+        id: String,
+    },
 }
 
 /// Who asked for a change, why, from where, and when (by the proposer's clock).
@@ -240,6 +290,11 @@ pub enum DomainEvent {
         first_line: u64,
         /// The lines.
         lines: Vec<String>,
+    },
+    /// Users, roles or tokens changed: open streams re-check their token.
+    Security {
+        /// What changed, in words.
+        what: String,
     },
 }
 
@@ -310,6 +365,13 @@ pub enum Outcome {
     /// Nothing changed: the command was flagged ignorable and this node
     /// cannot decode it.
     Skipped,
+    /// Users, roles or tokens changed.
+    SecurityChanged {
+        /// What changed, in words.
+        what: String,
+    },
+    /// Nothing changed: security was initialised already.
+    SecurityUnchanged,
 }
 
 /// What decoding a command gives: the command to apply, or an answer
@@ -474,6 +536,17 @@ fn apply_command(txn: &mut Txn<'_>, entry: EntryInfo, command: Command) -> Resul
         Command::TakeOverRun { run, attempt } => settle(resources::take_over(txn, entry, run, attempt)),
         Command::CancelRun { run, trigger } => settle(resources::cancel(txn, run, trigger)),
         Command::AppendRunLog { run, attempt, lines } => settle(resources::append_log(txn, run, attempt, lines)),
+        Command::InitSecurity {
+            admin_token_id,
+            admin_token_hash,
+            at_ms,
+        } => security::apply_init(txn, &admin_token_id, &admin_token_hash, at_ms),
+        Command::PutRole { name, rules } => security::apply_put_role(txn, &name, &rules),
+        Command::DeleteRole { name } => security::apply_delete_role(txn, &name),
+        Command::CreateUser { name, roles, at_ms } => security::apply_create_user(txn, &name, &roles, at_ms),
+        Command::DeleteUser { name } => security::apply_delete_user(txn, &name),
+        Command::CreateToken { token } => security::apply_create_token(txn, token),
+        Command::RevokeToken { id } => security::apply_revoke_token(txn, &id),
     }
 }
 
@@ -823,6 +896,35 @@ mod tests {
                 source: "s".into(),
                 kind,
                 revision: 7,
+            },
+            Command::InitSecurity {
+                admin_token_id: "0123456789abcdef".into(),
+                admin_token_hash: vec![1; 32],
+                at_ms: 5,
+            },
+            Command::PutRole {
+                name: "r".into(),
+                rules: vec!["read:*".into()],
+            },
+            Command::DeleteRole { name: "r".into() },
+            Command::CreateUser {
+                name: "u".into(),
+                roles: vec!["r".into()],
+                at_ms: 5,
+            },
+            Command::DeleteUser { name: "u".into() },
+            Command::CreateToken {
+                token: security::TokenRecord {
+                    id: "0123456789abcdef".into(),
+                    user: "u".into(),
+                    secret_sha256: vec![2; 32],
+                    created_at_ms: 5,
+                    expires_at_ms: Some(9),
+                    description: "d".into(),
+                },
+            },
+            Command::RevokeToken {
+                id: "0123456789abcdef".into(),
             },
         ]
     }

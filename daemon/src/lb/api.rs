@@ -12,9 +12,11 @@ use tonic::{Request, Response, Status};
 use super::discovery::{endpoints, local_to_proto};
 use super::plane::Balancer;
 use super::{CLUSTER_KIND, SERVICE_KIND};
+use crate::api::caller::{require, Caller};
 use crate::api::follow::AnswerStream;
 use crate::api::{barrier, read_status, refuse_if_removed};
 use crate::domain::resources::{self, ResourceRecord};
+use crate::domain::security::{Object, Verb};
 use crate::domain::DomainEvent;
 
 /// Serves the load balancer's state and discovery from a node.
@@ -50,6 +52,24 @@ fn check_name(name: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Services for ServicesService {
     async fn local(&self, req: Request<LocalRequest>) -> Result<Response<LocalBalancer>, Status> {
+        // SEAM(join-token): another node's discovery asks without a token
+        // until node certificates exist; a token given must be valid and
+        // may read the service(s) asked about.
+        let caller = Caller::of_or_anonymous(&req)?;
+        if caller.token_id.is_some() {
+            let name = &req.get_ref().name;
+            if name.is_empty() {
+                caller.require_some_under(Verb::Read, &format!("resources/{SERVICE_KIND}/"))?;
+            } else {
+                caller.require(
+                    Verb::Read,
+                    &Object::Resource {
+                        kind: SERVICE_KIND,
+                        name,
+                    },
+                )?;
+            }
+        }
         let req = req.into_inner();
         if !req.name.is_empty() {
             check_name(&req.name)?;
@@ -59,6 +79,14 @@ impl Services for ServicesService {
     }
 
     async fn resolve(&self, req: Request<ResolveRequest>) -> Result<Response<Endpoints>, Status> {
+        require(
+            &req,
+            Verb::Read,
+            &Object::Resource {
+                kind: SERVICE_KIND,
+                name: &req.get_ref().name,
+            },
+        )?;
         let req = req.into_inner();
         check_name(&req.name)?;
         barrier(&self.node, req.stale).await?;
@@ -71,6 +99,15 @@ impl Services for ServicesService {
     type WatchResolveStream = AnswerStream<Endpoints>;
 
     async fn watch_resolve(&self, req: Request<ResolveRequest>) -> Result<Response<Self::WatchResolveStream>, Status> {
+        let caller = require(
+            &req,
+            Verb::Read,
+            &Object::Resource {
+                kind: SERVICE_KIND,
+                name: &req.get_ref().name,
+            },
+        )?
+        .clone();
         let req = req.into_inner();
         check_name(&req.name)?;
         barrier(&self.node, req.stale).await?;
@@ -99,6 +136,13 @@ impl Services for ServicesService {
                 };
                 let relevant = match seen {
                     Ok(AppliedEvent::Applied { event, .. }) => match DomainEvent::decode(&event) {
+                        Ok(DomainEvent::Security { .. }) => {
+                            if let Err(status) = caller.recheck(node.reader()) {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                            false
+                        }
                         Ok(DomainEvent::ResourceDeleted(r)) if r.kind == SERVICE_KIND && r.name == name => {
                             return;
                         }

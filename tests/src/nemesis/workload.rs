@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use opsd_client::Credentials;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
@@ -42,9 +41,6 @@ pub const UNIQUE_PREFIX: &str = "u/";
 /// The key prefix of the shared compare-and-set keys.
 pub const SHARED_PREFIX: &str = "s/";
 
-/// The principal the suite acts as.
-const PRINCIPAL: &str = "nemesis";
-
 /// Clients of the node at `addr` for the nemesis: short connect timeout,
 /// [`OP_TIMEOUT`] per call, HTTP/2 keepalive so that a connection into a
 /// partition is noticed as broken within seconds, and large answers allowed.
@@ -58,7 +54,7 @@ pub fn connect(addr: &str) -> Clients {
         .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true)
         .connect_lazy();
-    let mut clients = Clients::from_channel(addr, channel, Credentials::principal(PRINCIPAL));
+    let mut clients = Clients::from_channel(addr, channel, crate::access::credentials(addr));
     clients.settings = clients.settings.max_decoding_message_size(MAX_MESSAGE);
     clients.resources = clients.resources.max_decoding_message_size(MAX_MESSAGE);
     clients
