@@ -107,7 +107,10 @@ fn valid_messages(term: u64, node: u64, index: u64, payload: Vec<u8>) -> Vec<(us
     };
     let mut out = vec![
         (0, encode(&append)),
-        (1, encode(&VoteRequest::new(vote(term, node), Some(log_id(term, node, index))))),
+        (
+            1,
+            encode(&VoteRequest::new(vote(term, node), Some(log_id(term, node, index)))),
+        ),
         (3, encode(&LeaderRequest::Write(payload.clone()))),
         (3, encode(&LeaderRequest::WriteShared(payload))),
         (3, encode(&LeaderRequest::ReadIndex)),
@@ -136,9 +139,9 @@ fn valid_messages(term: u64, node: u64, index: u64, payload: Vec<u8>) -> Vec<(us
         ),
         (
             7,
-            encode(&Ok::<_, RaftError<NodeId, InstallSnapshotError>>(InstallSnapshotResponse {
-                vote: vote(term, node),
-            })),
+            encode(&Ok::<_, RaftError<NodeId, InstallSnapshotError>>(
+                InstallSnapshotResponse { vote: vote(term, node) },
+            )),
         ),
         (
             8,
@@ -159,7 +162,11 @@ const TYPES: usize = 9;
 fn decode_as(which: usize, bytes: &[u8]) -> Result<(), TestCaseError> {
     fn again<T: serde::Serialize + serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(), TestCaseError> {
         if let Ok(v) = decode::<T>(bytes) {
-            prop_assert!(encode(&v).is_ok(), "a decoded {} does not encode", std::any::type_name::<T>());
+            prop_assert!(
+                encode(&v).is_ok(),
+                "a decoded {} does not encode",
+                std::any::type_name::<T>()
+            );
         }
         Ok(())
     }
@@ -272,7 +279,9 @@ fn peer_message_decoder() {
             decode_as(which, &bytes)
         });
         if let Err(e) = result {
-            panic!("fuzz harness peer_message_decoder failed (FUZZ_SEED={seed}; its seed is saved in {REGRESSIONS}): {e}");
+            panic!(
+                "fuzz harness peer_message_decoder failed (FUZZ_SEED={seed}; its seed is saved in {REGRESSIONS}): {e}"
+            );
         }
         round += 1;
     }
@@ -351,7 +360,9 @@ fn peer_service_messages() {
             Ok(())
         });
         if let Err(e) = result {
-            panic!("fuzz harness peer_service_messages failed (FUZZ_SEED={seed}; its seed is saved in {REGRESSIONS}): {e}");
+            panic!(
+                "fuzz harness peer_service_messages failed (FUZZ_SEED={seed}; its seed is saved in {REGRESSIONS}): {e}"
+            );
         }
         round += 1;
     }
