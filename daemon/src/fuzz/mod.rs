@@ -95,7 +95,14 @@ where
     S::Value: std::fmt::Debug,
 {
     let budget = (total() * h.per_mille).div_ceil(1000).max(1);
-    let seed = seed();
+    // Each harness its own seed, printed with a failure: FUZZ_SEED=N
+    // replays every harness of the run.
+    let base = seed();
+    let seed = base
+        ^ h.name
+            .bytes()
+            .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b)));
+    eprintln!("fuzz {}: FUZZ_SEED={base}, {budget} inputs", h.name);
     let counter = Counter::default();
     let mut round = 0u64;
     while counter.get() < budget {
@@ -115,8 +122,8 @@ where
         let mut runner = TestRunner::new_with_rng(config, rng);
         if let Err(e) = runner.run(&strategy, |v| test(v, &counter)) {
             panic!(
-                "fuzz harness {} failed (FUZZ_SEED={seed}; its seed is saved in {}): {e}",
-                h.name, h.regressions
+                "fuzz harness {} failed (FUZZ_SEED={}; its seed is saved in {}): {e}",
+                h.name, base, h.regressions
             );
         }
         round += 1;
