@@ -4,7 +4,7 @@
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: run test deps build lint fmt clean
+.PHONY: run test fuzz deps build lint fmt clean
 
 ## run: build opsd and opsctl, and start a single-node opsd on 127.0.0.1:7700 (data in ./opsd-data)
 run: deps
@@ -23,6 +23,19 @@ test: deps
 	  echo "== skipped here (set OPSD_TEST_STRICT=1 to make these failures):"; sed 's/^/   /' target/test-skips.txt; \
 	else echo "== no test skipped anything"; fi; \
 	exit $$status
+
+## fuzz: the property harnesses of docs/fuzzing.md on FUZZ_CASES inputs in all (default 1000000):
+## decoders, the kind parser, apply, request validation; prints each harness's count, the total
+## and the time. FUZZ_SEED=N replays a run. (`make test` runs them too, on 20000 inputs.)
+FUZZ_CASES ?= 1000000
+fuzz: deps
+	@rm -rf target/fuzz-counts; start=$$(date +%s); status=0; \
+	export FUZZ_CASES=$(FUZZ_CASES) FUZZ_COUNTS=$(CURDIR)/target/fuzz-counts; \
+	$(CARGO) test -p opsd-cluster --lib fuzz_peer -- --test-threads=2 || status=$$?; \
+	$(CARGO) test -p opsd --lib fuzz:: -- --test-threads=2 || status=$$?; \
+	total=0; for f in target/fuzz-counts/*; do [ -f "$$f" ] || continue; n=$$(cat "$$f"); \
+	  echo "   $$(basename "$$f"): $$n inputs"; total=$$((total + n)); done; \
+	echo "== fuzz: $$total inputs in all, in $$(( $$(date +%s) - start )) s"; exit $$status
 
 ## bench: opsd side by side with etcd on this machine (installs etcd if missing, builds in release),
 ## writes target/bench/results.json; `BENCH_SECONDS=5 make bench` for a quick run. See docs/BENCHMARKS.md

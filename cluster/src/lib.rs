@@ -18,6 +18,8 @@ pub mod check;
 pub mod data_dir;
 pub mod disk;
 pub mod error;
+#[cfg(test)]
+mod fuzz_peer;
 pub mod log_mark;
 mod log_store;
 mod network;

@@ -8,6 +8,8 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod engine;
+#[cfg(test)]
+mod fuzz;
 pub mod lb;
 pub mod ops;
 pub mod propose;

@@ -431,6 +431,51 @@ fn a_kind_update_may_not_strand_resources() {
     assert!(matches!(s.apply(put_kind(&without_paused)).0, Outcome::KindPut { .. }));
 }
 
+/// Found by the apply fuzzer: before the leader installs the built-in kinds,
+/// resources are created of the ones this build embeds, and a kind stored
+/// over one (registered or built in) could remove the state they are in.
+#[test]
+fn a_kind_stored_over_an_embedded_built_in_kind_may_not_strand_its_resources() {
+    let mut s = TestState::new();
+    let (out, _) = s.apply(Command::CreateResource {
+        kind: "image".into(),
+        name: "web".into(),
+        spec_json: r#"{"source": "s"}"#.into(),
+        labels: BTreeMap::new(),
+        trigger: trigger(1000),
+    });
+    assert!(
+        matches!(&out, Outcome::ResourceChanged { resource, .. } if resource.state == "pending"),
+        "{out:?}"
+    );
+    let mut without_pending = embedded_kind("image");
+    without_pending.states.remove("pending");
+    without_pending.initial = "building".into();
+    let put = Command::PutKind {
+        source: "kind = \"image\"".into(),
+        kind: without_pending.clone(),
+    };
+    let builtin = Command::PutBuiltinKind {
+        source: "newer".into(),
+        kind: without_pending,
+        revision: BUILTIN_REVISION + 1,
+    };
+    for command in [put, builtin] {
+        let m = message(rejection(s.apply(command).0));
+        assert!(
+            m.contains("removes state \"pending\"") && m.contains("1 resource"),
+            "{m}"
+        );
+    }
+    assert_eq!(resource_of(&s, "image", "web").state, "pending");
+    let (kind, record) = read_kind(&s.state.view(), "image").unwrap().unwrap();
+    assert!(record.is_none() && kind.states.contains_key("pending"));
+}
+
+fn resource_of(s: &TestState, kind: &str, name: &str) -> ResourceRecord {
+    read_resource(&s.state.view(), kind, name).unwrap().unwrap()
+}
+
 #[test]
 fn compiling_a_kind_refuses_bad_sources_and_built_in_names() {
     let invalid = |source: &str| match compile_kind(source) {
