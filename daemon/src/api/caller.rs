@@ -161,6 +161,15 @@ impl Caller {
         identity.caller.as_ref().map_err(Clone::clone)
     }
 
+    /// Makes this the caller of `req`, as the identity layer would: for
+    /// calls made in-process (tests), which no layer sees.
+    pub fn attach<T>(self, req: &mut Request<T>) {
+        req.extensions_mut().insert(Identity {
+            caller: Ok(self),
+            had_token: true,
+        });
+    }
+
     /// As [`Caller::of`], except that a request without any token acts as
     /// [`ANONYMOUS`] (granted nothing) rather than being refused. A token
     /// that is given must be valid.

@@ -157,6 +157,7 @@ fn structured() -> BoxedStrategy<Command> {
         1 => (run(), attempt(), vec(text(), 0..4)).prop_map(|(run, attempt, lines)| Command::AppendRunLog {
             run, attempt, lines
         }),
+        3 => super::command::security_command(one_of(&["admin", "ci", "deployer", "app/x", "db/url"])),
     ]
     .boxed()
 }

@@ -134,6 +134,74 @@ pub fn any_command() -> BoxedStrategy<Command> {
             kind,
             revision
         }),
+        security_command(text()),
+    ]
+    .boxed()
+}
+
+/// The settings and security commands added with security (secret
+/// settings, roles, users, tokens), over names drawn from `names`: arbitrary
+/// text for the decoder, a few shared names for apply, so that commands meet.
+pub fn security_command(names: impl Strategy<Value = String> + Clone + 'static) -> BoxedStrategy<Command> {
+    let rule = prop_oneof![
+        Just("*:*".to_string()),
+        Just("read:settings/app/*".to_string()),
+        Just("do,read:resources/app/*".to_string()),
+        text()
+    ];
+    prop_oneof![
+        (
+            names.clone(),
+            text(),
+            proptest::option::of(number()),
+            trigger(),
+            proptest::option::of(any::<bool>())
+        )
+            .prop_map(
+                |(key, value, expected_revision, trigger, secret)| Command::PutSettingV2 {
+                    key,
+                    value,
+                    expected_revision,
+                    trigger,
+                    secret
+                }
+            ),
+        (names.clone(), bytes(), signed()).prop_map(|(admin_token_id, admin_token_hash, at_ms)| {
+            Command::InitSecurity {
+                admin_token_id,
+                admin_token_hash,
+                at_ms,
+            }
+        }),
+        (names.clone(), vec(rule, 0..3)).prop_map(|(name, rules)| Command::PutRole { name, rules }),
+        names.clone().prop_map(|name| Command::DeleteRole { name }),
+        (names.clone(), vec(names.clone(), 0..3), signed()).prop_map(|(name, roles, at_ms)| Command::CreateUser {
+            name,
+            roles,
+            at_ms
+        }),
+        names.clone().prop_map(|name| Command::DeleteUser { name }),
+        (
+            names.clone(),
+            names.clone(),
+            bytes(),
+            signed(),
+            proptest::option::of(signed()),
+            text()
+        )
+            .prop_map(|(id, user, secret_sha256, created_at_ms, expires_at_ms, description)| {
+                Command::CreateToken {
+                    token: crate::domain::security::TokenRecord {
+                        id,
+                        user,
+                        secret_sha256,
+                        created_at_ms,
+                        expires_at_ms,
+                        description,
+                    },
+                }
+            }),
+        names.prop_map(|id| Command::RevokeToken { id }),
     ]
     .boxed()
 }
