@@ -52,6 +52,13 @@ pub struct Flags {
     /// data dir already belongs to that cluster.
     #[arg(long, env = "OPSD_JOIN", value_delimiter = ',', global = true)]
     pub join: Vec<String>,
+    /// The join token a new node joins with (made on a member by `opsctl
+    /// cluster join-token`; single use, 1 h by default): the node gets its
+    /// certificate from the member it contacts, which it trusts by the
+    /// cluster CA's fingerprint the token carries. Not needed by a node
+    /// that already has its certificate (node.pem in its data dir).
+    #[arg(long, env = "OPSD_JOIN_TOKEN", global = true, hide_env_values = true)]
+    pub join_token: Option<String>,
     /// Log format: text or json [default: text]. RUST_LOG sets the level.
     #[arg(long, env = "OPSD_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -133,6 +140,7 @@ struct FileConfig {
     lb_host: Option<String>,
     #[serde(default)]
     join: Vec<String>,
+    join_token: Option<String>,
     log_format: Option<LogFormat>,
     heartbeat_ms: Option<u64>,
     election_timeout_ms: Option<u64>,
@@ -158,6 +166,8 @@ pub struct Config {
     pub lb_host: String,
     /// Members to join through.
     pub join: Vec<String>,
+    /// The join token, parsed.
+    pub join_token: Option<crate::pki::JoinToken>,
     /// Log format.
     pub log_format: LogFormat,
     /// Heartbeat interval.
@@ -214,6 +224,12 @@ impl Config {
         };
         let join = if flags.join.is_empty() { file.join } else { flags.join };
         check_addrs("--join", &join)?;
+        let join_token = flags
+            .join_token
+            .or(file.join_token)
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| crate::pki::JoinToken::parse(&t).map_err(|e| anyhow!("--join-token: {e}")))
+            .transpose()?;
         let heartbeat_ms = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
         let election_ms = flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(500);
         if heartbeat_ms == 0 {
@@ -247,6 +263,7 @@ impl Config {
             advertise,
             lb_host,
             join,
+            join_token,
             log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             heartbeat: Duration::from_millis(heartbeat_ms),
             election_timeout: Duration::from_millis(election_ms),

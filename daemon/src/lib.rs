@@ -10,6 +10,7 @@ pub mod domain;
 pub mod engine;
 pub mod lb;
 pub mod ops;
+pub mod pki;
 pub mod propose;
 pub mod recover;
 pub mod server;

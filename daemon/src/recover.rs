@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use opsd_client::{CallError, Credentials, NodeAddr, Nodes, Timeouts};
+use opsd_client::{CallError, NodeAddr, Nodes, Timeouts};
 use opsd_cluster::check::check_data_dir;
 use opsd_cluster::{DataDir, NodeId};
 use opsd_proto::v1::{MembersRequest, RemoveRequest, StatusRequest};
@@ -41,7 +41,9 @@ pub async fn recover(mut config: Config, rejoin: Vec<String>) -> anyhow::Result<
         .iter()
         .map(|a| NodeAddr::parse(a).map_err(|e| anyhow!("--rejoin {a}: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let nodes = Nodes::new(addrs, Timeouts::default(), Credentials::anonymous());
+    // A node that still has its certificate asks as a node of the cluster.
+    let tls = crate::pki::load(&config.data_dir).unwrap_or(None);
+    let nodes = Nodes::new(addrs, Timeouts::default(), crate::server::dial_credentials(tls.as_ref()));
 
     let mut dir = DataDir::inspect(&config.data_dir).map_err(|e| {
         anyhow!("{e}; nothing to recover (to join a cluster with a new data dir, start opsd with --join)")

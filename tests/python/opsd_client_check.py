@@ -92,13 +92,28 @@ def generate_stubs(proto_dir, out_dir):
     return mods
 
 
+# The name every opsd node certificate carries, whatever its address.
+SERVER_NAME = "opsd-node"
+
+
+def open_channel(addr, ca_file):
+    """A channel to addr: TLS verifying the node against the cluster CA in
+    ca_file (checked against the fixed name SERVER_NAME) when given, else
+    plaintext (a cluster made before TLS)."""
+    if not ca_file:
+        return grpc.insecure_channel(addr)
+    with open(ca_file, "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", SERVER_NAME)])
+
+
 class Checker:
-    def __init__(self, addr, timeout, mods):
+    def __init__(self, addr, timeout, mods, ca_file=None):
         self.addr = addr
         self.timeout = timeout
         self.c = mods["cluster_pb2"]
         self.s = mods["settings_pb2"]
-        self.channel = grpc.insecure_channel(addr)
+        self.channel = open_channel(addr, ca_file)
         self.cluster = mods["cluster_pb2_grpc"].ClusterStub(self.channel)
         self.settings = mods["settings_pb2_grpc"].SettingsStub(self.channel)
         self.r = mods["resources_pb2"]
@@ -416,6 +431,8 @@ def main():
     ap.add_argument("--proto-dir", default=os.path.join(REPO, "proto"),
                     help="the directory holding opsd/v1/*.proto (default: the repo's proto/)")
     ap.add_argument("--timeout", type=float, default=15.0, help="seconds for each call (default 15)")
+    ap.add_argument("--ca", default=os.environ.get("OPSD_CA"),
+                    help="the cluster's ca.pem (default: $OPSD_CA); without it, plaintext")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="opsd-pystubs-") as out:
@@ -424,7 +441,7 @@ def main():
             mods = generate_stubs(args.proto_dir, out)
             print(f"ok: generated Python stubs for {', '.join(PROTO_FILES)} with grpcio-tools "
                   f"(grpcio {grpc.__version__})", flush=True)
-            ck = Checker(args.addr, args.timeout, mods)
+            ck = Checker(args.addr, args.timeout, mods, args.ca)
             checks = [ck.connect, ck.status, ck.put_get, ck.stale_cas, ck.get_missing, ck.empty_key,
                       ck.list_prefix, ck.delete_get, ck.watch, ck.resources_typed, ck.services_api, ck.health,
                       ck.reflection]

@@ -107,3 +107,66 @@ pub fn opsctl_env(addr: &str) -> Vec<(String, String)> {
     }
     env
 }
+
+/// An endpoint dialling `addr` as the harness's clients do: TLS trusting
+/// its cluster's CA when the cluster has one, else plain HTTP/2. For tests
+/// that tune their own channel; [`credentials`] does the same for clients
+/// of the client library.
+pub fn endpoint(addr: &str) -> tonic::transport::Endpoint {
+    let tls = access(addr).ca.map(|ca| opsd_proto::transport::client_tls(&ca, None));
+    let endpoint = match tls {
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")),
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .and_then(|e| e.tls_config(tls)),
+    };
+    endpoint.unwrap_or_else(|e| panic!("{addr} is not a HOST:PORT address: {e}"))
+}
+
+/// A fresh join token (`opsctl cluster join-token`) from the cluster of the
+/// first of `seeds` that makes one, made with the cluster's admin token;
+/// `None` if the seeds are not registered, their cluster has no CA, or none
+/// answers (the joining node then fails as it would without one).
+pub fn join_token(seeds: &[String]) -> Option<String> {
+    let seeds: Vec<String> = seeds
+        .iter()
+        .filter(|s| access(s).ca.is_some())
+        .cloned()
+        .collect();
+    if seeds.is_empty() {
+        return None;
+    }
+    // A runtime of its own, on a thread of its own: the harness starts
+    // nodes from inside tests' runtimes as well as from plain threads.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                for seed in &seeds {
+                    let Ok(addr) = opsd_client::NodeAddr::parse(seed) else {
+                        continue;
+                    };
+                    let timeouts = opsd_client::Timeouts::default();
+                    let Ok(mut api) = opsd_client::Api::connect(&addr, timeouts, credentials(seed)).await else {
+                        continue;
+                    };
+                    let request = opsd_proto::v1::CreateJoinTokenRequest { ttl: None };
+                    match api.cluster.create_join_token(request).await {
+                        Ok(answer) => return Some(answer.into_inner().token),
+                        Err(status) => eprintln!("[harness] a join token from {seed}: {}", status.message()),
+                    }
+                }
+                if std::time::Instant::now() > deadline {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        })
+    })
+    .join()
+    .ok()
+    .flatten()
+}

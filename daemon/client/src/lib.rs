@@ -82,7 +82,7 @@ impl Api {
     /// a stream, its first message), none if `None`. Must be called inside a
     /// tokio runtime.
     pub fn lazy(addr: &NodeAddr, timeouts: Timeouts, credentials: Credentials) -> Self {
-        let channel = addr.endpoint(timeouts).connect_lazy();
+        let channel = addr.endpoint(timeouts, &credentials).connect_lazy();
         Self::from_channel(addr.to_string(), channel, credentials)
     }
 
@@ -93,7 +93,7 @@ impl Api {
         timeouts: Timeouts,
         credentials: Credentials,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = addr.endpoint(timeouts).connect().await?;
+        let channel = addr.endpoint(timeouts, &credentials).connect().await?;
         Ok(Self::from_channel(addr.to_string(), channel, credentials))
     }
 }

@@ -102,6 +102,13 @@ struct Cli {
     )]
     addr: Vec<NodeAddr>,
 
+    /// The cluster's CA certificate (its `ca.pem`, in every node's data
+    /// dir): the node must prove itself with a certificate of it. Default:
+    /// `./opsd-data/ca.pem` when that file exists, else plain connections
+    /// (a cluster made before TLS).
+    #[arg(long, global = true, env = "OPSD_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+
     /// How to print results: `table` for people, `json` for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
@@ -382,7 +389,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let nodes = Nodes::new(cli.addr, Timeouts::default(), Credentials::login_user());
+    let wait_for_ca = match &cli.command {
+        Command::Status { wait } => *wait,
+        _ => None,
+    };
+    let credentials = match ca_file(cli.ca.as_deref(), wait_for_ca)? {
+        Some(pem) => Credentials::login_user().with_ca(pem),
+        None => Credentials::login_user(),
+    };
+    let nodes = Nodes::new(cli.addr, Timeouts::default(), credentials);
     let printer = Printer::new(cli.output);
     runtime.block_on(async {
         let done = match cli.command {
@@ -409,6 +424,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
         };
         done.map(|()| ExitCode::SUCCESS)
     })
+}
+
+/// The data dir a local single-node setup uses by default, where its
+/// `ca.pem` is found when --ca is not given.
+const DEFAULT_DATA_DIR: &str = "opsd-data";
+
+/// The cluster CA to trust: --ca/OPSD_CA (which must be readable), else
+/// `./opsd-data/ca.pem` if it exists, else none. `status --wait` waits that
+/// long for a --ca file that is not there yet (a node just started writes
+/// it when it bootstraps).
+fn ca_file(flag: Option<&std::path::Path>, wait: Option<std::time::Duration>) -> Result<Option<Vec<u8>>> {
+    if let Some(path) = flag.filter(|p| !p.as_os_str().is_empty()) {
+        let deadline = std::time::Instant::now() + wait.unwrap_or_default();
+        while !path.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let pem = std::fs::read(path).with_context(|| format!("--ca {}", path.display()))?;
+        if !pem.windows(17).any(|w| w == b"BEGIN CERTIFICATE") {
+            anyhow::bail!("--ca {}: not a PEM certificate (expected the cluster's ca.pem)", path.display());
+        }
+        return Ok(Some(pem));
+    }
+    let local = std::path::Path::new(DEFAULT_DATA_DIR).join("ca.pem");
+    Ok(std::fs::read(local).ok())
 }
 
 /// True when printing failed because stdout was closed.

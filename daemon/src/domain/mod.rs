@@ -4,6 +4,7 @@
 //! (another proposal may have won), answering with a rejection, never a panic.
 
 pub mod kind;
+pub mod pki;
 pub mod resources;
 pub mod scope;
 pub mod security;
@@ -33,6 +34,7 @@ pub const TABLES: &[&str] = &[
     resources::RUN_LOGS,
     stats::FINISHED,
     stats::BUCKETS,
+    pki::TABLE,
 ];
 
 /// The format of an encoded command: its first byte. Format 1 is the bare
@@ -167,6 +169,36 @@ pub enum Command {
         /// newest, so an older leader never brings an old definition back.
         revision: u64,
     },
+    /// Set the cluster CA (once), proposed by the bootstrap node: its key is
+    /// replicated so that any member can sign a joining node's certificate.
+    SetClusterCa {
+        /// The CA certificate, PEM.
+        cert_pem: String,
+        /// The CA's private key, PEM.
+        key_pem: String,
+    },
+    /// Record a join token (only the SHA-256 of its secret).
+    CreateJoinToken {
+        /// The token's id, 16 hex digits.
+        id: String,
+        /// The SHA-256 of its secret, hex.
+        secret_sha256: String,
+        /// When it expires, ms since the Unix epoch (the proposer's clock + TTL).
+        expires_at_ms: i64,
+        /// Who made it.
+        created_by: String,
+    },
+    /// Spend a join token for a node (again for the same node: no change).
+    UseJoinToken {
+        /// The token's id.
+        id: String,
+        /// The SHA-256 of the secret presented.
+        secret_sha256: String,
+        /// The node it is spent by.
+        node_id: u64,
+        /// When, by the proposer's clock: compared against the expiry.
+        at_ms: i64,
+    },
 }
 
 /// Who asked for a change, why, from where, and when (by the proposer's clock).
@@ -294,6 +326,22 @@ pub enum Outcome {
     /// Nothing changed: the command was flagged ignorable and this node
     /// cannot decode it.
     Skipped,
+    /// The cluster CA is set (now, or it was already this one).
+    ClusterCaSet,
+    /// A join token was recorded.
+    JoinTokenCreated {
+        /// Its id.
+        id: String,
+        /// When it expires.
+        expires_at_ms: i64,
+    },
+    /// A join token is spent by `node_id`.
+    JoinTokenUsed {
+        /// Its id.
+        id: String,
+        /// The node.
+        node_id: u64,
+    },
 }
 
 /// What decoding a command gives: the command to apply, or an answer
@@ -448,6 +496,19 @@ fn apply_command(txn: &mut Txn<'_>, entry: EntryInfo, command: Command) -> Resul
         Command::TakeOverRun { run, attempt } => settle(resources::take_over(txn, entry, run, attempt)),
         Command::CancelRun { run, trigger } => settle(resources::cancel(txn, run, trigger)),
         Command::AppendRunLog { run, attempt, lines } => settle(resources::append_log(txn, run, attempt, lines)),
+        Command::SetClusterCa { cert_pem, key_pem } => pki::apply_set_ca(txn, cert_pem, key_pem),
+        Command::CreateJoinToken {
+            id,
+            secret_sha256,
+            expires_at_ms,
+            created_by,
+        } => pki::apply_create_join_token(txn, id, secret_sha256, expires_at_ms, created_by),
+        Command::UseJoinToken {
+            id,
+            secret_sha256,
+            node_id,
+            at_ms,
+        } => pki::apply_use_join_token(txn, &id, &secret_sha256, node_id, at_ms),
     }
 }
 
