@@ -481,7 +481,6 @@ impl ClusterNode {
         let mut stop = self.inner.shutdown.subscribe();
         let peer_only = crate::peer_port::PeerOnly::new(&self.inner.info);
         tokio::spawn(async move {
-            let mut server = server;
             let result = server
                 .layer(peer_only)
                 .add_service(service)

@@ -29,6 +29,10 @@ pub const API_SOURCE: &str = "api";
 pub struct Caller {
     /// The user or service the request acts as.
     pub principal: String,
+    /// A node of this cluster: the request came over a TLS connection that
+    /// presented a certificate of the cluster CA (verified in the
+    /// handshake). Nodes may do everything.
+    pub node: bool,
 }
 
 impl Caller {
@@ -193,6 +197,7 @@ mod tests {
     fn triggers_carry_the_caller_and_bound_the_reason() {
         let caller = Caller {
             principal: "alice".into(),
+            node: false,
         };
         let t = caller.trigger("because".into()).unwrap();
         assert_eq!(

@@ -859,6 +859,22 @@ mod tests {
                 kind,
                 revision: 7,
             },
+            Command::SetClusterCa {
+                cert_pem: "c".into(),
+                key_pem: "k".into(),
+            },
+            Command::CreateJoinToken {
+                id: "0123456789abcdef".into(),
+                secret_sha256: "ab".repeat(32),
+                expires_at_ms: 9,
+                created_by: "alice".into(),
+            },
+            Command::UseJoinToken {
+                id: "0123456789abcdef".into(),
+                secret_sha256: "ab".repeat(32),
+                node_id: 3,
+                at_ms: 8,
+            },
         ]
     }
 

@@ -167,3 +167,108 @@ pub fn read_join_token(view: &ReadView<'_>, id: &str) -> Result<Option<JoinToken
         .map(|b| decode(&b))
         .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::TestState;
+    use super::super::{Command, Outcome, Rejection};
+    use super::*;
+
+    const ID: &str = "0123456789abcdef";
+
+    fn ca(s: &mut TestState, cert: &str) -> Outcome {
+        s.apply(Command::SetClusterCa {
+            cert_pem: format!("-----BEGIN CERTIFICATE-----{cert}"),
+            key_pem: "-----BEGIN PRIVATE KEY-----k".into(),
+        })
+        .0
+    }
+
+    fn create(s: &mut TestState, secret: &str, expires_at_ms: i64) -> Outcome {
+        s.apply(Command::CreateJoinToken {
+            id: ID.into(),
+            secret_sha256: crate::pki::secret_sha256(secret),
+            expires_at_ms,
+            created_by: "alice".into(),
+        })
+        .0
+    }
+
+    fn use_token(s: &mut TestState, secret: &str, node_id: u64, at_ms: i64) -> Outcome {
+        s.apply(Command::UseJoinToken {
+            id: ID.into(),
+            secret_sha256: crate::pki::secret_sha256(secret),
+            node_id,
+            at_ms,
+        })
+        .0
+    }
+
+    fn refused(outcome: Outcome, says: &str) {
+        match outcome {
+            Outcome::Rejected(Rejection::FailedPrecondition(m)) => assert!(m.contains(says), "{m}"),
+            other => panic!("expected a refusal saying {says:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_cluster_ca_is_set_once() {
+        let mut s = TestState::new();
+        assert!(read_ca(&s.state.view()).unwrap().is_none());
+        assert_eq!(ca(&mut s, "one"), Outcome::ClusterCaSet);
+        // The same CA again (a bootstrap node restarted before it deleted ca.key): no change.
+        assert_eq!(ca(&mut s, "one"), Outcome::ClusterCaSet);
+        refused(ca(&mut s, "two"), "already has another CA");
+        assert!(read_ca(&s.state.view()).unwrap().unwrap().cert_pem.ends_with("one"));
+        let bad = s
+            .apply(Command::SetClusterCa {
+                cert_pem: "x".into(),
+                key_pem: "y".into(),
+            })
+            .0;
+        assert!(matches!(bad, Outcome::Rejected(Rejection::InvalidArgument(_))), "{bad:?}");
+    }
+
+    #[test]
+    fn a_join_token_is_spent_by_one_node_before_it_expires() {
+        let mut s = TestState::new();
+        refused(use_token(&mut s, "secret", 5, 100), "unknown to this cluster");
+        assert_eq!(
+            create(&mut s, "secret", 1000),
+            Outcome::JoinTokenCreated {
+                id: ID.into(),
+                expires_at_ms: 1000
+            }
+        );
+        assert!(matches!(create(&mut s, "other", 1000), Outcome::Rejected(Rejection::AlreadyExists(_))));
+        refused(use_token(&mut s, "wrong", 5, 100), "wrong secret");
+        let used = Outcome::JoinTokenUsed {
+            id: ID.into(),
+            node_id: 5,
+        };
+        assert_eq!(use_token(&mut s, "secret", 5, 100), used);
+        // The same node again (its retries), even past the expiry: no change.
+        assert_eq!(use_token(&mut s, "secret", 5, 5000), used);
+        refused(use_token(&mut s, "secret", 6, 200), "already used by node 5");
+        let record = read_join_token(&s.state.view(), ID).unwrap().unwrap();
+        assert_eq!(record.used_by, Some(5));
+        assert_eq!(record.secret_sha256, crate::pki::secret_sha256("secret"));
+    }
+
+    #[test]
+    fn an_unspent_token_expires_by_the_proposers_clock() {
+        let mut s = TestState::new();
+        create(&mut s, "secret", 1000);
+        refused(use_token(&mut s, "secret", 5, 1000), "expired");
+        assert_eq!(read_join_token(&s.state.view(), ID).unwrap().unwrap().used_by, None);
+        let bad = s
+            .apply(Command::CreateJoinToken {
+                id: "short".into(),
+                secret_sha256: "x".into(),
+                expires_at_ms: 1,
+                created_by: String::new(),
+            })
+            .0;
+        assert!(matches!(bad, Outcome::Rejected(Rejection::InvalidArgument(_))), "{bad:?}");
+    }
+}

@@ -116,7 +116,7 @@ pub async fn transitions(addr: &str, workers: usize, warmup: Duration, measure: 
     // Watches stay open for the whole run: their channels have no request timeout.
     let streams: Vec<Channel> = (0..conns)
         .map(|_| {
-            crate::access::endpoint(addr)
+            opsd_tests::access::endpoint(addr)
                 .tcp_nodelay(true)
                 .connect_lazy()
         })

@@ -170,7 +170,7 @@ pub fn value(seed: u64) -> String {
 /// A channel to `addr` with the client timeout: TLS with its cluster's CA
 /// when the harness knows one, else plain HTTP/2.
 pub fn channel(addr: std::net::SocketAddr) -> Channel {
-    crate::access::endpoint(&addr.to_string())
+    opsd_tests::access::endpoint(&addr.to_string())
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT)
