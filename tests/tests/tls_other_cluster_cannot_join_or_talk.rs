@@ -159,8 +159,11 @@ async fn tls_other_cluster_cannot_join_or_talk() {
     let good = client_call(&a0.client_addr(), Some(transport::client_tls(&ta0.ca_pem, None))).await;
     assert!(answered(&good), "a client trusting A's CA: {}", describe(&good));
     let plain = client_call(&a0.client_addr(), None).await;
+    eprintln!("plain HTTP/2 at the client port: {}", describe(&plain));
     assert!(!answered(&plain), "plain HTTP/2 at A's client port: {}", describe(&plain));
     let wrong_ca = client_call(&a0.client_addr(), Some(transport::client_tls(&tb0.ca_pem, None))).await;
+    eprintln!("trusting another CA at the client port: {}", describe(&wrong_ca));
+    eprintln!("B's certificate at the peer port: {}", describe(&theirs));
     assert!(!answered(&wrong_ca), "a client trusting B's CA: {}", describe(&wrong_ca));
 
     // opsctl: with the CA (the harness gives OPSD_CA) it works; without, it
