@@ -42,22 +42,19 @@ pub fn register(addr: &str, bootstrap_dir: &Path) {
     );
 }
 
-/// The bootstrap data dir registered for `addr` (the first address of a
-/// comma-separated list), if any.
+/// The bootstrap data dir registered for `addr` (the first registered
+/// address of a comma-separated list), if any.
 pub fn bootstrap_dir(addr: &str) -> Option<PathBuf> {
-    let first = addr.split(',').next().unwrap_or(addr).trim();
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(first)
-        .map(|a| a.dir.clone())
+    let map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    addr.split(',').find_map(|a| map.get(a.trim()).map(|a| a.dir.clone()))
 }
 
-/// The token and CA for `addr`, read (once) from its bootstrap data dir.
+/// The token and CA for `addr` (the first registered address of a
+/// comma-separated list: a list may start with a dead one), read (once)
+/// from its bootstrap data dir.
 fn access(addr: &str) -> Access {
-    let first = addr.split(',').next().unwrap_or(addr).trim().to_string();
     let mut map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(entry) = map.get(&first).cloned() else {
+    let Some(entry) = addr.split(',').find_map(|a| map.get(a.trim()).cloned()) else {
         return Access::default();
     };
     let mut entry = entry;
