@@ -305,10 +305,12 @@ impl PeerConnection {
         let answered = refused || matches!(result, Ok(_) | Err(CallError::Garbled(_)));
         self.channels
             .note_reachable(self.target, &self.addr, answered, || match &result {
-                Err(e @ (CallError::NotSent(s) | CallError::Failed(s))) => match opsd_proto::transport::tls_problem(s) {
-                    Some(problem) => format!("{problem}: {e}"),
-                    None => e.to_string(),
-                },
+                Err(e @ (CallError::NotSent(s) | CallError::Failed(s))) => {
+                    match opsd_proto::transport::tls_problem(s) {
+                        Some(problem) => format!("{problem}: {e}"),
+                        None => e.to_string(),
+                    }
+                }
                 Err(e) => e.to_string(),
                 Ok(_) => String::new(),
             });

@@ -217,7 +217,8 @@ impl JoinToken {
         let rng = ring::rand::SystemRandom::new();
         let mut id = [0u8; 8];
         let mut secret = [0u8; 32];
-        rng.fill(&mut id).map_err(|_| anyhow!("no randomness for a join token"))?;
+        rng.fill(&mut id)
+            .map_err(|_| anyhow!("no randomness for a join token"))?;
         rng.fill(&mut secret)
             .map_err(|_| anyhow!("no randomness for a join token"))?;
         Ok(JoinToken {
@@ -369,7 +370,10 @@ mod tests {
         write_node_files(dir.path(), &ca.cert_pem, &node).unwrap();
         write_ca_key(dir.path(), &ca).unwrap();
         for private in [NODE_KEY_FILE, CA_KEY_FILE] {
-            let mode = std::fs::metadata(dir.path().join(private)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(private))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{private}");
         }
         let tls = load(dir.path()).unwrap().unwrap();

@@ -43,7 +43,11 @@ pub async fn recover(mut config: Config, rejoin: Vec<String>) -> anyhow::Result<
         .collect::<anyhow::Result<Vec<_>>>()?;
     // A node that still has its certificate asks as a node of the cluster.
     let tls = crate::pki::load(&config.data_dir).unwrap_or(None);
-    let nodes = Nodes::new(addrs, Timeouts::default(), crate::server::dial_credentials(tls.as_ref()));
+    let nodes = Nodes::new(
+        addrs,
+        Timeouts::default(),
+        crate::server::dial_credentials(tls.as_ref()),
+    );
 
     let mut dir = DataDir::inspect(&config.data_dir).map_err(|e| {
         anyhow!("{e}; nothing to recover (to join a cluster with a new data dir, start opsd with --join)")

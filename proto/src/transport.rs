@@ -215,8 +215,7 @@ pub fn tls_problem_in(text: &str) -> Option<&'static str> {
         Some("the other side refused our certificate (another cluster's CA?)")
     } else if t.contains("invalid peer certificate") || t.contains("unknownissuer") || t.contains("unknown issuer") {
         Some("the other side's certificate is not of our cluster's CA")
-    } else if t.contains("corrupt message") || t.contains("invalidcontenttype") || t.contains("invalid content type")
-    {
+    } else if t.contains("corrupt message") || t.contains("invalidcontenttype") || t.contains("invalid content type") {
         Some("the other side does not speak TLS")
     } else {
         None

@@ -113,8 +113,7 @@ pub fn endpoint(addr: &str) -> tonic::transport::Endpoint {
     let tls = access(addr).ca.map(|ca| opsd_proto::transport::client_tls(&ca, None));
     let endpoint = match tls {
         None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")),
-        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-            .and_then(|e| e.tls_config(tls)),
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}")).and_then(|e| e.tls_config(tls)),
     };
     endpoint.unwrap_or_else(|e| panic!("{addr} is not a HOST:PORT address: {e}"))
 }
@@ -124,11 +123,7 @@ pub fn endpoint(addr: &str) -> tonic::transport::Endpoint {
 /// `None` if the seeds are not registered, their cluster has no CA, or none
 /// answers (the joining node then fails as it would without one).
 pub fn join_token(seeds: &[String]) -> Option<String> {
-    let seeds: Vec<String> = seeds
-        .iter()
-        .filter(|s| access(s).ca.is_some())
-        .cloned()
-        .collect();
+    let seeds: Vec<String> = seeds.iter().filter(|s| access(s).ca.is_some()).cloned().collect();
     if seeds.is_empty() {
         return None;
     }

@@ -133,9 +133,16 @@ async fn tls_other_cluster_cannot_join_or_talk() {
         for file in ["ca.pem", "node.pem", "node.key"] {
             assert!(node.data_dir().join(file).exists(), "{} has no {file}", node.name());
         }
-        let mode = std::fs::metadata(node.data_dir().join("node.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(node.data_dir().join("node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{}: node.key mode {mode:o}", node.name());
-        assert!(!node.data_dir().join("ca.key").exists(), "{} still has ca.key", node.name());
+        assert!(
+            !node.data_dir().join("ca.key").exists(),
+            "{} still has ca.key",
+            node.name()
+        );
     }
     let (ta0, ta1, tb0) = (tls_of(a0), tls_of(a1), tls_of(b0));
     assert_eq!(ta0.ca_pem, ta1.ca_pem, "the nodes of A share one CA");
@@ -147,7 +154,11 @@ async fn tls_other_cluster_cannot_join_or_talk() {
     // ... B's certificate is refused at the handshake, even trusting A's CA ...
     let b_identity = transport::client_tls(&ta0.ca_pem, Some((&tb0.cert_pem, &tb0.key_pem)));
     let theirs = peer_call(&a0.peer_addr(), Some(b_identity)).await;
-    assert!(!answered(&theirs), "B's certificate at A's peer port: {}", describe(&theirs));
+    assert!(
+        !answered(&theirs),
+        "B's certificate at A's peer port: {}",
+        describe(&theirs)
+    );
     // ... as is no certificate at all, and plain HTTP/2.
     let none = peer_call(&a0.peer_addr(), Some(transport::client_tls(&ta0.ca_pem, None))).await;
     assert!(!answered(&none), "no certificate at A's peer port: {}", describe(&none));
@@ -160,18 +171,31 @@ async fn tls_other_cluster_cannot_join_or_talk() {
     assert!(answered(&good), "a client trusting A's CA: {}", describe(&good));
     let plain = client_call(&a0.client_addr(), None).await;
     eprintln!("plain HTTP/2 at the client port: {}", describe(&plain));
-    assert!(!answered(&plain), "plain HTTP/2 at A's client port: {}", describe(&plain));
+    assert!(
+        !answered(&plain),
+        "plain HTTP/2 at A's client port: {}",
+        describe(&plain)
+    );
     let wrong_ca = client_call(&a0.client_addr(), Some(transport::client_tls(&tb0.ca_pem, None))).await;
     eprintln!("trusting another CA at the client port: {}", describe(&wrong_ca));
     eprintln!("B's certificate at the peer port: {}", describe(&theirs));
-    assert!(!answered(&wrong_ca), "a client trusting B's CA: {}", describe(&wrong_ca));
+    assert!(
+        !answered(&wrong_ca),
+        "a client trusting B's CA: {}",
+        describe(&wrong_ca)
+    );
 
     // opsctl: with the CA (the harness gives OPSD_CA) it works; without, it
     // says the node speaks TLS.
     let opsctl = Opsctl { addr: a0.client_addr() };
     let status = opsctl.json(&["status"]).await;
     assert_eq!(status["node_id"].as_u64(), Some(a0.id()), "{status}");
-    let out = opsctl.command(&["status"]).env_remove("OPSD_CA").output().await.expect("opsctl");
+    let out = opsctl
+        .command(&["status"])
+        .env_remove("OPSD_CA")
+        .output()
+        .await
+        .expect("opsctl");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "opsctl without the CA: {stderr}");
     assert!(
@@ -211,7 +235,10 @@ async fn tls_other_cluster_cannot_join_or_talk() {
     refused(
         &foreign,
         "a new node with a join token of cluster B, --join to A",
-        &[("not the one the join token names", "say the token is of another cluster")],
+        &[(
+            "not the one the join token names",
+            "say the token is of another cluster",
+        )],
     )
     .await;
     assert_eq!(member_ids(&a).await, before, "A's membership changed");
@@ -240,9 +267,19 @@ async fn tls_other_cluster_cannot_join_or_talk() {
     let short = join_token(&a, Some(1)).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let late = joiner(&a, "late", &short, options.clone());
-    refused(&late, "a node with an expired join token", &[("expired", "say it expired")]).await;
+    refused(
+        &late,
+        "a node with an expired join token",
+        &[("expired", "say it expired")],
+    )
+    .await;
     // No token at all: the seed speaks TLS, and opsd says a token is needed.
     let none = joiner(&a, "no-token", "", options.clone());
-    refused(&none, "a new node without a join token", &[("--join-token", "name the flag")]).await;
+    refused(
+        &none,
+        "a new node without a join token",
+        &[("--join-token", "name the flag")],
+    )
+    .await;
     assert_eq!(member_ids(&a).await, with_first, "A's membership changed");
 }

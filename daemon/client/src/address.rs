@@ -68,7 +68,12 @@ impl NodeAddr {
         let base = match credentials.tls_config() {
             None => self.endpoint.clone(),
             Some(tls) => {
-                let authority = self.endpoint.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+                let authority = self
+                    .endpoint
+                    .uri()
+                    .authority()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
                 // The authority was parsed once already, and the configuration
                 // is the crate's own: neither can fail here.
                 Endpoint::from_shared(format!("https://{authority}"))

@@ -22,8 +22,11 @@ pub struct Credentials {
     ca_pem: Option<std::sync::Arc<Vec<u8>>>,
     /// A certificate and key (PEM) presented in the TLS handshake: a node's
     /// own, for node-to-node calls on the client port.
-    identity: Option<(std::sync::Arc<Vec<u8>>, std::sync::Arc<Vec<u8>>)>,
+    identity: Option<Identity>,
 }
+
+/// A certificate and its key, PEM.
+type Identity = (std::sync::Arc<Vec<u8>>, std::sync::Arc<Vec<u8>>);
 
 impl Credentials {
     /// No credentials: the server treats the caller as `anonymous`.

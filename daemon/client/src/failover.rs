@@ -378,7 +378,12 @@ pub fn tls_advice(chain: &str, has_ca: bool) -> Option<&'static str> {
     // A plain HTTP/2 client at a TLS port: the server reads its preface as
     // a bad TLS record and drops the connection, which the client sees as
     // a frame it cannot read or a connection broken at once.
-    let dropped = ["frame with invalid size", "h2 protocol error", "broken pipe", "connection reset"];
+    let dropped = [
+        "frame with invalid size",
+        "h2 protocol error",
+        "broken pipe",
+        "connection reset",
+    ];
     if !has_ca && dropped.iter().any(|d| t.contains(d)) {
         return Some("the node speaks TLS: give --ca or OPSD_CA (the cluster's ca.pem)");
     }

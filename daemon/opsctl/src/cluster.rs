@@ -109,7 +109,10 @@ pub async fn run(command: ClusterCommand, nodes: &Nodes, printer: Printer) -> Re
                 ttl: Some(opsd_proto::time::duration(ms)),
             };
             let answer = nodes
-                .write_with(&request, |mut api, r| async move { api.cluster.create_join_token(r).await })
+                .write_with(
+                    &request,
+                    |mut api, r| async move { api.cluster.create_join_token(r).await },
+                )
                 .await?;
             printer.join_token(&answer)?;
         }

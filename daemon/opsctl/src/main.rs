@@ -442,7 +442,10 @@ fn ca_file(flag: Option<&std::path::Path>, wait: Option<std::time::Duration>) ->
         }
         let pem = std::fs::read(path).with_context(|| format!("--ca {}", path.display()))?;
         if !pem.windows(17).any(|w| w == b"BEGIN CERTIFICATE") {
-            anyhow::bail!("--ca {}: not a PEM certificate (expected the cluster's ca.pem)", path.display());
+            anyhow::bail!(
+                "--ca {}: not a PEM certificate (expected the cluster's ca.pem)",
+                path.display()
+            );
         }
         return Ok(Some(pem));
     }

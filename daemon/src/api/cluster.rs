@@ -5,8 +5,8 @@ use opsd_proto::time;
 use opsd_proto::v1::cluster_server::Cluster;
 use opsd_proto::v1::{
     CreateJoinTokenRequest, CreateJoinTokenResponse, JoinCertificateRequest, JoinCertificateResponse, JoinRequest,
-    JoinResponse, Member as ProtoMember, MemberRole, MembersRequest, MembersResponse, Reachability,
-    RemoveRequest, RemoveResponse, StatusRequest, StatusResponse,
+    JoinResponse, Member as ProtoMember, MemberRole, MembersRequest, MembersResponse, Reachability, RemoveRequest,
+    RemoveResponse, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -75,14 +75,12 @@ impl ClusterService {
     /// The cluster CA from this node's state, or FAILED_PRECONDITION.
     fn cluster_ca(&self) -> Result<CaRecord, Status> {
         let view = self.node.reader().view();
-        read_ca(&view)
-            .map_err(read_status)?
-            .ok_or_else(|| {
-                Status::failed_precondition(
-                    "this cluster has no CA (it was bootstrapped before TLS, or its bootstrap node has not \
+        read_ca(&view).map_err(read_status)?.ok_or_else(|| {
+            Status::failed_precondition(
+                "this cluster has no CA (it was bootstrapped before TLS, or its bootstrap node has not \
                      replicated it yet): join tokens are not available",
-                )
-            })
+            )
+        })
     }
 
     /// Spends `token` (its text, from field `field`) for node `node_id`:
@@ -236,9 +234,8 @@ impl Cluster for ClusterService {
         let ttl = match req.into_inner().ttl {
             None => DEFAULT_JOIN_TOKEN_TTL,
             Some(d) => {
-                let ttl = std::time::Duration::from_millis(
-                    time::duration_ms("ttl", &d).map_err(Status::invalid_argument)?,
-                );
+                let ttl =
+                    std::time::Duration::from_millis(time::duration_ms("ttl", &d).map_err(Status::invalid_argument)?);
                 if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
                     return Err(Status::invalid_argument(format!(
                         "ttl: must be more than 0 and at most {}",

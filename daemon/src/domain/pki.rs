@@ -26,7 +26,9 @@ pub struct CaRecord {
 
 impl std::fmt::Debug for CaRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaRecord").field("key_pem", &"***").finish_non_exhaustive()
+        f.debug_struct("CaRecord")
+            .field("key_pem", &"***")
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,7 +92,9 @@ pub fn apply_create_join_token(
     created_by: String,
 ) -> Result<Outcome, TxnError> {
     if !is_hex(&id, 16) {
-        return rejected(Rejection::InvalidArgument("join token id: expected 16 hex digits".into()));
+        return rejected(Rejection::InvalidArgument(
+            "join token id: expected 16 hex digits".into(),
+        ));
     }
     if !is_hex(&secret_sha256, 64) {
         return rejected(Rejection::InvalidArgument(
@@ -131,7 +135,12 @@ pub fn apply_use_join_token(
         return refused("wrong secret".into());
     }
     match record.used_by {
-        Some(by) if by == node_id => return Ok(Outcome::JoinTokenUsed { id: id.to_string(), node_id }),
+        Some(by) if by == node_id => {
+            return Ok(Outcome::JoinTokenUsed {
+                id: id.to_string(),
+                node_id,
+            })
+        }
         Some(by) => {
             return refused(format!(
                 "already used by node {by}; a join token is good for one node (make another with `opsctl cluster \
@@ -148,7 +157,10 @@ pub fn apply_use_join_token(
     }
     record.used_by = Some(node_id);
     txn.put(TABLE, key.as_bytes(), &encode(&record)?)?;
-    Ok(Outcome::JoinTokenUsed { id: id.to_string(), node_id })
+    Ok(Outcome::JoinTokenUsed {
+        id: id.to_string(),
+        node_id,
+    })
 }
 
 /// Compares two byte strings in time independent of where they differ.
@@ -226,7 +238,10 @@ mod tests {
                 key_pem: "y".into(),
             })
             .0;
-        assert!(matches!(bad, Outcome::Rejected(Rejection::InvalidArgument(_))), "{bad:?}");
+        assert!(
+            matches!(bad, Outcome::Rejected(Rejection::InvalidArgument(_))),
+            "{bad:?}"
+        );
     }
 
     #[test]
@@ -240,7 +255,10 @@ mod tests {
                 expires_at_ms: 1000
             }
         );
-        assert!(matches!(create(&mut s, "other", 1000), Outcome::Rejected(Rejection::AlreadyExists(_))));
+        assert!(matches!(
+            create(&mut s, "other", 1000),
+            Outcome::Rejected(Rejection::AlreadyExists(_))
+        ));
         refused(use_token(&mut s, "wrong", 5, 100), "wrong secret");
         let used = Outcome::JoinTokenUsed {
             id: ID.into(),
@@ -269,6 +287,9 @@ mod tests {
                 created_by: String::new(),
             })
             .0;
-        assert!(matches!(bad, Outcome::Rejected(Rejection::InvalidArgument(_))), "{bad:?}");
+        assert!(
+            matches!(bad, Outcome::Rejected(Rejection::InvalidArgument(_))),
+            "{bad:?}"
+        );
     }
 }

@@ -161,7 +161,9 @@ pub const JOIN_TOKEN_ENV: &str = "OPSD_JOIN_TOKEN";
 pub async fn join_token(node: &ClusterNode) -> Result<Option<String>, String> {
     let has_ca = {
         let view = node.reader().view();
-        crate::domain::pki::read_ca(&view).map_err(|e| format!("reading the cluster CA: {e}"))?.is_some()
+        crate::domain::pki::read_ca(&view)
+            .map_err(|e| format!("reading the cluster CA: {e}"))?
+            .is_some()
     };
     if !has_ca {
         return Ok(None);

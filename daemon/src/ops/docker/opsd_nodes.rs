@@ -123,7 +123,10 @@ impl DockerProvider {
                 name: names.container(i),
                 image: tag.clone(),
                 cmd: Some(selfdeploy::node_args(*host, &join)),
-                env: token.into_iter().map(|t| (selfdeploy::JOIN_TOKEN_ENV.to_string(), t)).collect(),
+                env: token
+                    .into_iter()
+                    .map(|t| (selfdeploy::JOIN_TOKEN_ENV.to_string(), t))
+                    .collect(),
                 labels,
                 network: Network::Host,
                 binds,
