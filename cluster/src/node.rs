@@ -479,7 +479,7 @@ impl ClusterNode {
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let mut stop = self.inner.shutdown.subscribe();
-        let peer_only = crate::peer_port::PeerOnly::new(&self.inner.info);
+        let peer_only = crate::peer_port::PeerOnly::new(&self.inner.info, tls.is_some());
         tokio::spawn(async move {
             let result = server
                 .layer(peer_only)

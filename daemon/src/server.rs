@@ -380,8 +380,10 @@ async fn cluster_client(addr: &str, credentials: &Credentials) -> anyhow::Result
 
 /// Whether a plain connection's error says the other side speaks TLS.
 fn speaks_tls(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    t.contains("h2 protocol error") || t.contains("frame with invalid size") || t.contains("connection reset")
+    // The server drops the connection when the first bytes are not TLS:
+    // the request in flight on it is then cancelled.
+    opsd_client::tls_advice(text, false).is_some_and(|advice| advice.contains("speaks TLS"))
+        || text.contains("operation was canceled")
 }
 
 /// A status with its whole cause chain, in words.
@@ -433,6 +435,9 @@ async fn fetch_certificate(
                         "--join {addr}: that node's CA is not the one the join token names (a token of another \
                          cluster?): {text}"
                     ))
+                } else if text.to_ascii_lowercase().contains("certificaterequired") {
+                    let advice = opsd_client::tls_advice(&text, true).unwrap_or_default();
+                    SeedError::Fatal(anyhow!("--join {addr}: {advice} ({text})"))
                 } else {
                     SeedError::Retry(anyhow!("{addr}: {text}"))
                 }
@@ -545,6 +550,13 @@ enum SeedError {
 
 fn classify(addr: &str, status: tonic::Status) -> SeedError {
     use tonic::Code::*;
+    if std::error::Error::source(&status).is_some() {
+        let chain = status_chain(&status);
+        if chain.to_ascii_lowercase().contains("certificaterequired") {
+            let advice = opsd_client::tls_advice(&chain, true).unwrap_or_default();
+            return SeedError::Fatal(anyhow!("--join {addr}: {advice} ({chain})"));
+        }
+    }
     let e = anyhow!("{addr} answered: {}", opsd_client::describe_status(&status));
     match status.code() {
         Unavailable | DeadlineExceeded | Unknown | Internal | ResourceExhausted | Aborted => SeedError::Retry(e),

@@ -5,7 +5,8 @@
 //! one place for both:
 //!
 //! - the peer port speaks mutual TLS: a peer must present a certificate of the
-//!   cluster's CA ([`peer_server`]);
+//!   cluster's CA ([`peer_server`]; one of another CA fails the handshake, a
+//!   connection with none is refused every peer method);
 //! - the client port speaks TLS with the node's certificate; a client may
 //!   present a certificate too (nodes do, for node-to-node calls)
 //!   ([`client_server`]);
@@ -81,8 +82,11 @@ pub fn server() -> Server {
     Server::builder()
 }
 
-/// The peer port's server: with `tls`, a peer must present a certificate
-/// signed by the cluster CA, or the handshake fails.
+/// The peer port's server: with `tls`, a certificate a peer presents must
+/// be signed by the cluster CA, or the handshake fails. A connection without
+/// one passes the handshake so that a client given the peer port by mistake
+/// can be told so; the peer server refuses every peer method on it (the
+/// cluster crate's `peer_port` layer).
 pub fn peer_server(tls: Option<&Tls>) -> Result<Server, tonic::transport::Error> {
     match tls {
         None => Ok(server()),
@@ -90,7 +94,7 @@ pub fn peer_server(tls: Option<&Tls>) -> Result<Server, tonic::transport::Error>
             ServerTlsConfig::new()
                 .identity(tls.server_identity())
                 .client_ca_root(Certificate::from_pem(tls.ca_pem.as_slice()))
-                .client_auth_optional(false)
+                .client_auth_optional(true)
                 .timeout(HANDSHAKE_TIMEOUT),
         ),
     }

@@ -99,7 +99,9 @@ pub fn opsctl_env(addr: &str) -> Vec<(String, String)> {
     if let Some(token) = access.token {
         env.push(("OPSD_TOKEN".to_string(), token));
     }
-    if access.ca.is_some() {
+    // A node still starting (no database yet) writes its CA before it
+    // serves: opsctl (`status --wait`) waits for the file.
+    if access.ca.is_some() || (!access.dir.as_os_str().is_empty() && !access.dir.join("db").exists()) {
         env.push(("OPSD_CA".to_string(), access.dir.join(CA_FILE).display().to_string()));
     }
     env

@@ -387,6 +387,12 @@ pub fn tls_advice(chain: &str, has_ca: bool) -> Option<&'static str> {
     if !has_ca && dropped.iter().any(|d| t.contains(d)) {
         return Some("the node speaks TLS: give --ca or OPSD_CA (the cluster's ca.pem)");
     }
+    if t.contains("certificaterequired") {
+        return Some(
+            "it asks for a node certificate: it is a peer port (Raft traffic between opsd nodes), not a client \
+             port; give opsctl --addr and opsd --join a node's client port (--listen, 7700 by default)",
+        );
+    }
     if has_ca && (t.contains("invalid peer certificate") || t.contains("unknownissuer")) {
         return Some("the node's certificate is not of the CA given (--ca or OPSD_CA): a node of another cluster?");
     }

@@ -32,7 +32,7 @@ use tonic::transport::Channel;
 
 pub use address::NodeAddr;
 pub use credentials::{Credentials, PRINCIPAL_KEY};
-pub use failover::{describe_status, is_stream_break, CallError, Failure, Nodes, Patience, Timeouts};
+pub use failover::{describe_status, is_stream_break, tls_advice, CallError, Failure, Nodes, Patience, Timeouts};
 pub use settings_watch::{SettingsWatch, WatchItem};
 
 /// A channel whose every request carries the caller's [`Credentials`].
