@@ -109,7 +109,7 @@ async fn first_hour_mistakes_are_explained() {
             "--join",
             &peer,
             "--join-token",
-            &opsd_tests::access::join_token(&[client.clone()]).expect("a join token"),
+            &opsd_tests::access::join_token(std::slice::from_ref(&client)).expect("a join token"),
         ],
     );
     assert!(!status.success(), "{said}");
