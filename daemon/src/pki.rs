@@ -301,6 +301,7 @@ pub fn node_credentials(base: opsd_client::Credentials) -> opsd_client::Credenti
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::pem::PemObject;
@@ -358,6 +359,74 @@ mod tests {
         client
             .verify_client_cert(&der(&node.cert_pem), &[], now)
             .expect("the node's certificate is good for client auth");
+    }
+
+    /// A client-port server with `tls` on a free loopback port, serving
+    /// health only; its address.
+    async fn serve(tls: &Tls) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (_, health) = tonic_health::server::health_reporter();
+        let server = opsd_proto::transport::client_server(Some(tls)).unwrap();
+        tokio::spawn(async move {
+            let mut server = server;
+            let _ = server
+                .add_service(health)
+                .serve_with_incoming(opsd_proto::transport::incoming(listener))
+                .await;
+        });
+        addr
+    }
+
+    async fn check(endpoint: tonic::transport::Endpoint) -> Result<(), String> {
+        let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    #[tokio::test]
+    async fn a_pinned_ca_fingerprint_trusts_its_cluster_only() {
+        let ca = new_ca("c1").unwrap();
+        let node = issue_node_cert(&ca, "c1", 1).unwrap();
+        let tls = Tls::new(
+            ca.cert_pem.clone().into_bytes(),
+            node.cert_pem.clone().into_bytes(),
+            node.key_pem.clone().into_bytes(),
+        );
+        let addr = serve(&tls).await;
+        let second = Duration::from_secs(2);
+        let right = fingerprint_pem(ca.cert_pem.as_bytes()).unwrap();
+        check(opsd_proto::transport::pinned_endpoint(&addr, second, &right).unwrap())
+            .await
+            .expect("the right fingerprint is trusted");
+        // Another cluster's CA: refused in the handshake.
+        let other = new_ca("c2").unwrap();
+        let wrong = fingerprint_pem(other.cert_pem.as_bytes()).unwrap();
+        let e = check(opsd_proto::transport::pinned_endpoint(&addr, second, &wrong).unwrap())
+            .await
+            .unwrap_err();
+        assert!(e.contains("not the one the join token names"), "{e}");
+        // A server of another cluster presenting our CA in its chain, but a
+        // certificate not signed by it: refused too.
+        let other_node = issue_node_cert(&other, "c2", 2).unwrap();
+        let forged = Tls::new(
+            ca.cert_pem.clone().into_bytes(),
+            other_node.cert_pem.into_bytes(),
+            other_node.key_pem.into_bytes(),
+        );
+        let forged_addr = serve(&forged).await;
+        let e = check(opsd_proto::transport::pinned_endpoint(&forged_addr, second, &right).unwrap())
+            .await
+            .unwrap_err();
+        assert!(e.contains("UnknownIssuer") || e.contains("BadSignature"), "{e}");
+        // The CA itself as a client trusts the server too (no pin needed).
+        let config = opsd_proto::transport::client_tls(ca.cert_pem.as_bytes(), None);
+        check(opsd_proto::transport::endpoint(&addr, second, Some(config)).unwrap())
+            .await
+            .expect("a client with the CA");
     }
 
     #[test]
