@@ -69,7 +69,9 @@ use crate::verify::{MachinesArgs, VerifyArgs};
         printed on stderr as `error: MESSAGE (what the code means)`) or a run \
         waited for with --wait did not succeed, 2 for a usage error.\n\n\
         Environment:\n  OPSD_ADDR  default for --addr, e.g. \
-        OPSD_ADDR=10.0.0.1:7700,10.0.0.2:7700\n\n\
+        OPSD_ADDR=10.0.0.1:7700,10.0.0.2:7700\n  OPSD_CA    default for --ca: the \
+        cluster's ca.pem (in every node's data dir), which nodes' certificates \
+        are checked against\n\n\
         Examples:\n  \
         opsctl status\n  \
         opsctl --addr 10.0.0.1:7700,10.0.0.2:7700 cluster members\n  \
