@@ -164,3 +164,9 @@ pub fn join_token(seeds: &[String]) -> Option<String> {
     .ok()
     .flatten()
 }
+
+/// The cluster CA (PEM) of `addr`'s cluster, if it has one: for a test that
+/// makes its own credentials (say, without a principal).
+pub fn ca(addr: &str) -> Option<Vec<u8>> {
+    access(addr).ca
+}

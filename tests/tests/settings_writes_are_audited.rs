@@ -29,7 +29,11 @@ fn anonymous(addr: &str) -> client::Clients {
         request: Some(client::REQUEST_TIMEOUT),
         ..opsd_client::Timeouts::default()
     };
-    opsd_client::Api::lazy(&node, timeouts, opsd_client::Credentials::anonymous())
+    let mut credentials = opsd_client::Credentials::anonymous();
+    if let Some(ca) = opsd_tests::access::ca(addr) {
+        credentials = credentials.with_ca(ca);
+    }
+    opsd_client::Api::lazy(&node, timeouts, credentials)
 }
 
 fn as_principal<T>(principal: &str, msg: T) -> Request<T> {
