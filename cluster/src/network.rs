@@ -144,17 +144,27 @@ impl PeerChannels {
         if ok {
             contact.last_answer = Some(now);
         }
-        match (before, ok) {
-            (Some(true) | None, false) => {
-                let why = why();
-                if why.contains("refused our certificate") {
-                    warn!(node_id = target, %addr, "peer {addr} refused our certificate (another cluster's CA?): {why}")
-                } else {
-                    warn!(node_id = target, %addr, "peer unreachable: {why}")
-                }
+        if ok {
+            if before == Some(false) {
+                info!(node_id = target, %addr, "peer reachable again");
             }
-            (Some(false), true) => info!(node_id = target, %addr, "peer reachable again"),
-            _ => {}
+            return;
+        }
+        let why = why();
+        // A peer that refuses our certificate is told apart from one that
+        // is down, and said again every LOG_REFUSALS_EVERY while it lasts:
+        // the handshake's failure reaches us as the peer's alert only on
+        // some attempts (on others, as the connection closing).
+        if why.contains("refused our certificate") {
+            if contact
+                .refusal_logged
+                .is_none_or(|last| now >= last + LOG_REFUSALS_EVERY)
+            {
+                contact.refusal_logged = Some(now);
+                warn!(node_id = target, %addr, "peer {addr} refused our certificate (another cluster's CA?): {why}");
+            }
+        } else if before != Some(false) {
+            warn!(node_id = target, %addr, "peer unreachable: {why}");
         }
     }
 

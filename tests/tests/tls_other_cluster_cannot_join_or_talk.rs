@@ -294,4 +294,26 @@ async fn tls_other_cluster_cannot_join_or_talk() {
     )
     .await;
     assert_eq!(member_ids(&a).await, with_first, "A's membership changed");
+
+    // A member of A whose certificate is swapped for B's (A's CA kept):
+    // A's nodes refuse it in the handshake, and it says so in its log.
+    assert!(a1.terminate(Duration::from_secs(30)).await.status.success());
+    for file in ["node.pem", "node.key"] {
+        std::fs::copy(b0.data_dir().join(file), a1.data_dir().join(file)).expect("copying B's certificate");
+    }
+    a1.restart();
+    opsd_tests::wait_until(
+        "the node with B's certificate to log that A's nodes refuse it",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let log = a1.run_log();
+            if log.contains("refused our certificate (another cluster's CA?)") {
+                Ok(())
+            } else {
+                Err(log.lines().last().unwrap_or_default().to_string())
+            }
+        },
+    )
+    .await;
 }
