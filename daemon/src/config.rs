@@ -356,6 +356,17 @@ mod tests {
     }
 
     #[test]
+    fn a_join_token_is_checked_when_parsed() {
+        let token = format!("opsdjoin1.{}.{}.{}", "0".repeat(16), "a".repeat(64), "b".repeat(64));
+        let c = parse(&["--join", "a:1", "--join-token", &token]).unwrap();
+        assert_eq!(c.join_token.map(|t| t.to_string()), Some(token));
+        assert!(parse(&["--join-token", ""]).unwrap().join_token.is_none());
+        let e = parse(&["--join-token", "opsdjoin1.x"]).unwrap_err().to_string();
+        assert!(e.starts_with("--join-token: join token: expected"), "{e}");
+        assert!(parse(&[]).unwrap().join_token.is_none());
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7700");

@@ -14,7 +14,7 @@ use opsd_proto::peer::peer_client::PeerClient;
 use opsd_proto::peer::PeerMessage;
 use opsd_proto::transport::{self, Tls};
 use opsd_proto::v1::cluster_client::ClusterClient;
-use opsd_proto::v1::{CreateJoinTokenRequest, StatusRequest};
+use opsd_proto::v1::{CreateJoinTokenRequest, JoinCertificateRequest, StatusRequest};
 use opsd_tests::opsctl::Opsctl;
 use opsd_tests::{access, Cluster, Node, NodeConfig, Options};
 use tonic::transport::ClientTlsConfig;
@@ -255,8 +255,53 @@ async fn tls_other_cluster_cannot_join_or_talk() {
     .await;
     assert_eq!(member_ids(&a).await, before, "A's membership changed");
 
-    // A token is good once: the first node joins ...
+    // Bad requests name their field and change nothing.
+    let mut api = a0.client();
+    let bad = api
+        .cluster
+        .join_certificate(JoinCertificateRequest {
+            join_token: "not a token".into(),
+            node_id: 7,
+        })
+        .await
+        .expect_err("a malformed token");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().starts_with("join_token: "), "{bad:?}");
     let token = join_token(&a, None).await;
+    let bad = api
+        .cluster
+        .join_certificate(JoinCertificateRequest {
+            join_token: token.clone(),
+            node_id: 0,
+        })
+        .await
+        .expect_err("node id 0");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().starts_with("node_id: "), "{bad:?}");
+    let bad = api
+        .cluster
+        .create_join_token(CreateJoinTokenRequest {
+            ttl: Some(opsd_proto::time::duration(8 * 24 * 3600 * 1000)),
+        })
+        .await
+        .expect_err("a TTL over 7 days");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().starts_with("ttl: "), "{bad:?}");
+    // A wrong secret with a real id is refused, and does not spend the token.
+    let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+    parts[2] = "0".repeat(64);
+    let bad = api
+        .cluster
+        .join_certificate(JoinCertificateRequest {
+            join_token: parts.join("."),
+            node_id: 7,
+        })
+        .await
+        .expect_err("a wrong secret");
+    assert_eq!(bad.code(), tonic::Code::FailedPrecondition, "{bad:?}");
+    assert!(bad.message().contains("wrong secret"), "{bad:?}");
+
+    // A token is good once: the first node joins ...
     let first = joiner(&a, "first", &token, options.clone());
     let first_status = first.wait_ready(Duration::from_secs(60)).await;
     assert_eq!(first_status.cluster_id, a0.status().await.unwrap().cluster_id);
