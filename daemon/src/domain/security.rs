@@ -23,14 +23,7 @@ pub enum Verb {
 
 impl Verb {
     /// Every verb, in the order they are listed.
-    pub const ALL: [Verb; 6] = [
-        Verb::Read,
-        Verb::Write,
-        Verb::Do,
-        Verb::Cancel,
-        Verb::Reveal,
-        Verb::Admin,
-    ];
+    pub const ALL: [Verb; 6] = [Verb::Read, Verb::Write, Verb::Do, Verb::Cancel, Verb::Reveal, Verb::Admin];
 
     /// The verb's name in rules and messages.
     pub fn as_str(self) -> &'static str {
