@@ -45,6 +45,9 @@ pub(crate) struct PeerChannels {
     cluster_id: Arc<str>,
     from: NodeId,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How peers are dialled: TLS with the cluster CA and this node's
+    /// certificate, or plain HTTP/2 if `None`.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     /// Whether each peer answered its last Raft call, and when it last did:
     /// to log changes once rather than every failed heartbeat, and for the
     /// leader's view of its members.
@@ -102,11 +105,12 @@ impl std::fmt::Display for CallError {
 impl std::error::Error for CallError {}
 
 impl PeerChannels {
-    pub(crate) fn new(cluster_id: &str, from: NodeId) -> Self {
+    pub(crate) fn new(cluster_id: &str, from: NodeId, tls: Option<&opsd_proto::transport::Tls>) -> Self {
         PeerChannels {
             cluster_id: cluster_id.into(),
             from,
             channels: Default::default(),
+            tls: tls.map(|t| t.client_config()),
             contacts: Default::default(),
         }
     }
@@ -140,10 +144,27 @@ impl PeerChannels {
         if ok {
             contact.last_answer = Some(now);
         }
-        match (before, ok) {
-            (Some(true) | None, false) => warn!(node_id = target, %addr, "peer unreachable: {}", why()),
-            (Some(false), true) => info!(node_id = target, %addr, "peer reachable again"),
-            _ => {}
+        if ok {
+            if before == Some(false) {
+                info!(node_id = target, %addr, "peer reachable again");
+            }
+            return;
+        }
+        let why = why();
+        // A peer that refuses our certificate is told apart from one that
+        // is down, and said again every LOG_REFUSALS_EVERY while it lasts:
+        // the handshake's failure reaches us as the peer's alert only on
+        // some attempts (on others, as the connection closing).
+        if why.contains("refused our certificate") {
+            if contact
+                .refusal_logged
+                .is_none_or(|last| now >= last + LOG_REFUSALS_EVERY)
+            {
+                contact.refusal_logged = Some(now);
+                warn!(node_id = target, %addr, "peer {addr} refused our certificate (another cluster's CA?): {why}");
+            }
+        } else if before != Some(false) {
+            warn!(node_id = target, %addr, "peer unreachable: {why}");
         }
     }
 
@@ -172,7 +193,7 @@ impl PeerChannels {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = opsd_proto::transport::endpoint(addr, Duration::from_secs(1))
+        let endpoint = opsd_proto::transport::endpoint(addr, Duration::from_secs(1), self.tls.clone())
             .map_err(|e| tonic::Status::invalid_argument(format!("bad peer address {addr}: {e}")))?;
         let ch = endpoint.connect_lazy();
         map.insert(addr.to_string(), ch.clone());
@@ -294,6 +315,12 @@ impl PeerConnection {
         let answered = refused || matches!(result, Ok(_) | Err(CallError::Garbled(_)));
         self.channels
             .note_reachable(self.target, &self.addr, answered, || match &result {
+                Err(e @ (CallError::NotSent(s) | CallError::Failed(s))) => {
+                    match opsd_proto::transport::tls_problem(s) {
+                        Some(problem) => format!("{problem}: {e}"),
+                        None => e.to_string(),
+                    }
+                }
                 Err(e) => e.to_string(),
                 Ok(_) => String::new(),
             });
@@ -352,7 +379,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().to_string()
         };
-        let channels = PeerChannels::new("c", 1);
+        let channels = PeerChannels::new("c", 1, None);
         let r = channels
             .call::<u64, u64>(&addr, PeerMethod::Vote, &7, Duration::from_secs(5))
             .await;
@@ -404,7 +431,7 @@ mod tests {
                 .add_service(opsd_proto::peer::peer_server::PeerServer::new(Proxy))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
-        let channels = PeerChannels::new("c", 1);
+        let channels = PeerChannels::new("c", 1, None);
         let r = channels
             .call::<u64, u64>(&addr.to_string(), PeerMethod::Leader, &7, Duration::from_secs(5))
             .await;
@@ -449,7 +476,7 @@ mod tests {
                 .await;
             }
         });
-        let channels = PeerChannels::new("c", 1);
+        let channels = PeerChannels::new("c", 1, None);
         let r = channels
             .call::<u64, u64>(&addr, PeerMethod::Vote, &7, Duration::from_secs(5))
             .await;

@@ -48,6 +48,11 @@ pub struct ClusterConfig {
     /// While the data dir's filesystem has less free space than this, the
     /// node takes no writes (0: no floor).
     pub min_free_bytes: u64,
+    /// The cluster CA and this node's certificate: the peer port then speaks
+    /// mutual TLS (a peer must present a certificate of the CA) and peers
+    /// are dialled with this node's certificate. `None`: plain HTTP/2 (a
+    /// cluster bootstrapped before TLS, and tests of the cluster alone).
+    pub tls: Option<opsd_proto::transport::Tls>,
 }
 
 /// How often the free space of the data dir's filesystem is measured.
@@ -413,7 +418,7 @@ impl ClusterNode {
         .validate()
         .map_err(|e| internal(format!("raft configuration: {e}")))?;
 
-        let channels = PeerChannels::new(&cluster_id, identity.node_id);
+        let channels = PeerChannels::new(&cluster_id, identity.node_id, config.tls.as_ref());
         let network = PeerNetwork {
             channels: channels.clone(),
         };
@@ -452,7 +457,7 @@ impl ClusterNode {
         });
         let node = ClusterNode { inner };
         let peer = peer_listener.local_addr().ok();
-        node.spawn_peer_server(peer_listener);
+        node.spawn_peer_server(peer_listener, config.tls.as_ref())?;
         node.spawn_promoter();
         node.spawn_role_logger();
         node.spawn_write_batcher(waiting);
@@ -463,14 +468,20 @@ impl ClusterNode {
         Ok(node)
     }
 
-    fn spawn_peer_server(&self, listener: tokio::net::TcpListener) {
+    fn spawn_peer_server(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Option<&opsd_proto::transport::Tls>,
+    ) -> Result<(), ClusterError> {
+        let server = opsd_proto::transport::peer_server(tls)
+            .map_err(|e| ClusterError::Internal(format!("the peer port's TLS configuration: {e}")))?;
         let service = PeerServer::new(PeerService::new(self.clone()))
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let mut stop = self.inner.shutdown.subscribe();
-        let peer_only = crate::peer_port::PeerOnly::new(&self.inner.info);
+        let peer_only = crate::peer_port::PeerOnly::new(&self.inner.info, tls.is_some());
         tokio::spawn(async move {
-            let result = opsd_proto::transport::server()
+            let result = server
                 .layer(peer_only)
                 .add_service(service)
                 .serve_with_incoming_shutdown(opsd_proto::transport::incoming(listener), async move {
@@ -481,6 +492,7 @@ impl ClusterNode {
                 warn!("peer server stopped: {e}");
             }
         });
+        Ok(())
     }
 
     /// On the leader, promotes caught-up learners to voters, one at a time,

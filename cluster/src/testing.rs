@@ -50,6 +50,7 @@ pub async fn start_node(
         request_timeout: Duration::from_secs(5),
         tables,
         min_free_bytes,
+        tls: None,
     };
     ClusterNode::start(config, data_dir, listener, app).await
 }

@@ -54,6 +54,13 @@ pub struct Flags {
     /// data dir already belongs to that cluster.
     #[arg(long, env = "OPSD_JOIN", value_delimiter = ',', global = true)]
     pub join: Vec<String>,
+    /// The join token a new node joins with (made on a member by `opsctl
+    /// cluster join-token`; single use, 1 h by default): the node gets its
+    /// certificate from the member it contacts, which it trusts by the
+    /// cluster CA's fingerprint the token carries. Not needed by a node
+    /// that already has its certificate (node.pem in its data dir).
+    #[arg(long, env = "OPSD_JOIN_TOKEN", global = true, hide_env_values = true)]
+    pub join_token: Option<String>,
     /// Log format: text or json [default: text]. RUST_LOG sets the level.
     #[arg(long, env = "OPSD_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -141,6 +148,7 @@ struct FileConfig {
     lb_host: Option<String>,
     #[serde(default)]
     join: Vec<String>,
+    join_token: Option<String>,
     log_format: Option<LogFormat>,
     heartbeat_ms: Option<u64>,
     election_timeout_ms: Option<u64>,
@@ -167,6 +175,8 @@ pub struct Config {
     pub lb_host: String,
     /// Members to join through.
     pub join: Vec<String>,
+    /// The join token, parsed.
+    pub join_token: Option<crate::pki::JoinToken>,
     /// Log format.
     pub log_format: LogFormat,
     /// Heartbeat interval.
@@ -225,6 +235,12 @@ impl Config {
         };
         let join = if flags.join.is_empty() { file.join } else { flags.join };
         check_addrs("--join", &join)?;
+        let join_token = flags
+            .join_token
+            .or(file.join_token)
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| crate::pki::JoinToken::parse(&t).map_err(|e| anyhow!("--join-token: {e}")))
+            .transpose()?;
         let heartbeat_ms = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
         let election_ms = flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(500);
         if heartbeat_ms == 0 {
@@ -263,6 +279,7 @@ impl Config {
             advertise,
             lb_host,
             join,
+            join_token,
             log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             heartbeat: Duration::from_millis(heartbeat_ms),
             election_timeout: Duration::from_millis(election_ms),
@@ -353,6 +370,17 @@ mod tests {
         Config::resolve(Flags::try_parse_from(
             std::iter::once("opsd").chain(args.iter().copied()),
         )?)
+    }
+
+    #[test]
+    fn a_join_token_is_checked_when_parsed() {
+        let token = format!("opsdjoin1.{}.{}.{}", "0".repeat(16), "a".repeat(64), "b".repeat(64));
+        let c = parse(&["--join", "a:1", "--join-token", &token]).unwrap();
+        assert_eq!(c.join_token.map(|t| t.to_string()), Some(token));
+        assert!(parse(&["--join-token", ""]).unwrap().join_token.is_none());
+        let e = parse(&["--join-token", "opsdjoin1.x"]).unwrap_err().to_string();
+        assert!(e.starts_with("--join-token: join token: expected"), "{e}");
+        assert!(parse(&[]).unwrap().join_token.is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod engine;
 mod fuzz;
 pub mod lb;
 pub mod ops;
+pub mod pki;
 pub mod propose;
 pub mod recover;
 pub mod security;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use opsd_client::{CallError, Credentials, NodeAddr, Nodes, Timeouts};
+use opsd_client::{CallError, NodeAddr, Nodes, Timeouts};
 use opsd_cluster::check::check_data_dir;
 use opsd_cluster::{DataDir, NodeId};
 use opsd_proto::v1::{MembersRequest, RemoveRequest, StatusRequest};
@@ -31,29 +31,6 @@ pub fn check(data_dir: &Path) -> bool {
     report.is_clean()
 }
 
-/// The credentials `recover` calls the cluster with: the token in
-/// `OPSD_TOKEN`, else in the file `OPSD_TOKEN_FILE` (removing the old id
-/// needs `admin:cluster`), else none.
-// SEAM(join-token): a node credential would do here instead of an operator's token.
-fn operator_credentials() -> anyhow::Result<Credentials> {
-    let token = match std::env::var("OPSD_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
-        Some(t) => Some(t),
-        None => match std::env::var_os("OPSD_TOKEN_FILE") {
-            Some(path) => Some(
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("OPSD_TOKEN_FILE {}", Path::new(&path).display()))?,
-            ),
-            None => None,
-        },
-    };
-    match token {
-        Some(t) => Credentials::anonymous()
-            .with_token(&t)
-            .map_err(|e| anyhow!("OPSD_TOKEN: {e}")),
-        None => Ok(Credentials::anonymous()),
-    }
-}
-
 /// `opsd recover --rejoin ADDR...`: removes the node's old id from the
 /// cluster at `rejoin` (if it is still a member), moves its state into
 /// `DATA_DIR/damaged-TIME/`, gives it a new id, then starts it and joins
@@ -64,7 +41,13 @@ pub async fn recover(mut config: Config, rejoin: Vec<String>) -> anyhow::Result<
         .iter()
         .map(|a| NodeAddr::parse(a).map_err(|e| anyhow!("--rejoin {a}: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let nodes = Nodes::new(addrs, Timeouts::default(), operator_credentials()?);
+    // A node that still has its certificate asks as a node of the cluster.
+    let tls = crate::pki::load(&config.data_dir).unwrap_or(None);
+    let nodes = Nodes::new(
+        addrs,
+        Timeouts::default(),
+        crate::server::dial_credentials(tls.as_ref()),
+    );
 
     let mut dir = DataDir::inspect(&config.data_dir).map_err(|e| {
         anyhow!("{e}; nothing to recover (to join a cluster with a new data dir, start opsd with --join)")

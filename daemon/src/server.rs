@@ -14,7 +14,7 @@ use opsd_proto::v1::resources_server::ResourcesServer;
 use opsd_proto::v1::security_server::SecurityServer;
 use opsd_proto::v1::services_server::ServicesServer;
 use opsd_proto::v1::settings_server::SettingsServer;
-use opsd_proto::v1::{JoinRequest, StatusRequest};
+use opsd_proto::v1::{JoinCertificateRequest, JoinCertificateResponse, JoinRequest, StatusRequest};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tonic_health::server::HealthReporter;
@@ -27,7 +27,7 @@ use crate::api::resources::ResourcesService;
 use crate::api::security::SecurityService;
 use crate::api::settings::SettingsService;
 use crate::config::Config;
-use crate::domain::{Domain, TABLES};
+use crate::domain::{Command, Domain, Outcome, TABLES};
 use crate::engine::{Engine, StateLookup};
 use crate::lb::api::ServicesService;
 use crate::lb::discovery::MemberListeners;
@@ -38,6 +38,7 @@ use crate::ops::exec::ExecProvider;
 use crate::ops::local::LocalProvider;
 use crate::ops::service::ServiceProvider;
 use crate::ops::{Provider, Providers};
+use crate::pki;
 
 /// opsd's exit code when its data dir's disk is full or failed
 /// (`EX_TEMPFAIL`: try again later). A supervisor that restarts opsd on it
@@ -112,25 +113,50 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Join,
         Resume,
     }
+    let dir = config.data_dir.clone();
+    let mut tls = pki::load(&dir)?;
     let start = match (&identity.cluster_id, config.join.is_empty()) {
         (None, true) => {
-            data_dir.set_cluster_id(&new_cluster_id())?;
+            // The cluster's CA and this node's certificate, written before
+            // the cluster id: a data dir with a cluster id has its files.
+            let cluster_id = new_cluster_id();
+            let ca = pki::new_ca(&cluster_id)?;
+            let cert = pki::issue_node_cert(&ca, &cluster_id, identity.node_id)?;
+            pki::write_ca_key(&dir, &ca)?;
+            pki::write_node_files(&dir, &ca.cert_pem, &cert)?;
+            tls = pki::load(&dir)?;
             // Written before InitSecurity (its hash) is proposed: a crash in
             // between leaves the file, and the initialiser proposes it again.
             crate::security::write_admin_token(&config.data_dir).context("making the admin token")?;
+            data_dir.set_cluster_id(&cluster_id)?;
             Start::Bootstrap
         }
         (None, false) => {
-            let cluster_id = seed_cluster_id(&config).await?;
+            let cluster_id = match (&tls, &config.join_token) {
+                (None, Some(token)) => {
+                    let got = fetch_certificate(&config, token, identity.node_id).await?;
+                    let cert = pki::NodeCert {
+                        cert_pem: got.cert_pem,
+                        key_pem: got.key_pem,
+                    };
+                    pki::write_node_files(&dir, &got.ca_pem, &cert)?;
+                    tls = pki::load(&dir)?;
+                    got.cluster_id
+                }
+                _ => seed_cluster_id(&config, &dial_credentials(tls.as_ref())).await?,
+            };
             data_dir.set_cluster_id(&cluster_id)?;
             Start::Join
         }
         (Some(ours), false) => {
-            check_seed_cluster(&config, ours).await?;
+            check_seed_cluster(&config, ours, &dial_credentials(tls.as_ref())).await?;
             Start::Join
         }
         (Some(_), true) => Start::Resume,
     };
+    if let Some(tls) = &tls {
+        pki::set_local(tls.clone());
+    }
 
     let cluster_config = ClusterConfig {
         advertise: me.clone(),
@@ -141,6 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         request_timeout: config.write_timeout,
         tables: TABLES.iter().map(|t| t.to_string()).collect(),
         min_free_bytes,
+        tls: tls.clone(),
     };
     let node = ClusterNode::start(cluster_config, data_dir, peer_listener, Arc::new(Domain)).await?;
     match start {
@@ -152,10 +179,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 cluster_id = node.cluster_id(),
                 "bootstrapped a new single-node cluster"
             );
+            // Join tokens need the CA in the state: replicated before the
+            // client API serves.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !replicate_kept_ca(&node, &dir).await && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
         Start::Join if node.is_member().await => info!(node_id = node.node_id(), "resumed; already a member"),
         Start::Join => {
-            if let Err(e) = join(&config, &node, &me).await {
+            if let Err(e) = join(&config, &node, &me, &dial_credentials(tls.as_ref())).await {
                 node.shutdown().await;
                 return Err(e);
             }
@@ -171,13 +204,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             );
         }
     }
+    spawn_ca_replicator(node.clone(), dir.clone());
 
     crate::propose::spawn_builtin_kind_installer(node.clone());
     crate::security::spawn_initialiser(node.clone(), config.data_dir.clone());
     let engine = start_engine(&node, &config.data_dir, &config.advertise)?;
     let balancer = Balancer::new(node.node_id(), &config.lb_host, &lb_client_host(&config));
     let following = crate::lb::follow::start(&node, balancer.clone());
-    let served = serve(listener, node.clone(), engine.clone(), balancer.clone()).await;
+    let served = serve(listener, node.clone(), engine.clone(), balancer.clone(), tls.as_ref()).await;
     // The load balancer stops reading the state before the node closes it.
     following.abort();
     let _ = following.await;
@@ -234,7 +268,13 @@ fn start_engine(node: &ClusterNode, data_dir: &std::path::Path, advertise: &str)
 /// disk failed under Raft goes on serving what it can (reads; health says
 /// NOT_SERVING, writes are refused with the reason) until the disk has room
 /// again, then exits with [`EXIT_DISK`] for its supervisor to restart it.
-async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine, balancer: Balancer) -> anyhow::Result<()> {
+async fn serve(
+    listener: TcpListener,
+    node: ClusterNode,
+    engine: Engine,
+    balancer: Balancer,
+    tls: Option<&transport::Tls>,
+) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     spawn_health(health, node.clone()).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -253,7 +293,8 @@ async fn serve(listener: TcpListener, node: ClusterNode, engine: Engine, balance
     let watched = node.clone();
     // Every service, health and reflection included, learns its caller in
     // one layer before any handler runs.
-    transport::server()
+    transport::client_server(tls)
+        .context("the client port's TLS configuration")?
         .layer(caller::layer(node.reader().clone()))
         .layer(tower::util::MapResponseLayer::new(
             crate::api::undecodable_is_invalid_argument,
@@ -353,15 +394,155 @@ async fn disk_room(node: &ClusterNode) {
     }
 }
 
+/// The credentials this node dials other nodes' client ports with: the
+/// cluster CA and its own certificate when it has them (it is then a node
+/// caller there), else none (plain HTTP/2, a cluster made before TLS).
+pub fn dial_credentials(tls: Option<&transport::Tls>) -> Credentials {
+    let credentials = Credentials::anonymous();
+    match tls {
+        Some(tls) => credentials
+            .with_ca(tls.ca_pem.to_vec())
+            .with_identity(tls.cert_pem.to_vec(), tls.key_pem.to_vec()),
+        None => credentials,
+    }
+}
+
 /// A client of a member's Cluster service (2 s to connect, 15 s per request).
-/// The node asks as `anonymous`: joining carries no principal yet; a node
-/// credential would be given here.
-async fn cluster_client(addr: &str) -> anyhow::Result<ClusterApi> {
+async fn cluster_client(addr: &str, credentials: &Credentials) -> anyhow::Result<ClusterApi> {
     let parsed = NodeAddr::parse(addr).map_err(|e| anyhow!("--join {addr}: {e}"))?;
-    let api = Api::connect(&parsed, Timeouts::default(), Credentials::anonymous())
+    let api = Api::connect(&parsed, Timeouts::default(), credentials.clone())
         .await
-        .map_err(|e| anyhow!("{addr}: {e}"))?;
+        .map_err(|e| anyhow!("{addr}: {}", connect_error(&e)))?;
     Ok(api.cluster)
+}
+
+/// Whether a plain connection's error says the other side speaks TLS.
+fn speaks_tls(text: &str) -> bool {
+    // The server drops the connection when the first bytes are not TLS:
+    // the request in flight on it is then cancelled.
+    opsd_client::tls_advice(text, false).is_some_and(|advice| advice.contains("speaks TLS"))
+        || text.contains("operation was canceled")
+}
+
+/// A status with its whole cause chain, in words.
+fn status_chain(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A connection error in words, its TLS cause named if it has one.
+fn connect_error(e: &tonic::transport::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Gets this node's certificate with the join token from a --join member,
+/// trusting it by the CA fingerprint the token carries; checks that the
+/// CA answered is that one.
+async fn fetch_certificate(
+    config: &Config,
+    token: &pki::JoinToken,
+    node_id: u64,
+) -> anyhow::Result<JoinCertificateResponse> {
+    let req = JoinCertificateRequest {
+        join_token: token.to_string(),
+        node_id,
+    };
+    with_seeds(config, "get this node's certificate", |addr| {
+        let req = req.clone();
+        async move {
+            let endpoint = transport::pinned_endpoint(&addr, Duration::from_secs(2), &token.ca_fingerprint)
+                .map_err(|e| SeedError::Fatal(anyhow!("--join {addr}: {e}")))?
+                .timeout(Duration::from_secs(15));
+            let channel = endpoint.connect().await.map_err(|e| {
+                let text = connect_error(&e);
+                if text.contains("not the one the join token names") {
+                    SeedError::Fatal(anyhow!(
+                        "--join {addr}: that node's CA is not the one the join token names (a token of another \
+                         cluster?): {text}"
+                    ))
+                } else if text.to_ascii_lowercase().contains("certificaterequired") {
+                    let advice = opsd_client::tls_advice(&text, true).unwrap_or_default();
+                    SeedError::Fatal(anyhow!("--join {addr}: {advice} ({text})"))
+                } else {
+                    SeedError::Retry(anyhow!("{addr}: {text}"))
+                }
+            })?;
+            let mut client = Api::from_channel(addr.clone(), channel, Credentials::anonymous()).cluster;
+            let got = client
+                .join_certificate(req)
+                .await
+                .map_err(|s| classify(&addr, s))?
+                .into_inner();
+            let fingerprint = pki::fingerprint_pem(got.ca_pem.as_bytes())
+                .map_err(|e| SeedError::Fatal(anyhow!("--join {addr}: its CA certificate: {e}")))?;
+            if fingerprint != token.ca_fingerprint {
+                return Err(SeedError::Fatal(anyhow!(
+                    "--join {addr}: answered a CA of fingerprint {fingerprint}, not the join token's {}",
+                    token.ca_fingerprint
+                )));
+            }
+            Ok(got)
+        }
+    })
+    .await
+}
+
+/// Replicates the CA the bootstrap node keeps in its data dir (`ca.key`),
+/// then deletes the key file. `true` once the state holds the CA (or there
+/// is no kept key).
+async fn replicate_kept_ca(node: &ClusterNode, dir: &std::path::Path) -> bool {
+    let Some(ca) = pki::read_kept_ca(dir) else {
+        return true;
+    };
+    let command = Command::SetClusterCa {
+        cert_pem: ca.cert_pem,
+        key_pem: ca.key_pem,
+    };
+    match crate::propose::replicate(node, &command).await {
+        Ok((_, answer)) => match crate::domain::decode_outcome(&answer) {
+            Ok(Outcome::ClusterCaSet) => {
+                if let Err(e) = std::fs::remove_file(dir.join(pki::CA_KEY_FILE)) {
+                    warn!("the cluster CA is replicated, but {} stays: {e}", pki::CA_KEY_FILE);
+                }
+                info!("replicated the cluster CA");
+                true
+            }
+            Ok(other) => {
+                error!("the cluster CA was not replicated: {other:?}");
+                true
+            }
+            Err(e) => {
+                warn!("replicating the cluster CA: {e}; will retry");
+                false
+            }
+        },
+        Err(e) => {
+            warn!("replicating the cluster CA: {e}; will retry");
+            false
+        }
+    }
+}
+
+/// Replicates a kept CA in the background until it is ([`replicate_kept_ca`]).
+fn spawn_ca_replicator(node: ClusterNode, dir: std::path::PathBuf) {
+    tokio::spawn(async move {
+        while !replicate_kept_ca(&node, &dir).await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
 }
 
 /// Tries each --join address, with backoff, until `attempt` succeeds on one
@@ -407,6 +588,13 @@ enum SeedError {
 
 fn classify(addr: &str, status: tonic::Status) -> SeedError {
     use tonic::Code::*;
+    if std::error::Error::source(&status).is_some() {
+        let chain = status_chain(&status);
+        if chain.to_ascii_lowercase().contains("certificaterequired") {
+            let advice = opsd_client::tls_advice(&chain, true).unwrap_or_default();
+            return SeedError::Fatal(anyhow!("--join {addr}: {advice} ({chain})"));
+        }
+    }
     let e = anyhow!("{addr} answered: {}", opsd_client::describe_status(&status));
     match status.code() {
         Unavailable | DeadlineExceeded | Unknown | Internal | ResourceExhausted | Aborted => SeedError::Retry(e),
@@ -415,13 +603,37 @@ fn classify(addr: &str, status: tonic::Status) -> SeedError {
 }
 
 /// Learns the cluster id from a member.
-async fn seed_cluster_id(config: &Config) -> anyhow::Result<String> {
+async fn seed_cluster_id(config: &Config, credentials: &Credentials) -> anyhow::Result<String> {
     with_seeds(config, "reach a member", |addr| async move {
-        let mut client = cluster_client(&addr).await.map_err(SeedError::Retry)?;
+        let mut client = cluster_client(&addr, credentials).await.map_err(|e| {
+            let text = format!("{e:#}");
+            if credentials.ca_pem().is_none() && speaks_tls(&text) {
+                SeedError::Fatal(anyhow!(
+                    "--join {addr}: that node speaks TLS: a new node needs --join-token (make one on a member with \
+                     `opsctl cluster join-token`)"
+                ))
+            } else if credentials.ca_pem().is_some() && transport::tls_problem_in(&text).is_some() {
+                SeedError::Fatal(anyhow!(
+                    "--join {addr}: that node's certificate is not of this node's cluster CA, or it refused ours: it \
+                     is a member of another cluster ({text})"
+                ))
+            } else {
+                SeedError::Retry(e)
+            }
+        })?;
         let status = client
             .status(StatusRequest {})
             .await
-            .map_err(|s| classify(&addr, s))?
+            .map_err(|s| {
+                if credentials.ca_pem().is_none() && speaks_tls(&status_chain(&s)) {
+                    SeedError::Fatal(anyhow!(
+                        "--join {addr}: that node speaks TLS: a new node needs --join-token (make one on a member \
+                         with `opsctl cluster join-token`)"
+                    ))
+                } else {
+                    classify(&addr, s)
+                }
+            })?
             .into_inner();
         if status.cluster_id.is_empty() {
             return Err(SeedError::Retry(anyhow!("{addr} has no cluster id yet")));
@@ -434,10 +646,23 @@ async fn seed_cluster_id(config: &Config) -> anyhow::Result<String> {
 /// A node with state started with --join: refuse if the seeds belong to
 /// another cluster. Seeds that do not answer are not waited for: the node has
 /// its own state and can resume without them.
-async fn check_seed_cluster(config: &Config, ours: &str) -> anyhow::Result<()> {
+async fn check_seed_cluster(config: &Config, ours: &str, credentials: &Credentials) -> anyhow::Result<()> {
     for addr in &config.join {
-        let Ok(mut client) = cluster_client(addr).await else {
-            continue;
+        let mut client = match cluster_client(addr, credentials).await {
+            Ok(client) => client,
+            Err(e) => {
+                let text = format!("{e:#}");
+                if transport::tls_problem_in(&text).is_some_and(|p| p.contains("certificate")) {
+                    bail!(
+                        "--join {addr}: that node's certificate is not of this node's cluster CA (or it refused \
+                         ours): it is a member of another cluster, but data dir {} belongs to cluster {ours}; start \
+                         without --join to resume cluster {ours}, or use an empty data dir and a join token to join \
+                         that cluster ({text})",
+                        config.data_dir.display()
+                    );
+                }
+                continue;
+            }
         };
         let Ok(status) = client.status(StatusRequest {}).await else {
             continue;
@@ -456,17 +681,18 @@ async fn check_seed_cluster(config: &Config, ours: &str) -> anyhow::Result<()> {
 }
 
 /// Asks a member to add this node, until one does.
-async fn join(config: &Config, node: &ClusterNode, me: &NodeInfo) -> anyhow::Result<()> {
+async fn join(config: &Config, node: &ClusterNode, me: &NodeInfo, credentials: &Credentials) -> anyhow::Result<()> {
     let req = JoinRequest {
         node_id: node.node_id(),
         addr: me.addr.clone(),
         peer_addr: me.peer_addr.clone(),
         cluster_id: node.cluster_id().to_string(),
+        join_token: config.join_token.as_ref().map(|t| t.to_string()).unwrap_or_default(),
     };
     let resp = with_seeds(config, "join the cluster", |addr| {
         let req = req.clone();
         async move {
-            let mut client = cluster_client(&addr).await.map_err(SeedError::Retry)?;
+            let mut client = cluster_client(&addr, credentials).await.map_err(SeedError::Retry)?;
             client.join(req).await.map_err(|s| classify(&addr, s))
         }
     })

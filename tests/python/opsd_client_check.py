@@ -96,6 +96,21 @@ def generate_stubs(proto_dir, out_dir):
     return mods
 
 
+# The name every opsd node certificate carries, whatever its address.
+SERVER_NAME = "opsd-node"
+
+
+def open_channel(addr, ca_file):
+    """A channel to addr: TLS verifying the node against the cluster CA in
+    ca_file (checked against the fixed name SERVER_NAME) when given, else
+    plaintext (a cluster made before TLS)."""
+    if not ca_file:
+        return grpc.insecure_channel(addr)
+    with open(ca_file, "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", SERVER_NAME)])
+
+
 class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
                                                    "wait_for_ready", "compression")),
                grpc.ClientCallDetails):
@@ -128,12 +143,12 @@ class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterc
 
 
 class Checker:
-    def __init__(self, addr, timeout, mods, token=None):
+    def __init__(self, addr, timeout, mods, token=None, ca_file=None):
         self.addr = addr
         self.timeout = timeout
         self.c = mods["cluster_pb2"]
         self.s = mods["settings_pb2"]
-        self.channel = grpc.insecure_channel(addr)
+        self.channel = open_channel(addr, ca_file)
         if token:
             self.channel = grpc.intercept_channel(self.channel, BearerToken(token))
         self.cluster = mods["cluster_pb2_grpc"].ClusterStub(self.channel)
@@ -455,6 +470,8 @@ def main():
                     help="the directory holding opsd/v1/*.proto (default: the repo's proto/)")
     ap.add_argument("--token-file", help="a file holding the token (default: $OPSD_TOKEN)")
     ap.add_argument("--timeout", type=float, default=15.0, help="seconds for each call (default 15)")
+    ap.add_argument("--ca", default=os.environ.get("OPSD_CA"),
+                    help="the cluster's ca.pem (default: $OPSD_CA); without it, plaintext")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="opsd-pystubs-") as out:
@@ -467,7 +484,7 @@ def main():
             if args.token_file:
                 with open(args.token_file) as f:
                     token = f.read().strip()
-            ck = Checker(args.addr, args.timeout, mods, token or None)
+            ck = Checker(args.addr, args.timeout, mods, token or None, args.ca)
             checks = [ck.connect, ck.status, ck.put_get, ck.stale_cas, ck.get_missing, ck.empty_key,
                       ck.list_prefix, ck.delete_get, ck.watch, ck.resources_typed, ck.services_api, ck.health,
                       ck.reflection]

@@ -60,7 +60,9 @@ pub fn bootstrap_dir(addr: &str) -> Option<PathBuf> {
     map.get(&registered(&map, addr)).map(|a| a.dir.clone())
 }
 
-/// The token and CA for `addr`, read (once) from its bootstrap data dir.
+/// The token and CA for `addr` (the first registered address of a
+/// comma-separated list: a list may start with a dead one), read (once)
+/// from its bootstrap data dir.
 fn access(addr: &str) -> Access {
     let mut map = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
     let first = registered(&map, addr);
@@ -106,10 +108,18 @@ pub fn credentials(addr: &str) -> Credentials {
 pub fn opsctl_env(addr: &str) -> Vec<(String, String)> {
     let access = access(addr);
     let mut env = Vec::new();
-    if let Some(token) = access.token {
-        env.push(("OPSD_TOKEN".to_string(), token));
+    // A node still starting (no database yet) writes its CA and token
+    // before it serves: opsctl (`status --wait`) waits for the files.
+    let starting = !access.dir.as_os_str().is_empty() && !access.dir.join("db").exists();
+    match access.token {
+        Some(token) => env.push(("OPSD_TOKEN".to_string(), token)),
+        None if starting => env.push((
+            "OPSD_TOKEN_FILE".to_string(),
+            access.dir.join(TOKEN_FILE).display().to_string(),
+        )),
+        None => {}
     }
-    if access.ca.is_some() {
+    if access.ca.is_some() || starting {
         env.push(("OPSD_CA".to_string(), access.dir.join(CA_FILE).display().to_string()));
     }
     env
@@ -168,4 +178,68 @@ pub fn clients_with_token(addr: &str, token: Option<&str>, request: Option<std::
         credentials = credentials.with_ca(ca);
     }
     opsd_client::Api::lazy(&node, timeouts, credentials)
+}
+
+/// An endpoint dialling `addr` as the harness's clients do: TLS trusting
+/// its cluster's CA when the cluster has one, else plain HTTP/2. For tests
+/// that tune their own channel; [`credentials`] does the same for clients
+/// of the client library.
+pub fn endpoint(addr: &str) -> tonic::transport::Endpoint {
+    let tls = access(addr).ca.map(|ca| opsd_proto::transport::client_tls(&ca, None));
+    let endpoint = match tls {
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")),
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}")).and_then(|e| e.tls_config(tls)),
+    };
+    endpoint.unwrap_or_else(|e| panic!("{addr} is not a HOST:PORT address: {e}"))
+}
+
+/// A fresh join token (`opsctl cluster join-token`) from the cluster of the
+/// first of `seeds` that makes one, made with the cluster's admin token;
+/// `None` if the seeds are not registered, their cluster has no CA, or none
+/// answers (the joining node then fails as it would without one).
+pub fn join_token(seeds: &[String]) -> Option<String> {
+    let seeds: Vec<String> = seeds.iter().filter(|s| access(s).ca.is_some()).cloned().collect();
+    if seeds.is_empty() {
+        return None;
+    }
+    // A runtime of its own, on a thread of its own: the harness starts
+    // nodes from inside tests' runtimes as well as from plain threads.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                for seed in &seeds {
+                    let Ok(addr) = opsd_client::NodeAddr::parse(seed) else {
+                        continue;
+                    };
+                    let timeouts = opsd_client::Timeouts::default();
+                    let Ok(mut api) = opsd_client::Api::connect(&addr, timeouts, credentials(seed)).await else {
+                        continue;
+                    };
+                    let request = opsd_proto::v1::CreateJoinTokenRequest { ttl: None };
+                    match api.cluster.create_join_token(request).await {
+                        Ok(answer) => return Some(answer.into_inner().token),
+                        Err(status) => eprintln!("[harness] a join token from {seed}: {}", status.message()),
+                    }
+                }
+                if std::time::Instant::now() > deadline {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        })
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// The cluster CA (PEM) of `addr`'s cluster, if it has one: for a test that
+/// makes its own credentials (say, without a principal).
+pub fn ca(addr: &str) -> Option<Vec<u8>> {
+    access(addr).ca
 }

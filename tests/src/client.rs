@@ -149,10 +149,7 @@ pub fn describe(status: &Status) -> String {
 /// probes see it.
 pub async fn health(addr: &str) -> Result<tonic_health::ServingStatus, Status> {
     use tonic_health::pb::health_check_response::ServingStatus as Wire;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::invalid_argument(format!("{addr}: {e}")))?
-        .timeout(REQUEST_TIMEOUT)
-        .connect_lazy();
+    let channel = crate::access::endpoint(addr).timeout(REQUEST_TIMEOUT).connect_lazy();
     let answer = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
         .await?

@@ -174,6 +174,8 @@ pub async fn bash(dir: &Path, addr: &str, script: &str) -> Output {
         .env("HOME", dir)
         .env("PATH", path)
         .env("OPSD_ADDR", addr)
+        .env_remove("OPSD_CA")
+        .env_remove("OPSD_TOKEN")
         .envs(crate::access::opsctl_env(addr))
         .stdin(Stdio::null())
         .kill_on_drop(true);

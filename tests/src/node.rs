@@ -209,6 +209,23 @@ impl Node {
                 cmd.env_remove(k);
             }
         }
+        // A node that joins without its certificate yet needs a join token:
+        // one is made through its seeds' cluster, unless the test gives its own
+        // (in `env` or `extra`, an empty one to start without).
+        let joins_through: Vec<String> = match extra.iter().position(|a| a == "--rejoin") {
+            Some(i) => extra
+                .get(i + 1)
+                .map(|a| a.split(',').map(String::from).collect())
+                .unwrap_or_default(),
+            None => self.config.join.clone(),
+        };
+        let given =
+            self.config.env.iter().any(|(k, _)| k == "OPSD_JOIN_TOKEN") || args.iter().any(|a| a == "--join-token");
+        if !joins_through.is_empty() && !given && !self.config.data_dir.join("node.pem").exists() {
+            if let Some(token) = crate::access::join_token(&joins_through) {
+                cmd.env("OPSD_JOIN_TOKEN", token);
+            }
+        }
         cmd.envs(self.config.env.iter().map(|(k, v)| (k, v)));
         if why == "recover" {
             // `opsd recover` removes the node's old id: it needs the cluster's token.

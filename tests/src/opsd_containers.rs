@@ -20,6 +20,9 @@ pub struct OpsdContainers {
     prefix: String,
     /// The node containers' names, by index.
     names: Vec<String>,
+    /// A copy of the bootstrap node's CA (and admin token, if it has one),
+    /// registered for every node's address (see [`crate::access`]).
+    access: tempfile::TempDir,
 }
 
 impl OpsdContainers {
@@ -30,6 +33,10 @@ impl OpsdContainers {
         let bed = OpsdContainers {
             names: (0..nodes).map(|i| format!("{prefix}-n{i}")).collect(),
             prefix,
+            access: tempfile::Builder::new()
+                .prefix("opsd-containers-access-")
+                .tempdir()
+                .unwrap_or_else(|e| panic!("a temporary directory: {e}")),
         };
         let context = image_context(&crate::opsd_bin());
         let context_path = context.path().display().to_string();
@@ -61,12 +68,37 @@ impl OpsdContainers {
                 "--advertise",
                 name,
             ]);
+            let token;
             if i > 0 {
-                args.extend(["--join", &join]);
+                // A join token of the cluster, made through the first node.
+                token = crate::access::join_token(&[bed.client_addr(0)])
+                    .unwrap_or_else(|| panic!("no join token from {}", bed.names[0]));
+                args.extend(["--join", &join, "--join-token", &token]);
             }
             docker(&args).unwrap_or_else(|e| panic!("{e}"));
+            if i == 0 {
+                bed.copy_access();
+            }
         }
         bed
+    }
+
+    /// Copies the first node's CA (and admin token, if any) out of its
+    /// container, once it has written them.
+    fn copy_access(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let from = |file: &str| format!("{}:/data/{file}", self.names[0]);
+        let to = |file: &str| self.access.path().join(file).display().to_string();
+        while docker(&["cp", &from(crate::access::CA_FILE), &to(crate::access::CA_FILE)]).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} wrote no {} within 60 s",
+                self.names[0],
+                crate::access::CA_FILE
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let _ = docker(&["cp", &from(crate::access::TOKEN_FILE), &to(crate::access::TOKEN_FILE)]);
     }
 
     /// The image's tag.
@@ -88,7 +120,9 @@ impl OpsdContainers {
             self.names[i],
             self.prefix
         );
-        format!("{ip}:{CLIENT_PORT}")
+        let addr = format!("{ip}:{CLIENT_PORT}");
+        crate::access::register(&addr, self.access.path());
+        addr
     }
 
     /// The index of the node with Raft id `id`, by the member address

@@ -52,8 +52,7 @@ fn assert_refused(outcome: Result<impl std::fmt::Debug, Status>, code: Code, fie
 /// Sends `Settings.Put` a message that is not a `PutRequest`: its field 1 is
 /// a number where a put's key (a string) is expected, so it does not decode.
 async fn undecodable_put(addr: &str) -> Result<PutResponse, Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("an endpoint")
+    let channel = opsd_tests::access::endpoint(addr)
         .connect()
         .await
         .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));

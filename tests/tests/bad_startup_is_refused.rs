@@ -122,6 +122,7 @@ async fn bad_startup_is_refused() {
             addr: foreign.client_addr(),
             peer_addr: foreign.peer_addr(),
             cluster_id: foreign_status.cluster_id.clone(),
+            join_token: String::new(),
         })
         .await
         .expect_err("a node of another cluster was let in");

@@ -83,7 +83,16 @@ async fn first_hour_mistakes_are_explained() {
     assert!(nobody.contains(&format!("{closed}: cannot connect")), "{nobody}");
 
     // The peer port given as the client port, to opsctl and to a joining opsd.
-    let wrong = Opsctl { addr: peer.clone() }.fails(&["status"], 1).await;
+    // (opsctl given the cluster's CA, as it would be: the peer port speaks TLS too.)
+    let ca = node.data_dir().join("ca.pem");
+    let wrong = Opsctl { addr: peer.clone() }
+        .command(&["status"])
+        .env("OPSD_CA", &ca)
+        .output()
+        .await
+        .expect("opsctl");
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    let wrong = String::from_utf8_lossy(&wrong.stderr).into_owned();
     let expected = format!("{peer} is a peer port (Raft traffic between opsd nodes); the client port is {client}");
     assert!(wrong.contains(&expected), "{wrong}");
     let joiner = NodeConfig::new("n2", dir.path(), Options::default());
@@ -99,6 +108,8 @@ async fn first_hour_mistakes_are_explained() {
             &joiner.peer_listen.to_string(),
             "--join",
             &peer,
+            "--join-token",
+            &opsd_tests::access::join_token(std::slice::from_ref(&client)).expect("a join token"),
         ],
     );
     assert!(!status.success(), "{said}");

@@ -6,9 +6,10 @@
 //! unchanged. A message claiming to come from the receiving node itself is
 //! refused, and so is a removal forwarded to the leader by a node that is not
 //! a member. Last, the same forwarded removal sent under a member's id does
-//! remove a node (the sender's id is not authenticated until mutual TLS
-//! lands): the removed node learns it from the leader's notice, checks it,
-//! and refuses writes.
+//! remove a node (mutual TLS authenticates a member of the cluster, not
+//! which member: the messages here are sent with node 1's certificate): the
+//! removed node learns it from the leader's notice, checks it, and refuses
+//! writes.
 //!
 //! The messages are built by hand the way the cluster crate encodes them
 //! (bincode: a u64 as 8 little-endian bytes, an enum variant as a u32 index).
@@ -26,10 +27,18 @@ const STRANGER: u64 = 4_242_424_242;
 /// The index of `RemoveNode` in the cluster crate's `LeaderRequest`.
 const REMOVE_NODE: u32 = 3;
 
+/// The certificate the forged messages are sent with: a member's (the peer
+/// port takes no other).
+static IDENTITY: std::sync::OnceLock<opsd_proto::transport::Tls> = std::sync::OnceLock::new();
+
 async fn peer_call(peer_addr: &str, method: &str, msg: PeerMessage) -> Result<PeerMessage, tonic::Status> {
-    let mut c = PeerClient::connect(format!("http://{peer_addr}"))
+    let tls = IDENTITY.get().map(|t| t.client_config());
+    let channel = opsd_proto::transport::endpoint(peer_addr, Duration::from_secs(2), tls)
+        .expect("an endpoint")
+        .connect()
         .await
         .unwrap_or_else(|e| panic!("connecting to the peer port {peer_addr}: {e}"));
+    let mut c = PeerClient::new(channel);
     let answer = match method {
         "removed" => c.removed(msg).await,
         "leader" => c.leader(msg).await,
@@ -68,6 +77,13 @@ fn ignored_notices(cluster: &Cluster, i: usize) -> usize {
 #[tokio::test]
 async fn forged_removal_notices_are_ignored() {
     let cluster = Cluster::start(3, Options::default()).await;
+    let dir = cluster.node(0).data_dir();
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let _ = IDENTITY.set(opsd_proto::transport::Tls::new(
+        read("ca.pem"),
+        read("node.pem"),
+        read("node.key"),
+    ));
     let leader = cluster.leader().await;
     let status = cluster.node(leader).status().await.expect("leader status");
     let cluster_id = status.cluster_id.clone();

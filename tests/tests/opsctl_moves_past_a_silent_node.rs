@@ -1,10 +1,12 @@
 //! `opsctl --addr STOPPED,LIVE` with the first node SIGSTOPped (its kernel
-//! still accepts connections, so connecting succeeds and nothing answers):
+//! still accepts TCP connections, and nothing answers):
 //! - reads (`status`, `settings get`) give up on the silent node after a
 //!   short wait and are answered by the live one;
-//! - a write is not sent to the live node (it may still commit on the stopped
-//!   one): it fails naming the stopped address and saying its outcome is
-//!   unknown.
+//! - a write goes to the live node: the stopped node never completes the TLS
+//!   handshake, so the write was certainly not sent to it (a write that did
+//!   reach a node and got no answer is not sent elsewhere: the client
+//!   library's unit tests cover that, against a server that accepts and
+//!   never answers).
 
 use std::time::{Duration, Instant};
 
@@ -47,21 +49,16 @@ async fn opsctl_moves_past_a_silent_node() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("before"));
     assert!(!stderr.contains("applied"), "{stderr}");
 
-    // A write got no answer from the stopped node: it is not sent to the live one.
-    let stderr = opsctl.fails(&["settings", "put", "silent/write", "x"], 1).await;
-    assert!(
-        stderr.contains(&stopped.client_addr()) && stderr.contains("outcome is unknown"),
-        "{stderr}"
-    );
-    let (stopped_addr, live_addr) = (stopped.client_addr(), live.client_addr());
-    assert!(
-        stopped_addr.contains(&live_addr) || !stderr.contains(&live_addr),
-        "{stderr}"
-    );
-    // Nothing reached the live node (the stopped one may still apply it once
-    // it resumes: that is what "unknown" means).
-    let missing = direct.fails(&["settings", "get", "silent/write"], 1).await;
-    assert!(missing.contains("not found"), "{missing}");
+    // A write: the stopped node never finished the handshake, so the write
+    // was not sent there; the live node takes it.
+    let started = Instant::now();
+    direct.json(&["settings", "get", "silent/read"]).await;
+    let put = opsctl.json(&["settings", "put", "silent/write", "x"]).await;
+    let took = started.elapsed();
+    assert!(put["revision"].as_u64().is_some_and(|r| r > 0), "{put}");
+    assert!(took < Duration::from_secs(10), "settings put took {took:?}");
+    let got = direct.json(&["settings", "get", "silent/write"]).await;
+    assert_eq!(got["value"].as_str(), Some("x"), "{got}");
 
     stopped.sigcont();
     // The resumed node answers again, first in the list.

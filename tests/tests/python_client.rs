@@ -53,6 +53,8 @@ async fn python_grpcio_client_passes_the_contract_checks() {
         .stdin(Stdio::null())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
+        .env_remove("OPSD_CA")
+        .env_remove("OPSD_TOKEN")
         .envs(opsd_tests::access::opsctl_env(&addr))
         .kill_on_drop(true);
     let out = match tokio::time::timeout(CHECK_TIMEOUT, cmd.output()).await {

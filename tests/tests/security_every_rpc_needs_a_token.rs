@@ -3,11 +3,9 @@
 //! a request without a token, with a malformed one and with a revoked one,
 //! and changes nothing. Health checks and reflection stay open.
 //!
-//! SEAM(join-token): `Cluster.Status`, `Cluster.Join` and `Services.Local`
-//! are the calls a joining node, `opsd recover` and another node's
-//! discovery make before node credentials exist: without any token they
-//! are let through (with a bad token they are refused like the rest). The
-//! lead closes them when join tokens and node certificates land.
+//! `Cluster.JoinCertificate` and `Cluster.Join` take a join token in the
+//! request instead (a new node has nothing else): without either they are
+//! refused as UNAUTHENTICATED too, saying so.
 
 use std::time::Duration;
 
@@ -21,12 +19,8 @@ use prost::Message;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::Code;
 
-/// The calls let through without a token until node credentials exist.
-const SEAM_OPEN_WITHOUT_TOKEN: [&str; 3] = [
-    "/opsd.v1.Cluster/Status",
-    "/opsd.v1.Cluster/Join",
-    "/opsd.v1.Services/Local",
-];
+/// The calls a join token in the request authenticates.
+const JOIN_TOKEN_METHODS: [&str; 2] = ["/opsd.v1.Cluster/JoinCertificate", "/opsd.v1.Cluster/Join"];
 
 /// `grpc.reflection.v1.ServerReflectionRequest`, the fields used here.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -65,8 +59,7 @@ struct ServiceName {
 }
 
 async fn grpc(addr: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
+    let channel = access::endpoint(addr)
         .timeout(Duration::from_secs(15))
         .connect()
         .await
@@ -234,9 +227,6 @@ async fn security_every_rpc_needs_a_token() {
             ("a revoked token", Some(&revoked)),
         ];
         for (what, token) in cases {
-            if token.is_none() && SEAM_OPEN_WITHOUT_TOKEN.contains(&path.as_str()) {
-                continue;
-            }
             let status = call(&addr, path, token).await;
             assert_eq!(
                 status.code(),
@@ -246,6 +236,7 @@ async fn security_every_rpc_needs_a_token() {
                 status.message()
             );
             let expected = match token {
+                None if JOIN_TOKEN_METHODS.contains(&path.as_str()) => "no join token",
                 None => "no token",
                 Some(t) if t == malformed => "malformed token",
                 Some(_) => "unknown or revoked token",

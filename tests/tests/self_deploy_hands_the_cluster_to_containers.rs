@@ -94,6 +94,11 @@ async fn self_deploy_hands_the_cluster_to_containers() {
     let outputs = res::json_of(prod.outputs.as_ref());
     let machines = outputs["machines"].as_array().cloned().unwrap_or_default();
     let addrs: Vec<String> = hosts.iter().map(|h| format!("{h}:7700")).collect();
+    // The containers' nodes are of the seed's cluster: the same CA (and token).
+    let seed_dir = opsd_tests::access::bootstrap_dir(&seed).expect("the seed is registered");
+    for addr in &addrs {
+        opsd_tests::access::register(addr, &seed_dir);
+    }
     let recorded: Vec<&str> = machines.iter().filter_map(|m| m["address"].as_str()).collect();
     assert_eq!(recorded, addrs, "{outputs}");
     assert_eq!(docker_made.containers(None).len(), 3);

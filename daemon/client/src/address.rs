@@ -5,7 +5,7 @@ use std::fmt;
 
 use tonic::transport::Endpoint;
 
-use crate::Timeouts;
+use crate::{Credentials, Timeouts};
 
 /// One node's client address, `HOST:PORT`.
 #[derive(Debug, Clone)]
@@ -62,10 +62,26 @@ impl NodeAddr {
     }
 
     /// The endpoint of this address with `timeouts` and Nagle's algorithm off
-    /// (a small request would otherwise wait for a delayed ACK). The one place
-    /// a client endpoint is built (TLS would go here).
-    pub(crate) fn endpoint(&self, timeouts: Timeouts) -> Endpoint {
-        let endpoint = opsd_proto::transport::dial(self.endpoint.clone(), timeouts.connect);
+    /// (a small request would otherwise wait for a delayed ACK), over TLS
+    /// when `credentials` carry a CA. The one place a client endpoint is built.
+    pub(crate) fn endpoint(&self, timeouts: Timeouts, credentials: &Credentials) -> Endpoint {
+        let base = match credentials.tls_config() {
+            None => self.endpoint.clone(),
+            Some(tls) => {
+                let authority = self
+                    .endpoint
+                    .uri()
+                    .authority()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                // The authority was parsed once already, and the configuration
+                // is the crate's own: neither can fail here.
+                Endpoint::from_shared(format!("https://{authority}"))
+                    .and_then(|e| e.tls_config(tls))
+                    .unwrap_or_else(|_| self.endpoint.clone())
+            }
+        };
+        let endpoint = opsd_proto::transport::dial(base, timeouts.connect);
         match timeouts.request {
             Some(t) => endpoint.timeout(t),
             None => endpoint,

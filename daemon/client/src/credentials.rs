@@ -14,7 +14,13 @@ pub struct Credentials {
     /// The cluster CA (PEM) the server's certificate must chain to; `None`
     /// dials plain HTTP/2.
     ca_pem: Option<std::sync::Arc<Vec<u8>>>,
+    /// A certificate and key (PEM) presented in the TLS handshake: a node's
+    /// own, for node-to-node calls on the client port.
+    identity: Option<Identity>,
 }
+
+/// A certificate and its key, PEM.
+type Identity = (std::sync::Arc<Vec<u8>>, std::sync::Arc<Vec<u8>>);
 
 impl Credentials {
     /// No credentials: the server refuses every call but the few a joining
@@ -36,6 +42,25 @@ impl Credentials {
     pub fn with_ca(mut self, pem: Vec<u8>) -> Self {
         self.ca_pem = Some(std::sync::Arc::new(pem));
         self
+    }
+
+    /// These credentials, presenting the certificate `cert_pem` (with its
+    /// key `key_pem`) when dialling TLS: a node calling another node.
+    pub fn with_identity(mut self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
+        self.identity = Some((std::sync::Arc::new(cert_pem), std::sync::Arc::new(key_pem)));
+        self
+    }
+
+    /// The certificate and key presented when dialling TLS, if any.
+    pub fn identity(&self) -> Option<(&[u8], &[u8])> {
+        self.identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()))
+    }
+
+    /// How an endpoint dials with these credentials: TLS trusting the CA
+    /// (and presenting the identity) when a CA is set, else `None` (plain).
+    pub fn tls_config(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        self.ca_pem()
+            .map(|ca| opsd_proto::transport::client_tls(ca, self.identity()))
     }
 
     /// The cluster CA the server must prove itself against, if any.

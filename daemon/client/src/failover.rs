@@ -216,7 +216,12 @@ impl Nodes {
             let api = match tokio::time::timeout(self.timeouts.connect, connecting).await {
                 Ok(Ok(api)) => api,
                 Ok(Err(e)) => {
-                    failures.push(failure(format!("cannot connect: {}", error_chain(&e)), false));
+                    let chain = error_chain(&e);
+                    let why = match tls_advice(&chain, self.credentials.ca_pem().is_some()) {
+                        Some(advice) => format!("{advice} ({chain})"),
+                        None => format!("cannot connect: {chain}"),
+                    };
+                    failures.push(failure(why, false));
                     continue;
                 }
                 Err(_) => {
@@ -245,15 +250,15 @@ impl Nodes {
             match answer {
                 Ok(response) => return Ok((position, response.into_inner())),
                 Err(status) if repeat.may_ask_another(&status) => {
-                    failures.push(failure(describe_status(&status), true));
+                    failures.push(failure(self.describe_transport(&status), true));
                 }
                 Err(status) if lost_connection(&status) => {
                     return Err(CallError::Broken {
                         addr: addr.to_string(),
-                        why: describe_status(&status),
+                        why: self.describe_transport(&status),
                     })
                 }
-                Err(status) => return Err(CallError::Status(status)),
+                Err(status) => return Err(CallError::Status(self.advise(status))),
             }
         }
         Err(CallError::Unreachable(failures))
@@ -362,6 +367,65 @@ pub fn describe_status(status: &Status) -> String {
         code.to_string()
     } else {
         format!("{message} ({code})")
+    }
+}
+
+/// What to do about a failure at the TLS layer (`chain`: the error with its
+/// causes), if it is one: a client without a CA at a node that speaks TLS,
+/// or a node whose certificate is not of the CA the client trusts.
+pub fn tls_advice(chain: &str, has_ca: bool) -> Option<&'static str> {
+    let t = chain.to_ascii_lowercase();
+    // A plain HTTP/2 client at a TLS port: the server reads its preface as
+    // a bad TLS record and drops the connection, which the client sees as
+    // a frame it cannot read or a connection broken at once.
+    let dropped = [
+        "frame with invalid size",
+        "h2 protocol error",
+        "broken pipe",
+        "connection reset",
+    ];
+    if !has_ca && dropped.iter().any(|d| t.contains(d)) {
+        return Some("the node speaks TLS: give --ca or OPSD_CA (the cluster's ca.pem)");
+    }
+    if t.contains("certificaterequired") {
+        return Some(
+            "it asks for a node certificate: it is a peer port (Raft traffic between opsd nodes), not a client \
+             port; give opsctl --addr and opsd --join a node's client port (--listen, 7700 by default)",
+        );
+    }
+    if has_ca && (t.contains("invalid peer certificate") || t.contains("unknownissuer")) {
+        return Some("the node's certificate is not of the CA given (--ca or OPSD_CA): a node of another cluster?");
+    }
+    if has_ca && (t.contains("corrupt message") || t.contains("invalidcontenttype")) {
+        return Some("the node does not speak TLS (a cluster made before TLS?): give no --ca or OPSD_CA");
+    }
+    None
+}
+
+impl Nodes {
+    /// A status that did not come from the node (the transport's) failing
+    /// at the TLS layer, with what to do in its message; others as they are.
+    fn advise(&self, status: Status) -> Status {
+        let Some(source) = std::error::Error::source(&status) else {
+            return status;
+        };
+        let chain = error_chain(source);
+        match tls_advice(&chain, self.credentials.ca_pem().is_some()) {
+            Some(advice) => Status::new(status.code(), format!("{advice} ({chain})")),
+            None => status,
+        }
+    }
+
+    /// A status that did not come from the node (the transport's), with
+    /// what to do when it failed at the TLS layer.
+    fn describe_transport(&self, status: &Status) -> String {
+        if let Some(source) = std::error::Error::source(status) {
+            let chain = error_chain(source);
+            if let Some(advice) = tls_advice(&chain, self.credentials.ca_pem().is_some()) {
+                return format!("{advice} ({chain})");
+            }
+        }
+        describe_status(status)
     }
 }
 

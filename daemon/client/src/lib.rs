@@ -33,7 +33,7 @@ use tonic::transport::Channel;
 
 pub use address::NodeAddr;
 pub use credentials::Credentials;
-pub use failover::{describe_status, is_stream_break, CallError, Failure, Nodes, Patience, Timeouts};
+pub use failover::{describe_status, is_stream_break, tls_advice, CallError, Failure, Nodes, Patience, Timeouts};
 pub use settings_watch::{SettingsWatch, WatchItem};
 
 /// A channel whose every request carries the caller's [`Credentials`].
@@ -88,7 +88,7 @@ impl Api {
     /// a stream, its first message), none if `None`. Must be called inside a
     /// tokio runtime.
     pub fn lazy(addr: &NodeAddr, timeouts: Timeouts, credentials: Credentials) -> Self {
-        let channel = addr.endpoint(timeouts).connect_lazy();
+        let channel = addr.endpoint(timeouts, &credentials).connect_lazy();
         Self::from_channel(addr.to_string(), channel, credentials)
     }
 
@@ -99,7 +99,7 @@ impl Api {
         timeouts: Timeouts,
         credentials: Credentials,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = addr.endpoint(timeouts).connect().await?;
+        let channel = addr.endpoint(timeouts, &credentials).connect().await?;
         Ok(Self::from_channel(addr.to_string(), channel, credentials))
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use opsd_client::{Api, CallError, Nodes, Patience};
-use opsd_proto::v1::{MembersRequest, RemoveRequest, StatusRequest};
+use opsd_proto::v1::{CreateJoinTokenRequest, MembersRequest, RemoveRequest, StatusRequest};
 
 use crate::render::Printer;
 
@@ -32,6 +32,16 @@ pub enum ClusterCommand {
         /// The id of the node to remove, as `opsctl cluster members` shows it.
         #[arg(value_name = "NODE_ID")]
         node_id: u64,
+    },
+    /// Make a single-use join token and print it: a new node started with
+    /// `opsd --join HOST:PORT --join-token TOKEN` gets its certificate from
+    /// the member it contacts (trusting it by the CA fingerprint the token
+    /// carries) and joins. Needs admin on the cluster. The cluster keeps
+    /// only a digest of the token: it is shown once.
+    JoinToken {
+        /// How long the token is good for (e.g. 30m, 2h; at most 7 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
     },
 }
 
@@ -92,6 +102,19 @@ pub async fn run(command: ClusterCommand, nodes: &Nodes, printer: Printer) -> Re
                 })
                 .await?;
             printer.membership(&answer.members)?;
+        }
+        ClusterCommand::JoinToken { ttl } => {
+            let ms = ttl.as_millis() as u64;
+            let request = CreateJoinTokenRequest {
+                ttl: Some(opsd_proto::time::duration(ms)),
+            };
+            let answer = nodes
+                .write_with(
+                    &request,
+                    |mut api, r| async move { api.cluster.create_join_token(r).await },
+                )
+                .await?;
+            printer.join_token(&answer)?;
         }
     }
     Ok(())

@@ -79,7 +79,9 @@ use crate::verify::{MachinesArgs, VerifyArgs};
         Environment:\n  OPSD_ADDR  default for --addr, e.g. \
         OPSD_ADDR=10.0.0.1:7700,10.0.0.2:7700\n  \
         OPSD_TOKEN  the token, as --token\n  \
-        OPSD_TOKEN_FILE  a file holding the token, as --token-file\n\n\
+        OPSD_TOKEN_FILE  a file holding the token, as --token-file\n  \
+        OPSD_CA  default for --ca: the cluster's ca.pem (in every node's data \
+        dir), which nodes' certificates are checked against\n\n\
         Examples:\n  \
         opsctl status\n  \
         opsctl whoami\n  \
@@ -128,6 +130,12 @@ struct Cli {
     /// when it exists.
     #[arg(long, global = true, env = "OPSD_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// The cluster's CA certificate (its `ca.pem`, in every node's data
+    /// dir): the node must prove itself with a certificate of it. Default:
+    /// `./opsd-data/ca.pem` when that file exists, else plain connections
+    /// (a cluster made before TLS).
+    #[arg(long, global = true, env = "OPSD_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
 
     /// How to print results: `table` for people, `json` for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
@@ -423,9 +431,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let wait_for_files = match &cli.command {
+        Command::Status { wait } => *wait,
+        _ => None,
+    };
+    // The CA beside the token file, when a token file is given.
+    let beside = cli
+        .token_file
+        .as_deref()
+        .and_then(|f| f.parent())
+        .map(|d| d.join("ca.pem"));
+    // `status --wait` also waits for a token file a node just started has
+    // not written yet.
+    if let (Some(wait), Some(file)) = (wait_for_files, cli.token_file.as_deref()) {
+        let deadline = std::time::Instant::now() + wait;
+        while !file.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     let mut credentials = Credentials::anonymous();
     if let Some(token) = security::find_token(cli.token, cli.token_file)? {
         credentials = credentials.with_token(&token).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    if let Some(pem) = ca_file(cli.ca.as_deref(), beside.as_deref(), wait_for_files)? {
+        credentials = credentials.with_ca(pem);
     }
     let nodes = Nodes::new(cli.addr, Timeouts::default(), credentials);
     let printer = Printer::new(cli.output);
@@ -458,6 +487,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
         };
         done.map(|()| ExitCode::SUCCESS)
     })
+}
+
+/// The data dir a local single-node setup uses by default, where its
+/// `ca.pem` is found when --ca is not given.
+const DEFAULT_DATA_DIR: &str = "opsd-data";
+
+/// The cluster CA to trust: --ca/OPSD_CA (which must be readable), else
+/// `ca.pem` beside the token file, else `./opsd-data/ca.pem` if it exists, else none. `status --wait` waits that
+/// long for a --ca file that is not there yet (a node just started writes
+/// it when it bootstraps).
+fn ca_file(
+    flag: Option<&std::path::Path>,
+    beside_token: Option<&std::path::Path>,
+    wait: Option<std::time::Duration>,
+) -> Result<Option<Vec<u8>>> {
+    if let Some(path) = flag.filter(|p| !p.as_os_str().is_empty()) {
+        let deadline = std::time::Instant::now() + wait.unwrap_or_default();
+        while !path.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let pem = std::fs::read(path).with_context(|| format!("--ca {}", path.display()))?;
+        if !pem.windows(17).any(|w| w == b"BEGIN CERTIFICATE") {
+            anyhow::bail!(
+                "--ca {}: not a PEM certificate (expected the cluster's ca.pem)",
+                path.display()
+            );
+        }
+        return Ok(Some(pem));
+    }
+    if let Some(pem) = beside_token.and_then(|path| std::fs::read(path).ok()) {
+        return Ok(Some(pem));
+    }
+    let local = std::path::Path::new(DEFAULT_DATA_DIR).join("ca.pem");
+    Ok(std::fs::read(local).ok())
 }
 
 /// True when printing failed because stdout was closed.

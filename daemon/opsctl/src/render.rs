@@ -131,6 +131,24 @@ impl Printer {
         }
     }
 
+    /// `cluster join-token`: the token alone (so `$(opsctl cluster
+    /// join-token)` is the token), or an object with token, id and
+    /// expires_at_ms.
+    pub fn join_token(&self, answer: &opsd_proto::v1::CreateJoinTokenResponse) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        match self.format {
+            OutputFormat::Json => write_json(
+                &mut out,
+                &serde_json::json!({
+                    "token": answer.token,
+                    "id": answer.id,
+                    "expires_at_ms": answer.expires_at_ms,
+                }),
+            ),
+            OutputFormat::Table => writeln!(out, "{}", answer.token),
+        }
+    }
+
     /// `settings get`: the bare value (so `$(opsctl settings get k)` is the
     /// value), or the whole setting in JSON.
     pub fn setting_value(&self, setting: &Setting) -> io::Result<()> {

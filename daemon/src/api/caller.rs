@@ -26,6 +26,8 @@ use crate::engine;
 /// The principal of a request without a token, where one is let through
 /// (the calls a joining node makes, see [`Caller::of_or_anonymous`]).
 pub const ANONYMOUS: &str = "anonymous";
+/// The principal of a request made by another node of the cluster.
+pub const NODE: &str = "node";
 /// The source recorded on every change asked for through the API.
 pub const API_SOURCE: &str = "api";
 /// What a request without a token is told.
@@ -69,11 +71,12 @@ impl Caller {
         }
     }
 
-    /// Another node of the cluster, proven by its certificate: allowed
-    /// everything. (The hook the node-to-node credential uses.)
-    pub fn node(id: u64) -> Caller {
+    /// Another node of the cluster, proven by the certificate it presented
+    /// on the client port (verified against the cluster CA in the TLS
+    /// handshake): allowed everything.
+    pub fn node() -> Caller {
         Caller {
-            principal: format!("node {id}"),
+            principal: NODE.to_string(),
             token_id: None,
             grants: Grants::All,
         }
@@ -82,6 +85,12 @@ impl Caller {
     /// A caller without a token, granted nothing.
     fn anonymous() -> Caller {
         Caller::user(ANONYMOUS, None, Vec::new())
+    }
+
+    /// Whether this caller gave no credential at all (no token, no node
+    /// certificate): see [`Caller::of_or_anonymous`].
+    pub fn is_anonymous(&self) -> bool {
+        self.token_id.is_none() && self.principal == ANONYMOUS
     }
 
     /// The caller a token in `metadata` names, read from `view` and checked
@@ -173,10 +182,8 @@ impl Caller {
     /// As [`Caller::of`], except that a request without any token acts as
     /// [`ANONYMOUS`] (granted nothing) rather than being refused. A token
     /// that is given must be valid.
-    // SEAM(join-token): used by Cluster.Status, Cluster.Join and
-    // Services.Local, the calls a joining node, `opsd recover` and another
-    // node's service discovery make before node credentials exist. Close
-    // them (use `Caller::of`) once nodes present a certificate or a join token.
+    // Used by the two calls a joining node makes with its join token as
+    // its credential: Cluster.JoinCertificate and Cluster.Join.
     pub fn of_or_anonymous<T>(req: &Request<T>) -> Result<Caller, Status> {
         match req.extensions().get::<Identity>() {
             Some(Identity {
@@ -272,6 +279,15 @@ pub struct Identify {
 
 impl tonic::service::Interceptor for Identify {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        // The client port asks for a client certificate and verifies any
+        // one presented against the cluster CA: one presented is a node's.
+        if req.peer_certs().is_some_and(|certs| !certs.is_empty()) {
+            req.extensions_mut().insert(Identity {
+                caller: Ok(Caller::node()),
+                had_token: false,
+            });
+            return Ok(req);
+        }
         let had_token = req.metadata().contains_key("authorization");
         let caller = Caller::authenticate(&self.reader.view(), req.metadata(), engine::now_ms());
         if let Err(status) = &caller {
@@ -398,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_node_may_do_everything() {
-        let node = Caller::node(3);
+        let node = Caller::node();
         assert!(node.allows(Verb::Admin, &Object::Cluster));
         assert_eq!(node.principal, "node 3");
     }

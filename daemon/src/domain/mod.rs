@@ -5,6 +5,7 @@
 
 pub mod kind;
 pub mod mask;
+pub mod pki;
 pub mod resources;
 pub mod scope;
 pub mod security;
@@ -38,6 +39,7 @@ pub const TABLES: &[&str] = &[
     security::USERS,
     security::TOKENS,
     security::META,
+    pki::TABLE,
 ];
 
 /// The format of an encoded command: its first byte. Format 1 is the bare
@@ -233,6 +235,36 @@ pub enum Command {
         /// The token's id.
         id: String,
     },
+    /// Set the cluster CA (once), proposed by the bootstrap node: its key is
+    /// replicated so that any member can sign a joining node's certificate.
+    SetClusterCa {
+        /// The CA certificate, PEM.
+        cert_pem: String,
+        /// The CA's private key, PEM.
+        key_pem: String,
+    },
+    /// Record a join token (only the SHA-256 of its secret).
+    CreateJoinToken {
+        /// The token's id, 16 hex digits.
+        id: String,
+        /// The SHA-256 of its secret, hex.
+        secret_sha256: String,
+        /// When it expires, ms since the Unix epoch (the proposer's clock + TTL).
+        expires_at_ms: i64,
+        /// Who made it.
+        created_by: String,
+    },
+    /// Spend a join token for a node (again for the same node: no change).
+    UseJoinToken {
+        /// The token's id.
+        id: String,
+        /// The SHA-256 of the secret presented.
+        secret_sha256: String,
+        /// The node it is spent by.
+        node_id: u64,
+        /// When, by the proposer's clock: compared against the expiry.
+        at_ms: i64,
+    },
 }
 
 /// Who asked for a change, why, from where, and when (by the proposer's clock).
@@ -372,6 +404,22 @@ pub enum Outcome {
     },
     /// Nothing changed: security was initialised already.
     SecurityUnchanged,
+    /// The cluster CA is set (now, or it was already this one).
+    ClusterCaSet,
+    /// A join token was recorded.
+    JoinTokenCreated {
+        /// Its id.
+        id: String,
+        /// When it expires.
+        expires_at_ms: i64,
+    },
+    /// A join token is spent by `node_id`.
+    JoinTokenUsed {
+        /// Its id.
+        id: String,
+        /// The node.
+        node_id: u64,
+    },
 }
 
 /// What decoding a command gives: the command to apply, or an answer
@@ -547,6 +595,19 @@ fn apply_command(txn: &mut Txn<'_>, entry: EntryInfo, command: Command) -> Resul
         Command::DeleteUser { name } => security::apply_delete_user(txn, &name),
         Command::CreateToken { token } => security::apply_create_token(txn, token),
         Command::RevokeToken { id } => security::apply_revoke_token(txn, &id),
+        Command::SetClusterCa { cert_pem, key_pem } => pki::apply_set_ca(txn, cert_pem, key_pem),
+        Command::CreateJoinToken {
+            id,
+            secret_sha256,
+            expires_at_ms,
+            created_by,
+        } => pki::apply_create_join_token(txn, id, secret_sha256, expires_at_ms, created_by),
+        Command::UseJoinToken {
+            id,
+            secret_sha256,
+            node_id,
+            at_ms,
+        } => pki::apply_use_join_token(txn, &id, &secret_sha256, node_id, at_ms),
     }
 }
 
@@ -925,6 +986,22 @@ mod tests {
             },
             Command::RevokeToken {
                 id: "0123456789abcdef".into(),
+            },
+            Command::SetClusterCa {
+                cert_pem: "c".into(),
+                key_pem: "k".into(),
+            },
+            Command::CreateJoinToken {
+                id: "0123456789abcdef".into(),
+                secret_sha256: "ab".repeat(32),
+                expires_at_ms: 9,
+                created_by: "alice".into(),
+            },
+            Command::UseJoinToken {
+                id: "0123456789abcdef".into(),
+                secret_sha256: "ab".repeat(32),
+                node_id: 3,
+                at_ms: 8,
             },
         ]
     }

@@ -146,12 +146,15 @@ fn call() -> impl Strategy<Value = Call> {
     prop_oneof![
         Just(Call::Status(StatusRequest {})),
         Just(Call::Members(MembersRequest {})),
-        (number(), text(), text(), text()).prop_map(|(node_id, addr, peer_addr, cluster_id)| Call::Join(JoinRequest {
-            node_id,
-            addr,
-            peer_addr,
-            cluster_id
-        })),
+        (number(), text(), text(), text(), text()).prop_map(|(node_id, addr, peer_addr, cluster_id, join_token)| {
+            Call::Join(JoinRequest {
+                node_id,
+                addr,
+                peer_addr,
+                cluster_id,
+                join_token,
+            })
+        }),
         number().prop_map(|node_id| Call::Remove(RemoveRequest { node_id })),
         (one_of(KEYS), text(), proptest::option::of(number()), text()).prop_map(
             |(key, value, expected_revision, reason)| Call::Put(PutRequest {
@@ -314,7 +317,7 @@ impl Node {
                     None,
                     vec![crate::domain::security::Rule::parse("*:*").expect("a rule")],
                 ),
-                None => Caller::node(1),
+                None => Caller::node(),
             };
             let mut out = tonic::Request::new(body);
             caller.attach(&mut out);

@@ -52,23 +52,19 @@ fn check_name(name: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Services for ServicesService {
     async fn local(&self, req: Request<LocalRequest>) -> Result<Response<LocalBalancer>, Status> {
-        // SEAM(join-token): another node's discovery asks without a token
-        // until node certificates exist; a token given must be valid and
-        // may read the service(s) asked about.
-        let caller = Caller::of_or_anonymous(&req)?;
-        if caller.token_id.is_some() {
-            let name = &req.get_ref().name;
-            if name.is_empty() {
-                caller.require_some_under(Verb::Read, &format!("resources/{SERVICE_KIND}/"))?;
-            } else {
-                caller.require(
-                    Verb::Read,
-                    &Object::Resource {
-                        kind: SERVICE_KIND,
-                        name,
-                    },
-                )?;
-            }
+        // Another node's discovery asks with its node certificate.
+        let caller = Caller::of(&req)?;
+        let name = &req.get_ref().name;
+        if name.is_empty() {
+            caller.require_some_under(Verb::Read, &format!("resources/{SERVICE_KIND}/"))?;
+        } else {
+            caller.require(
+                Verb::Read,
+                &Object::Resource {
+                    kind: SERVICE_KIND,
+                    name,
+                },
+            )?;
         }
         let req = req.into_inner();
         if !req.name.is_empty() {

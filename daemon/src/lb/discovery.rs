@@ -76,7 +76,7 @@ async fn ask(
         request: Some(timeout),
         answer: timeout,
     };
-    let mut api = Api::lazy(&addr, timeouts, Credentials::anonymous());
+    let mut api = Api::lazy(&addr, timeouts, crate::pki::node_credentials(Credentials::anonymous()));
     let request = LocalRequest {
         name: service.to_string(),
     };

@@ -152,6 +152,29 @@ pub fn node_args(host: IpAddr, join: &[String]) -> Vec<String> {
     args
 }
 
+/// The environment variable a new node's join token is given in.
+pub const JOIN_TOKEN_ENV: &str = "OPSD_JOIN_TOKEN";
+
+/// A join token for one new node, made through this node (the new node
+/// gets its certificate with it); `None` for a cluster without a CA (made
+/// before TLS), whose nodes join without one.
+pub async fn join_token(node: &ClusterNode) -> Result<Option<String>, String> {
+    let has_ca = {
+        let view = node.reader().view();
+        crate::domain::pki::read_ca(&view)
+            .map_err(|e| format!("reading the cluster CA: {e}"))?
+            .is_some()
+    };
+    if !has_ca {
+        return Ok(None);
+    }
+    let ttl = crate::api::cluster::DEFAULT_JOIN_TOKEN_TTL;
+    crate::api::cluster::mint_join_token(node, ttl, "opsd-cluster")
+        .await
+        .map(|(token, _)| Some(token.to_string()))
+        .map_err(|s| format!("making a join token: {}", s.message()))
+}
+
 /// The client addresses a new node joins through: every member's, then the
 /// other new nodes' (so a node restarted after the first members left
 /// still finds its cluster).

@@ -115,12 +115,7 @@ pub async fn transitions(addr: &str, workers: usize, warmup: Duration, measure: 
     let calls: Vec<Channel> = (0..conns).map(|_| load::channel(sock)).collect();
     // Watches stay open for the whole run: their channels have no request timeout.
     let streams: Vec<Channel> = (0..conns)
-        .map(|_| {
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .expect("a node's client address is HOST:PORT")
-                .tcp_nodelay(true)
-                .connect_lazy()
-        })
+        .map(|_| opsd_tests::access::endpoint(addr).tcp_nodelay(true).connect_lazy())
         .collect();
     let start = Instant::now() + warmup + Duration::from_secs(2);
     let end = start + measure;

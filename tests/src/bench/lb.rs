@@ -105,10 +105,7 @@ pub async fn http_row(addr: SocketAddr, connections: usize, warmup: Duration, me
 /// (on a watch) until the service rests again, serving `cluster`. Returns
 /// the moment that was seen: the swap's acknowledgement.
 async fn swap_to(addr: &str, cluster: &str) -> Result<Instant, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("{addr}: {e}"))?
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let channel = opsd_tests::access::endpoint(addr).tcp_nodelay(true).connect_lazy();
     let mut client = ResourcesClient::new(channel);
     let mut watch = open_watch(&mut client, "service", "web").await?;
     let change = client

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opsd_proto::v1::settings_client::SettingsClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::etcd::pb::kv_client::KvClient;
 use super::etcd::pb::{PutRequest as EtcdPut, RangeRequest};
@@ -167,10 +167,10 @@ pub fn value(seed: u64) -> String {
         .collect()
 }
 
-/// A plaintext HTTP/2 channel to `addr` with the client timeout.
+/// A channel to `addr` with the client timeout: TLS with its cluster's CA
+/// when the harness knows one, else plain HTTP/2.
 pub fn channel(addr: std::net::SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a socket address is a valid URI authority")
+    opsd_tests::access::endpoint(&addr.to_string())
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT)

@@ -45,8 +45,7 @@ pub const SHARED_PREFIX: &str = "s/";
 /// [`OP_TIMEOUT`] per call, HTTP/2 keepalive so that a connection into a
 /// partition is noticed as broken within seconds, and large answers allowed.
 pub fn connect(addr: &str) -> Clients {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|e| panic!("{addr} is not a HOST:PORT address: {e}"))
+    let channel = crate::access::endpoint(addr)
         .connect_timeout(Duration::from_secs(1))
         .timeout(OP_TIMEOUT)
         .tcp_nodelay(true)

@@ -114,11 +114,19 @@ impl DockerProvider {
             if std::path::Path::new(DOCKER_SOCKET).exists() {
                 binds.push(format!("{DOCKER_SOCKET}:{DOCKER_SOCKET}"));
             }
+            // Each node joins with a join token of its own, made through this node.
+            let token = selfdeploy::join_token(node).await.map_err(|e| Fail {
+                error: StepError::Failed(e),
+                outputs: machines_output(&machines),
+            })?;
             let spec = ContainerSpec {
                 name: names.container(i),
                 image: tag.clone(),
                 cmd: Some(selfdeploy::node_args(*host, &join)),
-                env: Vec::new(),
+                env: token
+                    .into_iter()
+                    .map(|t| (selfdeploy::JOIN_TOKEN_ENV.to_string(), t))
+                    .collect(),
                 labels,
                 network: Network::Host,
                 binds,
