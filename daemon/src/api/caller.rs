@@ -416,7 +416,7 @@ mod tests {
     fn a_node_may_do_everything() {
         let node = Caller::node();
         assert!(node.allows(Verb::Admin, &Object::Cluster));
-        assert_eq!(node.principal, "node 3");
+        assert_eq!(node.principal, NODE);
     }
 
     #[test]
