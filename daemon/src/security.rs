@@ -100,7 +100,10 @@ pub async fn init_at_bootstrap(node: &ClusterNode, data_dir: &Path) -> anyhow::R
 
 /// Until the state holds security: whenever this node leads and its data
 /// dir holds `admin.token`, proposes `InitSecurity` with its hash (a node
-/// that crashed between writing the token and proposing it).
+/// that crashed between writing the token and proposing it). A leader
+/// without the file (a cluster bootstrapped by a build before security)
+/// writes one first, so that such a cluster gets an admin instead of
+/// locking everyone out.
 pub fn spawn_initialiser(node: ClusterNode, data_dir: PathBuf) {
     let leadership = node.leadership();
     tokio::spawn(async move {
@@ -112,6 +115,13 @@ pub fn spawn_initialiser(node: ClusterNode, data_dir: PathBuf) {
             if leading || sec::initialised(&node.reader().view()).unwrap_or(false) {
                 match try_init(&node, &data_dir).await {
                     Ok(true) => return,
+                    Ok(false) if leading => {
+                        warn!("this cluster has no users yet (made before security): making its admin token");
+                        if let Err(e) = write_admin_token(&data_dir) {
+                            warn!("making the admin token: {e:#}; retrying");
+                        }
+                        continue;
+                    }
                     Ok(false) => {}
                     Err(e) => warn!("initialising security: {e}; retrying"),
                 }
@@ -161,6 +171,30 @@ mod tests {
         assert_eq!((token.user.as_str(), token.secret_sha256), (sec::ADMIN, hash));
         // Once initialised, nothing more is proposed.
         assert!(try_init(&node, tokens.path()).await.unwrap());
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_leader_of_a_cluster_made_before_security_makes_the_admin_token() {
+        use std::sync::Arc;
+
+        use crate::domain::{Domain, TABLES};
+        // No file and no security: the leader writes the file, then proposes it.
+        let dir = tempfile::tempdir().unwrap();
+        let tables = TABLES.iter().map(|t| t.to_string()).collect();
+        let node = opsd_cluster::testing::start_single_node(dir.path(), tables, Arc::new(Domain))
+            .await
+            .unwrap();
+        let tokens = tempfile::tempdir().unwrap();
+        spawn_initialiser(node.clone(), tokens.path().to_path_buf());
+        let started = std::time::Instant::now();
+        while !sec::initialised(&node.reader().view()).unwrap() {
+            assert!(started.elapsed() < Duration::from_secs(20), "never initialised");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (id, hash) = read_admin_token(tokens.path()).expect("the admin token written");
+        let token = sec::read_token(&node.reader().view(), &id).unwrap().unwrap();
+        assert_eq!((token.user.as_str(), token.secret_sha256), (sec::ADMIN, hash));
         node.shutdown().await;
     }
 }

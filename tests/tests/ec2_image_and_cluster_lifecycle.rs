@@ -110,9 +110,22 @@ async fn ec2_image_and_cluster_lifecycle() {
     let key_setting = "scope/resource/cluster/web/ec2/ssh_private_key";
     let key = client::get(&addr, key_setting, false)
         .await
-        .expect("the private key's setting");
+        .expect("the private key's setting")
+        .setting
+        .expect("a setting");
+    assert!(key.secret && key.value == "***", "the private key is a secret: {key:?}");
+    let revealed = client::connect(&addr)
+        .settings
+        .get(opsd_tests::api::GetRequest {
+            key: key_setting.into(),
+            reveal: true,
+            ..Default::default()
+        })
+        .await
+        .expect("the private key, revealed to the admin")
+        .into_inner();
     assert!(
-        key.setting.expect("a setting").value.contains("PRIVATE KEY"),
+        revealed.setting.expect("a setting").value.contains("PRIVATE KEY"),
         "not a private key"
     );
 

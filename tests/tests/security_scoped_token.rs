@@ -70,6 +70,8 @@ async fn security_scoped_token() {
             "do,read:resources/app/*",
             "--rule",
             "read:kinds/app",
+            "--rule",
+            "read:settings/app/*",
         ])
         .await;
     admin.json(&["users", "create", "ci", "--role", "deployer"]).await;
@@ -105,6 +107,22 @@ async fn security_scoped_token() {
     );
     ci.ok(&["get", "app/x"]).await;
     ci.ok(&["history", "app/x"]).await;
+
+    // A secret it may read shows as `***`; revealing it takes `reveal`.
+    admin
+        .json(&["settings", "put", "app/api-key", "k3y-value-7731", "--secret"])
+        .await;
+    let shown = ci.ok(&["--output", "json", "settings", "get", "app/api-key"]).await;
+    assert!(
+        shown.contains("***") && !shown.contains("k3y-value-7731"),
+        "a secret read without reveal: {shown}"
+    );
+    ci.denied(
+        &["settings", "get", "app/api-key", "--reveal"],
+        "reveal",
+        "settings/app/api-key",
+    )
+    .await;
 
     // Everything else is refused, naming the verb and the object.
     let before = admin.json(&["ls"]).await;
