@@ -473,7 +473,7 @@ impl ClusterNode {
         listener: tokio::net::TcpListener,
         tls: Option<&opsd_proto::transport::Tls>,
     ) -> Result<(), ClusterError> {
-        let server = opsd_proto::transport::peer_server(tls)
+        let server = opsd_proto::transport::tls_server(tls)
             .map_err(|e| ClusterError::Internal(format!("the peer port's TLS configuration: {e}")))?;
         let service = PeerServer::new(PeerService::new(self.clone()))
             .max_decoding_message_size(MAX_PEER_MESSAGE)

@@ -367,7 +367,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (_, health) = tonic_health::server::health_reporter();
-        let server = opsd_proto::transport::client_server(Some(tls)).unwrap();
+        let server = opsd_proto::transport::tls_server(Some(tls)).unwrap();
         tokio::spawn(async move {
             let mut server = server;
             let _ = server

@@ -293,7 +293,7 @@ async fn serve(
     let watched = node.clone();
     // Every service, health and reflection included, learns its caller in
     // one layer before any handler runs.
-    transport::client_server(tls)
+    transport::tls_server(tls)
         .context("the client port's TLS configuration")?
         .layer(caller::layer(node.reader().clone()))
         .layer(tower::util::MapResponseLayer::new(

@@ -5,11 +5,11 @@
 //! one place for both:
 //!
 //! - the peer port speaks mutual TLS: a peer must present a certificate of the
-//!   cluster's CA ([`peer_server`]; one of another CA fails the handshake, a
+//!   cluster's CA ([`tls_server`]; one of another CA fails the handshake, a
 //!   connection with none is refused every peer method);
 //! - the client port speaks TLS with the node's certificate; a client may
 //!   present a certificate too (nodes do, for node-to-node calls)
-//!   ([`client_server`]);
+//!   ([`tls_server`]);
 //! - every certificate a client checks is checked against the one name
 //!   [`SERVER_NAME`], never an address, so containers, NAT and `0.0.0.0`
 //!   never matter;
@@ -82,28 +82,15 @@ pub fn server() -> Server {
     Server::builder()
 }
 
-/// The peer port's server: with `tls`, a certificate a peer presents must
-/// be signed by the cluster CA, or the handshake fails. A connection without
-/// one passes the handshake so that a client given the peer port by mistake
-/// can be told so; the peer server refuses every peer method on it (the
-/// cluster crate's `peer_port` layer).
-pub fn peer_server(tls: Option<&Tls>) -> Result<Server, tonic::transport::Error> {
-    match tls {
-        None => Ok(server()),
-        Some(tls) => server().tls_config(
-            ServerTlsConfig::new()
-                .identity(tls.server_identity())
-                .client_ca_root(Certificate::from_pem(tls.ca_pem.as_slice()))
-                .client_auth_optional(true)
-                .timeout(HANDSHAKE_TIMEOUT),
-        ),
-    }
-}
-
-/// The client port's server: with `tls`, it proves itself with the node's
-/// certificate; a client may present a certificate of the cluster CA (a
-/// node), which [`tonic::Request::peer_certs`] then shows.
-pub fn client_server(tls: Option<&Tls>) -> Result<Server, tonic::transport::Error> {
+/// A server for either port: with `tls`, it proves itself with the node's
+/// certificate, and a certificate a client presents must be signed by the
+/// cluster CA, or the handshake fails. Presenting one is optional on both
+/// ports: on the client port, nodes present theirs and clients a token
+/// ([`tonic::Request::peer_certs`] tells them apart); on the peer port, a
+/// connection without one passes the handshake only so that a client given
+/// the peer port by mistake can be told so, and every peer method is refused
+/// on it (the cluster crate's `peer_port` layer).
+pub fn tls_server(tls: Option<&Tls>) -> Result<Server, tonic::transport::Error> {
     match tls {
         None => Ok(server()),
         Some(tls) => server().tls_config(
