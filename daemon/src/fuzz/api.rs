@@ -12,6 +12,7 @@ use std::sync::Arc;
 use opsd_proto::prost_types::{self, value::Kind as ValueKind, ListValue, Struct, Value};
 use opsd_proto::v1::cluster_server::Cluster;
 use opsd_proto::v1::resources_server::Resources;
+use opsd_proto::v1::security_server::Security;
 use opsd_proto::v1::services_server::Services;
 use opsd_proto::v1::settings_server::Settings;
 use opsd_proto::v1::*;
@@ -24,6 +25,7 @@ use super::{fuzz, regressions, Harness};
 use crate::api::caller::Caller;
 use crate::api::cluster::ClusterService;
 use crate::api::resources::ResourcesService;
+use crate::api::security::SecurityService;
 use crate::api::settings::SettingsService;
 use crate::domain::{Domain, TABLES};
 use crate::engine::Engine;
@@ -137,6 +139,21 @@ enum Call {
     Local(LocalRequest),
     Resolve(ResolveRequest),
     WatchResolve(ResolveRequest),
+    CreateJoinToken(CreateJoinTokenRequest),
+    JoinCertificate(JoinCertificateRequest),
+    CreateUser(CreateUserRequest),
+    ListUsers(ListUsersRequest),
+    GetUser(GetUserRequest),
+    DeleteUser(DeleteUserRequest),
+    PutRole(PutRoleRequest),
+    ListRoles(ListRolesRequest),
+    GetRole(GetRoleRequest),
+    DeleteRole(DeleteRoleRequest),
+    CreateToken(CreateTokenRequest),
+    ListTokens(ListTokensRequest),
+    GetToken(GetTokenRequest),
+    RevokeToken(RevokeTokenRequest),
+    WhoAmI(WhoAmIRequest),
 }
 
 fn call() -> impl Strategy<Value = Call> {
@@ -235,7 +252,45 @@ fn call() -> impl Strategy<Value = Call> {
         name().prop_map(|name| Call::Local(LocalRequest { name })),
         (name(), any::<bool>()).prop_map(|(name, stale)| Call::Resolve(ResolveRequest { name, stale })),
         (name(), any::<bool>()).prop_map(|(name, stale)| Call::WatchResolve(ResolveRequest { name, stale })),
+        duration().prop_map(|ttl| Call::CreateJoinToken(CreateJoinTokenRequest { ttl })),
+        (text(), number())
+            .prop_map(|(join_token, node_id)| Call::JoinCertificate(JoinCertificateRequest { join_token, node_id })),
+        (who(), vec(who(), 0..3)).prop_map(|(name, roles)| Call::CreateUser(CreateUserRequest { name, roles })),
+        Just(Call::ListUsers(ListUsersRequest {})),
+        who().prop_map(|name| Call::GetUser(GetUserRequest { name })),
+        who().prop_map(|name| Call::DeleteUser(DeleteUserRequest { name })),
+        (who(), vec(rule(), 0..3)).prop_map(|(name, rules)| Call::PutRole(PutRoleRequest { name, rules })),
+        Just(Call::ListRoles(ListRolesRequest {})),
+        who().prop_map(|name| Call::GetRole(GetRoleRequest { name })),
+        who().prop_map(|name| Call::DeleteRole(DeleteRoleRequest { name })),
+        (who(), number(), text()).prop_map(
+            |(user, ttl_seconds, description)| Call::CreateToken(CreateTokenRequest {
+                user,
+                ttl_seconds,
+                description
+            })
+        ),
+        who().prop_map(|user| Call::ListTokens(ListTokensRequest { user })),
+        text().prop_map(|id| Call::GetToken(GetTokenRequest { id })),
+        text().prop_map(|id| Call::RevokeToken(RevokeTokenRequest { id })),
+        Just(Call::WhoAmI(WhoAmIRequest {})),
     ]
+}
+
+/// A user or role name: a few that meet, or anything.
+fn who() -> BoxedStrategy<String> {
+    one_of(&["admin", "ci", "deployer"])
+}
+
+/// A rule: valid ones and anything.
+fn rule() -> BoxedStrategy<String> {
+    prop_oneof![
+        Just("*:*".to_string()),
+        Just("do,read:resources/app/*".to_string()),
+        Just("read:settings/app/*".to_string()),
+        text(),
+    ]
+    .boxed()
 }
 
 impl Call {
@@ -243,7 +298,14 @@ impl Call {
     /// which an INVALID_ARGUMENT must name.
     fn fields(&self) -> &'static [&'static str] {
         match self {
-            Call::Join(_) => &["node_id", "addr", "peer_addr", "cluster_id"],
+            Call::Join(_) => &["node_id", "addr", "peer_addr", "cluster_id", "join_token"],
+            Call::JoinCertificate(_) => &["join_token", "node_id"],
+            Call::CreateJoinToken(_) => &["ttl"],
+            Call::CreateUser(_) | Call::GetUser(_) | Call::DeleteUser(_) => &["name", "roles", "role"],
+            Call::PutRole(_) | Call::GetRole(_) | Call::DeleteRole(_) => &["name", "rules", "rule"],
+            Call::CreateToken(_) => &["user", "ttl_seconds", "description"],
+            Call::ListTokens(_) => &["user"],
+            Call::GetToken(_) | Call::RevokeToken(_) => &["id"],
             Call::Remove(_) => &["node_id"],
             Call::Put(_) | Call::Delete(_) => &["key", "value", "expected_revision", "reason"],
             Call::Get(_) => &["key"],
@@ -271,6 +333,7 @@ struct Node {
     settings: SettingsService,
     resources: ResourcesService,
     services: ServicesService,
+    security: SecurityService,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -297,6 +360,7 @@ impl Node {
             settings: SettingsService::new(node.clone(), stop.clone()),
             resources: ResourcesService::new(node.clone(), engine.clone(), stop.clone()),
             services: ServicesService::new(node.clone(), balancer, stop),
+            security: SecurityService::new(node.clone()),
             _stop: stop_tx,
             rt,
             _dir: dir,
@@ -324,7 +388,13 @@ impl Node {
             Ok(out)
         }
         let p = &principal;
-        let (s, c, r, l) = (&self.settings, &self.cluster, &self.resources, &self.services);
+        let (s, c, r, l, x) = (
+            &self.settings,
+            &self.cluster,
+            &self.resources,
+            &self.services,
+            &self.security,
+        );
         match call {
             Call::Status(b) => c.status(req(b, p)?).await.map(drop),
             Call::Members(b) => c.members(req(b, p)?).await.map(drop),
@@ -354,6 +424,21 @@ impl Node {
             Call::Local(b) => l.local(req(b, p)?).await.map(drop),
             Call::Resolve(b) => l.resolve(req(b, p)?).await.map(drop),
             Call::WatchResolve(b) => l.watch_resolve(req(b, p)?).await.map(drop),
+            Call::CreateJoinToken(b) => c.create_join_token(req(b, p)?).await.map(drop),
+            Call::JoinCertificate(b) => c.join_certificate(req(b, p)?).await.map(drop),
+            Call::CreateUser(b) => x.create_user(req(b, p)?).await.map(drop),
+            Call::ListUsers(b) => x.list_users(req(b, p)?).await.map(drop),
+            Call::GetUser(b) => x.get_user(req(b, p)?).await.map(drop),
+            Call::DeleteUser(b) => x.delete_user(req(b, p)?).await.map(drop),
+            Call::PutRole(b) => x.put_role(req(b, p)?).await.map(drop),
+            Call::ListRoles(b) => x.list_roles(req(b, p)?).await.map(drop),
+            Call::GetRole(b) => x.get_role(req(b, p)?).await.map(drop),
+            Call::DeleteRole(b) => x.delete_role(req(b, p)?).await.map(drop),
+            Call::CreateToken(b) => x.create_token(req(b, p)?).await.map(drop),
+            Call::ListTokens(b) => x.list_tokens(req(b, p)?).await.map(drop),
+            Call::GetToken(b) => x.get_token(req(b, p)?).await.map(drop),
+            Call::RevokeToken(b) => x.revoke_token(req(b, p)?).await.map(drop),
+            Call::WhoAmI(b) => x.who_am_i(req(b, p)?).await.map(drop),
         }
     }
 }
@@ -458,11 +543,26 @@ fn encode_request(which: usize, call: &Call) -> Vec<u8> {
         Call::Stats(b) => b.encode_to_vec(),
         Call::Local(b) => b.encode_to_vec(),
         Call::Resolve(b) | Call::WatchResolve(b) => b.encode_to_vec(),
+        Call::CreateJoinToken(b) => b.encode_to_vec(),
+        Call::JoinCertificate(b) => b.encode_to_vec(),
+        Call::CreateUser(b) => b.encode_to_vec(),
+        Call::ListUsers(b) => b.encode_to_vec(),
+        Call::GetUser(b) => b.encode_to_vec(),
+        Call::DeleteUser(b) => b.encode_to_vec(),
+        Call::PutRole(b) => b.encode_to_vec(),
+        Call::ListRoles(b) => b.encode_to_vec(),
+        Call::GetRole(b) => b.encode_to_vec(),
+        Call::DeleteRole(b) => b.encode_to_vec(),
+        Call::CreateToken(b) => b.encode_to_vec(),
+        Call::ListTokens(b) => b.encode_to_vec(),
+        Call::GetToken(b) => b.encode_to_vec(),
+        Call::RevokeToken(b) => b.encode_to_vec(),
+        Call::WhoAmI(b) => b.encode_to_vec(),
     }
 }
 
 /// How many request types [`decode_as`] knows.
-const REQUEST_TYPES: usize = 27;
+const REQUEST_TYPES: usize = 42;
 
 /// Decodes `bytes` as request type `which`: no panic, and what decodes
 /// encodes to bytes that decode to it again.
@@ -511,7 +611,22 @@ fn decode_as(which: usize, bytes: &[u8]) -> Result<(), TestCaseError> {
         23 => again::<HistoryRequest>(bytes),
         24 => again::<StatsRequest>(bytes),
         25 => again::<LocalRequest>(bytes),
-        _ => again::<ResolveRequest>(bytes),
+        26 => again::<ResolveRequest>(bytes),
+        27 => again::<CreateJoinTokenRequest>(bytes),
+        28 => again::<JoinCertificateRequest>(bytes),
+        29 => again::<CreateUserRequest>(bytes),
+        30 => again::<ListUsersRequest>(bytes),
+        31 => again::<GetUserRequest>(bytes),
+        32 => again::<DeleteUserRequest>(bytes),
+        33 => again::<PutRoleRequest>(bytes),
+        34 => again::<ListRolesRequest>(bytes),
+        35 => again::<GetRoleRequest>(bytes),
+        36 => again::<DeleteRoleRequest>(bytes),
+        37 => again::<CreateTokenRequest>(bytes),
+        38 => again::<ListTokensRequest>(bytes),
+        39 => again::<GetTokenRequest>(bytes),
+        40 => again::<RevokeTokenRequest>(bytes),
+        _ => again::<WhoAmIRequest>(bytes),
     }
 }
 
