@@ -64,7 +64,7 @@ pub(super) async fn rested_after(
 
 /// Opens a watch of one resource and reads its first message (the resource as it is).
 pub(super) async fn open_watch(
-    client: &mut ResourcesClient<Channel>,
+    client: &mut opsd_client::ResourcesApi,
     kind: &str,
     name: &str,
 ) -> Result<tonic::Streaming<opsd_tests::api::ResourceEvent>, String> {
@@ -84,7 +84,7 @@ pub(super) async fn open_watch(
 
 /// Whether the resource rests now at a version after `index` (a linearizable read).
 async fn rests_after(
-    client: &mut ResourcesClient<Channel>,
+    client: &mut opsd_client::ResourcesApi,
     kind: &str,
     name: &str,
     index: u64,
@@ -121,8 +121,9 @@ pub async fn transitions(addr: &str, workers: usize, warmup: Duration, measure: 
     let end = start + measure;
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let mut c = ResourcesClient::new(calls[w % conns].clone());
-        let mut s = ResourcesClient::new(streams[w % conns].clone());
+        let mut c = ResourcesClient::with_interceptor(calls[w % conns].clone(), opsd_tests::access::credentials(addr));
+        let mut s =
+            ResourcesClient::with_interceptor(streams[w % conns].clone(), opsd_tests::access::credentials(addr));
         tasks.push(tokio::spawn(async move {
             let (kind, name) = ("noop", format!("t{w:04}"));
             let (mut tally, mut refused) = (Tally::default(), 0u64);
@@ -408,7 +409,10 @@ pub async fn many_resources(target: u64, budget: Duration) -> Resources {
     let deadline = started + budget;
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let mut c = ResourcesClient::new(channels[w % channels.len()].clone());
+        let mut c = ResourcesClient::with_interceptor(
+            channels[w % channels.len()].clone(),
+            opsd_tests::access::credentials(&addr),
+        );
         let (next, created) = (next.clone(), created.clone());
         tasks.push(tokio::spawn(async move {
             loop {

@@ -106,7 +106,7 @@ pub async fn http_row(addr: SocketAddr, connections: usize, warmup: Duration, me
 /// the moment that was seen: the swap's acknowledgement.
 async fn swap_to(addr: &str, cluster: &str) -> Result<Instant, String> {
     let channel = opsd_tests::access::endpoint(addr).tcp_nodelay(true).connect_lazy();
-    let mut client = ResourcesClient::new(channel);
+    let mut client = ResourcesClient::with_interceptor(channel, opsd_tests::access::credentials(addr));
     let mut watch = open_watch(&mut client, "service", "web").await?;
     let change = client
         .r#do(DoRequest {

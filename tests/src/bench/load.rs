@@ -180,7 +180,7 @@ pub fn channel(addr: std::net::SocketAddr) -> Channel {
 /// The per-system client a worker holds.
 #[derive(Clone)]
 enum Client {
-    Opsd(SettingsClient<Channel>),
+    Opsd(opsd_client::SettingsApi),
     Etcd(KvClient<Channel>),
 }
 
@@ -245,7 +245,11 @@ fn clients(system: System, workers: usize) -> Vec<Client> {
         .map(|i| {
             let ch = channels[i % conns].clone();
             match system {
-                System::Opsd(_) => Client::Opsd(SettingsClient::new(ch)),
+                // Every request carries the cluster's admin token.
+                System::Opsd(a) => Client::Opsd(SettingsClient::with_interceptor(
+                    ch,
+                    opsd_tests::access::credentials(&a.to_string()),
+                )),
                 System::Etcd(_) => Client::Etcd(KvClient::new(ch)),
             }
         })
