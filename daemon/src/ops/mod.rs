@@ -390,6 +390,41 @@ impl Providers {
     }
 }
 
+/// The steps of the built-in `image` and `cluster` kinds (`step = "NAME"`),
+/// which every provider of machines (`local`, `docker`, `ec2`) runs, each
+/// with its own meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineStep {
+    /// An image: takes a copy of its source.
+    CopySource,
+    /// An image: builds it from the copy.
+    BuildImage,
+    /// An image: removes what was built.
+    RemoveImage,
+    /// A cluster: every machine index has a running machine of its image.
+    StartMachines,
+    /// A cluster: its stopped machines run again.
+    RestartMachines,
+    /// A cluster: stops its machines, keeping them.
+    StopMachines,
+    /// A cluster: removes its machines and what was made for them.
+    DestroyMachines,
+    /// A cluster: its acceptance checks against its machines.
+    VerifyMachines,
+}
+
+/// The machine steps by name: the dispatch table of a provider of machines.
+pub const MACHINE_STEPS: [(&str, MachineStep); 8] = [
+    ("copy_source", MachineStep::CopySource),
+    ("build_image", MachineStep::BuildImage),
+    ("remove_image", MachineStep::RemoveImage),
+    ("start_machines", MachineStep::StartMachines),
+    ("restart_machines", MachineStep::RestartMachines),
+    ("stop_machines", MachineStep::StopMachines),
+    ("destroy_machines", MachineStep::DestroyMachines),
+    ("verify_machines", MachineStep::VerifyMachines),
+];
+
 /// The steps of a provider whose work states name the step they run
 /// (`step = "NAME"` in the kind file: `local`, `docker`, `ec2`): the one
 /// table each such provider keeps, checking kinds against it and finding the

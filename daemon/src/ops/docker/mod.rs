@@ -24,7 +24,8 @@ use opsd_cluster::ClusterNode;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    step_result, uses_step, Fail, LogSink, NamedSteps, Object, Provider, ResourceLookup, StepRequest, StepResult,
+    step_result, uses_step, Fail, LogSink, MachineStep, NamedSteps, Object, Provider, ResourceLookup, StepRequest,
+    StepResult, MACHINE_STEPS,
 };
 use crate::domain::kind::Kind;
 use engine::{Engine, LABEL_CLUSTER, LABEL_RESOURCE, LABEL_RUN};
@@ -116,25 +117,12 @@ async fn connect(cancel: &CancellationToken) -> Result<Engine, Fail> {
 }
 
 /// The steps of the docker provider, as kinds name them (`step = "NAME"`):
-/// the local provider's names, with this provider's meaning.
+/// the machine steps (the dispatch below says what each does here), and
+/// the built-in `opsd-cluster` kind's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    /// Checks an image's source directory (it has a `Dockerfile`).
-    CopySource,
-    /// Builds the Docker image from the source directory.
-    BuildImage,
-    /// Removes the resource's Docker images.
-    RemoveImage,
-    /// Runs a cluster's containers (fresh ones for a new run).
-    StartMachines,
-    /// Starts a cluster's stopped containers again.
-    RestartMachines,
-    /// Stops a cluster's containers, keeping them.
-    StopMachines,
-    /// Removes a cluster's containers and its network.
-    DestroyMachines,
-    /// Runs a cluster's acceptance checks against its containers.
-    VerifyMachines,
+    /// One of the machine steps.
+    Machine(MachineStep),
     /// opsd-cluster: builds this opsd's image and starts its nodes.
     StartOpsdNodes,
     /// opsd-cluster: hands the opsd cluster to its nodes.
@@ -143,23 +131,22 @@ enum Step {
     DestroyOpsdNodes,
 }
 
-/// Every step with its name: the dispatch table (one line per step).
-const STEPS: NamedSteps<Step> = NamedSteps::new(
-    "docker",
-    &[
-        ("copy_source", Step::CopySource),
-        ("build_image", Step::BuildImage),
-        ("remove_image", Step::RemoveImage),
-        ("start_machines", Step::StartMachines),
-        ("restart_machines", Step::RestartMachines),
-        ("stop_machines", Step::StopMachines),
-        ("destroy_machines", Step::DestroyMachines),
-        ("verify_machines", Step::VerifyMachines),
-        ("start_opsd_nodes", Step::StartOpsdNodes),
-        ("adopt_opsd_nodes", Step::AdoptOpsdNodes),
-        ("destroy_opsd_nodes", Step::DestroyOpsdNodes),
-    ],
-);
+/// Every step with its name: the machine steps, then opsd-cluster's.
+const ALL_STEPS: [(&str, Step); 11] = {
+    let mut all = [("", Step::StartOpsdNodes); 11];
+    let mut i = 0;
+    while i < MACHINE_STEPS.len() {
+        all[i] = (MACHINE_STEPS[i].0, Step::Machine(MACHINE_STEPS[i].1));
+        i += 1;
+    }
+    all[8] = ("start_opsd_nodes", Step::StartOpsdNodes);
+    all[9] = ("adopt_opsd_nodes", Step::AdoptOpsdNodes);
+    all[10] = ("destroy_opsd_nodes", Step::DestroyOpsdNodes);
+    all
+};
+
+/// The dispatch table.
+const STEPS: NamedSteps<Step> = NamedSteps::new("docker", &ALL_STEPS);
 
 /// What a step function returns: outputs, or why it failed.
 type StepOut = Result<Object, Fail>;
@@ -201,14 +188,14 @@ impl Provider for DockerProvider {
             Err(ended) => return ended,
         };
         let out = match step {
-            Step::CopySource => self.copy_source(&req, &log, &cancel).await,
-            Step::BuildImage => self.build_image(&req, &log, &cancel).await,
-            Step::RemoveImage => self.remove_image(&req, &log, &cancel).await,
-            Step::StartMachines => self.start_machines(&req, &log, &cancel, true).await,
-            Step::RestartMachines => self.start_machines(&req, &log, &cancel, false).await,
-            Step::StopMachines => self.stop_machines(&req, &log, &cancel).await,
-            Step::DestroyMachines => self.destroy_machines(&req, &log, &cancel).await,
-            Step::VerifyMachines => crate::verify::verify_machines(&req, &log, &cancel).await,
+            Step::Machine(MachineStep::CopySource) => self.copy_source(&req, &log, &cancel).await,
+            Step::Machine(MachineStep::BuildImage) => self.build_image(&req, &log, &cancel).await,
+            Step::Machine(MachineStep::RemoveImage) => self.remove_image(&req, &log, &cancel).await,
+            Step::Machine(MachineStep::StartMachines) => self.start_machines(&req, &log, &cancel, true).await,
+            Step::Machine(MachineStep::RestartMachines) => self.start_machines(&req, &log, &cancel, false).await,
+            Step::Machine(MachineStep::StopMachines) => self.stop_machines(&req, &log, &cancel).await,
+            Step::Machine(MachineStep::DestroyMachines) => self.destroy_machines(&req, &log, &cancel).await,
+            Step::Machine(MachineStep::VerifyMachines) => crate::verify::verify_machines(&req, &log, &cancel).await,
             Step::StartOpsdNodes => self.start_opsd_nodes(&req, &log, &cancel).await,
             Step::AdoptOpsdNodes => self.adopt_opsd_nodes(&req, &log, &cancel).await,
             Step::DestroyOpsdNodes => self.destroy_opsd_nodes(&req, &log, &cancel).await,

@@ -23,9 +23,10 @@ use opsd_cluster::ClusterNode;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use super::MachineStep as Step;
 use super::{
     step_result, uses_step, Fail, LogSink, NamedSteps, Object, Provider, ResourceLookup, StepError, StepRequest,
-    StepResult,
+    StepResult, MACHINE_STEPS,
 };
 use crate::domain::kind::Kind;
 use crate::domain::{Command, Trigger};
@@ -120,41 +121,9 @@ impl Ec2Provider {
     }
 }
 
-/// The steps of the ec2 provider, named as the local provider's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// An image: starts its builder instance from the base AMI.
-    CopySource,
-    /// An image: makes the AMI from the builder.
-    BuildImage,
-    /// An image: deregisters its AMIs.
-    RemoveImage,
-    /// A cluster: every index has a running instance.
-    StartMachines,
-    /// A cluster: its stopped instances are started again.
-    RestartMachines,
-    /// A cluster: stops its instances.
-    StopMachines,
-    /// A cluster: terminates its instances, deletes its group and key.
-    DestroyMachines,
-    /// A cluster: the acceptance checks against its machines.
-    VerifyMachines,
-}
-
-/// Every step with its name: the dispatch table.
-const STEPS: NamedSteps<Step> = NamedSteps::new(
-    "ec2",
-    &[
-        ("copy_source", Step::CopySource),
-        ("build_image", Step::BuildImage),
-        ("remove_image", Step::RemoveImage),
-        ("start_machines", Step::StartMachines),
-        ("restart_machines", Step::RestartMachines),
-        ("stop_machines", Step::StopMachines),
-        ("destroy_machines", Step::DestroyMachines),
-        ("verify_machines", Step::VerifyMachines),
-    ],
-);
+/// The steps of the ec2 provider: the machine steps (the dispatch
+/// below says what each does here).
+const STEPS: NamedSteps<Step> = NamedSteps::new("ec2", &MACHINE_STEPS);
 
 #[async_trait::async_trait]
 impl Provider for Ec2Provider {

@@ -29,8 +29,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::MachineStep as Step;
 use super::{
     step_result, uses_step, Fail, LogSink, NamedSteps, Object, Provider, ResourceLookup, StepRequest, StepResult,
+    MACHINE_STEPS,
 };
 use crate::domain::kind::Kind;
 
@@ -91,41 +93,9 @@ impl LocalProvider {
     }
 }
 
-/// The steps of the local provider, as kinds name them (`step = "NAME"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// A fresh copy of an image's source.
-    CopySource,
-    /// An image's build commands, in its copy.
-    BuildImage,
-    /// Removes an image's files.
-    RemoveImage,
-    /// Starts a cluster's machines from fresh copies of its image.
-    StartMachines,
-    /// Starts a cluster's stopped machines again, in their directories.
-    RestartMachines,
-    /// Stops a cluster's machines, keeping their files.
-    StopMachines,
-    /// Stops a cluster's machines and removes their files.
-    DestroyMachines,
-    /// Runs a cluster's acceptance checks (`spec.checks`) against its machines.
-    VerifyMachines,
-}
-
-/// Every step with its name: the dispatch table.
-const STEPS: NamedSteps<Step> = NamedSteps::new(
-    "local",
-    &[
-        ("copy_source", Step::CopySource),
-        ("build_image", Step::BuildImage),
-        ("remove_image", Step::RemoveImage),
-        ("start_machines", Step::StartMachines),
-        ("restart_machines", Step::RestartMachines),
-        ("stop_machines", Step::StopMachines),
-        ("destroy_machines", Step::DestroyMachines),
-        ("verify_machines", Step::VerifyMachines),
-    ],
-);
+/// The steps of the local provider: the machine steps (the dispatch
+/// below says what each does here).
+const STEPS: NamedSteps<Step> = NamedSteps::new("local", &MACHINE_STEPS);
 
 /// What a step function returns: outputs, or why it failed.
 type StepOut = Result<Object, Fail>;
