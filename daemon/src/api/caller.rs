@@ -265,11 +265,6 @@ pub fn require<'r, T>(req: &'r Request<T>, verb: Verb, object: &Object<'_>) -> R
     Ok(caller)
 }
 
-/// The trigger of the change a request asks for: its caller, now, `reason`.
-pub fn trigger_of<T>(req: &Request<T>, reason: String) -> Result<Trigger, Status> {
-    Caller::of(req)?.trigger(reason)
-}
-
 /// The identity layer's interceptor: authenticates against this node's
 /// applied state.
 #[derive(Clone)]
