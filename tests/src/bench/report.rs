@@ -73,6 +73,15 @@ pub struct Figures {
     pub swap_switch_ms_median: Option<f64>,
     /// The longest of those, ms.
     pub swap_switch_ms_max: Option<f64>,
+    /// Bare `sh -c true` spawns per second on this machine with every core
+    /// busy, measured in the same run as the transitions: their reference.
+    pub spawn_per_s: Option<f64>,
+    /// A step printing a large log: data dir growth per node over the bytes it printed.
+    pub log_amplification: Option<f64>,
+    /// The largest RSS of a node while that step ran, MiB.
+    pub chatty_rss_mb: Option<f64>,
+    /// Put p99 while that step ran over put p99 when idle.
+    pub chatty_put_p99_ratio: Option<f64>,
 }
 
 /// Rounds to `digits` decimals, so the JSON reads like the table.
@@ -114,6 +123,10 @@ pub fn to_json(rows: &[Row], f: &Figures) -> Value {
             "haproxy_p99_ms": opt(f.haproxy_p99_ms, 3),
             "swap_switch_ms_median": opt(f.swap_switch_ms_median, 1),
             "swap_switch_ms_max": opt(f.swap_switch_ms_max, 1),
+            "spawn_per_s": opt(f.spawn_per_s, 1),
+            "log_amplification": opt(f.log_amplification, 3),
+            "chatty_rss_mb": opt(f.chatty_rss_mb, 1),
+            "chatty_put_p99_ratio": opt(f.chatty_put_p99_ratio, 3),
         }
     })
 }

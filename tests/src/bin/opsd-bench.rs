@@ -17,7 +17,7 @@
 //! - `BENCH_SECONDS`: measured seconds per row and for the transitions (default 20).
 //! - `BENCH_CLIENTS`: comma-separated client counts (default `1,16,64,256`).
 //! - `BENCH_PARTS`: which parts to run, comma-separated, of `rows`,
-//!   `transitions`, `failover`, `join`, `lb`, `resources` (default all).
+//!   `transitions`, `failover`, `join`, `lb`, `resources`, `chatty` (default all).
 //! - `BENCH_RESOURCES` (default 100000), `BENCH_JOIN_KEYS` (default 100000),
 //!   `BENCH_KILLS` (default 10), `BENCH_CREATE_BUDGET_S` (default 900: stop
 //!   creating resources after this long and report how many were made),
@@ -45,7 +45,7 @@ const KEYSPACE: u64 = 10_000;
 /// Concurrent resources for the transition figure.
 const TRANSITION_WORKERS: usize = 100;
 /// Every part, in the order they run.
-const PARTS: [&str; 6] = ["rows", "transitions", "failover", "join", "lb", "resources"];
+const PARTS: [&str; 7] = ["rows", "transitions", "failover", "join", "lb", "resources", "chatty"];
 
 /// What one run does, from the environment.
 struct Config {
