@@ -90,6 +90,9 @@ pub(crate) enum LeaderRequest {
     Members,
 }
 
+/// A linearizable read waiting on the leader for the next leadership check.
+type ReadWaiter = oneshot::Sender<Result<u64, ClusterError>>;
+
 /// A write waiting on the leader for the next shared entry.
 struct SharedWrite {
     command: Vec<u8>,
@@ -272,6 +275,7 @@ pub(crate) struct NodeInner {
     max_voters: usize,
     shutdown: watch::Sender<bool>,
     shared_writes: mpsc::UnboundedSender<SharedWrite>,
+    reads: mpsc::UnboundedSender<ReadWaiter>,
     /// Why Raft stopped by itself (the application's apply or the storage
     /// failed), once it has.
     failure: watch::Sender<Option<Failure>>,
@@ -408,7 +412,7 @@ impl ClusterNode {
             cluster_name: cluster_id.clone(),
             heartbeat_interval: heartbeat,
             election_timeout_min: election,
-            election_timeout_max: election * 2,
+            election_timeout_max: election + election / 2,
             install_snapshot_timeout: 5000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold.max(1)),
             max_in_snapshot_log_to_keep: config.snapshot_threshold / 2,
@@ -427,6 +431,7 @@ impl ClusterNode {
             .map_err(|e| internal(format!("cannot start raft: {e}")))?;
         let (shutdown, _) = watch::channel(false);
         let (shared_writes, waiting) = mpsc::unbounded_channel();
+        let (reads, waiting_reads) = mpsc::unbounded_channel();
         let (failure, _) = watch::channel(None);
         let (disk_low, _) = watch::channel(None);
         let (problem, _) = watch::channel(None);
@@ -450,6 +455,7 @@ impl ClusterNode {
             max_voters: config.max_voters.max(1),
             shutdown,
             shared_writes,
+            reads,
             failure,
             removal_notices: Mutex::new((0, 0, String::new())),
             check_removal: Notify::new(),
@@ -461,6 +467,8 @@ impl ClusterNode {
         node.spawn_promoter();
         node.spawn_role_logger();
         node.spawn_write_batcher(waiting);
+        node.spawn_read_batcher(waiting_reads);
+        node.spawn_election_watchdog();
         node.spawn_failure_watch();
         node.spawn_removal_checker();
         node.spawn_disk_watch();
@@ -583,6 +591,91 @@ impl ClusterNode {
                         }
                     }
                 }
+            }
+        });
+    }
+
+    /// Answers the linearizable reads waiting on this node (as leader) with
+    /// one leadership check for all of them, one check at a time: while a
+    /// check is out, the reads arriving meanwhile wait for the next. A read
+    /// is answered only by a check that started after it arrived, so the
+    /// index it gets covers every write acknowledged before the read was
+    /// asked (openraft's check sends a round of heartbeats of its own per
+    /// call; without this, every read paid one).
+    fn spawn_read_batcher(&self, mut waiting: mpsc::UnboundedReceiver<ReadWaiter>) {
+        let node = self.clone();
+        let mut stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            loop {
+                let first = tokio::select! {
+                    w = waiting.recv() => match w { Some(w) => w, None => return },
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                batch.push(first);
+                while let Ok(w) = waiting.try_recv() {
+                    batch.push(w);
+                }
+                let answer = match node.inner.raft.get_read_log_id().await {
+                    Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                        Err(node.not_leader(f.leader_id))
+                    }
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(ClusterError::NoLeader {
+                        waited_ms: node.inner.request_timeout.as_millis() as u64,
+                        detail: format!("the leader cannot reach a quorum: {q}"),
+                    }),
+                    Err(e) => Err(fatal(e)),
+                };
+                for w in batch.drain(..) {
+                    let _ = w.send(answer.clone());
+                }
+            }
+        });
+    }
+
+    /// Breaks the split votes openraft 0.9 repeats: a node draws its
+    /// election timeout once, at start, and fires on its own tick, so two
+    /// survivors whose campaigns start within a message's flight of each
+    /// other split the vote, and can do so again at every round. A voter
+    /// that has stood without winning for a whole timeout stands again after
+    /// a fresh random delay, so the next campaigns start apart. A node that
+    /// may not lead (its disk is low) is left alone, as openraft leaves it.
+    fn spawn_election_watchdog(&self) {
+        let node = self.clone();
+        let mut stop = self.inner.shutdown.subscribe();
+        let config = self.inner.raft.config().clone();
+        let check = Duration::from_millis(config.heartbeat_interval);
+        let round = Duration::from_millis(config.election_timeout_max);
+        let spread = config.election_timeout_min;
+        tokio::spawn(async move {
+            let mut leaderless_since: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(check) => {}
+                }
+                let standing = {
+                    let m = node.inner.raft.metrics().borrow().clone();
+                    m.current_leader.is_none()
+                        && m.membership_config.membership().voter_ids().any(|v| v == node.inner.id)
+                };
+                if !standing || node.inner.disk_low.borrow().is_some() || node.is_removed() {
+                    leaderless_since = None;
+                    continue;
+                }
+                if leaderless_since.get_or_insert_with(Instant::now).elapsed() < round {
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_millis(rand::random_range(0..spread))).await;
+                if node.inner.raft.metrics().borrow().current_leader.is_none() {
+                    info!(
+                        node_id = node.inner.id,
+                        "no leader after a whole election timeout: standing again after a fresh random delay"
+                    );
+                    let _ = node.inner.raft.trigger().elect().await;
+                }
+                leaderless_since = None;
             }
         });
     }
@@ -1248,21 +1341,12 @@ impl ClusterNode {
             }
             LeaderRequest::ReadIndex => {
                 self.check_origin(origin, deadline).await?;
-                match tokio::time::timeout(remaining(), raft.get_read_log_id()).await {
+                let (answer, answered) = oneshot::channel();
+                self.inner.reads.send(answer).map_err(|_| ClusterError::ShuttingDown)?;
+                match tokio::time::timeout(remaining(), answered).await {
                     Err(_) => Err(waited("confirming leadership for a linearizable read")),
-                    Ok(Ok((read, _))) => Ok(LeaderResponse::ReadIndex {
-                        index: read.map(|l| l.index).unwrap_or(0),
-                    }),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                        Err(self.not_leader(f.leader_id))
-                    }
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
-                        Err(ClusterError::NoLeader {
-                            waited_ms: self.inner.request_timeout.as_millis() as u64,
-                            detail: format!("the leader cannot reach a quorum: {q}"),
-                        })
-                    }
-                    Ok(Err(e)) => Err(fatal(e)),
+                    Ok(Err(_)) => Err(ClusterError::ShuttingDown),
+                    Ok(Ok(index)) => index.map(|index| LeaderResponse::ReadIndex { index }),
                 }
             }
             LeaderRequest::AddNode { id, info, cluster_id } => {
@@ -1642,5 +1726,36 @@ mod tests {
         assert_eq!(node.last_log_index().unwrap(), last);
         node.read_barrier().await.unwrap();
         node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_reads_share_leadership_checks_and_each_sees_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::testing::start_single_node(dir.path(), vec![], Arc::new(Picky))
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let (index, _) = node.write_shared(format!("w{i}").into_bytes()).await.unwrap();
+                    node.read_barrier().await.unwrap();
+                    let applied = node.status().applied_index;
+                    assert!(
+                        applied >= index,
+                        "read {i} after write {index} saw applied index {applied}"
+                    );
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        node.shutdown().await;
+        let err = node.read_barrier().await.unwrap_err();
+        assert!(
+            matches!(err, ClusterError::ShuttingDown | ClusterError::NoLeader { .. }),
+            "{err:?}"
+        );
     }
 }

@@ -216,6 +216,32 @@ pub async fn transitions(addr: &str, workers: usize, warmup: Duration, measure: 
     }
 }
 
+/// The machine's bare spawn rate: `sh -c true` run and waited for, in a
+/// loop, by two workers per core for `measure` (at least 2 s), so every core
+/// is busy; spawns completed per second. The reference of the transitions.
+pub fn spawn_rate(measure: Duration) -> f64 {
+    let measure = measure.max(Duration::from_secs(2));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..2 * cores)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut done = 0u64;
+                while started.elapsed() < measure {
+                    let ok = std::process::Command::new("sh")
+                        .args(["-c", "true"])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    done += u64::from(ok);
+                }
+                done
+            })
+        })
+        .collect();
+    let done: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
 /// Kills the leader with SIGKILL `kills` times; each time measures from the
 /// kill to the first acknowledged write, with writers retrying continuously
 /// (two per surviving node, each sending its next write as soon as the last

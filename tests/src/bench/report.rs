@@ -164,6 +164,7 @@ pub fn figures_table(f: &Figures) -> String {
     let rows = [
         ("no-op transitions, 100 concurrent", show(f.transitions_per_s, "/s")),
         ("transition p99 (Do to rest)", show(f.transition_p99_ms, "ms")),
+        ("bare `sh -c true` spawns, every core busy", show(f.spawn_per_s, "/s")),
         ("leader failover, median of kills", show(f.failover_ms_median, "ms")),
         ("leader failover, max", show(f.failover_ms_max, "ms")),
         ("new node joins 100k keys, catch-up", show(f.join_catchup_ms, "ms")),
@@ -202,6 +203,124 @@ pub fn figures_table(f: &Figures) -> String {
     let mut out = String::from("| figure | value |\n| --- | ---: |\n");
     for (name, value) in rows {
         out.push_str(&format!("| {name} | {value} |\n"));
+    }
+    out
+}
+
+/// One target of the speed issue: what is measured, its value as shown,
+/// the target as shown, and whether it was met (`None`: not run).
+struct Target {
+    figure: String,
+    value: String,
+    target: &'static str,
+    met: Option<bool>,
+}
+
+/// Every target beside its measured value, one row each, with the verdict;
+/// a part that was not run says so.
+pub fn targets_table(rows: &[Row], f: &Figures) -> String {
+    let row = |workload: &str, clients: usize| rows.iter().find(|r| r.workload == workload && r.clients == clients);
+    let mut targets = Vec::new();
+    let ratio_row = |workload: &str, clients: usize, min: f64, target: &'static str| {
+        let r = row(workload, clients);
+        Target {
+            figure: format!("{workload}s/s opsd/etcd, {clients} clients (p99 opsd / etcd)"),
+            value: r.map_or("not run".into(), |r| {
+                format!("{:.2} ({:.2} / {:.2} ms)", r.ratio(), r.opsd.p99_ms, r.etcd.p99_ms)
+            }),
+            target,
+            met: r.map(|r| r.ratio() >= min && r.opsd.p99_ms <= r.etcd.p99_ms),
+        }
+    };
+    targets.push(ratio_row("get", 64, 1.5, ">= 1.5, p99 not above etcd's"));
+    targets.push(ratio_row("get", 256, 1.5, ">= 1.5, p99 not above etcd's"));
+    targets.push(ratio_row("put", 64, 1.3, ">= 1.3, p99 not above etcd's"));
+    let puts: Vec<&Row> = rows.iter().filter(|r| r.workload == "put").collect();
+    targets.push(Target {
+        figure: "puts/s opsd/etcd, lowest over the client counts".into(),
+        value: puts
+            .iter()
+            .min_by(|a, b| a.ratio().total_cmp(&b.ratio()))
+            .map_or("not run".into(), |r| {
+                format!("{:.2} ({} clients)", r.ratio(), r.clients)
+            }),
+        target: ">= 1.0",
+        met: (!puts.is_empty()).then(|| puts.iter().all(|r| r.ratio() >= 1.0)),
+    });
+    let at_most = |figure: &str, v: Option<f64>, max: f64, unit: &str, target: &'static str| Target {
+        figure: figure.into(),
+        value: v.map_or("not run".into(), |v| format!("{v:.2} {unit}").trim_end().to_string()),
+        target,
+        met: v.map(|v| v <= max),
+    };
+    let spawn_ratio = f
+        .transitions_per_s
+        .zip(f.spawn_per_s)
+        .map(|(t, s)| t / s.max(f64::MIN_POSITIVE));
+    targets.push(Target {
+        figure: "no-op transitions / bare spawns (transitions/s, spawns/s)".into(),
+        value: spawn_ratio.map_or("not run".into(), |r| {
+            format!(
+                "{r:.2} ({:.0} / {:.0})",
+                f.transitions_per_s.unwrap_or(0.0),
+                f.spawn_per_s.unwrap_or(0.0)
+            )
+        }),
+        target: ">= 0.5",
+        met: spawn_ratio.map(|r| r >= 0.5),
+    });
+    targets.push(at_most("transition p99", f.transition_p99_ms, 60.0, "ms", "<= 60 ms"));
+    targets.push(at_most(
+        "leader failover, median",
+        f.failover_ms_median,
+        499.999,
+        "ms",
+        "< 500 ms",
+    ));
+    targets.push(at_most(
+        "leader failover, max",
+        f.failover_ms_max,
+        999.999,
+        "ms",
+        "< 1000 ms",
+    ));
+    targets.push(at_most(
+        "RSS, 100k resources",
+        f.rss_mb_100k,
+        299.999,
+        "MiB",
+        "< 300 MiB",
+    ));
+    targets.push(at_most(
+        "restart to serving, 100k resources",
+        f.restart_serving_ms_100k,
+        999.999,
+        "ms",
+        "< 1000 ms",
+    ));
+    targets.push(at_most(
+        "chatty step: data dir growth / log volume",
+        f.log_amplification,
+        1.5,
+        "",
+        "<= 1.5",
+    ));
+    targets.push(at_most("chatty step: RSS", f.chatty_rss_mb, 99.999, "MiB", "< 100 MiB"));
+    targets.push(at_most(
+        "chatty step: put p99 / idle put p99",
+        f.chatty_put_p99_ratio,
+        2.0,
+        "",
+        "<= 2",
+    ));
+    let mut out = String::from("| target | measured | target | met |\n| --- | ---: | ---: | --- |\n");
+    for t in targets {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "not run",
+        };
+        out.push_str(&format!("| {} | {} | {} | {met} |\n", t.figure, t.value, t.target));
     }
     out
 }

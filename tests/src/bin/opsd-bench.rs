@@ -19,7 +19,7 @@
 //! - `BENCH_PARTS`: which parts to run, comma-separated, of `rows`,
 //!   `transitions`, `failover`, `join`, `lb`, `resources`, `chatty` (default all).
 //! - `BENCH_RESOURCES` (default 100000), `BENCH_JOIN_KEYS` (default 100000),
-//!   `BENCH_KILLS` (default 10), `BENCH_CREATE_BUDGET_S` (default 900: stop
+//!   `BENCH_KILLS` (default 20), `BENCH_CREATE_BUDGET_S` (default 900: stop
 //!   creating resources after this long and report how many were made),
 //!   `BENCH_SWAPS` (default 10: swaps of the load-balancer part).
 //! - `BENCH_DIR`: where data dirs and results go (default `<workspace>/target/bench`).
@@ -106,7 +106,7 @@ impl Config {
             parts,
             resources: env_or("BENCH_RESOURCES", 100_000u64),
             join_keys: env_or("BENCH_JOIN_KEYS", 100_000u64),
-            kills: env_or("BENCH_KILLS", 10usize),
+            kills: env_or("BENCH_KILLS", 20usize),
             swaps: env_or("BENCH_SWAPS", 10usize),
             create_budget: Duration::from_secs(env_or("BENCH_CREATE_BUDGET_S", 900u64)),
             dir: std::env::var_os("BENCH_DIR")
@@ -176,10 +176,16 @@ async fn run(config: Config, data: PathBuf) {
         .any(|p| config.wants(p))
     {
         let mut cluster = Cluster::start(3, Options::default()).await;
+        let term_before = leader_term(&cluster).await;
         if config.wants("rows") {
             rows = compare(&config, &cluster, &data, warmup, measure, &mut notes).await;
         }
         if config.wants("transitions") {
+            let spawn = tokio::task::spawn_blocking(move || figures::spawn_rate(measure.min(Duration::from_secs(10))))
+                .await
+                .expect("the spawn-rate workers panicked");
+            say!("bare `sh -c true` spawns with every core busy: {spawn:.0}/s");
+            figs.spawn_per_s = Some(spawn);
             let leader = cluster.leader().await;
             let t =
                 figures::transitions(&cluster.node(leader).client_addr(), TRANSITION_WORKERS, warmup, measure).await;
@@ -194,6 +200,10 @@ async fn run(config: Config, data: PathBuf) {
                 t.errors,
                 t.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
             );
+            say!(
+                "transitions / bare spawns: {:.2}",
+                t.per_s / spawn.max(f64::MIN_POSITIVE)
+            );
             if t.refused > 0 {
                 notes.push(format!(
                     "transitions: {} Do calls were refused as \"run in flight\" although the watch had shown the \
@@ -206,6 +216,15 @@ async fn run(config: Config, data: PathBuf) {
             }
             figs.transitions_per_s = Some(t.per_s);
             figs.transition_p99_ms = Some(t.p99_ms);
+        }
+        // Under the rows' and the transitions' load no node should have
+        // missed its leader's heartbeats for a whole election timeout.
+        let elections = leader_term(&cluster).await - term_before;
+        say!("elections under load (the leader's term moved by): {elections}");
+        if elections > 0 {
+            notes.push(format!(
+                "{elections} election(s) under the rows' and transitions' load: a node missed its leader's heartbeats"
+            ));
         }
         if config.wants("failover") && config.kills > 0 {
             let mut times = figures::failover(&cluster, config.kills).await;
@@ -378,6 +397,8 @@ async fn run(config: Config, data: PathBuf) {
         text.push('\n');
     }
     text.push_str(&report::figures_table(&figs));
+    text.push('\n');
+    text.push_str(&report::targets_table(&rows, &figs));
     if !notes.is_empty() {
         text.push('\n');
         text.push_str(&notes.iter().map(|n| format!("- {n}\n")).collect::<String>());
@@ -391,6 +412,13 @@ async fn run(config: Config, data: PathBuf) {
     std::fs::write(&human, &text).unwrap_or_else(|e| panic!("writing {}: {e}", human.display()));
     say!("wrote {} and {}", results.display(), human.display());
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The current leader's term.
+async fn leader_term(cluster: &Cluster) -> u64 {
+    let leader = cluster.leader().await;
+    let status = cluster.node(leader).status().await;
+    status.unwrap_or_else(|e| panic!("the leader's status: {e}")).term
 }
 
 /// The put and get rows: opsd and etcd in turn for each client count, each
