@@ -19,7 +19,7 @@ use crate::domain::mask::Masker;
 use crate::domain::resources::{self, parse_object, ResourceRecord, RunEnd, RunRecord, MAX_OUTPUTS_BYTES};
 use crate::domain::scope;
 use crate::domain::Command;
-use crate::ops::{LogSink, Object, StepRequest, StepResult};
+use crate::ops::{LogRoom, LogSink, Object, StepRequest, StepResult};
 use crate::run_logs::{self, LogFile};
 
 /// Log lines are proposed in batches of at most this many lines...
@@ -28,6 +28,9 @@ const LOG_BATCH_LINES: usize = 200;
 const LOG_BATCH_BYTES: usize = 64 << 10;
 /// ...at most one batch this often; lines beyond that are on this node only.
 const LOG_BATCH_WAIT: Duration = Duration::from_millis(200);
+/// Lines a step may have printed that are not yet written and batched: past
+/// this, its output waits in its pipe.
+const LOG_QUEUE_LINES: usize = 4096;
 /// How long a step gets to wind down after a timeout fired its cancellation.
 const WIND_DOWN: Duration = Duration::from_secs(10);
 
@@ -55,7 +58,7 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
         cancel,
         by_user,
     } = job;
-    let (sink, lines) = LogSink::channel();
+    let (sink, lines, room) = LogSink::bounded(LOG_QUEUE_LINES);
     let prepared = prepare(&ctx, &run, &resource);
     // The secret settings in scope are masked out of everything the step
     // reports before it is proposed: its log lines, its error, its outputs.
@@ -68,7 +71,7 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
         ctx.clone(),
         run.index,
         run.attempt,
-        lines,
+        (lines, room),
         masker.clone(),
         file,
     ));
@@ -277,7 +280,7 @@ async fn forward_log(
     ctx: Arc<EngineCtx>,
     run: u64,
     attempt: u32,
-    mut lines: mpsc::UnboundedReceiver<String>,
+    (mut lines, room): (mpsc::UnboundedReceiver<String>, Arc<LogRoom>),
     masker: Masker,
     mut file: LogFile,
 ) {
@@ -304,6 +307,7 @@ async fn forward_log(
         tokio::select! {
             line = lines.recv() => match line {
                 Some(line) => {
+                    room.took_one();
                     let line = if masker.is_empty() { line } else { masker.mask(&line) };
                     file.line(&line);
                     tail.push(line);
