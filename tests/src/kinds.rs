@@ -47,8 +47,9 @@ pub const STDIN_ECHO: &str = include_str!("../kinds/stdin_echo.toml");
 
 /// A step that prints a large log (`chatty`): a first line, `token: $TOKEN`,
 /// `LINES` numbered lines of [`CHATTY_LINE_BYTES`] bytes each (see
-/// [`chatty_line`]) after `PAUSE` seconds, and a last line; `LINES`, `PAUSE`
-/// and `TOKEN` are settings in scope (`scope/kind/chatty/...`).
+/// [`chatty_line`]) after `PAUSE` seconds, and a last line `LINGER` seconds
+/// later; `LINES`, `PAUSE`, `LINGER` and `TOKEN` are settings in scope
+/// (`scope/kind/chatty/...`).
 pub const CHATTY_STEP: &str = include_str!("../kinds/chatty_step.toml");
 
 /// The bytes of one numbered line of [`CHATTY_STEP`], its newline included.

@@ -1,7 +1,8 @@
 //! A step that prints a few MB of log: its whole log stays on the node that
 //! ran it (secrets masked there too), Raft carries only a bounded tail with
 //! markers where lines were left out, and `logs` shows every line through
-//! any node; once that node is gone, the replicated tail with a note.
+//! any node; once that node is gone, the replicated tail with a note. A
+//! takeover's log starts with the dead node's replicated tail.
 
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ async fn put(addr: &str, key: &str, value: &str, secret: bool) {
 }
 
 /// Every chunk of a run's log, not following.
-async fn chunks(addr: &str, run_id: &str) -> Vec<LogLines> {
+async fn log_chunks(addr: &str, run_id: &str) -> Vec<LogLines> {
     let mut stream = opsd_tests::client::connect_streaming(addr)
         .resources
         .logs(LogsRequest {
@@ -132,7 +133,7 @@ async fn chatty_step_log() {
     // The whole log, through the node that ran it and through another one.
     for i in [runner, other] {
         let through = cluster.node(i).client_addr();
-        let chunks = chunks(&through, &run.run_id).await;
+        let chunks = log_chunks(&through, &run.run_id).await;
         assert!(chunks.len() > 1, "a large log comes in chunks");
         assert!(chunks.iter().all(|c| c.note.is_empty() && c.dropped == 0));
         let lines: Vec<String> = chunks.into_iter().flat_map(|c| c.lines).collect();
@@ -184,7 +185,7 @@ async fn chatty_step_log() {
     // The node that ran it is gone: the replicated tail, and a note saying why.
     cluster.node(runner).kill9();
     let survivor = cluster.wait_for_leader(&[runner], WAIT).await;
-    let chunks = chunks(&cluster.node(survivor).client_addr(), &run.run_id).await;
+    let chunks = log_chunks(&cluster.node(survivor).client_addr(), &run.run_id).await;
     let note = &chunks[0].note;
     assert!(
         note.contains(&format!("node {}", run.node_id)) && note.contains("did not answer"),
@@ -194,4 +195,72 @@ async fn chatty_step_log() {
     assert!(lines.iter().any(|l| l.contains(SKIP_MARKER)), "the markers remain");
     assert_eq!(lines.last().map(String::as_str), Some(LAST));
     assert!((lines.len() as u64) < LINES / 10, "{} lines", lines.len());
+
+    // A takeover: the node running the step dies after printing its lines;
+    // the new attempt's log starts with the dead node's replicated tail,
+    // markers and all, then every line of the new attempt.
+    cluster.node(runner).restart();
+    cluster.node(runner).wait_ready(WAIT).await;
+    let leader = cluster.wait_for_leader(&[], WAIT).await;
+    let addr = cluster.node(leader).client_addr();
+    put(&addr, "scope/kind/chatty/PAUSE", "0", false).await;
+    put(&addr, "scope/kind/chatty/LINGER", "60", false).await;
+    let again = res::do_event(&addr, "chatty", "loud", "again", &[], "again")
+        .await
+        .expect("again")
+        .run
+        .expect("a run");
+    let dead = cluster.index_of(again.node_id).expect("the node running the step");
+    let printed_all = || async {
+        let lines = res::log_lines(&cluster.node(dead).client_addr(), &again.run_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        (lines.last() == Some(&chatty_line(LINES)))
+            .then_some(())
+            .ok_or(format!("{} lines", lines.len()))
+    };
+    opsd_tests::wait_until(
+        "the step to print its lines",
+        WAIT,
+        Duration::from_millis(200),
+        printed_all,
+    )
+    .await;
+    // Its last lines are replicated at the next batch.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    put(&addr, "scope/kind/chatty/LINGER", "0", false).await;
+    cluster.node(dead).kill9();
+    let leader = cluster.wait_for_leader(&[dead], WAIT).await;
+    let addr = cluster.node(leader).client_addr();
+    let done = res::wait_resting(&addr, "chatty", "loud", WAIT).await;
+    assert_eq!(done.state, "printed", "{done:?}");
+    let run = res::run(&addr, &again.run_id).await.expect("the run");
+    assert_eq!((run.outcome().label(), run.attempt), ("succeeded", 2), "{run:?}");
+    let chunks = log_chunks(&addr, &again.run_id).await;
+    assert!(chunks.iter().all(|c| c.note.is_empty()), "attempt 2's node is up");
+    let lines: Vec<String> = chunks.into_iter().flat_map(|c| c.lines).collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("[opsd: attempt 2 starts here"))
+        .expect("a line where attempt 2 starts");
+    let earlier = &lines[..start];
+    assert!(
+        earlier
+            .iter()
+            .any(|l| l.ends_with(&format!("{SKIP_MARKER}{}]", again.node_id))),
+        "the dead node's markers: {:?}",
+        &earlier[..earlier.len().min(3)]
+    );
+    // The dead node's last line, then the line the takeover recorded.
+    assert_eq!(
+        earlier[earlier.len() - 2],
+        chatty_line(LINES),
+        "the dead node's last line"
+    );
+    assert!(
+        earlier[earlier.len() - 1].starts_with("opsd: run taken over by node"),
+        "{}",
+        earlier[earlier.len() - 1]
+    );
+    assert_whole(&lines[start + 1..], "the new attempt's node");
 }
