@@ -231,7 +231,7 @@ pub struct LogSink {
 }
 
 /// How many lines a bounded sink holds that its reader has not taken yet,
-/// shared by the sink and its reader.
+/// held by both the sink and its reader.
 #[derive(Debug)]
 pub struct LogRoom {
     queued: AtomicUsize,
