@@ -15,6 +15,7 @@ pub mod ops;
 pub mod pki;
 pub mod propose;
 pub mod recover;
+pub mod run_logs;
 pub mod security;
 pub mod server;
 pub mod verify;

@@ -260,7 +260,7 @@ fn start_engine(node: &ClusterNode, data_dir: &std::path::Path, advertise: &str)
         Arc::new(Ec2Provider::new(lookup.clone(), node.cluster_id(), Some(node.clone()))),
         Arc::new(ServiceProvider::new(lookup, Arc::new(MemberListeners(node.clone())))),
     ]);
-    Engine::start(node.clone(), providers, data_dir.join("work")).context("starting the engine")
+    Engine::start(node.clone(), providers, &data_dir).context("starting the engine")
 }
 
 /// Serves the client API until SIGTERM or SIGINT, or until the node can no

@@ -45,6 +45,24 @@ pub const NEMESIS: &str = include_str!("../kinds/nemesis.toml");
 /// (`echo`: `again` reads it again).
 pub const STDIN_ECHO: &str = include_str!("../kinds/stdin_echo.toml");
 
+/// A step that prints a large log (`chatty`): a first line, `token: $TOKEN`,
+/// `LINES` numbered lines of [`CHATTY_LINE_BYTES`] bytes each (see
+/// [`chatty_line`]) after `PAUSE` seconds, and a last line `LINGER` seconds
+/// later; `LINES`, `PAUSE`, `LINGER` and `TOKEN` are settings in scope
+/// (`scope/kind/chatty/...`).
+pub const CHATTY_STEP: &str = include_str!("../kinds/chatty_step.toml");
+
+/// The bytes of one numbered line of [`CHATTY_STEP`], its newline included.
+pub const CHATTY_LINE_BYTES: u64 = 100;
+
+/// The `n`th numbered line of [`CHATTY_STEP`] (from 1), without its newline.
+pub fn chatty_line(n: u64) -> String {
+    format!(
+        "chatty line {n:08}: {}",
+        &"the quick brown fox jumps over the lazy dog ".repeat(2)[..77]
+    )
+}
+
 /// The path of a kind file under `tests/kinds/`, for `opsctl kinds apply`.
 pub fn path(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kinds").join(file)

@@ -126,6 +126,20 @@ pub fn closed_address() -> std::net::SocketAddr {
     addresses::closed_address()
 }
 
+/// The bytes of every file under `dir` (their lengths, as `du
+/// --apparent-size` counts them); what cannot be read counts 0.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Polls `check` every `every` until it returns `Some`, or panics after
 /// `timeout` naming `what` and the last thing `check` said (its `Err`).
 /// Returns the value and how long it took.

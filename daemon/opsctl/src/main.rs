@@ -318,8 +318,13 @@ enum Command {
     /// Lines are printed as they are. With --output json, each line is one
     /// JSON object {"run_id", "line_no" (0-based), "line"} on its own line:
     /// like `settings watch`, a stream of JSON documents rather than one.
-    /// The stored log is bounded: if its start was dropped, a note on stderr
-    /// says how many lines. Ctrl-C stops following (exit code 0).
+    /// Without --follow (or once the run ended) the whole log is printed, from
+    /// the node that ran the step; if that node or its file is gone, the
+    /// replicated lines only, and a note on stderr says what is missing.
+    /// While the run runs, --follow prints the replicated lines: a bounded
+    /// tail, with a line "[opsd: N lines (X MiB) not replicated; the whole log
+    /// is on node K]" where lines were left out. Ctrl-C stops following
+    /// (exit code 0).
     #[command(after_long_help = "Examples:\n  \
         run=$(opsctl do app/shop deploy -q)\n  \
         opsctl logs \"$run\" --follow\n  \

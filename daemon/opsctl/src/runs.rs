@@ -236,6 +236,9 @@ pub async fn logs(args: LogsArgs, nodes: &Nodes, printer: Printer) -> Result<()>
                     args.run_id
                 );
             }
+            if !chunk.note.is_empty() {
+                eprintln!("note: {}", chunk.note);
+            }
             let (skip, lines) = unseen_lines(next, chunk.first_line, &chunk.lines);
             if !lines.is_empty() {
                 printer.log_lines(&args.run_id, chunk.first_line + skip, lines)?;

@@ -633,7 +633,7 @@ mod tests {
             run_id: run_id.into(),
             first_line,
             lines: lines.iter().map(|l| l.to_string()).collect(),
-            dropped: 0,
+            ..LogLines::default()
         }
     }
 

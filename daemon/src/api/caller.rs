@@ -82,6 +82,11 @@ impl Caller {
         }
     }
 
+    /// Whether this caller is another node of the cluster.
+    pub fn is_node(&self) -> bool {
+        self.grants == Grants::All
+    }
+
     /// A caller without a token, granted nothing.
     fn anonymous() -> Caller {
         Caller::user(ANONYMOUS, None, Vec::new())

@@ -3,7 +3,9 @@
 //! the applied state, after the leader's read index unless stale.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use opsd_client::{describe_status, Api, Credentials, NodeAddr, Timeouts};
 use opsd_cluster::{ClusterError, ClusterNode};
 use opsd_proto::v1::resources_server::Resources;
 use opsd_proto::v1::{self as proto, TriggerSource};
@@ -25,6 +27,41 @@ use crate::domain::resources::{self as domain, parse_run_id, ResourceRecord, Run
 use crate::domain::security::{Object, Verb};
 use crate::domain::{stats, Command, DomainEvent, Outcome};
 use crate::engine::{self, Engine, EngineError};
+
+/// How long the node that ran a step has to start sending its log.
+const LOG_NODE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The whole log of `run`, asked of the node that ran it; `Err` says why not.
+async fn ask_for_log(node: &ClusterNode, run: &RunRecord) -> Result<AnswerStream<LogLines>, String> {
+    let owner = run.node_id;
+    let member = node
+        .members()
+        .into_iter()
+        .find(|m| m.id == owner)
+        .ok_or_else(|| format!("node {owner}, which ran it, is no longer a member of the cluster"))?;
+    let addr = NodeAddr::parse(&member.info.addr).map_err(|e| format!("node {owner}: {e}"))?;
+    let timeouts = Timeouts {
+        connect: LOG_NODE_TIMEOUT,
+        request: Some(LOG_NODE_TIMEOUT),
+        answer: LOG_NODE_TIMEOUT,
+    };
+    let mut api = Api::lazy(&addr, timeouts, crate::pki::node_credentials(Credentials::anonymous()));
+    let request = LogsRequest {
+        run_id: run.run_id(),
+        follow: false,
+    };
+    match tokio::time::timeout(LOG_NODE_TIMEOUT, api.resources.logs(request)).await {
+        Ok(Ok(stream)) => Ok(Box::pin(stream.into_inner())),
+        Ok(Err(status)) => Err(format!(
+            "node {owner}, which ran it, did not answer: {}",
+            describe_status(&status)
+        )),
+        Err(_) => Err(format!(
+            "node {owner}, which ran it, did not answer within {} s",
+            LOG_NODE_TIMEOUT.as_secs()
+        )),
+    }
+}
 
 /// The largest kind file accepted.
 const MAX_KIND_SOURCE: usize = 256 * 1024;
@@ -114,6 +151,50 @@ impl ResourcesService {
             .for_resource(&kind, &spec)
             .map_err(Status::invalid_argument)?;
         provider.check_spec(&kind, &spec).map_err(Status::invalid_argument)
+    }
+
+    /// A run's whole log: from the file of its current attempt on this node
+    /// if this node ran it, else from the node that did (asked as a node,
+    /// which answers from its own file only). If neither can, the
+    /// replicated lines, with a note saying what is missing and why when
+    /// they are not the whole log.
+    async fn whole_log(&self, caller: &Caller, run: &RunRecord, log: domain::RunLog) -> AnswerStream<LogLines> {
+        let me = self.node.node_id();
+        let why = if run.node_id == me {
+            match self
+                .engine
+                .run_logs()
+                .serve(run.index, run.attempt, run.run_id(), log.clone())
+            {
+                Ok(stream) => return stream,
+                Err(e) => format!(
+                    "its file on node {me} cannot be read ({e}): the oldest runs' files are removed to keep the run \
+                     logs within their bound"
+                ),
+            }
+        } else if caller.is_node() {
+            format!("node {me} was asked for it, but node {} ran it", run.node_id)
+        } else {
+            match ask_for_log(&self.node, run).await {
+                Ok(stream) => return stream,
+                Err(e) => e,
+            }
+        };
+        let partial = log.dropped > 0 || log.lines.iter().any(|l| crate::run_logs::is_skip_marker(l));
+        just(LogLines {
+            run_id: run.run_id(),
+            first_line: log.dropped,
+            lines: log.lines,
+            dropped: log.dropped,
+            note: if partial {
+                format!(
+                    "only the replicated lines of run {} are shown, the whole log is missing: {why}",
+                    run.run_id()
+                )
+            } else {
+                String::new()
+            },
+        })
     }
 
     /// The resource change a command made, as the API answers it.
@@ -504,7 +585,7 @@ impl Resources for ResourcesService {
                         run_id: domain::run_id(run),
                         first_line,
                         lines,
-                        dropped: 0,
+                        ..LogLines::default()
                     }))),
                     other => end_of_watch(other, None),
                 }
@@ -583,6 +664,9 @@ impl Resources for ResourcesService {
         caller.require(Verb::Read, &resource_of(&run.kind, &run.name))?;
         let log = domain::read_log(&view, index).map_err(read_status)?;
         drop(view);
+        if !(req.follow && run.outcome == RunOutcome::Running) {
+            return Ok(Response::new(self.whole_log(&caller, &run, log).await));
+        }
         let run_id = domain::run_id(index);
         let mut sent = log.dropped + log.lines.len() as u64;
         let first = LogLines {
@@ -590,10 +674,8 @@ impl Resources for ResourcesService {
             first_line: log.dropped,
             lines: log.lines,
             dropped: log.dropped,
+            note: String::new(),
         };
-        if !(req.follow && run.outcome == RunOutcome::Running) {
-            return Ok(Response::new(just(first)));
-        }
         let reader = self.node.reader().clone();
         let stream = follow_as(
             caller,
@@ -617,7 +699,7 @@ impl Resources for ResourcesService {
                         run_id: run_id.clone(),
                         first_line: start,
                         lines: lines.into_iter().skip(skip).collect(),
-                        dropped: 0,
+                        ..LogLines::default()
                     })
                 }
                 // The finish comes after the last line.

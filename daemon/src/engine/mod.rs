@@ -24,7 +24,7 @@ mod registry;
 mod resource_actor;
 mod step;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use actix::{Actor, Addr};
@@ -34,6 +34,7 @@ use tracing::warn;
 
 use crate::domain::{decode_outcome, resources, Command, DomainEvent, Outcome, Rejection};
 use crate::ops::{Object, Providers, ResourceLookup};
+use crate::run_logs::RunLogs;
 
 pub use registry::Registry;
 pub use resource_actor::{CancelRun, DeleteResource, DoEvent, ResourceActor};
@@ -64,6 +65,8 @@ pub(crate) struct EngineCtx {
     pub runtime: tokio::runtime::Handle,
     pub providers: Providers,
     pub work_root: PathBuf,
+    /// Where this node writes the whole log of the steps it runs.
+    pub run_logs: RunLogs,
     pub leadership: watch::Receiver<Option<u64>>,
     /// The last log index when this process started its engine: a run given
     /// to this node by an entry at or below it was given to an earlier
@@ -107,15 +110,17 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the actor system on its own thread, loads every resource, and
-    /// follows the node's applied events and leadership.
-    pub fn start(node: ClusterNode, providers: Providers, work_root: PathBuf) -> std::io::Result<Engine> {
+    /// follows the node's applied events and leadership. Steps work in
+    /// `DATA_DIR/work` and write their logs to `DATA_DIR/run-logs`.
+    pub fn start(node: ClusterNode, providers: Providers, data_dir: &Path) -> std::io::Result<Engine> {
         let boot_index = node.last_log_index().map_err(std::io::Error::other)?;
         let ctx = Arc::new(EngineCtx {
             boot_index,
             node_id: node.node_id(),
             runtime: tokio::runtime::Handle::current(),
             providers,
-            work_root,
+            work_root: data_dir.join("work"),
+            run_logs: RunLogs::new(data_dir),
             leadership: node.leadership(),
             node: node.clone(),
         });
@@ -171,6 +176,11 @@ impl Engine {
     /// against them before proposing it.
     pub fn providers(&self) -> &Providers {
         &self.ctx.providers
+    }
+
+    /// This node's files of the steps it ran.
+    pub fn run_logs(&self) -> &RunLogs {
+        &self.ctx.run_logs
     }
 
     /// Creates a resource. The proposal goes straight to the cluster: there

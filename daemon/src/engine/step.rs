@@ -1,7 +1,11 @@
 //! Executing one attempt of a run: the provider's step, under the state's
-//! timeout and the run's cancellation, with its log lines batched into the
+//! timeout and the run's cancellation, with its log lines written to this
+//! node's file of the attempt and a bounded tail of them batched into the
 //! replicated run log.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,12 +19,18 @@ use crate::domain::mask::Masker;
 use crate::domain::resources::{self, parse_object, ResourceRecord, RunEnd, RunRecord, MAX_OUTPUTS_BYTES};
 use crate::domain::scope;
 use crate::domain::Command;
-use crate::ops::{LogSink, Object, StepRequest, StepResult};
+use crate::ops::{LogRoom, LogSink, Object, StepRequest, StepResult};
+use crate::run_logs::{self, LogFile};
 
-/// Log lines are proposed in batches of at most this many...
+/// Log lines are proposed in batches of at most this many lines...
 const LOG_BATCH_LINES: usize = 200;
-/// ...or after this long, whichever comes first.
+/// ...and this many bytes...
+const LOG_BATCH_BYTES: usize = 64 << 10;
+/// ...at most one batch this often; lines beyond that are on this node only.
 const LOG_BATCH_WAIT: Duration = Duration::from_millis(200);
+/// Lines a step may have printed that are not yet written and batched: past
+/// this, its output waits in its pipe.
+const LOG_QUEUE_LINES: usize = 4096;
 /// How long a step gets to wind down after a timeout fired its cancellation.
 const WIND_DOWN: Duration = Duration::from_secs(10);
 
@@ -48,7 +58,7 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
         cancel,
         by_user,
     } = job;
-    let (sink, lines) = LogSink::channel();
+    let (sink, lines, room) = LogSink::bounded(LOG_QUEUE_LINES);
     let prepared = prepare(&ctx, &run, &resource);
     // The secret settings in scope are masked out of everything the step
     // reports before it is proposed: its log lines, its error, its outputs.
@@ -56,7 +66,15 @@ pub(crate) async fn execute(ctx: Arc<EngineCtx>, job: Job) -> RunEnd {
         Ok((_, _, _, masker)) => masker.clone(),
         Err(_) => Masker::default(),
     };
-    let forwarder = tokio::spawn(forward_log(ctx.clone(), run.index, run.attempt, lines, masker.clone()));
+    let file = open_file(&ctx, &run);
+    let forwarder = tokio::spawn(forward_log(
+        ctx.clone(),
+        run.index,
+        run.attempt,
+        (lines, room),
+        masker.clone(),
+        file,
+    ));
     let (result, timed_out) = match prepared {
         Err(error) => (StepResult::failed(error), None),
         Ok((provider, req, timeout, _)) => {
@@ -206,45 +224,164 @@ fn prepare(ctx: &EngineCtx, run: &RunRecord, resource: &ResourceRecord) -> Resul
     Ok((provider, req, timeout, masker))
 }
 
-/// Proposes the step's log lines, the secret values masked out, in batches
-/// until the step drops its sink.
+/// The most recent lines not proposed yet, at most [`LOG_BATCH_LINES`] and
+/// [`LOG_BATCH_BYTES`] (but always the newest line), and what was let go to
+/// keep them so.
+#[derive(Debug, Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+    skipped_lines: u64,
+    skipped_bytes: u64,
+}
+
+impl Tail {
+    fn push(&mut self, line: String) {
+        self.bytes += stored_len(&line);
+        self.lines.push_back(line);
+        while self.lines.len() > LOG_BATCH_LINES || (self.bytes > LOG_BATCH_BYTES && self.lines.len() > 1) {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes -= stored_len(&old);
+                self.skipped_lines += 1;
+                self.skipped_bytes += old.len() as u64 + 1;
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty() && self.skipped_lines == 0
+    }
+
+    /// The next batch to propose: a marker for the lines let go since the
+    /// last one, if any, then the lines kept.
+    fn take(&mut self, node_id: u64) -> Vec<String> {
+        let mut batch = Vec::with_capacity(self.lines.len() + 1);
+        if self.skipped_lines > 0 {
+            batch.push(run_logs::skip_marker(self.skipped_lines, self.skipped_bytes, node_id));
+        }
+        batch.extend(self.lines.drain(..));
+        *self = Tail::default();
+        batch
+    }
+}
+
+/// The bytes a line takes in the replicated log (apply cuts long ones).
+fn stored_len(line: &str) -> usize {
+    line.len().min(resources::MAX_LOG_LINE) + 1
+}
+
+/// Writes every line of the step's output, the secret values masked out,
+/// to this node's file of the attempt, and proposes a bounded tail of them:
+/// at most one batch per [`LOG_BATCH_WAIT`] (one in flight at a time), of the
+/// newest lines, with a marker line for those left out. When the step drops
+/// its sink, the last lines are proposed, so the replicated log ends as the
+/// output did.
 async fn forward_log(
     ctx: Arc<EngineCtx>,
     run: u64,
     attempt: u32,
-    mut lines: mpsc::UnboundedReceiver<String>,
+    (mut lines, room): (mpsc::UnboundedReceiver<String>, Arc<LogRoom>),
     masker: Masker,
+    mut file: LogFile,
 ) {
-    let mut open = true;
-    while open {
-        let Some(first) = lines.recv().await else { return };
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + LOG_BATCH_WAIT;
-        while batch.len() < LOG_BATCH_LINES {
-            match tokio::time::timeout_at(deadline, lines.recv()).await {
-                Ok(Some(line)) => batch.push(line),
-                Ok(None) => {
-                    open = false;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        if !masker.is_empty() {
-            for line in &mut batch {
-                *line = masker.mask(line);
-            }
-        }
+    let propose = |batch: Vec<String>| {
         for line in &batch {
             debug!(run_id = %resources::run_id(run), "{line}");
         }
-        let cmd = Command::AppendRunLog {
+        let committed = ctx.propose(Command::AppendRunLog {
             run,
             attempt,
             lines: batch,
-        };
-        if let Err(e) = ctx.propose(cmd).await {
-            warn!(run_id = %resources::run_id(run), error = %e, "engine: log lines not recorded");
+        });
+        async move {
+            if let Err(e) = committed.await {
+                warn!(run_id = %resources::run_id(run), error = %e, "engine: log lines not recorded");
+            }
         }
+    };
+    let mut tail = Tail::default();
+    let mut ticks = tokio::time::interval(LOG_BATCH_WAIT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut in_flight: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(line) => {
+                    room.took_one();
+                    let line = if masker.is_empty() { line } else { masker.mask(&line) };
+                    file.line(&line);
+                    tail.push(line);
+                }
+                None => break,
+            },
+            _ = ticks.tick(), if in_flight.is_none() && !tail.is_empty() => {
+                file.flush();
+                in_flight = Some(Box::pin(propose(tail.take(ctx.node_id))));
+            }
+            _ = async { in_flight.as_mut().expect("in flight").await }, if in_flight.is_some() => in_flight = None,
+        }
+    }
+    file.finish();
+    if let Some(proposal) = in_flight {
+        proposal.await;
+    }
+    if !tail.is_empty() {
+        propose(tail.take(ctx.node_id)).await;
+    }
+}
+
+/// This node's file for an attempt. A takeover's file starts with the
+/// replicated lines of the earlier attempts (their whole log was on the node
+/// that ran them), then a line saying where this attempt starts.
+fn open_file(ctx: &EngineCtx, run: &RunRecord) -> LogFile {
+    let mut file = ctx.run_logs.create(run.index, run.attempt);
+    if run.attempt > 1 {
+        let earlier = resources::read_log(&ctx.node.reader().view(), run.index).unwrap_or_default();
+        if earlier.dropped > 0 {
+            file.line(&format!(
+                "[opsd: the first {} replicated lines of the earlier attempts were dropped (the replicated log is bounded)]",
+                earlier.dropped
+            ));
+        }
+        for line in &earlier.lines {
+            file.line(line);
+        }
+        file.line(&format!(
+            "[opsd: attempt {} starts here, on node {}; the lines above are the replicated lines of the earlier attempts]",
+            run.attempt, ctx.node_id
+        ));
+    }
+    file
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_keeps_the_newest_lines_and_counts_the_others() {
+        let mut tail = Tail::default();
+        for i in 0..1000 {
+            tail.push(format!("line {i:05}"));
+        }
+        let batch = tail.take(3);
+        assert_eq!(batch.len(), LOG_BATCH_LINES + 1);
+        assert_eq!(batch[0], run_logs::skip_marker(800, 800 * 11, 3));
+        assert_eq!(batch[1], "line 00800");
+        assert_eq!(batch[LOG_BATCH_LINES], "line 00999");
+        assert!(tail.is_empty());
+
+        // Few lines: all of them, no marker.
+        tail.push("a".into());
+        tail.push("b".into());
+        assert_eq!(tail.take(3), ["a", "b"]);
+
+        // Long lines: the byte budget, but always the newest line.
+        for _ in 0..100 {
+            tail.push("x".repeat(10_000));
+        }
+        let batch = tail.take(3);
+        assert_eq!(batch.len(), 1 + LOG_BATCH_BYTES / (resources::MAX_LOG_LINE + 1));
+        assert!(run_logs::is_skip_marker(&batch[0]));
     }
 }

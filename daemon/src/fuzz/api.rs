@@ -350,7 +350,7 @@ impl Node {
             let node = opsd_cluster::testing::start_single_node(dir.path(), tables, Arc::new(Domain))
                 .await
                 .expect("a one-node cluster");
-            let engine = Engine::start(node.clone(), Providers::new([]), dir.path().join("work")).expect("an engine");
+            let engine = Engine::start(node.clone(), Providers::new([]), dir.path()).expect("an engine");
             (node, engine)
         });
         let (stop_tx, stop) = tokio::sync::watch::channel(false);

@@ -22,10 +22,11 @@ pub mod service;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::kind::Kind;
@@ -226,19 +227,76 @@ pub(crate) fn step_result(out: Result<Object, Fail>) -> StepResult {
 #[derive(Debug, Clone)]
 pub struct LogSink {
     tx: mpsc::UnboundedSender<String>,
+    room: Option<Arc<LogRoom>>,
+}
+
+/// How many lines a bounded sink holds that its reader has not taken yet,
+/// held by both the sink and its reader.
+#[derive(Debug)]
+pub struct LogRoom {
+    queued: AtomicUsize,
+    limit: usize,
+    taken: Notify,
+}
+
+impl LogRoom {
+    /// The reader took one line.
+    pub fn took_one(&self) {
+        if self.queued.fetch_sub(1, Ordering::AcqRel) <= self.limit {
+            self.taken.notify_waiters();
+        }
+    }
 }
 
 impl LogSink {
     /// A sink and the receiving end the engine drains.
     pub fn channel() -> (LogSink, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (LogSink { tx }, rx)
+        (LogSink { tx, room: None }, rx)
+    }
+
+    /// A sink whose [`LogSink::room`] waits while `limit` lines are queued;
+    /// the reader calls [`LogRoom::took_one`] for every line it receives.
+    pub fn bounded(limit: usize) -> (LogSink, mpsc::UnboundedReceiver<String>, Arc<LogRoom>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(LogRoom {
+            queued: AtomicUsize::new(0),
+            limit,
+            taken: Notify::new(),
+        });
+        let sink = LogSink {
+            tx,
+            room: Some(room.clone()),
+        };
+        (sink, rx, room)
     }
 
     /// Writes one line (a trailing newline is not needed). Lines written
     /// after the run ended are dropped.
     pub fn line(&self, line: impl Into<String>) {
-        let _ = self.tx.send(line.into());
+        // Counted before it is sent, so the reader never takes it first.
+        if let Some(room) = &self.room {
+            room.queued.fetch_add(1, Ordering::AcqRel);
+        }
+        if self.tx.send(line.into()).is_err() {
+            if let Some(room) = &self.room {
+                room.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Waits until a bounded sink's reader has caught up (or is gone): a
+    /// step copying a process's output calls it before each read, so a
+    /// flood of lines waits in the pipe, not in memory.
+    pub async fn room(&self) {
+        let Some(room) = &self.room else { return };
+        loop {
+            let taken = room.taken.notified();
+            if room.queued.load(Ordering::Acquire) < room.limit || self.tx.is_closed() {
+                return;
+            }
+            taken.await;
+        }
     }
 }
 
@@ -542,6 +600,30 @@ pub fn refuse_run(kind: &Kind) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::domain::test_kinds::small_app;
+
+    #[tokio::test]
+    async fn a_bounded_sink_waits_for_its_reader() {
+        let (log, mut rx, room) = LogSink::bounded(2);
+        log.line("a");
+        log.room().await;
+        log.line("b");
+        let waiting = tokio::spawn({
+            let log = log.clone();
+            async move { log.room().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "two lines queued: no room");
+        assert_eq!(rx.recv().await.as_deref(), Some("a"));
+        room.took_one();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("room once a line was taken")
+            .unwrap();
+        // A reader that is gone never keeps the step waiting.
+        log.line("c");
+        drop(rx);
+        log.room().await;
+    }
 
     struct Named(&'static str);
 

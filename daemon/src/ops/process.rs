@@ -337,6 +337,7 @@ async fn pump<R: AsyncRead + Unpin>(stream: Option<R>, log: &LogSink) {
     let mut lines = LineSplitter::default();
     let mut buf = vec![0u8; 8192];
     loop {
+        log.room().await;
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => lines.push(&buf[..n], |l| log.line(l)),

@@ -277,20 +277,42 @@ pub async fn run_row(
 ) -> RowResult {
     let start = Instant::now() + warmup;
     let end = start + measure;
+    drive(
+        system,
+        workload,
+        workers,
+        keyspace,
+        (start, end),
+        tokio::time::sleep_until(tokio::time::Instant::from_std(end)),
+    )
+    .await
+    .into_row(measure)
+}
+
+/// Drives `workload` at `system` with `workers` closed-loop clients over
+/// random keys `0..keyspace` until `stop` completes; calls within `window`
+/// count.
+pub async fn drive(
+    system: System,
+    workload: Workload,
+    workers: usize,
+    keyspace: u64,
+    window: (Instant, Instant),
+    stop: impl std::future::Future<Output = ()>,
+) -> Tally {
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(workers);
     for (w, mut client) in clients(system, workers).into_iter().enumerate() {
+        let stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(w as u64 + 1 + (keyspace << 20));
             let value = value(w as u64);
             let mut tally = Tally::default();
-            loop {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 let sent = Instant::now();
-                if sent >= end {
-                    break;
-                }
                 let k = key(rng.next() % keyspace);
                 let outcome = client.call(workload, k, &value).await;
-                if tally.record((start, end), sent, outcome) {
+                if tally.record(window, sent, outcome) {
                     // A failing system is not hammered in a tight loop.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -298,11 +320,13 @@ pub async fn run_row(
             tally
         }));
     }
+    stop.await;
+    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut all = Tally::default();
     for t in tasks {
         all.merge(t.await.expect("a load worker panicked"));
     }
-    all.into_row(measure)
+    all
 }
 
 /// Writes keys `0..count` (named by `key_of`) once each, `workers` at a time,

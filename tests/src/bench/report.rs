@@ -199,6 +199,16 @@ pub fn figures_table(f: &Figures) -> String {
             "swap to every node routing new connections, max",
             show(f.swap_switch_ms_max, "ms"),
         ),
+        (
+            "chatty step: data dir growth / bytes printed, worst node",
+            f.log_amplification.map_or("not run".to_string(), |r| format!("{r:.2}")),
+        ),
+        ("chatty step: RSS, worst node", show(f.chatty_rss_mb, "MiB")),
+        (
+            "chatty step: put p99 during / idle, 16 clients",
+            f.chatty_put_p99_ratio
+                .map_or("not run".to_string(), |r| format!("{r:.2}")),
+        ),
     ];
     let mut out = String::from("| figure | value |\n| --- | ---: |\n");
     for (name, value) in rows {

@@ -10,7 +10,8 @@
 //! with 100k keys, and restart time and memory of a node holding 100k
 //! resources; and the built-in load balancer: HTTP requests through it
 //! against straight to a backend at 64 connections, and how soon a service's
-//! swap reaches every node. It prints a table and writes
+//! swap reaches every node; and a step printing a large log (data dir growth,
+//! memory, puts meanwhile). It prints a table and writes
 //! `target/bench/results.json`.
 //!
 //! Environment (all optional):
@@ -21,7 +22,8 @@
 //! - `BENCH_RESOURCES` (default 100000), `BENCH_JOIN_KEYS` (default 100000),
 //!   `BENCH_KILLS` (default 20), `BENCH_CREATE_BUDGET_S` (default 900: stop
 //!   creating resources after this long and report how many were made),
-//!   `BENCH_SWAPS` (default 10: swaps of the load-balancer part).
+//!   `BENCH_SWAPS` (default 10: swaps of the load-balancer part),
+//!   `BENCH_CHATTY_MB` (default 100: what the chatty step prints).
 //! - `BENCH_DIR`: where data dirs and results go (default `<workspace>/target/bench`).
 //! - `OPSD_BIN_DIR`: the opsd binaries (default `<workspace>/target/release`).
 //! - `ETCD_BIN`: the etcd binary (default `etcd` from `PATH`).
@@ -33,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use bench::chatty;
 use bench::etcd::{self, EtcdCluster};
 use bench::figures;
 use bench::lb;
@@ -56,6 +59,7 @@ struct Config {
     join_keys: u64,
     kills: usize,
     swaps: usize,
+    chatty_mb: u64,
     create_budget: Duration,
     workspace: PathBuf,
     dir: PathBuf,
@@ -108,6 +112,7 @@ impl Config {
             join_keys: env_or("BENCH_JOIN_KEYS", 100_000u64),
             kills: env_or("BENCH_KILLS", 20usize),
             swaps: env_or("BENCH_SWAPS", 10usize),
+            chatty_mb: env_or("BENCH_CHATTY_MB", 100u64),
             create_budget: Duration::from_secs(env_or("BENCH_CREATE_BUDGET_S", 900u64)),
             dir: std::env::var_os("BENCH_DIR")
                 .filter(|v| !v.is_empty())
@@ -383,6 +388,44 @@ async fn run(config: Config, data: PathBuf) {
         figs.idle_rss_mb = Some(r.idle_rss_mb);
         figs.restart_serving_ms_100k = Some(r.restart_serving.as_secs_f64() * 1000.0);
         figs.rss_mb_100k = Some(r.rss_after_create_mb.max(r.rss_after_restart_mb));
+    }
+
+    if config.wants("chatty") {
+        let c = chatty::measure(config.chatty_mb, warmup, measure).await;
+        let ratio = c.busy.p99_ms / c.idle.p99_ms.max(f64::MIN_POSITIVE);
+        say!(
+            "chatty step: printed {:.1} MB in {:.1?}; data dir growth per node {:?} bytes, amplification {:.3}; max RSS \
+             {:.1} MiB; put p99 at {} clients idle {:.2} ms, during the step {:.2} ms ({:.0}/s), ratio {ratio:.2}; logs: {}",
+            c.printed as f64 / 1e6,
+            c.step,
+            c.growth,
+            c.amplification,
+            c.rss_mb,
+            chatty::CLIENTS,
+            c.idle.p99_ms,
+            c.busy.p99_ms,
+            c.busy.ops_per_s,
+            c.log
+        );
+        notes.push(format!(
+            "chatty: a step printed {:.1} MB in {:.1} s; data dir growth per node {:?} bytes; logs through another node: {}",
+            c.printed as f64 / 1e6,
+            c.step.as_secs_f64(),
+            c.growth,
+            c.log
+        ));
+        for (what, r) in [("idle", &c.idle), ("during the step", &c.busy)] {
+            if r.errors > 0 {
+                notes.push(format!(
+                    "chatty: puts {what}: {} errors, first: {}",
+                    r.errors,
+                    r.first_error.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        figs.log_amplification = Some(c.amplification);
+        figs.chatty_rss_mb = Some(c.rss_mb);
+        figs.chatty_put_p99_ratio = Some(ratio);
     }
 
     let mut text = String::new();
