@@ -90,6 +90,9 @@ pub(crate) enum LeaderRequest {
     Members,
 }
 
+/// Where a read index waiting on the leader gets its answer.
+type ReadIndexAnswer = oneshot::Sender<Result<u64, ClusterError>>;
+
 /// A write waiting on the leader for the next shared entry.
 struct SharedWrite {
     command: Vec<u8>,
@@ -272,6 +275,8 @@ pub(crate) struct NodeInner {
     max_voters: usize,
     shutdown: watch::Sender<bool>,
     shared_writes: mpsc::UnboundedSender<SharedWrite>,
+    /// Read indexes waiting on the leader for the next leadership check.
+    shared_reads: mpsc::UnboundedSender<ReadIndexAnswer>,
     /// Why Raft stopped by itself (the application's apply or the storage
     /// failed), once it has.
     failure: watch::Sender<Option<Failure>>,
@@ -427,6 +432,7 @@ impl ClusterNode {
             .map_err(|e| internal(format!("cannot start raft: {e}")))?;
         let (shutdown, _) = watch::channel(false);
         let (shared_writes, waiting) = mpsc::unbounded_channel();
+        let (shared_reads, waiting_reads) = mpsc::unbounded_channel();
         let (failure, _) = watch::channel(None);
         let (disk_low, _) = watch::channel(None);
         let (problem, _) = watch::channel(None);
@@ -450,6 +456,7 @@ impl ClusterNode {
             max_voters: config.max_voters.max(1),
             shutdown,
             shared_writes,
+            shared_reads,
             failure,
             removal_notices: Mutex::new((0, 0, String::new())),
             check_removal: Notify::new(),
@@ -461,6 +468,7 @@ impl ClusterNode {
         node.spawn_promoter();
         node.spawn_role_logger();
         node.spawn_write_batcher(waiting);
+        node.spawn_read_index_batcher(waiting_reads);
         node.spawn_failure_watch();
         node.spawn_removal_checker();
         node.spawn_disk_watch();
@@ -582,6 +590,42 @@ impl ClusterNode {
                             let _ = answer.send(Err(error.clone()));
                         }
                     }
+                }
+            }
+        });
+    }
+
+    /// Answers the read indexes waiting on this node, all those waiting with
+    /// one leadership check (a heartbeat round to a quorum), one check at a
+    /// time: every read waiting when a check starts arrived before it, so
+    /// the index it answers is one the read may be served at. Under load, one
+    /// round then serves many reads.
+    fn spawn_read_index_batcher(&self, mut waiting: mpsc::UnboundedReceiver<ReadIndexAnswer>) {
+        let node = self.clone();
+        let mut stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    w = waiting.recv() => match w { Some(w) => w, None => return },
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let mut answers = vec![first];
+                while let Ok(w) = waiting.try_recv() {
+                    answers.push(w);
+                }
+                let answer = match node.inner.raft.get_read_log_id().await {
+                    Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                        Err(node.not_leader(f.leader_id))
+                    }
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(ClusterError::NoLeader {
+                        waited_ms: node.inner.request_timeout.as_millis() as u64,
+                        detail: format!("the leader cannot reach a quorum: {q}"),
+                    }),
+                    Err(e) => Err(fatal(e)),
+                };
+                for a in answers {
+                    let _ = a.send(answer.clone());
                 }
             }
         });
@@ -1248,21 +1292,15 @@ impl ClusterNode {
             }
             LeaderRequest::ReadIndex => {
                 self.check_origin(origin, deadline).await?;
-                match tokio::time::timeout(remaining(), raft.get_read_log_id()).await {
+                let (answer, answered) = oneshot::channel();
+                self.inner
+                    .shared_reads
+                    .send(answer)
+                    .map_err(|_| ClusterError::ShuttingDown)?;
+                match tokio::time::timeout(remaining(), answered).await {
                     Err(_) => Err(waited("confirming leadership for a linearizable read")),
-                    Ok(Ok((read, _))) => Ok(LeaderResponse::ReadIndex {
-                        index: read.map(|l| l.index).unwrap_or(0),
-                    }),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                        Err(self.not_leader(f.leader_id))
-                    }
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
-                        Err(ClusterError::NoLeader {
-                            waited_ms: self.inner.request_timeout.as_millis() as u64,
-                            detail: format!("the leader cannot reach a quorum: {q}"),
-                        })
-                    }
-                    Ok(Err(e)) => Err(fatal(e)),
+                    Ok(Err(_)) => Err(ClusterError::ShuttingDown),
+                    Ok(Ok(read)) => read.map(|index| LeaderResponse::ReadIndex { index }),
                 }
             }
             LeaderRequest::AddNode { id, info, cluster_id } => {
