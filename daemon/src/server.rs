@@ -288,6 +288,8 @@ async fn serve(
     // Streams (watches) never end by themselves, so they are told to stop
     // too; otherwise a graceful shutdown would wait for every watcher.
     let (stopping, stop) = tokio::sync::watch::channel(false);
+    // Watches share one decoding of the applied events.
+    let feed = crate::api::follow::Feed::start(&node);
     let failure = Arc::new(std::sync::Mutex::new(None));
     let failed = failure.clone();
     let watched = node.clone();
@@ -303,13 +305,17 @@ async fn serve(
         .add_service(reflection)
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
         .add_service(SecurityServer::new(SecurityService::new(node.clone())))
-        .add_service(SettingsServer::new(SettingsService::new(node.clone(), stop.clone())))
+        .add_service(SettingsServer::new(SettingsService::new(
+            node.clone(),
+            feed.clone(),
+            stop.clone(),
+        )))
         .add_service(ServicesServer::new(ServicesService::new(
             node.clone(),
             balancer,
             stop.clone(),
         )))
-        .add_service(ResourcesServer::new(ResourcesService::new(node, engine, stop)))
+        .add_service(ResourcesServer::new(ResourcesService::new(node, engine, feed, stop)))
         .serve_with_incoming_shutdown(transport::incoming(listener), async move {
             let failure = tokio::select! {
                 _ = term.recv() => { info!("SIGTERM: shutting down"); None }

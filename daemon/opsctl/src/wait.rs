@@ -141,8 +141,10 @@ impl Note {
 /// The bookkeeping of one wait: which runs belong to the change, how they
 /// ended, and whether the resource rests.
 ///
-/// The runs of a change are those whose `index` is at or after the change's
-/// log index. The wait is over when a resource event at or after that index
+/// The runs of a change are the run it started and those numbered after it
+/// (runs are numbered in the order they start); without a run, those
+/// numbered at or after the change's log index (a run's number is at least
+/// the index of the entry that started it). The wait is over when a resource event at or after that index
 /// shows the resource in a stable state with no run in flight, or when the
 /// resource is deleted, and every run of the change has ended. Events may
 /// arrive twice or late (after a reconnect, the history and the new stream
@@ -152,6 +154,8 @@ impl Note {
 pub struct Tracker {
     /// The log index of the change.
     index: u64,
+    /// The number of the change's first run (its log index until known).
+    first_run: u64,
     /// The version of the newest resource event seen.
     version: u64,
     /// The newest resource seen.
@@ -171,6 +175,7 @@ impl Tracker {
     pub fn new(index: u64) -> Self {
         Self {
             index,
+            first_run: index,
             version: 0,
             resource: None,
             rested: false,
@@ -188,6 +193,7 @@ impl Tracker {
             notes.extend(self.resource(resource));
         }
         if let Some(run) = &change.run {
+            self.first_run = self.first_run.max(run.index);
             notes.extend(self.track_run(run));
         }
         if change.deleted {
@@ -231,7 +237,7 @@ impl Tracker {
     /// and are ignored.
     pub fn run(&mut self, run: &Run) -> Vec<Note> {
         let known = self.runs.iter().any(|r| r.run_id == run.run_id);
-        if !known && run.index < self.index {
+        if !known && run.index < self.first_run {
             return Vec::new();
         }
         self.track_run(run)
@@ -759,6 +765,27 @@ mod tests {
         tracker.run(&run("r1", 11, "ready", "deploying", "succeeded"));
         tracker.resource(&resource("ready", 12, false, ""));
         assert_eq!(tracker.status(), Status::Done);
+        assert!(tracker.failures().is_empty());
+    }
+
+    #[test]
+    fn runs_numbered_before_the_changes_own_are_not_waited_for() {
+        // An entry may start several runs, so run numbers can be ahead of log
+        // indexes: an older run (replayed by the history) may be numbered at or
+        // after the change's index, but before the change's own run.
+        let mut tracker = Tracker::new(10);
+        tracker.change(&ResourceChange {
+            resource: Some(resource("deploying", 10, true, "r14")),
+            run: Some(run("r14", 14, "ready", "deploying", "running")),
+            index: 10,
+            deleted: false,
+        });
+        assert!(tracker.run(&run("r12", 12, "x", "y", "failed")).is_empty());
+        tracker.run(&run("r14", 14, "ready", "deploying", "succeeded"));
+        tracker.run(&run("r15", 15, "deploying", "ready", "succeeded"));
+        tracker.resource(&resource("ready", 11, false, ""));
+        assert_eq!(tracker.status(), Status::Done);
+        assert_eq!(tracker.runs().len(), 2);
         assert!(tracker.failures().is_empty());
     }
 

@@ -5,9 +5,10 @@
 //! of the stream's own function, which decides what the client sees.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
-use opsd_cluster::{AppliedEvent, StateReader};
+use opsd_cluster::{AppliedEvent, ClusterNode, StateReader};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,8 +25,8 @@ pub type AnswerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)]
 pub enum Applied {
-    /// A change was applied.
-    Event(DomainEvent),
+    /// A change was applied (decoded once for every follower).
+    Event(Arc<DomainEvent>),
     /// A snapshot replaced this node's state at `index`: events in between
     /// were never published. The feed ends after this.
     SnapshotInstalled {
@@ -57,12 +58,73 @@ pub enum Next<T> {
     End,
 }
 
+/// What a [`Feed`] passes on: an applied event, decoded, or the end of the
+/// node's feed.
+#[derive(Debug, Clone)]
+pub enum Fed {
+    /// A change was applied.
+    Event(Arc<DomainEvent>),
+    /// A snapshot replaced the state at `index`.
+    SnapshotInstalled {
+        /// The snapshot's last log index.
+        index: u64,
+    },
+    /// The feed itself fell behind the node and dropped `missed` events.
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
+}
+
+/// How many events a follower of a [`Feed`] may fall behind, as of the node's feed.
+const FEED_CAPACITY: usize = 4096;
+
+/// A node's applied events, each decoded once for every stream following
+/// them (a hundred watches need not decode every event a hundred times).
+/// Undecodable events are skipped.
+#[derive(Clone)]
+pub struct Feed(broadcast::Sender<Fed>);
+
+impl Feed {
+    /// Starts decoding the events `node` applies from now on.
+    pub fn start(node: &ClusterNode) -> Feed {
+        Feed::of(node.subscribe())
+    }
+
+    fn of(mut events: broadcast::Receiver<AppliedEvent>) -> Feed {
+        let (tx, _) = broadcast::channel(FEED_CAPACITY);
+        let feed = Feed(tx.clone());
+        tokio::spawn(async move {
+            loop {
+                let fed = match events.recv().await {
+                    Ok(AppliedEvent::Applied { event, .. }) => match DomainEvent::decode(&event) {
+                        Ok(event) => Fed::Event(Arc::new(event)),
+                        Err(_) => continue,
+                    },
+                    Ok(AppliedEvent::SnapshotInstalled { index }) => Fed::SnapshotInstalled { index },
+                    Err(RecvError::Lagged(missed)) => Fed::Lagged { missed },
+                    Err(RecvError::Closed) => return,
+                };
+                // No follower is fine.
+                let _ = tx.send(fed);
+            }
+        });
+        feed
+    }
+
+    /// Follows the events decoded from now on: subscribe before reading the
+    /// state a stream starts from, so nothing applied in between is missed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Fed> {
+        self.0.subscribe()
+    }
+}
+
 /// Sends `first` (if any), then follows `events` until `next` ends the
 /// stream, the feed ends, `stop` turns true or the client goes away.
 /// `events` must be subscribed before the state `first` was read from, so
-/// nothing applied in between is missed. Undecodable events are skipped.
+/// nothing applied in between is missed.
 pub fn follow<T, F>(
-    mut events: broadcast::Receiver<AppliedEvent>,
+    mut events: broadcast::Receiver<Fed>,
     mut stop: watch::Receiver<bool>,
     buffer: usize,
     first: Option<T>,
@@ -81,12 +143,9 @@ where
         loop {
             let seen = tokio::select! {
                 r = events.recv() => match r {
-                    Ok(AppliedEvent::Applied { event, .. }) => match DomainEvent::decode(&event) {
-                        Ok(event) => Applied::Event(event),
-                        Err(_) => continue,
-                    },
-                    Ok(AppliedEvent::SnapshotInstalled { index }) => Applied::SnapshotInstalled { index },
-                    Err(RecvError::Lagged(missed)) => Applied::Lagged { missed },
+                    Ok(Fed::Event(event)) => Applied::Event(event),
+                    Ok(Fed::SnapshotInstalled { index }) => Applied::SnapshotInstalled { index },
+                    Ok(Fed::Lagged { missed }) | Err(RecvError::Lagged(missed)) => Applied::Lagged { missed },
                     Err(RecvError::Closed) => Applied::Stopping,
                 },
                 _ = stop.wait_for(|s| *s) => Applied::Stopping,
@@ -120,7 +179,7 @@ where
 pub fn follow_as<T, F>(
     caller: Caller,
     reader: StateReader,
-    events: broadcast::Receiver<AppliedEvent>,
+    events: broadcast::Receiver<Fed>,
     stop: watch::Receiver<bool>,
     buffer: usize,
     first: Option<T>,
@@ -131,7 +190,7 @@ where
     F: FnMut(Applied) -> Next<T> + Send + 'static,
 {
     follow(events, stop, buffer, first, move |seen| {
-        if let Applied::Event(DomainEvent::Security { .. }) = &seen {
+        if matches!(&seen, Applied::Event(e) if matches!(**e, DomainEvent::Security { .. })) {
             if let Err(status) = caller.recheck(&reader) {
                 return Next::Fail(status);
             }
@@ -197,13 +256,11 @@ mod tests {
 
     fn keys(seen: Applied) -> Next<String> {
         match seen {
-            Applied::Event(DomainEvent::Setting(e)) if e.record().key == "last" => {
-                Next::SendLast(e.record().key.clone())
-            }
-            Applied::Event(DomainEvent::Setting(e)) if e.record().key.starts_with("a") => {
-                Next::Send(e.record().key.clone())
-            }
-            Applied::Event(_) => Next::Skip,
+            Applied::Event(e) => match &*e {
+                DomainEvent::Setting(e) if e.record().key == "last" => Next::SendLast(e.record().key.clone()),
+                DomainEvent::Setting(e) if e.record().key.starts_with("a") => Next::Send(e.record().key.clone()),
+                _ => Next::Skip,
+            },
             Applied::Lagged { missed } => Next::Fail(Status::aborted(format!("missed {missed}"))),
             Applied::SnapshotInstalled { index } => Next::Fail(Status::aborted(format!("snapshot {index}"))),
             Applied::Stopping => Next::Fail(Status::unavailable("stopping")),
@@ -214,7 +271,7 @@ mod tests {
     async fn sends_first_then_what_the_stream_keeps_until_it_ends() {
         let (events, rx) = broadcast::channel(16);
         let (_stopping, stop) = watch::channel(false);
-        let stream = follow(rx, stop, 8, Some("first".to_string()), keys);
+        let stream = follow(Feed::of(rx).subscribe(), stop, 8, Some("first".to_string()), keys);
         for e in [
             setting("a1"),
             setting("b"),
@@ -234,12 +291,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_lagging_follower_gets_the_streams_answer_and_ends() {
+        // The follower lags behind the feed...
+        let (fed, rx) = broadcast::channel(2);
+        let (_stopping, stop) = watch::channel(false);
+        for k in ["a1", "a2", "a3", "a4"] {
+            fed.send(Fed::Event(Arc::new(DomainEvent::Security { what: k.into() })))
+                .unwrap();
+        }
+        let got: Vec<_> = follow(rx, stop, 8, None, keys).collect().await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].as_ref().unwrap_err().message(), "missed 2");
+
+        // ...or the feed behind the node.
         let (events, rx) = broadcast::channel(2);
         let (_stopping, stop) = watch::channel(false);
         for k in ["a1", "a2", "a3", "a4"] {
             events.send(setting(k)).unwrap();
         }
-        let got: Vec<_> = follow(rx, stop, 8, None, keys).collect().await;
+        let follower = Feed::of(rx).subscribe();
+        drop(events);
+        let got: Vec<_> = follow(follower, stop, 8, None, keys).collect().await;
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].as_ref().unwrap_err().message(), "missed 2");
     }
@@ -248,13 +319,15 @@ mod tests {
     async fn a_snapshot_or_stopping_ends_the_stream() {
         let (events, rx) = broadcast::channel(4);
         let (_stopping, stop) = watch::channel(false);
+        let feed = Feed::of(rx);
+        let follower = feed.subscribe();
         events.send(AppliedEvent::SnapshotInstalled { index: 7 }).unwrap();
         events.send(setting("a1")).unwrap();
-        let got: Vec<_> = follow(rx, stop, 8, None, keys).collect().await;
+        let got: Vec<_> = follow(follower, stop, 8, None, keys).collect().await;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].as_ref().unwrap_err().message(), "snapshot 7");
 
-        let (_events, rx) = broadcast::channel::<AppliedEvent>(4);
+        let (_fed, rx) = broadcast::channel::<Fed>(4);
         let (stopping, stop) = watch::channel(false);
         let stream = follow(rx, stop, 8, None, keys);
         stopping.send(true).unwrap();

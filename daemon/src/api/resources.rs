@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::caller::{require as allowed, Caller};
-use super::follow::{end_of_watch, follow_as, just, AnswerStream, Applied, Next};
+use super::follow::{end_of_watch, follow_as, just, AnswerStream, Applied, Feed, Next};
 use super::{barrier, cluster_status, propose, read_status, refuse_if_removed, rejection_status};
 use crate::domain::kind::Kind;
 use crate::domain::resources::{self as domain, parse_run_id, ResourceRecord, RunOutcome, RunRecord};
@@ -70,13 +70,20 @@ const MAX_KIND_SOURCE: usize = 256 * 1024;
 pub struct ResourcesService {
     node: ClusterNode,
     engine: Engine,
+    feed: Feed,
     stop: watch::Receiver<bool>,
 }
 
 impl ResourcesService {
-    /// A service backed by `node` and `engine`; open streams end when `stop` turns true.
-    pub fn new(node: ClusterNode, engine: Engine, stop: watch::Receiver<bool>) -> Self {
-        ResourcesService { node, engine, stop }
+    /// A service backed by `node` and `engine`, whose streams follow `feed`
+    /// (the node's); open streams end when `stop` turns true.
+    pub fn new(node: ClusterNode, engine: Engine, feed: Feed, stop: watch::Receiver<bool>) -> Self {
+        ResourcesService {
+            node,
+            engine,
+            feed,
+            stop,
+        }
     }
 
     /// The actor of an existing resource, or NOT_FOUND. Found after a
@@ -538,7 +545,7 @@ impl Resources for ResourcesService {
         // follower just restarted, say) must not answer NOT_FOUND for it.
         barrier(&self.node, false).await?;
         // Subscribe first: nothing applied after the first message is missed.
-        let events = self.node.subscribe();
+        let events = self.feed.subscribe();
         let view = self.node.reader().view();
         let kind = domain::read_kind(&view, &req.kind).map_err(read_status)?.map(|k| k.0);
         let Some(current) = domain::read_resource(&view, &req.kind, &req.name).map_err(read_status)? else {
@@ -565,29 +572,32 @@ impl Resources for ResourcesService {
             Some(first),
             move |seen| {
                 let send = |event| ResourceEvent { event: Some(event) };
-                match seen {
-                    Applied::Event(DomainEvent::Resource(r)) if mine(&r.kind, &r.name) => Next::Send(send(
-                        resource_event::Event::Resource(resource_to_proto(r, kind.as_ref())),
+                let Applied::Event(event) = seen else {
+                    return end_of_watch(seen, None);
+                };
+                match &*event {
+                    DomainEvent::Resource(r) if mine(&r.kind, &r.name) => Next::Send(send(
+                        resource_event::Event::Resource(resource_to_proto(r.clone(), kind.as_ref())),
                     )),
-                    Applied::Event(DomainEvent::ResourceDeleted(r)) if mine(&r.kind, &r.name) => {
-                        Next::SendLast(send(resource_event::Event::Deleted(resource_to_proto(r, None))))
+                    DomainEvent::ResourceDeleted(r) if mine(&r.kind, &r.name) => {
+                        Next::SendLast(send(resource_event::Event::Deleted(resource_to_proto(r.clone(), None))))
                     }
-                    Applied::Event(DomainEvent::Run(r)) if mine(&r.kind, &r.name) => {
-                        Next::Send(send(resource_event::Event::Run(run_to_proto(r))))
+                    DomainEvent::Run(r) if mine(&r.kind, &r.name) => {
+                        Next::Send(send(resource_event::Event::Run(run_to_proto(r.clone()))))
                     }
-                    Applied::Event(DomainEvent::RunLog {
+                    DomainEvent::RunLog {
                         run,
                         kind: k,
                         name: n,
                         first_line,
                         lines,
-                    }) if mine(&k, &n) => Next::Send(send(resource_event::Event::Log(LogLines {
-                        run_id: domain::run_id(run),
-                        first_line,
-                        lines,
+                    } if mine(k, n) => Next::Send(send(resource_event::Event::Log(LogLines {
+                        run_id: domain::run_id(*run),
+                        first_line: *first_line,
+                        lines: lines.clone(),
                         ..LogLines::default()
                     }))),
-                    other => end_of_watch(other, None),
+                    _ => Next::Skip,
                 }
             },
         );
@@ -656,7 +666,7 @@ impl Resources for ResourcesService {
         let req = req.into_inner();
         let index = parse_run_id(&req.run_id).map_err(Status::invalid_argument)?;
         barrier(&self.node, false).await?;
-        let events = self.node.subscribe();
+        let events = self.feed.subscribe();
         let view = self.node.reader().view();
         let Some(run) = domain::read_run(&view, index).map_err(read_status)? else {
             return Err(Status::not_found(format!("run {} not found", domain::run_id(index))));
@@ -685,28 +695,28 @@ impl Resources for ResourcesService {
             256,
             Some(first),
             move |seen| match seen {
-                Applied::Event(DomainEvent::RunLog {
-                    run, first_line, lines, ..
-                }) if run == index => {
-                    // Skip lines already sent from the stored log.
-                    let skip = sent.saturating_sub(first_line) as usize;
-                    if skip >= lines.len() {
-                        return Next::Skip;
+                Applied::Event(event) => match &*event {
+                    DomainEvent::RunLog {
+                        run, first_line, lines, ..
+                    } if *run == index => {
+                        // Skip lines already sent from the stored log.
+                        let skip = sent.saturating_sub(*first_line) as usize;
+                        if skip >= lines.len() {
+                            return Next::Skip;
+                        }
+                        let start = first_line + skip as u64;
+                        sent = first_line + lines.len() as u64;
+                        Next::Send(LogLines {
+                            run_id: run_id.clone(),
+                            first_line: start,
+                            lines: lines[skip..].to_vec(),
+                            ..LogLines::default()
+                        })
                     }
-                    let start = first_line + skip as u64;
-                    sent = first_line + lines.len() as u64;
-                    Next::Send(LogLines {
-                        run_id: run_id.clone(),
-                        first_line: start,
-                        lines: lines.into_iter().skip(skip).collect(),
-                        ..LogLines::default()
-                    })
-                }
-                // The finish comes after the last line.
-                Applied::Event(DomainEvent::Run(r)) if r.index == index && r.outcome != RunOutcome::Running => {
-                    Next::End
-                }
-                Applied::Event(_) => Next::Skip,
+                    // The finish comes after the last line.
+                    DomainEvent::Run(r) if r.index == index && r.outcome != RunOutcome::Running => Next::End,
+                    _ => Next::Skip,
+                },
                 Applied::SnapshotInstalled { .. } | Applied::Lagged { .. } => {
                     Next::Fail(Status::aborted("the log follower fell behind; read the log again"))
                 }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::caller::{require, Caller};
-use super::follow::{end_of_watch, follow_as, AnswerStream, Applied, Next};
+use super::follow::{end_of_watch, follow_as, AnswerStream, Applied, Feed, Next};
 use super::{barrier, propose, read_status, refuse_if_removed};
 use crate::domain::security::{Object, Verb};
 use crate::domain::settings::{self as domain, SettingEvent, SettingRecord};
@@ -20,13 +20,15 @@ use crate::domain::{Command, DomainEvent, Outcome};
 /// Serves settings from a cluster node.
 pub struct SettingsService {
     node: ClusterNode,
+    feed: Feed,
     stop: watch::Receiver<bool>,
 }
 
 impl SettingsService {
-    /// A service backed by `node`; open watches end when `stop` turns true.
-    pub fn new(node: ClusterNode, stop: watch::Receiver<bool>) -> Self {
-        SettingsService { node, stop }
+    /// A service backed by `node`, whose watches follow `feed` (the node's);
+    /// open watches end when `stop` turns true.
+    pub fn new(node: ClusterNode, feed: Feed, stop: watch::Receiver<bool>) -> Self {
+        SettingsService { node, feed, stop }
     }
 
     /// Proposes a put or delete; answers with the revision it made and the
@@ -183,18 +185,21 @@ impl Settings for SettingsService {
         let stream = follow_as(
             caller,
             reader,
-            self.node.subscribe(),
+            self.feed.subscribe(),
             self.stop.clone(),
             256,
             None,
             move |seen| match seen {
-                Applied::Event(DomainEvent::Setting(ev))
-                    if ev.record().key.starts_with(&prefix)
-                        && watcher.allows(Verb::Read, &Object::Setting(&ev.record().key)) =>
-                {
-                    last = ev.record().mod_revision;
-                    Next::Send(watch_event_of(ev))
-                }
+                Applied::Event(event) => match &*event {
+                    DomainEvent::Setting(ev)
+                        if ev.record().key.starts_with(&prefix)
+                            && watcher.allows(Verb::Read, &Object::Setting(&ev.record().key)) =>
+                    {
+                        last = ev.record().mod_revision;
+                        Next::Send(watch_event_of(ev))
+                    }
+                    _ => Next::Skip,
+                },
                 other => end_of_watch(other, Some(last)),
             },
         );
@@ -259,7 +264,7 @@ fn check_resource_name(kind_name: &str, name: &str) -> Result<(), Status> {
     resources::validate_name(name).map_err(invalid)
 }
 
-fn watch_event_of(ev: SettingEvent) -> WatchEvent {
+fn watch_event_of(ev: &SettingEvent) -> WatchEvent {
     let revision = ev.record().mod_revision;
     let (kind, record) = match ev {
         SettingEvent::Put(r) => (watch_event::Type::Put, r),
@@ -267,7 +272,7 @@ fn watch_event_of(ev: SettingEvent) -> WatchEvent {
     };
     WatchEvent {
         r#type: kind as i32,
-        setting: Some(masked(record)),
+        setting: Some(masked(record.clone())),
         revision,
     }
 }

@@ -33,6 +33,7 @@ pub const TABLES: &[&str] = &[
     resources::RUNS_BY_RESOURCE,
     resources::RUNNING,
     resources::RUN_LOGS,
+    resources::RUN_COUNTER,
     stats::FINISHED,
     stats::BUCKETS,
     security::ROLES,
@@ -45,11 +46,16 @@ pub const TABLES: &[&str] = &[
 /// The format of an encoded command: its first byte. Format 1 is the bare
 /// bincode of [`legacy::Command`], written by builds before this envelope
 /// and still read. Format 2 is a flags byte, then the bincode of [`Command`]
-/// with nothing after it. Every later format keeps the flags byte second, so
-/// that a build which cannot read a format can still tell whether it may
-/// skip the command.
+/// with nothing after it. Format 3 is format 2 for a command that may start
+/// a run ([`Command::starts_runs`]): such commands share log entries, and
+/// their runs take their ids from the run counter, which builds that read
+/// only formats 1 and 2 do not keep (they gave a run its entry's index, so
+/// two runs of one entry would get one id): they stop on it instead. Every
+/// later format keeps the flags byte second, so that a build which cannot
+/// read a format can still tell whether it may skip the command.
 const FORMAT_LEGACY: u8 = 1;
 const FORMAT: u8 = 2;
+const FORMAT_RUNS: u8 = 3;
 
 /// Flags bit: a node that cannot decode this command skips it (answering
 /// [`Outcome::Skipped`]) rather than stopping. Other bits are reserved.
@@ -447,7 +453,8 @@ impl Command {
     pub fn encode(&self) -> Vec<u8> {
         use bincode::Options;
         let flags = if self.ignorable() { FLAG_IGNORABLE } else { 0 };
-        let mut out = vec![FORMAT, flags];
+        let format = if self.starts_runs() { FORMAT_RUNS } else { FORMAT };
+        let mut out = vec![format, flags];
         // Encoding owned strings and integers into a Vec cannot fail.
         out.extend(strict().serialize(self).unwrap_or_default());
         out
@@ -468,14 +475,16 @@ impl Command {
         match bytes {
             [] => Err("an empty command".into()),
             [FORMAT_LEGACY, body @ ..] => legacy::decode(body),
-            [FORMAT, flags, body @ ..] if flags & !FLAG_IGNORABLE == 0 => match strict().deserialize(body) {
-                Ok(command) => Ok(Decoded::Apply(command)),
-                Err(e) => unreadable(*flags, format!("a command of format {FORMAT} it does not know: {e}")),
-            },
+            [format @ (FORMAT | FORMAT_RUNS), flags, body @ ..] if flags & !FLAG_IGNORABLE == 0 => {
+                match strict().deserialize(body) {
+                    Ok(command) => Ok(Decoded::Apply(command)),
+                    Err(e) => unreadable(*flags, format!("a command of format {format} it does not know: {e}")),
+                }
+            }
             [format, flags, ..] => unreadable(
                 *flags,
                 format!(
-                    "a command of format {format} with flags {flags:#04x}; this build reads formats 1 and {FORMAT}"
+                    "a command of format {format} with flags {flags:#04x}; this build reads formats 1 to {FORMAT_RUNS}"
                 ),
             ),
             [format] => Err(format!("a command of format {format} without flags")),
@@ -493,8 +502,10 @@ impl Command {
 
 impl Command {
     /// Whether apply lets this command share its log entry, and so its index,
-    /// with other commands: it starts no run (a run's id is its entry's
-    /// index). Settings writes then share a revision, as one transaction.
+    /// with other commands: settings writes (each takes the store's next
+    /// revision) and the commands of resources and runs (a run takes the next
+    /// id of the run counter; resources changed by one entry share its index
+    /// as their version, as one transaction).
     pub fn may_share_entry(&self) -> bool {
         matches!(
             self,
@@ -502,6 +513,21 @@ impl Command {
                 | Command::PutSettingV2 { .. }
                 | Command::DeleteSetting { .. }
                 | Command::AppendRunLog { .. }
+                | Command::CreateResource { .. }
+                | Command::DoEvent { .. }
+                | Command::DeleteResource { .. }
+                | Command::FinishRun { .. }
+                | Command::TakeOverRun { .. }
+                | Command::CancelRun { .. }
+        )
+    }
+
+    /// Whether applying this command may start a run: it is encoded in
+    /// format 3 (see [`FORMAT_RUNS`]).
+    pub fn starts_runs(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateResource { .. } | Command::DoEvent { .. } | Command::FinishRun { .. }
         )
     }
 }
@@ -867,6 +893,19 @@ pub(crate) mod testing {
         /// would stop the node.
         pub fn try_apply_raw(&mut self, bytes: &[u8]) -> Result<(Outcome, Vec<DomainEvent>), TxnError> {
             self.index += 1;
+            self.try_apply_raw_shared(bytes)
+        }
+
+        /// Applies a command in the entry of the last one, as the next
+        /// command of a shared entry.
+        pub fn apply_shared(&mut self, cmd: Command) -> (Outcome, Vec<DomainEvent>) {
+            self.try_apply_raw_shared(&cmd.encode()).unwrap()
+        }
+
+        /// Applies raw command bytes in the entry of the last command (the
+        /// first entry if there was none).
+        pub fn try_apply_raw_shared(&mut self, bytes: &[u8]) -> Result<(Outcome, Vec<DomainEvent>), TxnError> {
+            self.index = self.index.max(1);
             let entry = EntryInfo {
                 index: self.index,
                 leader: self.leader,
@@ -1010,7 +1049,8 @@ mod tests {
     fn every_command_survives_its_encoding() {
         for command in every_command() {
             let bytes = command.encode();
-            assert_eq!(bytes[..2], [FORMAT, 0], "{command:?}");
+            let format = if command.starts_runs() { FORMAT_RUNS } else { FORMAT };
+            assert_eq!(bytes[..2], [format, 0], "{command:?}");
             assert_eq!(Command::decode(&bytes), Ok(Decoded::Apply(command)));
         }
     }

@@ -33,6 +33,9 @@ pub const RUNS_BY_RESOURCE: &str = "runs_by_resource";
 pub const RUNNING: &str = "running";
 /// Run logs: index → [`RunLog`].
 pub const RUN_LOGS: &str = "run_logs";
+/// The run counter: one key, the index of the last run started (u64 BE).
+pub const RUN_COUNTER: &str = "run_counter";
+const KEY_LAST_RUN: &[u8] = b"last";
 
 /// The longest resource name.
 pub const MAX_NAME: usize = 128;
@@ -185,7 +188,7 @@ pub enum RunEnd {
 /// (recorded as a run that succeeded at once), kept for audit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
-    /// The log index the run started at; its id is `r<index>`.
+    /// The run's number, its id is `r<index>`: see [`next_run_index`].
     pub index: u64,
     /// The resource's kind.
     pub kind: String,
@@ -235,7 +238,7 @@ impl RunRecord {
     }
 }
 
-/// The id of the run that started at `index`.
+/// The id of the run numbered `index`.
 pub fn run_id(index: u64) -> String {
     format!("r{index}")
 }
@@ -621,6 +624,21 @@ fn cut_line(mut line: String) -> String {
     line
 }
 
+/// The number of a run the entry `entry` starts: the entry's index, or one
+/// more than the last run's if that is higher (an entry may start several
+/// runs). Runs are numbered in the order they start, and the numbers of
+/// runs started before entries could share (one run per entry, numbered by
+/// its index) stay what they were.
+fn next_run_index(txn: &mut Txn<'_>, entry: EntryInfo) -> Result<u64, TxnError> {
+    let last = txn
+        .get(RUN_COUNTER, KEY_LAST_RUN)?
+        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0);
+    let index = entry.index.max(last.saturating_add(1));
+    txn.put(RUN_COUNTER, KEY_LAST_RUN, &index.to_be_bytes())?;
+    Ok(index)
+}
+
 /// Moves `resource` into `target` and, if it is a work state, starts its run
 /// (owned by the entry's leader); writes the resource and answers with it and
 /// the run started. `event`, `args` and `trigger` are those of the chain: the
@@ -653,8 +671,9 @@ fn move_to(
         put_resource(txn, &resource)?;
         return Ok(Outcome::ResourceChanged { resource, run: None });
     }
+    let index = next_run_index(txn, entry)?;
     let mut run = RunRecord {
-        index: entry.index,
+        index,
         kind: resource.kind.clone(),
         name: resource.name.clone(),
         event: event.to_string(),
@@ -672,15 +691,11 @@ fn move_to(
         outputs_json: "{}".into(),
         cancel_requested: false,
     };
-    let by_resource = [
-        by_resource_prefix(&run.kind, &run.name),
-        entry.index.to_be_bytes().to_vec(),
-    ]
-    .concat();
+    let by_resource = [by_resource_prefix(&run.kind, &run.name), index.to_be_bytes().to_vec()].concat();
     txn.put(RUNS_BY_RESOURCE, &by_resource, &[])?;
     if state.work {
-        resource.active_run = Some(entry.index);
-        txn.put(RUNNING, &entry.index.to_be_bytes(), &[])?;
+        resource.active_run = Some(index);
+        txn.put(RUNNING, &index.to_be_bytes(), &[])?;
     } else {
         // A move between stable states: recorded, done at once.
         run.outcome = RunOutcome::Succeeded;

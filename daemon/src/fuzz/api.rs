@@ -24,6 +24,7 @@ use super::strategies::{bytes, mutate, mutation, number, one_of, signed, text};
 use super::{fuzz, regressions, Harness};
 use crate::api::caller::Caller;
 use crate::api::cluster::ClusterService;
+use crate::api::follow::Feed;
 use crate::api::resources::ResourcesService;
 use crate::api::security::SecurityService;
 use crate::api::settings::SettingsService;
@@ -346,19 +347,20 @@ impl Node {
             .expect("a runtime");
         let dir = tempfile::tempdir().expect("a temp dir");
         let tables = TABLES.iter().map(|t| t.to_string()).collect();
-        let (node, engine) = rt.block_on(async {
+        let (node, engine, feed) = rt.block_on(async {
             let node = opsd_cluster::testing::start_single_node(dir.path(), tables, Arc::new(Domain))
                 .await
                 .expect("a one-node cluster");
             let engine = Engine::start(node.clone(), Providers::new([]), dir.path()).expect("an engine");
-            (node, engine)
+            let feed = Feed::start(&node);
+            (node, engine, feed)
         });
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let balancer = Balancer::new(node.node_id(), "127.0.0.1", "127.0.0.1");
         Node {
             cluster: ClusterService::new(node.clone()),
-            settings: SettingsService::new(node.clone(), stop.clone()),
-            resources: ResourcesService::new(node.clone(), engine.clone(), stop.clone()),
+            settings: SettingsService::new(node.clone(), feed.clone(), stop.clone()),
+            resources: ResourcesService::new(node.clone(), engine.clone(), feed, stop.clone()),
             services: ServicesService::new(node.clone(), balancer, stop),
             security: SecurityService::new(node.clone()),
             _stop: stop_tx,

@@ -121,8 +121,8 @@ fn end() -> impl Strategy<Value = RunEnd> {
     ]
 }
 
-/// A run index: one of the first entries' (runs are numbered by the entry
-/// that started them), or any.
+/// A run index: one of the first runs' (runs are numbered from the index of
+/// the entry that started them), or any.
 fn run() -> impl Strategy<Value = u64> {
     prop_oneof![8 => 1u64..40, 1 => number()]
 }
@@ -173,6 +173,10 @@ enum Step {
     Raw(Vec<u8>),
     /// A new leader in a new term commits what follows.
     Leader(u64),
+    /// A command on the state's names in the entry of the last one: entries
+    /// the leader shares between commands (runs started by one entry must
+    /// still get ids of their own).
+    Shared(Command),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -181,6 +185,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => any_command().prop_map(Step::Any),
         1 => bytes().prop_map(Step::Raw),
         1 => (1u64..4).prop_map(Step::Leader),
+        8 => structured().prop_map(Step::Shared),
     ]
 }
 
@@ -220,6 +225,7 @@ fn apply(s: &mut TestState, step: &Step) -> Option<Answer> {
     let bytes = match step {
         Step::Command(c) | Step::Any(c) => c.encode(),
         Step::Raw(b) => b.clone(),
+        Step::Shared(c) => return Some(s.try_apply_raw_shared(&c.encode()).map_err(|e| e.0)),
         Step::Leader(id) => {
             s.leader = *id;
             s.term += 1;
@@ -319,9 +325,20 @@ fn check(s: &TestState, last_revision: u64) -> Result<u64, TestCaseError> {
         );
         prop_assert_eq!(&resource.state, &run.to, "run {}: its resource moved on", run.index);
     }
+    let last_run = view
+        .get(resources::RUN_COUNTER, b"last")
+        .map_err(fail)?
+        .map(|b| u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])))
+        .unwrap_or(0);
     for (k, v) in view.scan_prefix(resources::RUNS, b"").map_err(fail)? {
         let run: resources::RunRecord = bincode::deserialize(&v).map_err(fail)?;
         prop_assert_eq!(k, run.index.to_be_bytes().to_vec());
+        prop_assert!(
+            run.index <= last_run,
+            "run {} after the counter's {}",
+            run.index,
+            last_run
+        );
         prop_assert_eq!(
             run.outcome == RunOutcome::Running,
             running_keys.contains(&run.index),

@@ -719,3 +719,73 @@ fn a_run_given_up_on_ends_interrupted_in_its_fail_state() {
         RunOutcome::Interrupted
     );
 }
+
+/// The number of the run a change started.
+fn started(out: &Outcome) -> u64 {
+    match out {
+        Outcome::ResourceChanged { run: Some(run), .. } => run.index,
+        other => panic!("expected a run, got {other:?}"),
+    }
+}
+
+#[test]
+fn runs_started_by_one_entry_are_numbered_in_turn_from_its_index() {
+    let mut s = state_with_app();
+    create_ready(&mut s, "web");
+    create_ready(&mut s, "db");
+    // One run per entry so far: each numbered by its entry's index, as
+    // before entries were shared.
+    let numbers: Vec<u64> = history(&s.state.view(), "app", "web")
+        .unwrap()
+        .iter()
+        .map(|r| r.index)
+        .collect();
+    assert_eq!(numbers, vec![2, 3, 4]);
+
+    // Two deploys and a create in one entry: three runs, three numbers.
+    let entry = s.index + 1;
+    let web = do_event(&mut s, "web", "deploy");
+    let db = s.apply_shared(Command::DoEvent {
+        kind: "app".into(),
+        name: "db".into(),
+        event: "deploy".into(),
+        args: BTreeMap::new(),
+        trigger: trigger(5000),
+    });
+    let api = s.apply_shared(Command::CreateResource {
+        kind: "app".into(),
+        name: "api".into(),
+        spec_json: "{}".into(),
+        labels: BTreeMap::new(),
+        trigger: trigger(5000),
+    });
+    assert_eq!(
+        [started(&web), started(&db.0), started(&api.0)],
+        [entry, entry + 1, entry + 2]
+    );
+    for name in ["web", "db", "api"] {
+        let r = resource(&s, name);
+        assert_eq!(r.version, entry, "{name}: the entry's index is its version");
+        let run = read_run(&s.state.view(), r.active_run.unwrap()).unwrap().unwrap();
+        assert_eq!((run.name.as_str(), run.since), (name, entry));
+    }
+    // The next entry's run comes after them, though its index does not.
+    let (next, _) = create(&mut s, "cache");
+    assert_eq!((s.index, started(&next)), (entry + 1, entry + 3));
+    // Entries that start no run let the index catch up.
+    for name in ["web", "db"] {
+        let run = resource(&s, name).active_run.unwrap();
+        assert!(matches!(
+            finish(&mut s, run, 1, ok("{}"), 6000),
+            Outcome::ResourceChanged { run: None, .. }
+        ));
+    }
+    let pause = do_event(&mut s, "web", "pause");
+    assert_eq!((s.index, started(&pause)), (entry + 4, entry + 4));
+    let numbers: Vec<u64> = history(&s.state.view(), "app", "web")
+        .unwrap()
+        .iter()
+        .map(|r| r.index)
+        .collect();
+    assert_eq!(numbers, vec![2, 3, 4, entry, entry + 4]);
+}
