@@ -139,9 +139,12 @@ impl LogStore {
         self.store.damage()
     }
 
-    /// Stops the database's background flushes and compactions, waiting for
-    /// those under way: the last thing before the process exits.
+    /// Writes every memtable to the table files, so that the next start has
+    /// no write-ahead log to replay, then stops the database's background
+    /// flushes and compactions, waiting for those under way: the last thing
+    /// before the process exits.
     pub(crate) fn stop_background_work(&self) {
+        self.store.flush_all();
         self.store.db.cancel_all_background_work(true);
     }
 

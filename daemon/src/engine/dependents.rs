@@ -83,11 +83,12 @@ impl Dependents {
         }
     }
 
-    /// Follows a resource's creation or change (its spec), or its deletion,
-    /// and says whose actors re-read their resource: its own, then those of
-    /// the resources that refer to it.
-    pub fn changed(&mut self, key: ResourceKey, spec_json: &str, deleted: bool) -> Vec<ResourceKey> {
-        if deleted {
+    /// Follows a resource's creation or change (its spec), or its deletion
+    /// or return to rest (`rests`: its references are forgotten), and says
+    /// whose actors re-read their resource: its own, then those of the
+    /// resources that refer to it.
+    pub fn changed(&mut self, key: ResourceKey, spec_json: &str, rests: bool) -> Vec<ResourceKey> {
+        if rests {
             self.remove(&key);
         } else {
             self.set(&key, spec_json);
@@ -105,7 +106,8 @@ impl Dependents {
             .unwrap_or_default()
     }
 
-    /// Rebuilds the index from every resource (kind, name, spec).
+    /// Rebuilds the index from every resource with a run in flight (kind,
+    /// name, spec).
     pub fn rebuild<'a>(&mut self, all: impl IntoIterator<Item = (ResourceKey, &'a str)>) {
         *self = Dependents::default();
         for (key, spec_json) in all {

@@ -1,9 +1,12 @@
 //! The engine: one actix actor per resource, owning what happens to it.
 //!
-//! A [`Registry`] actor creates the resource actors at start-up (from the
-//! stored state) and as resources appear, and routes the applied events to
-//! them; gRPC handlers only ask it for an actor's address. Every actor keeps
-//! its resource's current state (re-read from the applied state whenever its
+//! A [`Registry`] actor starts the resource actors and routes the applied
+//! events to them; gRPC handlers only ask it for an actor's address. Actors
+//! start lazily: a resource with a run in flight has one (from start-up, or
+//! from when the run begins) for as long as the run lasts; a resource at
+//! rest has one only while a request needs it, so resources at rest cost no
+//! actor, and start-up reads only the runs in flight. Every actor keeps its
+//! resource's current state (re-read from the applied state whenever its
 //! resource changes, so it never drifts) and serialises the events done to
 //! it. On the leader, an actor whose resource is in a work state makes sure
 //! the run is driven: it executes runs the leader itself started in its term,
@@ -109,9 +112,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the actor system on its own thread, loads every resource, and
-    /// follows the node's applied events and leadership. Steps work in
-    /// `DATA_DIR/work` and write their logs to `DATA_DIR/run-logs`.
+    /// Starts the actor system on its own thread, starts the actors of the
+    /// resources with a run in flight, and follows the node's applied events
+    /// and leadership. Steps work in `DATA_DIR/work` and write their logs to
+    /// `DATA_DIR/run-logs`.
     pub fn start(node: ClusterNode, providers: Providers, data_dir: &Path) -> std::io::Result<Engine> {
         let boot_index = node.last_log_index().map_err(std::io::Error::other)?;
         let ctx = Arc::new(EngineCtx {
@@ -160,7 +164,7 @@ impl Engine {
         }
     }
 
-    /// The actor of a resource, if the resource exists.
+    /// The actor of a resource (started if need be), if the resource exists.
     pub async fn resource(&self, kind: &str, name: &str) -> Option<Addr<ResourceActor>> {
         self.registry
             .send(registry::Lookup {

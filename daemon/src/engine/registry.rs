@@ -1,12 +1,21 @@
-//! The registry: one actor that knows every resource actor, creates them
-//! from the stored state and as resources appear, and routes changes to them:
-//! a resource's change goes to its own actor and to the actors of the
-//! resources that refer to it (see [`super::dependents`]).
+//! The registry: one actor that finds the actor of a resource, starting it
+//! when needed, and routes changes to it: a resource's change goes to its
+//! own actor and to the actors of the resources that refer to it (see
+//! [`super::dependents`]).
+//!
+//! Actors start lazily. A resource whose run is in flight has an actor
+//! (started at start-up from the stored runs, and when a run begins); an
+//! actor keeps itself alive while its resource has a run in flight or this
+//! process executes one. A resource at rest gets an actor only while a
+//! request needs it (an event, a delete, a cancel): the registry holds weak
+//! addresses, so an actor at rest that nobody holds stops, and costs nothing
+//! until the next request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use tracing::{debug, error};
 
 use super::dependents::{Dependents, ResourceKey};
@@ -14,48 +23,66 @@ use super::resource_actor::{Refresh, ResourceActor};
 use super::EngineCtx;
 use crate::domain::resources::{self, ResourceRecord};
 
-/// Knows the actor of every resource, and which resources refer to which.
+/// Finds the actor of a resource, and knows which resources refer to which.
 pub struct Registry {
     ctx: Arc<EngineCtx>,
-    actors: HashMap<ResourceKey, Addr<ResourceActor>>,
+    /// The actors started, live or stopped since: see [`Registry::prune`].
+    actors: HashMap<ResourceKey, WeakAddr<ResourceActor>>,
+    /// How many entries `actors` may hold before the stopped ones are dropped.
+    prune_at: usize,
     dependents: Dependents,
 }
+
+/// The fewest entries of `actors` worth pruning.
+const PRUNE_MIN: usize = 1024;
 
 impl Registry {
     pub(crate) fn new(ctx: Arc<EngineCtx>) -> Self {
         Registry {
             ctx,
             actors: HashMap::new(),
+            prune_at: PRUNE_MIN,
             dependents: Dependents::default(),
         }
     }
 
-    /// Tells a resource's actor (started if need be) to re-read it.
+    /// Tells a resource's actor to re-read it, starting the actor only if
+    /// the resource has a run in flight: an actor at rest has nothing to do
+    /// with a change.
     fn poke(&mut self, kind: &str, name: &str) {
-        if let Some(addr) = self.actor(kind, name) {
+        if let Some(addr) = self.actor(kind, name, false) {
             addr.do_send(Refresh);
         }
     }
 
-    /// The live actor of a resource, started if the resource exists.
-    fn actor(&mut self, kind: &str, name: &str) -> Option<Addr<ResourceActor>> {
+    /// The live actor of a resource. A resource without one gets one if it
+    /// exists and, unless `at_rest`, has a run in flight.
+    fn actor(&mut self, kind: &str, name: &str, at_rest: bool) -> Option<Addr<ResourceActor>> {
         let key = (kind.to_string(), name.to_string());
-        if let Some(addr) = self.actors.get(&key).filter(|a| a.connected()) {
-            return Some(addr.clone());
+        if let Some(addr) = self.actors.get(&key).and_then(WeakAddr::upgrade) {
+            return Some(addr);
         }
-        self.actors.remove(&key);
-        let view = self.ctx.node.reader().view();
-        match resources::read_resource(&view, kind, name) {
-            Ok(Some(_)) => {}
-            Ok(None) => return None,
+        let read = resources::read_resource(&self.ctx.node.reader().view(), kind, name);
+        match read {
+            Ok(Some(r)) if at_rest || r.active_run.is_some() => {}
+            Ok(_) => return None,
             Err(e) => {
                 error!(kind, name, error = %e, "engine: cannot read a resource");
                 return None;
             }
         }
         let addr = ResourceActor::new(self.ctx.clone(), key.0.clone(), key.1.clone()).start();
-        self.actors.insert(key, addr.clone());
+        self.actors.insert(key, addr.downgrade());
+        if self.actors.len() >= self.prune_at {
+            self.prune();
+        }
         Some(addr)
+    }
+
+    /// Forgets the actors that stopped.
+    fn prune(&mut self) {
+        self.actors.retain(|_, weak| weak.upgrade().is_some());
+        self.prune_at = (self.actors.len() * 2).max(PRUNE_MIN);
     }
 }
 
@@ -75,7 +102,7 @@ impl Handler<Lookup> for Registry {
     type Result = Option<Addr<ResourceActor>>;
 
     fn handle(&mut self, msg: Lookup, _: &mut Self::Context) -> Self::Result {
-        self.actor(&msg.kind, &msg.name)
+        self.actor(&msg.kind, &msg.name, true)
     }
 }
 
@@ -110,7 +137,8 @@ impl Handler<ResourceChanged> for Registry {
 
     fn handle(&mut self, msg: ResourceChanged, _: &mut Self::Context) {
         let key = (msg.record.kind, msg.record.name);
-        let poke = self.dependents.changed(key, &msg.record.spec_json, msg.deleted);
+        let rests = msg.deleted || msg.record.active_run.is_none();
+        let poke = self.dependents.changed(key, &msg.record.spec_json, rests);
         for (kind, name) in poke.iter() {
             self.poke(kind, name);
         }
@@ -121,8 +149,10 @@ impl Handler<ResourceChanged> for Registry {
 }
 
 /// Everything may have changed (start-up, a snapshot, missed events, a
-/// change of leader): the index of dependents is rebuilt, every actor
-/// re-reads its resource, and resources without an actor get one.
+/// change of leader): the index of dependents is rebuilt from the resources
+/// with a run in flight, every live actor re-reads its resource, and each
+/// resource with a run in flight gets an actor. Resources at rest are not
+/// read at all.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Reload;
@@ -132,33 +162,34 @@ impl Handler<Reload> for Registry {
 
     fn handle(&mut self, _: Reload, _: &mut Self::Context) {
         let view = self.ctx.node.reader().view();
-        let all = match resources::list_resources(&view, "") {
-            Ok(all) => all,
+        let in_flight = resources::running(&view).and_then(|runs| {
+            let mut out = Vec::new();
+            for run in runs {
+                out.extend(resources::read_resource(&view, &run.kind, &run.name)?);
+            }
+            Ok(out)
+        });
+        drop(view);
+        let in_flight = match in_flight {
+            Ok(in_flight) => in_flight,
             Err(e) => {
-                error!(error = %e, "engine: cannot read the resources");
+                error!(error = %e, "engine: cannot read the resources with a run in flight");
                 return;
             }
         };
-        drop(view);
         self.dependents.rebuild(
-            all.iter()
+            in_flight
+                .iter()
                 .map(|r| ((r.kind.clone(), r.name.clone()), r.spec_json.as_str())),
         );
-        let mut existing: HashMap<ResourceKey, Addr<ResourceActor>> = HashMap::new();
-        for r in all {
-            if let Some(addr) = self.actor(&r.kind, &r.name) {
-                existing.insert((r.kind, r.name), addr);
-            }
-        }
         // Actors of deleted resources see that on refresh and stop.
-        for (key, addr) in self.actors.drain() {
-            if !existing.contains_key(&key) {
-                addr.do_send(Refresh);
-            }
-        }
-        for addr in existing.values() {
+        self.prune();
+        let live: Vec<Addr<ResourceActor>> = self.actors.values().filter_map(WeakAddr::upgrade).collect();
+        for addr in live {
             addr.do_send(Refresh);
         }
-        self.actors = existing;
+        for r in in_flight {
+            self.actor(&r.kind, &r.name, false);
+        }
     }
 }

@@ -58,6 +58,11 @@ pub struct ResourceActor {
     takeover: Option<Proposal>,
     /// The delays before proposing again after the cluster could not commit.
     backoff: Backoff,
+    /// The actor's own address while its resource has a run in flight or
+    /// this process executes one: it keeps the actor alive. At rest, the
+    /// actor lives only while someone holds its address (a request being
+    /// served) or a future of its own is pending; then actix stops it.
+    keep_alive: Option<Addr<ResourceActor>>,
 }
 
 impl ResourceActor {
@@ -71,6 +76,7 @@ impl ResourceActor {
             executor: None,
             takeover: None,
             backoff: Backoff::default(),
+            keep_alive: None,
         }
     }
 
@@ -144,6 +150,12 @@ impl ResourceActor {
             Action::CancelStep => self.cancel_step(),
             Action::TakeOver { attempt } => self.take_over(attempt, ctx),
             Action::GiveUp => self.give_up(ctx),
+        }
+        let busy = self.active.is_some() || self.executor.is_some();
+        if !busy {
+            self.keep_alive = None;
+        } else if self.keep_alive.is_none() {
+            self.keep_alive = Some(ctx.address());
         }
     }
 
