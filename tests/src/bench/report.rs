@@ -259,7 +259,10 @@ pub fn targets_table(rows: &[Row], f: &Figures) -> String {
     });
     let at_most = |figure: &str, v: Option<f64>, max: f64, unit: &str, target: &'static str| Target {
         figure: figure.into(),
-        value: v.map_or("not run".into(), |v| format!("{v:.2} {unit}").trim_end().to_string()),
+        value: v.map_or("not run".into(), |v| match unit {
+            "" => format!("{v:.2}"),
+            unit => format!("{v:.0} {unit}"),
+        }),
         target,
         met: v.map(|v| v <= max),
     };
