@@ -160,12 +160,26 @@ impl ResourcesService {
         provider.check_spec(&kind, &spec).map_err(Status::invalid_argument)
     }
 
-    /// A run's whole log: from the file of its current attempt on this node
-    /// if this node ran it, else from the node that did (asked as a node,
-    /// which answers from its own file only). If neither can, the
-    /// replicated lines, with a note saying what is missing and why when
-    /// they are not the whole log.
+    /// A run's whole log: the replicated lines when they are the whole log
+    /// (they also hold opsd's own lines, such as a cancel's); else from the
+    /// file of its current attempt on this node if this node ran it, else
+    /// from the node that did (asked as a node, which answers from its own
+    /// file only). If neither can, the replicated lines, with a note saying
+    /// what is missing and why.
     async fn whole_log(&self, caller: &Caller, run: &RunRecord, log: domain::RunLog) -> AnswerStream<LogLines> {
+        let replicated = |log: domain::RunLog, note: String| {
+            just(LogLines {
+                run_id: run.run_id(),
+                first_line: log.dropped,
+                lines: log.lines,
+                dropped: log.dropped,
+                note,
+            })
+        };
+        let partial = log.dropped > 0 || log.lines.iter().any(|l| crate::run_logs::is_skip_marker(l));
+        if !partial {
+            return replicated(log, String::new());
+        }
         let me = self.node.node_id();
         let why = if run.node_id == me {
             match self
@@ -187,21 +201,11 @@ impl ResourcesService {
                 Err(e) => e,
             }
         };
-        let partial = log.dropped > 0 || log.lines.iter().any(|l| crate::run_logs::is_skip_marker(l));
-        just(LogLines {
-            run_id: run.run_id(),
-            first_line: log.dropped,
-            lines: log.lines,
-            dropped: log.dropped,
-            note: if partial {
-                format!(
-                    "only the replicated lines of run {} are shown, the whole log is missing: {why}",
-                    run.run_id()
-                )
-            } else {
-                String::new()
-            },
-        })
+        let note = format!(
+            "only the replicated lines of run {} are shown, the whole log is missing: {why}",
+            run.run_id()
+        );
+        replicated(log, note)
     }
 
     /// The resource change a command made, as the API answers it.
