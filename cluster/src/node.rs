@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
-use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use opsd_proto::peer::peer_server::PeerServer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
@@ -67,6 +67,10 @@ const PROMOTE_EVERY: Duration = Duration::from_millis(300);
 /// checks another: a stream of forged notices costs the leader at most one
 /// confirmation a second per node.
 const REMOVAL_CHECK_PAUSE: Duration = Duration::from_secs(1);
+
+/// Leadership checks a batch of linearizable reads gets before they fail
+/// for want of a quorum.
+const READ_CHECKS: usize = 3;
 
 /// The most commands the leader puts in one entry.
 const MAX_SHARED_WRITES: usize = 512;
@@ -635,7 +639,16 @@ impl ClusterNode {
                 while let Ok(w) = waiting.try_recv() {
                     batch.push(w);
                 }
-                let answer = match node.inner.raft.get_read_log_id().await {
+                // A check waits one heartbeat interval for the quorum's answers;
+                // on a busy machine that can pass with the leader still leading.
+                let mut checks = 0;
+                let answer = match loop {
+                    checks += 1;
+                    match node.inner.raft.get_read_log_id().await {
+                        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) if checks < READ_CHECKS => {}
+                        result => break result,
+                    }
+                } {
                     Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
                     Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                         Err(node.not_leader(f.leader_id))
@@ -1075,6 +1088,9 @@ impl ClusterNode {
                 });
             }
         }
+        if self.inner.raft.metrics().borrow().last_applied.is_some_and(|l| l.index >= index) {
+            return Ok(());
+        }
         let remaining = self.inner.request_timeout.saturating_sub(started.elapsed());
         self.inner
             .raft
@@ -1111,20 +1127,18 @@ impl ClusterNode {
         }
     }
 
+    /// The leader this node knows of (as [`ClusterNode::status`] has it).
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        known_leader(&self.inner.raft.metrics().borrow())
+    }
+
     /// This node's view of the cluster.
+
     pub fn status(&self) -> ClusterStatus {
         let m = self.inner.raft.metrics().borrow().clone();
         let members = members_of(&m.membership_config);
-        // A node that led when it stopped starts again as the leader of its
-        // old term, and is one only once a quorum answers it (at once in a
-        // single-node cluster; never if the cluster has moved on, and then it
-        // steps down). Until then it claims no leadership: no leader is
-        // known, as to a candidate.
-        let unconfirmed = m.state == ServerState::Leader && m.millis_since_quorum_ack.is_none();
-        let leader = m
-            .current_leader
-            .filter(|_| !unconfirmed)
-            .and_then(|id| members.iter().find(|x| x.id == id).map(|x| (id, x.info.clone())));
+        let unconfirmed = unconfirmed_leader(&m);
+        let leader = known_leader(&m);
         let voter = members.iter().any(|x| x.id == self.inner.id && x.voter);
         let failure = self.inner.failure.borrow().clone();
         let role = if self.is_removed() {
@@ -1254,11 +1268,22 @@ impl ClusterNode {
         self.check_running()?;
         let started = Instant::now();
         let deadline = started + self.inner.request_timeout;
+        // Where to ask when this node's Raft knows no leader (an election is
+        // on, or this node was cut off or removed and stands alone): the
+        // leader another member named last, else each member in turn, which
+        // names its leader in its refusal.
+        let mut named: Option<(NodeId, NodeInfo)> = None;
+        let mut asked = 0usize;
+        let mut hops = 0;
         loop {
             if self.is_removed() {
                 return Err(ClusterError::Removed { node_id: self.inner.id });
             }
-            let leader = self.status().leader;
+            let leader = self.leader().or_else(|| named.take()).or_else(|| {
+                let others: Vec<_> = self.members().into_iter().filter(|m| m.id != self.inner.id).collect();
+                asked += 1;
+                others.get(asked % others.len().max(1)).map(|m| (m.id, m.info.clone()))
+            });
             let result = match &leader {
                 Some((id, _)) if *id == self.inner.id => {
                     self.serve_leader_request(self.inner.id, req.clone(), deadline).await
@@ -1280,6 +1305,16 @@ impl ClusterNode {
                     self.mark_removed();
                     return Err(ClusterError::Removed { node_id });
                 }
+                Err(ClusterError::NotLeader {
+                    leader: Some(next), ..
+                }) if Instant::now() + Duration::from_millis(50) < deadline => {
+                    // Straight to the named leader, unless names went round.
+                    hops += 1;
+                    if hops > 2 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    named = Some(next);
+                }
                 Err(
                     e @ (ClusterError::NotLeader { .. }
                     | ClusterError::NoLeader { .. }
@@ -1295,7 +1330,14 @@ impl ClusterNode {
                             detail,
                         });
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Again when this node learns of another leader, or in 50 ms.
+                    let asked = leader.map(|l| l.0);
+                    let mut metrics = self.inner.raft.metrics();
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(50),
+                        metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != asked),
+                    )
+                    .await;
                 }
                 other => return other,
             }
@@ -1508,6 +1550,8 @@ impl ClusterNode {
         match tokio::time::timeout(remaining, self.inner.raft.get_read_log_id()).await {
             Ok(Ok(_)) if !is_member() => Err(ClusterError::Removed { node_id: origin }),
             Ok(Ok(_)) => Ok(()),
+            // Asked as a member by a node that knows no leader: name it.
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(self.not_leader(f.leader_id)),
             _ => Err(ClusterError::NoLeader {
                 waited_ms: 0,
                 detail: format!("node {origin} is unknown to this leader, which could not confirm its leadership"),
@@ -1532,7 +1576,7 @@ impl ClusterNode {
         if self.is_removed() {
             return Err(ClusterError::Removed { node_id: self.inner.id });
         }
-        let leader = self.status().leader;
+        let leader = self.leader();
         let local = |leader_id| MembersView {
             members: self
                 .members()
@@ -1628,6 +1672,20 @@ impl ClusterNode {
     pub(crate) fn inner(&self) -> &NodeInner {
         &self.inner
     }
+}
+
+/// A node that led when it stopped starts again as the leader of its old
+/// term, and is one only once a quorum answers it (at once in a single-node
+/// cluster; never if the cluster has moved on, and then it steps down).
+fn unconfirmed_leader(m: &RaftMetrics<NodeId, NodeInfo>) -> bool {
+    m.state == ServerState::Leader && m.millis_since_quorum_ack.is_none()
+}
+
+/// The leader `m` knows of, with its addresses. An unconfirmed leader claims
+/// no leadership: no leader is known, as to a candidate.
+fn known_leader(m: &RaftMetrics<NodeId, NodeInfo>) -> Option<(NodeId, NodeInfo)> {
+    let id = m.current_leader.filter(|_| !unconfirmed_leader(m))?;
+    m.membership_config.membership().get_node(&id).map(|info| (id, info.clone()))
 }
 
 fn members_of(m: &crate::types::StoredMembership) -> Vec<Member> {

@@ -64,12 +64,14 @@ pub struct Flags {
     /// Log format: text or json [default: text]. RUST_LOG sets the level.
     #[arg(long, env = "OPSD_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
-    /// Leader heartbeat interval in milliseconds [default: 100].
+    /// Leader heartbeat interval in milliseconds [default: 50].
     #[arg(long, env = "OPSD_HEARTBEAT_MS", global = true)]
     pub heartbeat_ms: Option<u64>,
     /// Minimum election timeout in milliseconds; the maximum is 1.5 times it
-    /// [default: 500]. At least three heartbeats. A dead leader is replaced
-    /// about 2.5 to 3 times this after its last heartbeat.
+    /// [default: 150]. At least three heartbeats. A dead leader is replaced
+    /// about 2.5 to 3 times this after its last heartbeat (0.4-0.5 s with
+    /// the defaults); a leader that stalls longer than 1.5 times it (an fsync,
+    /// an overloaded machine) loses its leadership.
     #[arg(long, env = "OPSD_ELECTION_TIMEOUT_MS", global = true)]
     pub election_timeout_ms: Option<u64>,
     /// Build a snapshot and compact the log every this many applied entries
@@ -242,8 +244,8 @@ impl Config {
             .filter(|t| !t.trim().is_empty())
             .map(|t| crate::pki::JoinToken::parse(&t).map_err(|e| anyhow!("--join-token: {e}")))
             .transpose()?;
-        let heartbeat_ms = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
-        let election_ms = flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(500);
+        let heartbeat_ms = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(50);
+        let election_ms = flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(150);
         if heartbeat_ms == 0 {
             bail!("--heartbeat-ms: must be at least 1");
         }

@@ -24,9 +24,9 @@ pub const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// (the defaults are what operators run, so that is what we prove).
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// `--heartbeat-ms` (daemon default 100).
+    /// `--heartbeat-ms` (daemon default 50).
     pub heartbeat_ms: Option<u64>,
-    /// `--election-timeout-ms`, the minimum election timeout (daemon default 500; the maximum is 1.5 times it).
+    /// `--election-timeout-ms`, the minimum election timeout (daemon default 150; the maximum is 1.5 times it).
     pub election_timeout_ms: Option<u64>,
     /// `--snapshot-threshold` (daemon default 10000).
     pub snapshot_threshold: Option<u64>,
@@ -71,7 +71,7 @@ impl Options {
     /// The longest election timeout in effect (1.5 times the minimum), for
     /// tests that must wait "past the election timeout".
     pub fn max_election_timeout(&self) -> Duration {
-        Duration::from_millis(3 * self.election_timeout_ms.unwrap_or(500) / 2)
+        Duration::from_millis(3 * self.election_timeout_ms.unwrap_or(150) / 2)
     }
 }
 

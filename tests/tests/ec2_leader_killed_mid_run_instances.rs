@@ -57,9 +57,11 @@ async fn ec2_leader_killed_mid_run_instances() {
     tokio::time::timeout(WAIT, proxy.held())
         .await
         .expect("the second machine's RunInstances never came");
-    cluster.node(leader).kill9();
+    // The leader waits for the held answer: what EC2 made is what it made
+    // before the kill (read now; after the kill the new leader soon adds machine 2).
     let made = moto.instances(&scope, "cluster/web").await;
     assert_eq!(made.len(), 2, "EC2 made machines 0 and 1 before the kill: {made:?}");
+    cluster.node(leader).kill9();
     let new_leader = cluster.wait_for_leader(&[leader], FORM_TIMEOUT).await;
     let addr = cluster.node(new_leader).client_addr();
     let web = res::wait_resting(&addr, "cluster", "web", WAIT).await;

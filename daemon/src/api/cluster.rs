@@ -233,7 +233,7 @@ impl Cluster for ClusterService {
             .add_node(req.node_id, info, req.cluster_id)
             .await
             .map_err(cluster_status)?;
-        let leader = self.node.status().leader.map(|l| l.0);
+        let leader = self.node.leader().map(|l| l.0);
         Ok(Response::new(JoinResponse {
             cluster_id: self.node.cluster_id().to_string(),
             members: members.into_iter().map(|m| to_proto(m, leader)).collect(),
@@ -301,7 +301,7 @@ impl Cluster for ClusterService {
             return Err(Status::invalid_argument("node_id: must not be 0"));
         }
         let members = self.node.remove_node(id).await.map_err(cluster_status)?;
-        let leader = self.node.status().leader.map(|l| l.0);
+        let leader = self.node.leader().map(|l| l.0);
         Ok(Response::new(RemoveResponse {
             members: members.into_iter().map(|m| to_proto(m, leader)).collect(),
         }))
