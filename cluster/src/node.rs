@@ -670,9 +670,12 @@ impl ClusterNode {
     /// election timeout once, at start, and fires on its own tick, so two
     /// survivors whose campaigns start within a message's flight of each
     /// other split the vote, and can do so again at every round. A voter
-    /// that has stood without winning for a whole timeout stands again after
-    /// a fresh random delay, so the next campaigns start apart. A node that
-    /// may not lead (its disk is low) is left alone, as openraft leaves it.
+    /// that has known no leader for a whole timeout in one term (it stood
+    /// and did not win, or voted and heard nothing from the winner) stands
+    /// again after a fresh random delay, so the next campaigns start apart.
+    /// A new term starts the wait again: a node that has just voted gives
+    /// the winner its time to say so. A node that may not lead (its disk is
+    /// low) is left alone, as openraft leaves it.
     fn spawn_election_watchdog(&self) {
         let node = self.clone();
         let mut stop = self.inner.shutdown.subscribe();
@@ -681,33 +684,44 @@ impl ClusterNode {
         let round = Duration::from_millis(config.election_timeout_max);
         let spread = config.election_timeout_min;
         tokio::spawn(async move {
-            let mut leaderless_since: Option<Instant> = None;
+            let metrics = node.inner.raft.metrics();
+            // The term in which this node has known no leader, and since when.
+            let mut leaderless: Option<(u64, Instant)> = None;
             loop {
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(check) => {}
                 }
-                let standing = {
-                    let m = node.inner.raft.metrics().borrow().clone();
-                    m.current_leader.is_none()
-                        && m.membership_config.membership().voter_ids().any(|v| v == node.inner.id)
+                let (standing, term) = {
+                    let m = metrics.borrow();
+                    let voter = m.membership_config.membership().voter_ids().any(|v| v == node.inner.id);
+                    (m.current_leader.is_none() && voter, m.current_term)
                 };
                 if !standing || node.inner.disk_low.borrow().is_some() || node.is_removed() {
-                    leaderless_since = None;
+                    leaderless = None;
                     continue;
                 }
-                if leaderless_since.get_or_insert_with(Instant::now).elapsed() < round {
+                let since = match leaderless {
+                    Some((t, since)) if t == term => since,
+                    _ => leaderless.insert((term, Instant::now())).1,
+                };
+                if since.elapsed() < round {
                     continue;
                 }
                 tokio::time::sleep(Duration::from_millis(rand::random_range(0..spread))).await;
-                if node.inner.raft.metrics().borrow().current_leader.is_none() {
+                let still = {
+                    let m = metrics.borrow();
+                    m.current_leader.is_none() && m.current_term == term
+                };
+                if still {
                     info!(
                         node_id = node.inner.id,
-                        "no leader after a whole election timeout: standing again after a fresh random delay"
+                        term,
+                        "no leader for a whole election timeout in this term: standing again after a fresh random delay"
                     );
                     let _ = node.inner.raft.trigger().elect().await;
                 }
-                leaderless_since = None;
+                leaderless = None;
             }
         });
     }
@@ -1133,7 +1147,6 @@ impl ClusterNode {
     }
 
     /// This node's view of the cluster.
-
     pub fn status(&self) -> ClusterStatus {
         let m = self.inner.raft.metrics().borrow().clone();
         let members = members_of(&m.membership_config);
