@@ -1102,7 +1102,14 @@ impl ClusterNode {
                 });
             }
         }
-        if self.inner.raft.metrics().borrow().last_applied.is_some_and(|l| l.index >= index) {
+        if self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .is_some_and(|l| l.index >= index)
+        {
             return Ok(());
         }
         let remaining = self.inner.request_timeout.saturating_sub(started.elapsed());
@@ -1318,9 +1325,9 @@ impl ClusterNode {
                     self.mark_removed();
                     return Err(ClusterError::Removed { node_id });
                 }
-                Err(ClusterError::NotLeader {
-                    leader: Some(next), ..
-                }) if Instant::now() + Duration::from_millis(50) < deadline => {
+                Err(ClusterError::NotLeader { leader: Some(next), .. })
+                    if Instant::now() + Duration::from_millis(50) < deadline =>
+                {
                     // Straight to the named leader, unless names went round.
                     hops += 1;
                     if hops > 2 {
@@ -1698,7 +1705,10 @@ fn unconfirmed_leader(m: &RaftMetrics<NodeId, NodeInfo>) -> bool {
 /// no leadership: no leader is known, as to a candidate.
 fn known_leader(m: &RaftMetrics<NodeId, NodeInfo>) -> Option<(NodeId, NodeInfo)> {
     let id = m.current_leader.filter(|_| !unconfirmed_leader(m))?;
-    m.membership_config.membership().get_node(&id).map(|info| (id, info.clone()))
+    m.membership_config
+        .membership()
+        .get_node(&id)
+        .map(|info| (id, info.clone()))
 }
 
 fn members_of(m: &crate::types::StoredMembership) -> Vec<Member> {
