@@ -5,12 +5,17 @@
 //!
 //! Bounds: one file keeps at most [`MAX_FILE_BYTES`]; past that its lines are
 //! counted, not kept, and the file ends with a line starting with
-//! [`CUT_MARKER`]. The directory keeps at most [`MAX_TOTAL_BYTES`]: a new
-//! file first removes the oldest runs' files until there is room for it.
+//! [`CUT_MARKER`]. The directory keeps at most [`MAX_TOTAL_BYTES`] in at most
+//! [`MAX_FILES`] files: a new file first removes the oldest runs' files until
+//! there is room for it. The node keeps the list of its files and their
+//! lengths in memory (read from the directory once, at the first new file),
+//! so making room costs nothing however many files there are.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use opsd_proto::v1::LogLines;
 use tokio::sync::mpsc;
@@ -24,6 +29,8 @@ use crate::domain::resources::RunLog;
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// The most all run log files of a node keep together.
 pub const MAX_TOTAL_BYTES: u64 = 1 << 30;
+/// The most run log files a node keeps.
+pub const MAX_FILES: usize = 100_000;
 /// How a file that reached [`MAX_FILE_BYTES`] ends: this, then what was not kept.
 pub const CUT_MARKER: &str = "[opsd: the log on this node was cut here, at";
 /// How a replicated line that stands for lines not replicated starts.
@@ -53,10 +60,39 @@ pub fn is_skip_marker(line: &str) -> bool {
     line.starts_with(SKIP_MARKER) && line.contains(SKIP_MARKER_MIDDLE)
 }
 
-/// The run log files of one node.
+/// The run log files of one node. Cheap to clone: clones share the list.
 #[derive(Debug, Clone)]
 pub struct RunLogs {
     dir: PathBuf,
+    files: Arc<Mutex<Option<Files>>>,
+}
+
+/// The files in the directory, by run and attempt (oldest first), with their
+/// lengths as last known, and their total.
+#[derive(Debug, Default)]
+struct Files {
+    len: BTreeMap<(u64, u32), u64>,
+    total: u64,
+}
+
+impl Files {
+    /// Reads the directory: every run log file and its length.
+    fn read(dir: &Path) -> std::io::Result<Files> {
+        let mut files = Files::default();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(order) = file_order(&name) {
+                files.set(order, entry.metadata()?.len());
+            }
+        }
+        Ok(files)
+    }
+
+    fn set(&mut self, order: (u64, u32), len: u64) {
+        let old = self.len.insert(order, len).unwrap_or(0);
+        self.total = self.total - old + len;
+    }
 }
 
 impl RunLogs {
@@ -64,6 +100,7 @@ impl RunLogs {
     pub fn new(data_dir: &Path) -> RunLogs {
         RunLogs {
             dir: data_dir.join("run-logs"),
+            files: Arc::default(),
         }
     }
 
@@ -78,8 +115,9 @@ impl RunLogs {
     pub fn create(&self, index: u64, attempt: u32) -> LogFile {
         let path = self.path(index, attempt);
         let made = std::fs::create_dir_all(&self.dir)
-            .and_then(|_| self.make_room(MAX_TOTAL_BYTES.saturating_sub(MAX_FILE_BYTES)))
-            .and_then(|_| File::create(&path));
+            .and_then(|_| self.make_room(MAX_TOTAL_BYTES.saturating_sub(MAX_FILE_BYTES), MAX_FILES - 1))
+            .and_then(|_| File::create(&path))
+            .inspect(|_| self.set_len((index, attempt), 0));
         let out = match made {
             Ok(file) => Some(BufWriter::with_capacity(64 << 10, file)),
             Err(e) => {
@@ -90,31 +128,41 @@ impl RunLogs {
         LogFile {
             out,
             path,
+            logs: self.clone(),
+            order: (index, attempt),
+            len: 0,
             written: 0,
             cut_lines: 0,
             cut_bytes: 0,
         }
     }
 
-    /// Removes the oldest runs' files until the others take at most `keep` bytes.
-    fn make_room(&self, keep: u64) -> std::io::Result<()> {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(order) = file_order(&name) else { continue };
-            files.push((order, entry.metadata()?.len(), entry.path()));
-        }
-        files.sort();
-        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
-        for (_, len, path) in files {
-            if total <= keep {
+    /// Removes the oldest runs' files until the others take at most
+    /// `keep_bytes` in at most `keep_files` files.
+    fn make_room(&self, keep_bytes: u64, keep_files: usize) -> std::io::Result<()> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let files = match &mut *files {
+            Some(files) => files,
+            none => none.insert(Files::read(&self.dir)?),
+        };
+        while files.total > keep_bytes || files.len.len() > keep_files {
+            let Some((order, len)) = files.len.pop_first() else {
                 break;
+            };
+            files.total -= len;
+            match std::fs::remove_file(self.path(order.0, order.1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
-            std::fs::remove_file(&path)?;
-            total -= len;
         }
         Ok(())
+    }
+
+    /// Records a file's length, once the list has been read.
+    fn set_len(&self, order: (u64, u32), len: u64) {
+        if let Some(files) = &mut *self.files.lock().unwrap_or_else(|p| p.into_inner()) {
+            files.set(order, len);
+        }
     }
 
     /// The whole log of an attempt, from its file, as the `Logs` RPC sends
@@ -202,6 +250,12 @@ fn send_file(file: File, run_id: String, log: RunLog, tx: mpsc::Sender<Result<Lo
 pub struct LogFile {
     out: Option<BufWriter<File>>,
     path: PathBuf,
+    /// Whose list it is on, as what.
+    logs: RunLogs,
+    order: (u64, u32),
+    /// The bytes written to it.
+    len: u64,
+    /// The bytes of the lines kept.
     written: u64,
     cut_lines: u64,
     cut_bytes: u64,
@@ -242,12 +296,14 @@ impl LogFile {
             self.write(&marker);
         }
         self.flush();
+        self.logs.set_len(self.order, self.len);
     }
 
     fn write(&mut self, line: &str) {
         if let Some(out) = &mut self.out {
-            if let Err(e) = out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")) {
-                self.failed(e);
+            match out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")) {
+                Ok(()) => self.len += line.len() as u64 + 1,
+                Err(e) => self.failed(e),
             }
         }
     }
@@ -302,13 +358,20 @@ mod tests {
             file.finish();
         }
         std::fs::write(logs.dir.join("notes.txt"), "not a log").unwrap();
-        logs.make_room(250).unwrap();
+        logs.make_room(250, 10).unwrap();
         let mut left: Vec<String> = std::fs::read_dir(&logs.dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
         assert_eq!(left, ["notes.txt", "r10-2.log", "r100-1.log"]);
+
+        // A restarted node reads what is there; the count is bounded too.
+        let logs = RunLogs::new(dir.path());
+        logs.make_room(u64::MAX, 1).unwrap();
+        assert!(!logs.path(10, 2).exists());
+        assert!(logs.path(100, 1).exists());
+        assert!(logs.dir.join("notes.txt").exists());
     }
 
     #[tokio::test]
