@@ -290,6 +290,9 @@ pub(crate) struct NodeInner {
     /// Removal notices not yet checked with the leader: how many, and the
     /// last sender (its id and address).
     removal_notices: Mutex<(usize, NodeId, String)>,
+    /// When this node last heard from a leader whose vote is not older than
+    /// its own (or started, or stood): see [`ClusterNode::spawn_election_watchdog`].
+    leader_contact: Mutex<Instant>,
     /// Wakes the task that checks removal notices with the leader.
     check_removal: Notify,
     /// Held by each membership change this node proposes (joins, removals,
@@ -464,6 +467,7 @@ impl ClusterNode {
             reads,
             failure,
             removal_notices: Mutex::new((0, 0, String::new())),
+            leader_contact: Mutex::new(Instant::now()),
             check_removal: Notify::new(),
             membership_changes: tokio::sync::Mutex::new(()),
         });
@@ -666,46 +670,109 @@ impl ClusterNode {
         });
     }
 
-    /// Breaks the split votes openraft 0.9 repeats: a node draws its
-    /// election timeout once, at start, and fires on its own tick, so two
-    /// survivors whose campaigns start within a message's flight of each
-    /// other split the vote, and can do so again at every round. A voter
-    /// that has known no leader for a whole timeout in one term (it stood
-    /// and did not win, or voted and heard nothing from the winner) stands
-    /// again after a fresh random delay, so the next campaigns start apart.
-    /// A new term starts the wait again: a node that has just voted gives
-    /// the winner its time to say so. A node that may not lead (its disk is
-    /// low) is left alone, as openraft leaves it.
+    /// Notes that a leader with `vote` reached this node (as an append or a
+    /// snapshot arrives, and again once it is taken), unless this node has
+    /// moved on to a newer vote.
+    pub(crate) fn heard_from_leader(&self, vote: &openraft::Vote<NodeId>) {
+        if *vote >= self.inner.raft.metrics().borrow().vote {
+            self.reset_leader_contact();
+        }
+    }
+
+    fn reset_leader_contact(&self) {
+        *self.inner.leader_contact.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Starts the elections openraft 0.9 starts late or repeats.
+    ///
+    /// A follower whose leader went silent: openraft stands only once the
+    /// leader's lease (the maximum election timeout) and then the node's own
+    /// election timeout have passed since the leader's last message, and it
+    /// draws that timeout once, at start, and looks at it on a tick of 1.5
+    /// heartbeats; so a dead leader was replaced after 2.5 to 3.5 timeouts,
+    /// and by how much depended on draws made at start. A voter that has
+    /// heard nothing from its leader for the lease plus one to two
+    /// heartbeats (drawn afresh each time) stands itself: the other voters'
+    /// leases have lapsed by then (they heard the same last heartbeat), so
+    /// they can grant the vote.
+    ///
+    /// A split vote: two survivors whose campaigns start within a message's
+    /// flight of each other split the vote, and with openraft's fixed draws
+    /// can do so again at every round. A voter that has known no leader for
+    /// a whole timeout in one term (it stood and did not win, or voted and
+    /// heard nothing from the winner) stands again after a fresh random
+    /// delay, so the next campaigns start apart. A new term starts the wait
+    /// again: a node that has just voted gives the winner its time to say so.
+    ///
+    /// A node that may not lead (its disk is low, it was removed) is left
+    /// alone, as openraft leaves it.
     fn spawn_election_watchdog(&self) {
         let node = self.clone();
         let mut stop = self.inner.shutdown.subscribe();
         let config = self.inner.raft.config().clone();
-        let check = Duration::from_millis(config.heartbeat_interval);
-        let round = Duration::from_millis(config.election_timeout_max);
+        let heartbeat = Duration::from_millis(config.heartbeat_interval);
+        let lease = Duration::from_millis(config.election_timeout_max);
         let spread = config.election_timeout_min;
+        let silence_limit = move || lease + heartbeat + heartbeat.mul_f64(rand::random::<f64>());
         tokio::spawn(async move {
             let metrics = node.inner.raft.metrics();
             // The term in which this node has known no leader, and since when.
             let mut leaderless: Option<(u64, Instant)> = None;
+            // The leader this node follows, and the silence after which it stands.
+            let mut following: Option<(u64, NodeId)> = None;
+            let mut limit = silence_limit();
             loop {
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(check) => {}
+                    _ = tokio::time::sleep(heartbeat / 5) => {}
                 }
-                let (standing, term) = {
+                let (voter, term, leader, state) = {
                     let m = metrics.borrow();
                     let voter = m.membership_config.membership().voter_ids().any(|v| v == node.inner.id);
-                    (m.current_leader.is_none() && voter, m.current_term)
+                    (voter, m.current_term, m.current_leader, m.state)
                 };
-                if !standing || node.inner.disk_low.borrow().is_some() || node.is_removed() {
-                    leaderless = None;
+                if !voter || node.inner.disk_low.borrow().is_some() || node.is_removed() {
+                    (leaderless, following) = (None, None);
                     continue;
+                }
+                match leader {
+                    Some(leader) if leader != node.inner.id && state == ServerState::Follower => {
+                        leaderless = None;
+                        if following != Some((term, leader)) {
+                            following = Some((term, leader));
+                            node.reset_leader_contact();
+                        }
+                        let silent = node
+                            .inner
+                            .leader_contact
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .elapsed();
+                        if silent > limit {
+                            info!(
+                                node_id = node.inner.id,
+                                term,
+                                leader,
+                                silent_ms = silent.as_millis() as u64,
+                                "no word from the leader for its lease and more: standing for election"
+                            );
+                            let _ = node.inner.raft.trigger().elect().await;
+                            node.reset_leader_contact();
+                            limit = silence_limit();
+                        }
+                        continue;
+                    }
+                    Some(_) => {
+                        (leaderless, following) = (None, None);
+                        continue;
+                    }
+                    None => following = None,
                 }
                 let since = match leaderless {
                     Some((t, since)) if t == term => since,
                     _ => leaderless.insert((term, Instant::now())).1,
                 };
-                if since.elapsed() < round {
+                if since.elapsed() < lease {
                     continue;
                 }
                 tokio::time::sleep(Duration::from_millis(rand::random_range(0..spread))).await;

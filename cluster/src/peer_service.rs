@@ -113,7 +113,10 @@ impl Peer for PeerService {
         if !rpc.entries.is_empty() {
             self.refuse_if_disk_low()?;
         }
+        let vote = rpc.vote;
+        self.node.heard_from_leader(&vote);
         let res = self.node.inner().raft.append_entries(rpc).await;
+        self.node.heard_from_leader(&vote);
         self.reply(&res)
     }
 
@@ -130,7 +133,10 @@ impl Peer for PeerService {
         self.refuse_if_disk_low()?;
         let (from, rpc): (NodeId, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
         self.check_speaker(from, &rpc.vote, "a snapshot from the leader")?;
+        let vote = rpc.vote;
+        self.node.heard_from_leader(&vote);
         let res = self.node.inner().raft.install_snapshot(rpc).await;
+        self.node.heard_from_leader(&vote);
         self.reply(&res)
     }
 

@@ -73,11 +73,12 @@ pub use opsctl::Opsctl;
 pub use opsd_proto::v1 as api;
 pub use skip::{skip, skips_file, strict};
 
-/// The directory the opsd binaries are taken from: `$OPSD_BIN_DIR` if set,
-/// else the workspace's `target/debug`.
+/// The directory the opsd binaries are taken from: `$OPSD_BIN_DIR` if set
+/// (made absolute: the nodes run steps in directories of their own), else
+/// the workspace's `target/debug`.
 pub fn bin_dir() -> PathBuf {
     match std::env::var_os("OPSD_BIN_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        Some(dir) if !dir.is_empty() => std::path::absolute(&dir).unwrap_or_else(|_| PathBuf::from(dir)),
         _ => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join("target")
