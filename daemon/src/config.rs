@@ -68,10 +68,11 @@ pub struct Flags {
     #[arg(long, env = "OPSD_HEARTBEAT_MS", global = true)]
     pub heartbeat_ms: Option<u64>,
     /// Minimum election timeout in milliseconds; the maximum is 1.5 times it
-    /// [default: 150]. At least three heartbeats. A dead leader is replaced
-    /// about 2.5 to 3 times this after its last heartbeat (0.4-0.5 s with
-    /// the defaults); a leader that stalls longer than 1.5 times it (an fsync,
-    /// an overloaded machine) loses its leadership.
+    /// [default: 150]. At least three heartbeats. A voter that hears nothing
+    /// from its leader for 1.5 times this and one to two heartbeats more
+    /// stands for election: a dead leader is replaced about 0.3-0.4 s after
+    /// its last heartbeat with the defaults, and a leader that stalls that
+    /// long (an fsync, an overloaded machine) loses its leadership.
     #[arg(long, env = "OPSD_ELECTION_TIMEOUT_MS", global = true)]
     pub election_timeout_ms: Option<u64>,
     /// Build a snapshot and compact the log every this many applied entries

@@ -130,7 +130,6 @@ impl RunLogs {
             path,
             logs: self.clone(),
             order: (index, attempt),
-            len: 0,
             written: 0,
             cut_lines: 0,
             cut_bytes: 0,
@@ -254,8 +253,6 @@ pub struct LogFile {
     logs: RunLogs,
     order: (u64, u32),
     /// The bytes written to it.
-    len: u64,
-    /// The bytes of the lines kept.
     written: u64,
     cut_lines: u64,
     cut_bytes: u64,
@@ -270,7 +267,6 @@ impl LogFile {
             self.cut_bytes += bytes;
             return;
         }
-        self.written += bytes;
         self.write(line);
     }
 
@@ -296,13 +292,13 @@ impl LogFile {
             self.write(&marker);
         }
         self.flush();
-        self.logs.set_len(self.order, self.len);
+        self.logs.set_len(self.order, self.written);
     }
 
     fn write(&mut self, line: &str) {
         if let Some(out) = &mut self.out {
             match out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")) {
-                Ok(()) => self.len += line.len() as u64 + 1,
+                Ok(()) => self.written += line.len() as u64 + 1,
                 Err(e) => self.failed(e),
             }
         }
