@@ -214,7 +214,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use crate::domain::test_kinds::small_app;
-    use crate::ops::process::{group_gone, MAX_LINE_BYTES};
+    use crate::ops::process::{group_gone, group_gone_within, MAX_LINE_BYTES};
 
     fn request(dir: &Path, script: &str) -> StepRequest {
         let mut spec = Object::new();
@@ -455,7 +455,8 @@ mod tests {
         assert!(took >= grace, "SIGKILL came before the grace: {took:?}");
         assert!(took < grace + Duration::from_secs(2), "took {took:?}");
         assert_eq!(result, StepResult::cancelled());
-        assert!(group_gone(pgid), "group {pgid} still has live processes");
+        let gone = group_gone_within(pgid, Duration::from_secs(2)).await;
+        assert!(gone, "group {pgid} still has live processes");
         assert!(!drain(rx).contains(&"survived".to_string()));
     }
 
@@ -469,11 +470,8 @@ mod tests {
         let pgid = read_pid(&dir.path().join("pid")).await;
         step.abort();
         let _ = step.await;
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !group_gone(pgid) {
-            assert!(Instant::now() < deadline, "group {pgid} survived the dropped step");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let gone = group_gone_within(pgid, Duration::from_secs(2)).await;
+        assert!(gone, "group {pgid} survived the dropped step");
     }
 
     #[tokio::test]

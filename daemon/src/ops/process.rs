@@ -506,6 +506,21 @@ pub(crate) fn group_gone(pgid: i32) -> bool {
     })
 }
 
+/// Waits up to `within` for [`group_gone`]: SIGKILL is delivered
+/// asynchronously, so a process of the group may still run for a moment
+/// after its leader was reaped.
+#[cfg(test)]
+pub(crate) async fn group_gone_within(pgid: i32, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while !group_gone(pgid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,11 +566,10 @@ mod tests {
         .await;
         assert!(!in_time);
         assert!(start.elapsed() >= grace);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !group_gone(pid) {
-            assert!(Instant::now() < deadline, "group {pid} survived SIGKILL");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert!(
+            group_gone_within(pid, Duration::from_secs(2)).await,
+            "group {pid} survived SIGKILL"
+        );
         assert!(!is_alive(pid, start_time));
     }
 
