@@ -106,6 +106,8 @@ pub struct Txn<'a> {
     overlay: HashMap<(String, Vec<u8>), Option<Vec<u8>>>,
     events: Vec<(u64, Vec<u8>)>,
     index: u64,
+    /// The tables written, in the store's table order.
+    touched: Vec<bool>,
 }
 
 impl<'a> Txn<'a> {
@@ -116,7 +118,24 @@ impl<'a> Txn<'a> {
             overlay: HashMap::new(),
             events: Vec::new(),
             index: 0,
+            touched: vec![false; store.tables.len()],
         }
+    }
+
+    /// Marks `table` written; an unknown table is an error.
+    fn touch(&mut self, table: &str) -> Result<&'a rocksdb::ColumnFamily, TxnError> {
+        let cf = app_table(self.store, table)?;
+        if let Some(i) = self.store.table_index(table) {
+            self.touched[i] = true;
+        }
+        Ok(cf)
+    }
+
+    /// Writes the batch, then counts the writes in the tables' generations.
+    fn commit(self, sync: bool) -> Result<(), rocksdb::Error> {
+        self.store.write(self.batch, sync)?;
+        self.store.bump(&self.touched);
+        Ok(())
     }
 
     /// Reads a key, seeing this transaction's own writes.
@@ -132,7 +151,7 @@ impl<'a> Txn<'a> {
 
     /// Writes a key.
     pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<(), TxnError> {
-        let cf = app_table(self.store, table)?;
+        let cf = self.touch(table)?;
         self.batch.put_cf(cf, key, value);
         self.overlay
             .insert((table.to_string(), key.to_vec()), Some(value.to_vec()));
@@ -141,7 +160,7 @@ impl<'a> Txn<'a> {
 
     /// Deletes a key.
     pub fn delete(&mut self, table: &str, key: &[u8]) -> Result<(), TxnError> {
-        let cf = app_table(self.store, table)?;
+        let cf = self.touch(table)?;
         self.batch.delete_cf(cf, key);
         self.overlay.insert((table.to_string(), key.to_vec()), None);
         Ok(())
@@ -157,9 +176,31 @@ impl<'a> Txn<'a> {
 pub struct ReadView<'a> {
     store: &'a Store,
     snap: rocksdb::Snapshot<'a>,
+    /// The tables' generations, read just before the snapshot was taken.
+    generations: Vec<u64>,
 }
 
-impl ReadView<'_> {
+impl<'a> ReadView<'a> {
+    fn new(store: &'a Store) -> Self {
+        let generations = store.generations();
+        ReadView {
+            store,
+            snap: store.db.snapshot(),
+            generations,
+        }
+    }
+
+    /// How many committed writes had changed `table` (since this process
+    /// started) when this view was taken; `None` for an unknown table. Two
+    /// views with the same generation of a table saw the same rows of it,
+    /// except around a write still being applied: a view taken after the
+    /// apply that wrote returned (and so after any answer to its writer)
+    /// has a higher generation. So what was read from a table may be kept
+    /// and used again while the generation stays the same.
+    pub fn generation(&self, table: &str) -> Option<u64> {
+        self.store.table_index(table).map(|i| self.generations[i])
+    }
+
     /// The index of the last entry this view covers (0 before any).
     pub fn applied_index(&self) -> Result<u64, TxnError> {
         let cf = self.store.cf(CF_SM).map_err(|e| TxnError(e.to_string()))?;
@@ -236,10 +277,7 @@ pub struct StateReader {
 impl StateReader {
     /// A consistent view of the state as applied now.
     pub fn view(&self) -> ReadView<'_> {
-        ReadView {
-            store: &self.store,
-            snap: self.store.db.snapshot(),
-        }
+        ReadView::new(&self.store)
     }
 }
 
@@ -431,13 +469,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             responses.push(CommandResponse(response));
         }
-        let Txn { mut batch, events, .. } = txn;
-        self.put_meta(&mut batch)?;
+        self.put_meta(&mut txn.batch)?;
+        let events = std::mem::take(&mut txn.events);
         // Not fsynced: the log entries these came from already are, and a
         // node that loses this write re-applies them from the log.
-        store
-            .write(batch, false)
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        txn.commit(false).map_err(|e| StorageIOError::write_state_machine(&e))?;
         for (index, event) in events {
             // No subscribers is fine.
             let _ = self.events.send(AppliedEvent::Applied {
@@ -494,6 +530,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.last_membership = meta.last_membership.clone();
         self.put_meta(&mut batch)?;
         self.store.write(batch, true).map_err(|e| err(e.to_string()))?;
+        self.store.bump(&vec![true; self.store.tables.len()]);
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
@@ -552,8 +589,8 @@ impl LocalState {
         let mut txn = Txn::new(&self.store);
         txn.index = entry.index;
         let answer = self.app.apply(&mut txn, entry, command)?;
-        let Txn { batch, events, .. } = txn;
-        self.store.write(batch, false).map_err(|e| TxnError(e.to_string()))?;
+        let events = std::mem::take(&mut txn.events);
+        txn.commit(false).map_err(|e| TxnError(e.to_string()))?;
         Ok((answer, events.into_iter().map(|(_, e)| e).collect()))
     }
 
@@ -562,14 +599,50 @@ impl LocalState {
     pub fn with_txn(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<(), TxnError>) -> Result<(), TxnError> {
         let mut txn = Txn::new(&self.store);
         f(&mut txn)?;
-        self.store.write(txn.batch, false).map_err(|e| TxnError(e.to_string()))
+        txn.commit(false).map_err(|e| TxnError(e.to_string()))
     }
 
     /// A view of the state.
     pub fn view(&self) -> ReadView<'_> {
-        ReadView {
-            store: &self.store,
-            snap: self.store.db.snapshot(),
+        ReadView::new(&self.store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Puts the command's bytes under key `k` of the table it names.
+    struct PutIn;
+
+    impl StateMachineApp for PutIn {
+        fn apply(&self, txn: &mut Txn<'_>, _: EntryInfo, command: &[u8]) -> Result<Vec<u8>, TxnError> {
+            let table = std::str::from_utf8(command).map_err(|e| TxnError(e.to_string()))?;
+            txn.put(table, b"k", command)?;
+            Ok(Vec::new())
         }
+    }
+
+    #[test]
+    fn a_committed_write_moves_only_its_tables_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = vec!["a".to_string(), "b".to_string()];
+        let state = LocalState::open(dir.path(), &tables, Arc::new(PutIn)).unwrap();
+        let entry = EntryInfo {
+            index: 1,
+            leader: 1,
+            term: 1,
+        };
+        let before = state.view();
+        assert_eq!((before.generation("a"), before.generation("b")), (Some(0), Some(0)));
+        assert_eq!(before.generation("c"), None);
+        state.apply(entry, b"a").unwrap();
+        let after = state.view();
+        assert_eq!((after.generation("a"), after.generation("b")), (Some(1), Some(0)));
+        // A view keeps the generations it was taken with.
+        assert_eq!(before.generation("a"), Some(0));
+        // A write apply refuses commits nothing and counts nothing.
+        assert!(state.apply(entry, b"c").is_err());
+        assert_eq!(state.view().generation("a"), Some(1));
     }
 }

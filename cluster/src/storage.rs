@@ -3,6 +3,7 @@
 //! durable), with a column family per concern and one per application table.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use openraft::StorageIOError;
@@ -53,6 +54,12 @@ fn bound_memory(opts: &mut Options) {
 pub(crate) struct Store {
     pub(crate) db: DB,
     pub(crate) tables: Vec<String>,
+    /// Each application table's column family name, in `tables` order.
+    table_families: Vec<String>,
+    /// Per application table, in `tables` order: how many committed writes
+    /// have changed it since this process opened the database (see
+    /// [`Store::generations`]).
+    generations: Vec<AtomicU64>,
     path: PathBuf,
     /// The first damage a read met (a failed checksum), once one has.
     damage: watch::Sender<Option<String>>,
@@ -112,6 +119,8 @@ impl Store {
         Ok(Store {
             db,
             tables: tables.to_vec(),
+            table_families: tables.iter().map(|t| format!("{TABLE_PREFIX}{t}")).collect(),
+            generations: tables.iter().map(|_| AtomicU64::new(0)).collect(),
             path: path.to_path_buf(),
             damage: watch::channel(None).0,
             write_error: Mutex::new(None),
@@ -177,7 +186,7 @@ impl Store {
     /// Every column family's name, the cluster's first.
     pub(crate) fn families(&self) -> Vec<String> {
         let mut names: Vec<String> = [CF_LOG, CF_META, CF_SM].iter().map(|s| s.to_string()).collect();
-        names.extend(self.tables.iter().map(|t| format!("{TABLE_PREFIX}{t}")));
+        names.extend(self.table_families.iter().cloned());
         names
     }
 
@@ -190,10 +199,29 @@ impl Store {
 
     /// An application table's column family, or `None` for an unknown table.
     pub(crate) fn table(&self, table: &str) -> Option<&ColumnFamily> {
-        if !self.tables.iter().any(|t| t == table) {
-            return None;
+        self.db.cf_handle(&self.table_families[self.table_index(table)?])
+    }
+
+    /// An application table's position in `tables`.
+    pub(crate) fn table_index(&self, table: &str) -> Option<usize> {
+        self.tables.iter().position(|t| t == table)
+    }
+
+    /// Every application table's generation now, in `tables` order. Read
+    /// before a snapshot is taken: a table whose generation is unchanged
+    /// since an earlier read has had no write committed in between, except
+    /// one whose bump is still on its way, which no caller has been told
+    /// of yet (the bump comes before apply returns).
+    pub(crate) fn generations(&self) -> Vec<u64> {
+        self.generations.iter().map(|g| g.load(Ordering::SeqCst)).collect()
+    }
+
+    /// Counts a committed write to each table marked in `touched` (in
+    /// `tables` order); called after the write is visible to readers.
+    pub(crate) fn bump(&self, touched: &[bool]) {
+        for (g, _) in self.generations.iter().zip(touched).filter(|(_, t)| **t) {
+            g.fetch_add(1, Ordering::SeqCst);
         }
-        self.db.cf_handle(&format!("{TABLE_PREFIX}{table}"))
     }
 
     /// Writes a batch atomically; `sync` waits for the WAL to reach the disk.

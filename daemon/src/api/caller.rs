@@ -6,11 +6,16 @@
 //!
 //! The credential is a bearer token (`authorization: Bearer
 //! opsd1.ID.SECRET`), looked up in this node's applied state on every
-//! request: a revoke applied here is a revoke here. The layer never refuses
+//! request (what the lookup found is kept while the tokens, users and roles
+//! tables have no new write: see [`TokenCache`]): a revoke applied here is a
+//! revoke here. The layer never refuses
 //! a request itself: it records the outcome, and [`Caller::of`] answers a
 //! request without a valid token with UNAUTHENTICATED. So health checks and
 //! reflection, which never ask for a caller, stay open, and every other
 //! handler is closed by the first line it runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use opsd_cluster::{ReadView, StateReader};
 use tonic::metadata::MetadataMap;
@@ -100,7 +105,12 @@ impl Caller {
 
     /// The caller a token in `metadata` names, read from `view` and checked
     /// against `now_ms` (this node's clock).
-    pub fn authenticate(view: &ReadView<'_>, metadata: &MetadataMap, now_ms: i64) -> Result<Caller, Status> {
+    pub fn authenticate(
+        view: &ReadView<'_>,
+        metadata: &MetadataMap,
+        now_ms: i64,
+        cache: &TokenCache,
+    ) -> Result<Caller, Status> {
         let Some(value) = metadata.get("authorization") else {
             return Err(Status::unauthenticated(NO_TOKEN));
         };
@@ -111,10 +121,19 @@ impl Caller {
             .ok_or_else(|| Status::unauthenticated("malformed token: send it as authorization: Bearer TOKEN"))?;
         let (id, secret) = sec::parse_token(text).map_err(Status::unauthenticated)?;
         let read = |e: opsd_cluster::TxnError| Status::internal(format!("reading the state: {e}"));
-        let found = sec::read_token(view, &id).map_err(read)?;
+        let generations = TokenCache::generations(view);
+        let cached = cache.get(&id, generations);
+        let read_token;
+        let found = match &cached {
+            Some(resolved) => Some(&resolved.token),
+            None => {
+                read_token = sec::read_token(view, &id).map_err(read)?;
+                read_token.as_ref()
+            }
+        };
         // Compared even when absent, so an unknown id takes as long.
         let hash = sec::secret_hash(&secret);
-        let stored = found.as_ref().map(|t| t.secret_sha256.as_slice()).unwrap_or(&[0u8; 32]);
+        let stored = found.map(|t| t.secret_sha256.as_slice()).unwrap_or(&[0u8; 32]);
         let matches = sec::constant_time_eq(stored, &hash);
         let Some(token) = found.filter(|_| matches) else {
             if !sec::initialised(view).map_err(read)? {
@@ -132,16 +151,28 @@ impl Caller {
                 )
             )));
         }
-        let user = sec::read_user(view, &token.user)
-            .map_err(read)?
-            .ok_or_else(|| Status::unauthenticated(UNKNOWN_TOKEN))?;
-        let mut rules = Vec::new();
-        for role in &user.roles {
-            if let Some(r) = sec::read_role(view, role).map_err(read)? {
-                rules.extend(r.rules);
+        let resolved = match cached {
+            Some(resolved) => resolved,
+            None => {
+                let user = sec::read_user(view, &token.user)
+                    .map_err(read)?
+                    .ok_or_else(|| Status::unauthenticated(UNKNOWN_TOKEN))?;
+                let mut rules = Vec::new();
+                for role in &user.roles {
+                    if let Some(r) = sec::read_role(view, role).map_err(read)? {
+                        rules.extend(r.rules);
+                    }
+                }
+                let resolved = Arc::new(Resolved {
+                    token: token.clone(),
+                    user: user.name,
+                    rules,
+                });
+                cache.put(&id, generations, resolved.clone());
+                resolved
             }
-        }
-        Ok(Caller::user(&user.name, Some(id), rules))
+        };
+        Ok(Caller::user(&resolved.user, Some(id), resolved.rules.clone()))
     }
 
     /// Whether the token this caller presented still works (a stream asks
@@ -270,11 +301,69 @@ pub fn require<'r, T>(req: &'r Request<T>, verb: Verb, object: &Object<'_>) -> R
     Ok(caller)
 }
 
+/// A token that authenticated, with its user's name and the rules of the
+/// user's roles.
+struct Resolved {
+    token: sec::TokenRecord,
+    user: String,
+    rules: Vec<Rule>,
+}
+
+/// The tokens that authenticated lately, with what they resolved to, kept
+/// while the tokens, users and roles tables are unchanged: a request then
+/// skips reading its token, user and roles (three reads of the database
+/// per request). Any committed change to those tables empties it, so a
+/// revocation or a role change applies to the next request exactly as
+/// without it; the secret and the expiry are checked on every request.
+#[derive(Default)]
+pub struct TokenCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// The generations of the security tables the entries were read at.
+    generations: [u64; 3],
+    entries: HashMap<String, Arc<Resolved>>,
+}
+
+impl TokenCache {
+    /// The most tokens kept; when full, it starts again empty.
+    const MAX_ENTRIES: usize = 4096;
+
+    /// The generations of the tables a token's resolution reads, in `view`.
+    fn generations(view: &ReadView<'_>) -> Option<[u64; 3]> {
+        Some([
+            view.generation(sec::TOKENS)?,
+            view.generation(sec::USERS)?,
+            view.generation(sec::ROLES)?,
+        ])
+    }
+
+    fn get(&self, id: &str, generations: Option<[u64; 3]>) -> Option<Arc<Resolved>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (Some(inner.generations) == generations)
+            .then(|| inner.entries.get(id).cloned())
+            .flatten()
+    }
+
+    fn put(&self, id: &str, generations: Option<[u64; 3]>, resolved: Arc<Resolved>) {
+        let Some(generations) = generations else { return };
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.generations != generations || inner.entries.len() >= Self::MAX_ENTRIES {
+            inner.entries.clear();
+            inner.generations = generations;
+        }
+        inner.entries.insert(id.to_string(), resolved);
+    }
+}
+
 /// The identity layer's interceptor: authenticates against this node's
 /// applied state.
 #[derive(Clone)]
 pub struct Identify {
     reader: StateReader,
+    cache: Arc<TokenCache>,
 }
 
 impl tonic::service::Interceptor for Identify {
@@ -289,7 +378,7 @@ impl tonic::service::Interceptor for Identify {
             return Ok(req);
         }
         let had_token = req.metadata().contains_key("authorization");
-        let caller = Caller::authenticate(&self.reader.view(), req.metadata(), engine::now_ms());
+        let caller = Caller::authenticate(&self.reader.view(), req.metadata(), engine::now_ms(), &self.cache);
         if let Err(status) = &caller {
             if had_token {
                 warn!(reason = status.message(), "a request's token was refused");
@@ -302,7 +391,10 @@ impl tonic::service::Interceptor for Identify {
 
 /// The identity layer, applied once to the whole client server.
 pub fn layer(reader: StateReader) -> InterceptorLayer<Identify> {
-    InterceptorLayer::new(Identify { reader })
+    InterceptorLayer::new(Identify {
+        reader,
+        cache: Default::default(),
+    })
 }
 
 #[cfg(test)]
@@ -314,12 +406,12 @@ mod tests {
 
     const ID: &str = "00112233445566aa";
 
-    fn identify(s: &TestState, header: Option<&str>, now: i64) -> Result<Caller, Status> {
+    fn identify(s: &TestState, cache: &TokenCache, header: Option<&str>, now: i64) -> Result<Caller, Status> {
         let mut md = MetadataMap::new();
         if let Some(h) = header {
             md.insert("authorization", h.parse().unwrap());
         }
-        Caller::authenticate(&s.state.view(), &md, now)
+        Caller::authenticate(&s.state.view(), &md, now, cache)
     }
 
     fn state() -> (TestState, String) {
@@ -337,7 +429,8 @@ mod tests {
     #[test]
     fn a_valid_token_names_its_user_and_grants_its_roles() {
         let (mut s, admin) = state();
-        let caller = identify(&s, Some(&format!("Bearer {admin}")), 5).unwrap();
+        let cache = TokenCache::default();
+        let caller = identify(&s, &cache, Some(&format!("Bearer {admin}")), 5).unwrap();
         assert_eq!(caller.principal, "admin");
         assert!(caller.allows(Verb::Admin, &Object::Security));
         s.apply(Command::PutRole {
@@ -362,7 +455,12 @@ mod tests {
         });
         assert!(matches!(out.0, Outcome::SecurityChanged { .. }), "{out:?}");
         let text = format!("Bearer {}", token_text("aaaaaaaaaaaaaaaa", &secret));
-        let ci = identify(&s, Some(&text), 50).unwrap();
+        let ci = identify(&s, &cache, Some(&text), 50).unwrap();
+        assert_eq!(
+            identify(&s, &cache, Some(&text), 50).unwrap(),
+            ci,
+            "known, it resolves the same"
+        );
         assert_eq!(ci.principal, "ci");
         let app = Object::Resource { kind: "app", name: "x" };
         assert!(ci.allows(Verb::Do, &app));
@@ -374,13 +472,16 @@ mod tests {
         assert!(ci.allows_some_under(Verb::Read, "resources/"));
         assert!(!ci.allows_some_under(Verb::Read, "settings/"));
         // Expired by this node's clock.
-        let expired = identify(&s, Some(&text), 100).unwrap_err();
+        let expired = identify(&s, &cache, Some(&text), 100).unwrap_err();
         assert!(expired.message().starts_with("expired token"), "{}", expired.message());
     }
 
     #[test]
     fn a_missing_malformed_unknown_or_wrong_token_is_unauthenticated() {
         let (s, admin) = state();
+        let cache = TokenCache::default();
+        // Once the right secret was seen, a wrong one is still refused.
+        identify(&s, &cache, Some(&format!("Bearer {admin}")), 5).unwrap();
         let wrong = token_text(ID, &[8u8; 32]);
         let unknown = token_text("ffffffffffffffff", &[7u8; 32]);
         let cases = [
@@ -392,7 +493,7 @@ mod tests {
             (Some(format!("Bearer {unknown}")), UNKNOWN_TOKEN.to_string()),
         ];
         for (header, message) in cases {
-            let status = identify(&s, header.as_deref(), 5).unwrap_err();
+            let status = identify(&s, &cache, header.as_deref(), 5).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated, "{header:?}");
             assert!(
                 status.message().starts_with(&message),
@@ -404,6 +505,68 @@ mod tests {
                 "the secret is never echoed"
             );
         }
+    }
+
+    #[test]
+    fn a_change_to_tokens_users_or_roles_applies_to_the_next_request() {
+        let (mut s, admin) = state();
+        let cache = TokenCache::default();
+        let bearer = |id: &str, secret: &[u8]| format!("Bearer {}", token_text(id, secret));
+        let token = |id: &str, user: &str, secret: &[u8]| Command::CreateToken {
+            token: TokenRecord {
+                id: id.into(),
+                user: user.into(),
+                secret_sha256: secret_hash(secret),
+                created_at_ms: 1,
+                expires_at_ms: None,
+                description: String::new(),
+            },
+        };
+        s.apply(Command::PutRole {
+            name: "reader".into(),
+            rules: vec!["read:resources/*".into()],
+        });
+        s.apply(Command::CreateUser {
+            name: "ci".into(),
+            roles: vec!["reader".into()],
+            at_ms: 1,
+        });
+        s.apply(token("aaaaaaaaaaaaaaaa", "ci", &[1u8; 32]));
+        s.apply(token("bbbbbbbbbbbbbbbb", "ci", &[2u8; 32]));
+        let (one, two) = (
+            bearer("aaaaaaaaaaaaaaaa", &[1u8; 32]),
+            bearer("bbbbbbbbbbbbbbbb", &[2u8; 32]),
+        );
+        let app = Object::Resource { kind: "app", name: "x" };
+        for header in [&one, &two, &one] {
+            assert!(identify(&s, &cache, Some(header), 5).unwrap().allows(Verb::Read, &app));
+        }
+
+        // A role's rules change: the next request has the new ones.
+        s.apply(Command::PutRole {
+            name: "reader".into(),
+            rules: vec!["read:settings/*".into()],
+        });
+        let ci = identify(&s, &cache, Some(&one), 5).unwrap();
+        assert!(!ci.allows(Verb::Read, &app));
+        assert!(ci.allows_some_under(Verb::Read, "settings/"));
+
+        // A revoked token stops at once; the other goes on.
+        s.apply(Command::RevokeToken {
+            id: "aaaaaaaaaaaaaaaa".into(),
+        });
+        let status = identify(&s, &cache, Some(&one), 5).unwrap_err();
+        assert!(status.message().starts_with(UNKNOWN_TOKEN), "{}", status.message());
+        identify(&s, &cache, Some(&two), 5).unwrap();
+
+        // A deleted user's tokens stop at once.
+        let (out, _) = s.apply(Command::DeleteUser { name: "ci".into() });
+        assert!(matches!(out, Outcome::SecurityChanged { .. }), "{out:?}");
+        assert_eq!(
+            identify(&s, &cache, Some(&two), 5).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        identify(&s, &cache, Some(&format!("Bearer {admin}")), 5).unwrap();
     }
 
     #[test]

@@ -209,6 +209,14 @@ async fn run(config: Config, data: PathBuf) {
                 "transitions / bare spawns: {:.2}",
                 t.per_s / spawn.max(f64::MIN_POSITIVE)
             );
+            // Little's law: with every worker always waiting on one transition, the mean
+            // latency is workers / rate, and the p99 is at least the mean.
+            let needed = TRANSITION_WORKERS as f64 / 0.060;
+            say!(
+                "a p99 of 60 ms at {TRANSITION_WORKERS} concurrent needs at least {needed:.0} transitions/s \
+                 (Little's law), {:.2} of this run's bare spawn rate",
+                needed / spawn.max(f64::MIN_POSITIVE)
+            );
             if t.refused > 0 {
                 notes.push(format!(
                     "transitions: {} Do calls were refused as \"run in flight\" although the watch had shown the \
