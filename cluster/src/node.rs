@@ -293,6 +293,9 @@ pub(crate) struct NodeInner {
     /// When this node last heard from a leader whose vote is not older than
     /// its own (or started, or stood): see [`ClusterNode::spawn_election_watchdog`].
     leader_contact: Mutex<Instant>,
+    /// Set while this node campaigns to outrun a candidate with a shorter
+    /// log: see [`ClusterNode::outrun_candidate`].
+    outrunning: AtomicBool,
     /// Wakes the task that checks removal notices with the leader.
     check_removal: Notify,
     /// Held by each membership change this node proposes (joins, removals,
@@ -468,6 +471,7 @@ impl ClusterNode {
             failure,
             removal_notices: Mutex::new((0, 0, String::new())),
             leader_contact: Mutex::new(Instant::now()),
+            outrunning: AtomicBool::new(false),
             check_removal: Notify::new(),
             membership_changes: tokio::sync::Mutex::new(()),
         });
@@ -677,6 +681,60 @@ impl ClusterNode {
         if *vote >= self.inner.raft.metrics().borrow().vote {
             self.reset_leader_contact();
         }
+    }
+
+    /// This node refused its vote to a candidate at `term` whose log is
+    /// shorter than its own. openraft 0.9 moves a node's term only when it
+    /// grants a vote, so this node, which can win where that candidate
+    /// cannot, would next stand in a term the candidate already holds (and
+    /// voted itself in) and lose; when the candidate's timer keeps firing
+    /// first, no one is ever elected (seen in the fault suite: two live
+    /// voters of three, a minute without a leader). So a voter that knows
+    /// no leader stands at once, and if that campaign ends without a leader
+    /// in a term not above the candidate's (it learnt the candidate's term
+    /// from its refusal), once more: the second is above the candidate's
+    /// term, and the candidate grants a longer log.
+    pub(crate) fn outrun_candidate(&self, term: u64) {
+        if self.inner.outrunning.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let node = self.clone();
+        let campaign = Duration::from_millis(2 * node.inner.raft.config().heartbeat_interval);
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let (stand, before) = {
+                    let m = node.inner.raft.metrics().borrow().clone();
+                    let voter = m.membership_config.membership().voter_ids().any(|v| v == node.inner.id);
+                    let stand = voter
+                        && m.current_leader.is_none()
+                        && m.current_term <= term
+                        && node.inner.disk_low.borrow().is_none()
+                        && !node.is_removed();
+                    (stand, m.current_term)
+                };
+                if !stand {
+                    break;
+                }
+                info!(
+                    node_id = node.inner.id,
+                    term, "refused a candidate with a shorter log: standing to outrun it"
+                );
+                let _ = node.inner.raft.trigger().elect().await;
+                // Until the campaign is decided: a leader, or back to follower.
+                let _ = node
+                    .inner
+                    .raft
+                    .wait(Some(campaign))
+                    .metrics(
+                        |m| {
+                            m.current_term > before && (m.current_leader.is_some() || m.state != ServerState::Candidate)
+                        },
+                        "the campaign to end",
+                    )
+                    .await;
+            }
+            node.inner.outrunning.store(false, Ordering::SeqCst);
+        });
     }
 
     fn reset_leader_contact(&self) {

@@ -124,7 +124,13 @@ impl Peer for PeerService {
         self.refuse_if_removed()?;
         let (from, rpc): (NodeId, VoteRequest<NodeId>) = self.open(req)?;
         self.check_speaker(from, &rpc.vote, "a vote request")?;
+        let (term, last_log_id) = (rpc.vote.leader_id().term, rpc.last_log_id);
         let res = self.node.inner().raft.vote(rpc).await;
+        if let Ok(answer) = &res {
+            if !answer.vote_granted && last_log_id < answer.last_log_id {
+                self.node.outrun_candidate(term);
+            }
+        }
         self.reply(&res)
     }
 
