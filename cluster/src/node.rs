@@ -701,15 +701,11 @@ impl ClusterNode {
         let node = self.clone();
         let campaign = Duration::from_millis(2 * node.inner.raft.config().heartbeat_interval);
         tokio::spawn(async move {
+            let metrics = node.inner.raft.metrics();
             for _ in 0..2 {
                 let (stand, before) = {
-                    let m = node.inner.raft.metrics().borrow().clone();
-                    let voter = m.membership_config.membership().voter_ids().any(|v| v == node.inner.id);
-                    let stand = voter
-                        && m.current_leader.is_none()
-                        && m.current_term <= term
-                        && node.inner.disk_low.borrow().is_none()
-                        && !node.is_removed();
+                    let m = metrics.borrow();
+                    let stand = node.may_stand(&m) && m.current_leader.is_none() && m.current_term <= term;
                     (stand, m.current_term)
                 };
                 if !stand {
@@ -735,6 +731,15 @@ impl ClusterNode {
             }
             node.inner.outrunning.store(false, Ordering::SeqCst);
         });
+    }
+
+    /// Whether this node may stand for election on its own: a voter whose
+    /// disk is not low and that was not removed (openraft leaves the others
+    /// alone too).
+    fn may_stand(&self, m: &RaftMetrics<NodeId, NodeInfo>) -> bool {
+        m.membership_config.membership().voter_ids().any(|v| v == self.inner.id)
+            && self.inner.disk_low.borrow().is_none()
+            && !self.is_removed()
     }
 
     fn reset_leader_contact(&self) {
@@ -784,12 +789,11 @@ impl ClusterNode {
                     _ = stop.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(heartbeat / 5) => {}
                 }
-                let (voter, term, leader, state) = {
+                let (may_stand, term, leader, state) = {
                     let m = metrics.borrow();
-                    let voter = m.membership_config.membership().voter_ids().any(|v| v == node.inner.id);
-                    (voter, m.current_term, m.current_leader, m.state)
+                    (node.may_stand(&m), m.current_term, m.current_leader, m.state)
                 };
-                if !voter || node.inner.disk_low.borrow().is_some() || node.is_removed() {
+                if !may_stand {
                     (leaderless, following) = (None, None);
                     continue;
                 }

@@ -414,6 +414,20 @@ mod tests {
         Caller::authenticate(&s.state.view(), &md, now, cache)
     }
 
+    /// A command creating token `id` of `user` with `secret`.
+    fn create_token(id: &str, user: &str, secret: &[u8], expires_at_ms: Option<i64>) -> Command {
+        Command::CreateToken {
+            token: TokenRecord {
+                id: id.into(),
+                user: user.into(),
+                secret_sha256: secret_hash(secret),
+                created_at_ms: 1,
+                expires_at_ms,
+                description: String::new(),
+            },
+        }
+    }
+
     fn state() -> (TestState, String) {
         let mut s = TestState::new();
         let secret = vec![7u8; 32];
@@ -443,16 +457,7 @@ mod tests {
             at_ms: 1,
         });
         let secret = vec![9u8; 32];
-        let out = s.apply(Command::CreateToken {
-            token: TokenRecord {
-                id: "aaaaaaaaaaaaaaaa".into(),
-                user: "ci".into(),
-                secret_sha256: secret_hash(&secret),
-                created_at_ms: 1,
-                expires_at_ms: Some(100),
-                description: String::new(),
-            },
-        });
+        let out = s.apply(create_token("aaaaaaaaaaaaaaaa", "ci", &secret, Some(100)));
         assert!(matches!(out.0, Outcome::SecurityChanged { .. }), "{out:?}");
         let text = format!("Bearer {}", token_text("aaaaaaaaaaaaaaaa", &secret));
         let ci = identify(&s, &cache, Some(&text), 50).unwrap();
@@ -512,16 +517,6 @@ mod tests {
         let (mut s, admin) = state();
         let cache = TokenCache::default();
         let bearer = |id: &str, secret: &[u8]| format!("Bearer {}", token_text(id, secret));
-        let token = |id: &str, user: &str, secret: &[u8]| Command::CreateToken {
-            token: TokenRecord {
-                id: id.into(),
-                user: user.into(),
-                secret_sha256: secret_hash(secret),
-                created_at_ms: 1,
-                expires_at_ms: None,
-                description: String::new(),
-            },
-        };
         s.apply(Command::PutRole {
             name: "reader".into(),
             rules: vec!["read:resources/*".into()],
@@ -531,8 +526,8 @@ mod tests {
             roles: vec!["reader".into()],
             at_ms: 1,
         });
-        s.apply(token("aaaaaaaaaaaaaaaa", "ci", &[1u8; 32]));
-        s.apply(token("bbbbbbbbbbbbbbbb", "ci", &[2u8; 32]));
+        s.apply(create_token("aaaaaaaaaaaaaaaa", "ci", &[1u8; 32], None));
+        s.apply(create_token("bbbbbbbbbbbbbbbb", "ci", &[2u8; 32], None));
         let (one, two) = (
             bearer("aaaaaaaaaaaaaaaa", &[1u8; 32]),
             bearer("bbbbbbbbbbbbbbbb", &[2u8; 32]),
